@@ -1,0 +1,198 @@
+"""Shared machinery for the lab and pilot models: strict pydantic base, error mapping to file:line.
+
+Validation runs in two passes over one file and reports every problem of both at once:
+pydantic checks shapes, types and ranges (``extra="forbid"``, strict types), then a semantic pass checks
+what needs the whole document or the lab (registries, references, sums). Each problem becomes a
+``SpecError(file, line, field, message)`` whose line comes from the YAML node the field was read from.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import typing
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from labkit.errors import SpecError
+from labkit.yamlfile import YamlDoc
+
+SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Text shown to people may hold newlines and tabs, never other control or bidi-override characters.
+_BAD_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u202a-\u202e\u2066-\u2069\u200e\u200f]")
+
+
+class Strict(BaseModel):
+    """Base for every spec model: unknown keys are errors and values are not coerced across types."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def field_path(loc: tuple) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def bad_text(value: str) -> str | None:
+    """A reason the free text is refused, or None."""
+    match = _BAD_TEXT.search(value)
+    if match:
+        return f"contains the control character U+{ord(match.group()):04X}; plain text only"
+    return None
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"'{shown}' (text)"
+    return f"{value!r} (a number)"
+
+
+_EXPECTED = {
+    "int_type": "a whole number",
+    "int_from_float": "a whole number",
+    "float_type": "a number",
+    "string_type": "text",
+    "bool_type": "true or false",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "list_type": "a list",
+    "date_type": "a date (YYYY-MM-DD)",
+    "date_from_datetime_parsing": "a date (YYYY-MM-DD)",
+    "date_parsing": "a date (YYYY-MM-DD)",
+}
+
+
+def _message(err: dict, model: type[BaseModel] | None, loc: tuple) -> str:
+    kind = err["type"]
+    value = err.get("input")
+    ctx = err.get("ctx") or {}
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "extra_forbidden":
+        allowed = _allowed_fields(model, loc[:-1])
+        name = str(loc[-1])
+        guess = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+        hint = f"; did you mean '{guess[0]}'?" if guess else ""
+        return f"unknown field '{name}'{hint} allowed: {', '.join(allowed)}"
+    if kind in _EXPECTED:
+        return f"expected {_EXPECTED[kind]}, got {_describe(value)}"
+    if kind == "literal_error":
+        return f"{_describe(value)} is not allowed; allowed: {ctx.get('expected', '').replace(chr(39), '')}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        sign = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
+        bound = next(iter(ctx.values()))
+        return f"{_describe(value)} is out of range; it must be {sign} {bound:g}"
+    if kind == "finite_number":
+        return f"{_describe(value)} is not a finite number"
+    if kind in ("too_short", "too_long"):
+        return err["msg"][0].lower() + err["msg"][1:]
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    msg = err["msg"]
+    return msg[0].lower() + msg[1:]
+
+
+def _allowed_fields(model: type[BaseModel] | None, loc: tuple) -> list[str]:
+    """Field names of the sub-model that ``loc`` points into, following the annotations."""
+    current: Any = model
+    for part in loc:
+        if not _is_model(_strip_optional(current)):
+            current = _inner(current)  # a list index or a dict key: step into the element type
+            continue
+        field = _strip_optional(current).model_fields.get(str(part))
+        if field is None:
+            return []
+        current = field.annotation
+    current = _inner(current)
+    return list(current.model_fields) if _is_model(current) else []
+
+
+def _strip_optional(annotation: Any) -> Any:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+        return args[0]
+    return annotation
+
+
+def _is_model(obj: Any) -> bool:
+    return isinstance(obj, type) and issubclass(obj, BaseModel)
+
+
+def _inner(annotation: Any) -> Any:
+    """The model inside Optional[...] / list[...] / dict[..., ...] annotations, else the annotation."""
+    for _ in range(5):
+        if annotation is None or _is_model(annotation):
+            return annotation
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if not args:
+            return annotation
+        models = [a for a in args if _is_model(a)]
+        annotation = models[0] if models else args[-1]
+    return annotation
+
+
+def pydantic_errors(exc: ValidationError, doc: YamlDoc, model: type[BaseModel]) -> list[SpecError]:
+    """Map each pydantic error to ``file:line: field.path: message`` using the YAML node's line."""
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(part for part in err["loc"] if not (isinstance(part, str) and part.startswith("function-")))
+        out.append(SpecError(doc.path, doc.line_of(loc), field_path(loc), _message(err, model, loc)))
+    return out
+
+
+def validate_model(model: type[BaseModel], doc: YamlDoc, context: dict | None = None):
+    """(instance or None, errors) — pydantic pass over a loaded YAML document."""
+    if not isinstance(doc.data, dict):
+        what = "empty" if doc.data is None else f"{_describe(doc.data)}"
+        return None, [SpecError(doc.path, 1, "", f"the file must be a mapping of fields; it is {what}")]
+    try:
+        return model.model_validate(doc.data, context=context), []
+    except ValidationError as exc:
+        return None, pydantic_errors(exc, doc, model)
+
+
+def loose(model: type[BaseModel], data: Any) -> Any:
+    """Build ``model`` from raw data without validation, recursively, for the semantic pass to run even
+    when the shape pass failed somewhere else in the file. Fields may hold values of the wrong type:
+    callers guard each check (see ``guarded``) and drop problems the shape pass already reported."""
+    if not isinstance(data, dict):
+        return data
+    values = {}
+    for name, info in model.model_fields.items():
+        if name not in data:
+            values[name] = None if info.is_required() else info.get_default(call_default_factory=True)
+            continue
+        raw = data[name]
+        inner = _inner(info.annotation)
+        origin = typing.get_origin(_strip_optional(info.annotation))
+        if _is_model(inner) and isinstance(raw, dict) and origin is not dict:
+            values[name] = loose(inner, raw)
+        elif _is_model(inner) and isinstance(raw, list):
+            values[name] = [loose(inner, item) for item in raw]
+        elif _is_model(inner) and isinstance(raw, dict) and origin is dict:
+            values[name] = {k: loose(inner, v) for k, v in raw.items()}
+        else:
+            values[name] = raw
+    return model.model_construct(**values)
+
+
+def merge_problems(shape: list[SpecError], meaning: list[SpecError]) -> list[SpecError]:
+    """Shape errors plus the semantic ones about fields the shape pass did not already flag."""
+    flagged = [e.field for e in shape]
+
+    def related(field: str) -> bool:
+        return any(field == f or field.startswith(f + ".") or f.startswith(field + ".") for f in flagged)
+
+    return shape + [e for e in meaning if not related(e.field)]

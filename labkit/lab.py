@@ -1,0 +1,271 @@
+"""configs/lab.yaml: the lab's data sources, registries, tracking store and defaults.
+
+Precedence is settled here once, for every command: command-line option > environment variable >
+lab.yaml > built-in default. The environment overrides are ``LABKIT_TRACKING_URI`` (the MLflow store)
+and ``LABKIT_LAB`` (the lab root, when ``--lab`` is not given).
+
+Relative paths resolve against the lab root (the folder holding ``configs/``). Data files must resolve
+inside the lab root, or inside ``data_root`` when the lab file names one (an absolute folder a lab may
+keep its CRM extracts in); anything else is refused, so a pilot cannot make labkit read ``/etc/passwd``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from labkit._validation import COLUMN, NAME, Strict, loose, merge_problems, validate_model
+from labkit.errors import LabkitError, SpecError, SpecErrors
+from labkit.yamlfile import YamlDoc, load_yaml
+
+LAB_FILE = Path("configs") / "lab.yaml"
+FORMATS = ("csv", "parquet", "postgres", "spark")
+
+
+class SourceSpec(Strict):
+    format: Literal["csv", "parquet", "postgres", "spark"]
+    path: str | None = None  # csv / parquet / spark (a file or folder of the lab)
+    url_env: str | None = None  # postgres: the environment variable holding the connection URL
+    table: str | None = None  # postgres / spark table name
+    timestamp: str | None = None  # event tables: the event time column
+
+
+class Defaults(Strict):
+    alpha: float = Field(0.05, gt=0, le=0.5)
+    power: float = Field(0.8, gt=0, lt=1)
+    engine: Literal["frequentist", "bayesian"] = "frequentist"
+    correction: Literal["holm", "bh", "none"] = "holm"
+    sequential: bool = False
+    # Bayesian engine: normal prior on the relative lift, N(prior_mean, prior_sd^2).
+    prior_mean: float = 0.0
+    prior_sd: float = Field(0.3, gt=0)
+    bootstrap_samples: int = Field(2000, ge=100, le=100_000)
+
+
+class Privacy(Strict):
+    pseudonymize: bool = True
+    key_env: str = "LABKIT_ID_KEY"
+    # Medians, maxima and other order statistics over fewer customers than this are suppressed.
+    min_cell_size: int = Field(10, ge=1)
+
+
+class Runner(Strict):
+    timeout_seconds: int = Field(600, gt=0)  # per notebook cell
+    workers: int | None = Field(None, gt=0)  # default: the number of cores
+    kernel: str = "python3"
+
+
+class LabSpec(Strict):
+    lab: str
+    tracking_uri: str = "sqlite:///results/mlflow.db"
+    mlflow_experiment: str = "labkit-pilots"
+    currency: str = "USD"
+    data_root: str | None = None
+    sources: dict[str, SourceSpec] = Field(default_factory=dict)
+    functions: list[str] = Field(default_factory=lambda: ["sales", "marketing", "service", "pr"])
+    channels: list[str] = Field(default_factory=list)
+    stages: list[str] = Field(
+        default_factory=lambda: ["acquisition", "onboarding", "service", "development", "retention", "winback"]
+    )
+    defaults: Defaults = Field(default_factory=Defaults)
+    privacy: Privacy = Field(default_factory=Privacy)
+    runner: Runner = Field(default_factory=Runner)
+    notebook: str = "notebooks/pilot_analysis.ipynb"
+
+
+@dataclass(frozen=True)
+class Lab:
+    """A loaded, validated lab: its root folder, file and settings."""
+
+    root: Path
+    path: Path
+    spec: LabSpec
+    doc: YamlDoc = field(repr=False)
+
+    @property
+    def results_dir(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def experiments_dir(self) -> Path:
+        return self.root / "experiments"
+
+    @property
+    def tracking_uri(self) -> str:
+        """The MLflow store, with a sqlite path made absolute against the lab root."""
+        uri = os.environ.get("LABKIT_TRACKING_URI") or self.spec.tracking_uri
+        prefix = "sqlite:///"
+        if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+            return prefix + str((self.root / uri[len(prefix) :]).resolve())
+        return uri
+
+    def source(self, name: str) -> SourceSpec:
+        try:
+            return self.spec.sources[name]
+        except KeyError:
+            allowed = ", ".join(self.spec.sources) or "none"
+            raise LabkitError(f"unknown source '{name}'; the lab defines: {allowed}") from None
+
+    def source_path(self, name: str) -> Path:
+        """The file of a file source, checked to lie inside the lab root or its data root."""
+        spec = self.source(name)
+        if spec.path is None:
+            raise LabkitError(f"source '{name}' has no path")
+        return resolve_inside(self, spec.path, what=f"sources.{name}.path")
+
+    def display(self, path: Path) -> str:
+        """A path as shown in messages: relative to the lab root when inside it."""
+        try:
+            return str(Path(path).resolve().relative_to(self.root))
+        except ValueError:
+            return str(path)
+
+
+def resolve_inside(lab: Lab, relative: str, *, what: str) -> Path:
+    """Resolve a path from a lab or pilot file, refusing anything outside the lab (or data) root."""
+    roots = [lab.root]
+    if lab.spec.data_root:
+        roots.append(Path(lab.spec.data_root).resolve())
+    candidate = Path(relative)
+    target = (candidate if candidate.is_absolute() else lab.root / candidate).resolve()
+    for root in roots:
+        if target == root or root in target.parents:
+            return target
+    raise LabkitError(f"{what}: '{relative}' lies outside the lab; paths must stay inside {lab.root}")
+
+
+def find_root(start: Path | None = None, explicit: str | os.PathLike | None = None) -> Path:
+    """The lab root: ``--lab``, else $LABKIT_LAB, else the nearest folder upward holding configs/lab.yaml."""
+    chosen = explicit or os.environ.get("LABKIT_LAB")
+    if chosen:
+        root = Path(chosen).resolve()
+        if root.is_file():  # --lab may name the lab file itself
+            root = root.parent.parent
+        if not (root / LAB_FILE).is_file():
+            raise LabkitError(f"no {LAB_FILE} under {root}")
+        return root
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / LAB_FILE).is_file():
+            return folder
+    raise LabkitError(f"no lab found: no {LAB_FILE} in {here} or above; run inside a lab or pass --lab PATH")
+
+
+def check_lab(spec: LabSpec, doc: YamlDoc) -> list[SpecError]:
+    """Semantic checks over a lab file that pydantic's shape checks cannot express."""
+    errors: list[SpecError] = []
+
+    def err(loc: tuple, message: str) -> None:
+        errors.append(SpecError(doc.path, doc.line_of(loc), ".".join(map(str, loc)), message))
+
+    for name, src in spec.sources.items():
+        loc = ("sources", name)
+        if not NAME.match(name):
+            err(loc, f"source name '{name}' must be lowercase letters, digits and _ (starting with a letter)")
+        if src.format in ("csv", "parquet") and not src.path:
+            err(loc, f"a {src.format} source needs 'path'")
+        if src.format == "postgres":
+            if not src.url_env:
+                err(loc, "a postgres source needs 'url_env', the environment variable holding its URL")
+            if not src.table:
+                err(loc, "a postgres source needs 'table'")
+        if src.format == "spark" and not (src.path or src.table):
+            err(loc, "a spark source needs 'path' or 'table'")
+        for key in ("table", "timestamp"):
+            value = getattr(src, key)
+            if value is not None and not COLUMN.match(value):
+                err((*loc, key), f"'{value}' is not a plain identifier (letters, digits, _)")
+        if src.url_env is not None and not COLUMN.match(src.url_env):
+            err((*loc, "url_env"), f"'{src.url_env}' is not an environment variable name")
+    for key in ("functions", "channels", "stages"):
+        values = getattr(spec, key)
+        for i, value in enumerate(values):
+            if not NAME.match(value):
+                err((key, i), f"'{value}' must be lowercase letters, digits and _")
+        if len(set(values)) != len(values):
+            err((key,), "entries must be unique")
+    if not NAME.match(spec.privacy.key_env.lower()):
+        err(("privacy", "key_env"), f"'{spec.privacy.key_env}' is not an environment variable name")
+    if spec.data_root is not None and not Path(spec.data_root).is_absolute():
+        err(("data_root",), "data_root must be an absolute folder (relative paths already resolve in the lab)")
+    return errors
+
+
+def _dates_misplaced(doc: YamlDoc, allowed: set[tuple]) -> list[SpecError]:
+    out = []
+    for loc in sorted(doc.implicit_dates, key=str):
+        if loc not in allowed:
+            value = _get(doc.data, loc)
+            out.append(
+                SpecError(
+                    doc.path,
+                    doc.line_of(loc),
+                    ".".join(map(str, loc)),
+                    f"'{value}' is read as a date by YAML 1.1; quote it if it is text",
+                )
+            )
+    return out
+
+
+def _get(data, loc):
+    for part in loc:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def parse_lab(path: Path, root: Path, display: str | None = None) -> tuple[Lab | None, list[SpecError]]:
+    """Load and validate a lab file; every problem is returned, none raised."""
+    try:
+        doc = load_yaml(path, display=display or str(path))
+    except SpecErrors as exc:
+        return None, list(exc.errors)
+    spec, errors = validate_model(LabSpec, doc)
+    errors += _dates_misplaced(doc, set())
+    if isinstance(doc.data, dict):
+        view = spec if spec is not None else loose(LabSpec, doc.data)
+        meaning: list[SpecError] = []
+        try:
+            meaning = check_lab(view, doc)
+        except (TypeError, AttributeError, ValueError, KeyError):
+            pass  # a value of the wrong shape, already reported by the shape pass
+        errors = merge_problems(errors, meaning)
+    if errors:
+        return None, errors
+    return Lab(root=root.resolve(), path=path.resolve(), spec=spec, doc=doc), []
+
+
+def load_lab(path: str | os.PathLike | None = None) -> Lab:
+    """Load configs/lab.yaml: from ``path`` (the file or the lab folder), else found upward from the cwd."""
+    if path is None:
+        root = find_root()
+        file = root / LAB_FILE
+    else:
+        p = Path(path)
+        if p.is_dir():
+            root, file = p, p / LAB_FILE
+        else:
+            file = p
+            root = p.resolve().parent.parent if p.resolve().parent.name == "configs" else p.resolve().parent
+    if not Path(file).is_file():
+        raise LabkitError(f"{file}: no such lab file")
+    lab, errors = parse_lab(Path(file), Path(root), display=_display(Path(file), Path(root)))
+    if errors:
+        raise SpecErrors(errors)
+    return lab
+
+
+def _display(file: Path, root: Path) -> str:
+    try:
+        return str(file.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        try:
+            return str(file.resolve().relative_to(root.resolve()))
+        except ValueError:
+            return str(file)
