@@ -1,0 +1,283 @@
+"""Customer identifiers leave the lab's own files only as keyed pseudonyms; the scanner tests use.
+
+**The key.** ``lab_key(lab)`` is the UTF-8 text (surrounding whitespace stripped) of the environment
+variable named by ``privacy.key_env`` in configs/lab.yaml (``LABKIT_ID_KEY`` by default). When that
+variable is unset, the lab keeps its own key in ``results/.labkit-id-key``: 64 random hex characters,
+created once with mode 0600 (created exclusively, so two processes starting at once end up with the same
+key), with a one-line notice on stderr the first time. The file is read by the same rule as the variable,
+so copying its content into ``LABKIT_ID_KEY`` gives the same pseudonyms. The key is never printed,
+logged or written anywhere else, and is never the assignment salt (which sits in the pilot file).
+
+**A pseudonym** is ``HMAC-SHA256(key, text(customer_id))``, hex, its first 16 characters (64 bits: for
+ten million customers the chance that two share a pseudonym is about 3 in a million). ``text(id)`` is a
+string as it is and an integer in decimal (a float holding an integer, as pandas makes of an integer
+column with nulls, counts as that integer). A plain hash of an id would be reversible by hashing every
+candidate id; the keyed hash is not, without the key.
+
+**The scanner** (``scan_for_identifiers``) reads files as bytes and reports which of a set of identifiers
+(ids, emails, handles, URLs, digests) occur in which file. It finds an identifier wherever it stands
+delimited by a character that appears in no identifier (quotes, spaces, commas, ``<>=``...) or by
+punctuation that identifiers contain (``. @ - : /``...), e.g. inside ``"mailto:ann.lee.7@example.com"``;
+it does not find one glued to letters or digits (``xCUST-0000001``, or inside a base64 blob). SQLite files (an
+MLflow store) are also read table by table, so a long value split across database pages is still found.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import numbers
+import os
+import re
+import secrets
+import sqlite3
+import sys
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from labkit.errors import LabkitError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from labkit.lab import Lab
+
+KEY_FILE = ".labkit-id-key"
+MIN_KEY_CHARS = 16
+PSEUDONYM_CHARS = 16
+
+
+# ------------------------------------------------------------------------------------------ the key
+
+
+def key_path(lab: Lab) -> Path:
+    return lab.results_dir / KEY_FILE
+
+
+def lab_key(lab: Lab) -> bytes:
+    """The lab's pseudonym key: ``$<privacy.key_env>``, else ``results/.labkit-id-key`` (created once)."""
+    env = lab.spec.privacy.key_env
+    value = os.environ.get(env)
+    if value is not None and value.strip():
+        return _checked(value, f"${env}")
+    path = key_path(lab)
+    if not path.exists():
+        _create_key_file(path, env)
+    try:
+        if path.stat().st_mode & 0o077:
+            sys.stderr.write(
+                f"labkit: warning: the pseudonym key {lab.display(path)} is readable by others; "
+                f"chmod 600 {lab.display(path)}\n"
+            )
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LabkitError(
+            f"cannot read the pseudonym key {lab.display(path)}: {type(exc).__name__}"
+        ) from None
+    return _checked(text, lab.display(path))
+
+
+def _checked(text: str, where: str) -> bytes:
+    key = text.strip()
+    if len(key) < MIN_KEY_CHARS:
+        # Only the length is shown: the key itself never appears in a message.
+        raise LabkitError(
+            f"the pseudonym key in {where} is {len(key)} characters long; use at least {MIN_KEY_CHARS} "
+            "random characters, e.g. the output of: python -c 'import secrets; print(secrets.token_hex(32))'"
+        )
+    return key.encode("utf-8")
+
+
+def _create_key_file(path: Path, env: str) -> None:
+    """Write a fresh key to ``path`` unless someone else already did; readers never see a partial key."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{KEY_FILE}.", suffix=".tmp")  # mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(secrets.token_hex(32) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            # link() creates the name only if it is absent (like O_EXCL) and the content is already complete.
+            os.link(tmp, path)
+        except FileExistsError:
+            return  # another process created the key first: everyone uses that one
+        except OSError:
+            if not _create_key_file_excl(path, Path(tmp).read_bytes()):
+                return
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    sys.stderr.write(
+        f"labkit: created the lab's pseudonym key {path.name} in {path.parent} (mode 0600); "
+        f"keep it with the lab's results, or set ${env}\n"
+    )
+
+
+def _create_key_file_excl(path: Path, content: bytes) -> bool:
+    """Fallback for file systems without hard links: O_CREAT|O_EXCL, mode 0600; False if it existed."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(content)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return True
+
+
+# ------------------------------------------------------------------------------------------ pseudonyms
+
+
+def id_text(customer_id) -> str:
+    """The text an id is hashed as: a string as it is, an integer in decimal."""
+    if isinstance(customer_id, bytes):
+        return customer_id.decode("utf-8")
+    if isinstance(customer_id, str):
+        return customer_id
+    if isinstance(customer_id, bool):
+        raise LabkitError("a customer id cannot be true/false")
+    if isinstance(customer_id, numbers.Integral):  # int and numpy integers
+        return str(int(customer_id))
+    if isinstance(customer_id, numbers.Real):
+        if float(customer_id).is_integer():
+            return str(int(customer_id))
+        raise LabkitError("a customer id must be text or an integer, not a fraction")
+    return str(customer_id)
+
+
+def pseudonym(customer_id, key: bytes) -> str:
+    """HMAC-SHA256 of the id's text under the lab key, hex, first 16 characters."""
+    digest = hmac.new(key, id_text(customer_id).encode("utf-8"), hashlib.sha256).hexdigest()
+    return digest[:PSEUDONYM_CHARS]
+
+
+def pseudonymize_series(values, key: bytes) -> pd.Series:
+    """Pseudonyms of a column of ids (same index and name); a missing id stays missing."""
+    import pandas as pd
+
+    series = values if isinstance(values, pd.Series) else pd.Series(values)
+    out = [None if _missing(v) else pseudonym(v, key) for v in series.tolist()]
+    return pd.Series(out, index=series.index, name=series.name, dtype="object")
+
+
+def _missing(value) -> bool:
+    if value is None:
+        return True
+    try:
+        return bool(value != value)  # NaN, NaT, pd.NA
+    except (TypeError, ValueError):
+        return False
+
+
+# ------------------------------------------------------------------------------------------ the scanner
+
+
+def scan_for_identifiers(paths: Iterable[str | os.PathLike], identifiers: set[str]) -> list[tuple[Path, str]]:
+    """Every (file, identifier) such that the identifier occurs in the file; folders are walked.
+
+    Fast for tens of thousands of identifiers: the bytes are cut into tokens made of the characters
+    identifiers consist of, and each token — and each part of it between punctuation that identifiers
+    contain, spanning no more punctuation than the most punctuated identifier — is looked up in a set.
+    """
+    finder = _Finder(identifiers)
+    found: set[tuple[Path, str]] = set()
+    for file in _files(paths):
+        try:
+            data = file.read_bytes()
+        except OSError:
+            continue
+        hits = finder.find(data)
+        if data.startswith(b"SQLite format 3\x00"):
+            hits |= finder.find(_sqlite_text(file))
+        found.update((file, ident) for ident in hits)
+    return sorted(found, key=lambda pair: (str(pair[0]), pair[1]))
+
+
+def _files(paths: Iterable[str | os.PathLike]) -> Iterable[Path]:
+    for p in map(Path, paths):
+        if p.is_dir():
+            yield from sorted(q for q in p.rglob("*") if q.is_file())
+        elif p.is_file():
+            yield p
+
+
+def _sqlite_text(file: Path) -> bytes:
+    """Every text and blob value of every table of a SQLite file, newline-separated (read-only)."""
+    chunks: list[bytes] = []
+    try:
+        con = sqlite3.connect(f"file:{file}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return b""
+    try:
+        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            quoted = '"' + table.replace('"', '""') + '"'
+            for row in con.execute(f"SELECT * FROM {quoted}"):  # the names come from sqlite_master
+                for value in row:
+                    if isinstance(value, str):
+                        chunks.append(value.encode("utf-8", "surrogatepass"))
+                    elif isinstance(value, bytes):
+                        chunks.append(value)
+    except sqlite3.Error:
+        pass
+    finally:
+        con.close()
+    return b"\n".join(chunks)
+
+
+class _Finder:
+    """Set lookup of identifier-shaped tokens and of runs of their elements (words and punctuation)."""
+
+    def __init__(self, identifiers: set[str]):
+        self.by_bytes = {i.encode("utf-8"): i for i in identifiers if i}
+        alphabet = set().union(*(set(b) for b in self.by_bytes)) if self.by_bytes else set()
+        # Letters, digits and every non-ASCII byte glue a word; the other bytes identifiers contain are
+        # punctuation, each its own element; any other byte ends a token.
+        glue = set(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") | set(
+            range(0x80, 0x100)
+        )
+        punct = sorted(alphabet - glue)
+        word = b"[" + b"".join(re.escape(bytes([c])) for c in sorted(glue)) + b"]+"
+        self.token = re.compile(
+            b"[" + b"".join(re.escape(bytes([c])) for c in sorted(glue | alphabet)) + b"]+"
+        )
+        self.punct = (
+            re.compile(b"[" + b"".join(re.escape(bytes([c])) for c in punct) + b"]") if punct else None
+        )
+        self.element = re.compile(word + (b"|" + self.punct.pattern if punct else b""))
+        split = [self.element.findall(b) for b in self.by_bytes]
+        self.first = {parts[0] for parts in split if parts}
+        self.max_elements = max((len(parts) for parts in split), default=0)
+        self.min_len = min((len(b) for b in self.by_bytes), default=1)
+        self.max_len = max((len(b) for b in self.by_bytes), default=0)
+
+    def find(self, data: bytes) -> set[str]:
+        hits: set[str] = set()
+        if not self.by_bytes:
+            return hits
+        lookup, first, punct = self.by_bytes, self.first, self.punct
+        for tok in self.token.findall(data):
+            if len(tok) < self.min_len:
+                continue
+            if tok in lookup:
+                hits.add(lookup[tok])
+            if punct is None or not punct.search(tok):
+                continue
+            parts = self.element.findall(tok)
+            for i, part in enumerate(parts):
+                if part not in first:
+                    continue
+                candidate = part
+                if candidate in lookup:
+                    hits.add(lookup[candidate])
+                for nxt in parts[i + 1 : i + self.max_elements]:
+                    candidate += nxt
+                    if len(candidate) > self.max_len:
+                        break
+                    if candidate in lookup:
+                        hits.add(lookup[candidate])
+        return hits
