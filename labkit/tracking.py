@@ -1,0 +1,1003 @@
+"""MLflow tracking: every analysis run of a pilot becomes one MLflow run (DESIGN.md, "Runs and MLflow").
+
+This is the only module that talks to MLflow, and it imports mlflow inside its functions only. The
+pipeline builds a ``RunRecord`` (everything one run records, also written to ``record.json`` so a run can
+be recorded again later) and hands it to ``Tracker.record``; the leadership view reads ``latest_runs``.
+
+What it settles, and why (RELIABILITY.md, "Facts"):
+
+- **Stores.** ``http(s)://`` is a shared ``mlflow server``: the server chooses the artifact location
+  (``mlflow-artifacts:/``). Any other URI (the default ``sqlite:///results/mlflow.db``) is a store this
+  process writes straight to: ``prepare()`` creates and migrates it once, under an exclusive ``fcntl`` lock
+  on ``results/.mlflow.lock`` (several processes opening a *fresh* sqlite store race in MLflow's table
+  creation; opening a complete one is safe in parallel and happens outside the lock), and creates the
+  experiment, under the lock, with an explicit absolute ``file://`` artifact location under
+  ``results/mlruns/``. An experiment made through a server (``mlflow-artifacts:/``) or with a relative
+  artifact location is refused for direct writes: mixing access modes loses artifacts. An out-of-date
+  schema is reported with the ``mlflow db upgrade`` command rather than migrated behind the user's back.
+- **Quiet and fast to fail.** ``Tracker()`` sets ``MLFLOW_DISABLE_TELEMETRY=true`` and
+  ``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT=true`` (the "View run" line corrupts JSON output); for an http
+  store with ``fail_fast`` it lowers ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` (2), ``..._BACKOFF_FACTOR`` (1) and
+  ``..._TIMEOUT`` (5 s) unless the environment already sets them, so an unreachable server is a
+  ``TrackingError`` within seconds instead of minutes of retries. Messages never show URL credentials.
+- **Statuses.** A run is created RUNNING and always ends FINISHED, FAILED or KILLED: any exception while
+  finishing sets it FAILED (KILLED for KeyboardInterrupt/SystemExit) before the ``TrackingError`` is raised
+  (an unreachable server cannot take that status either: the message says so). Runs carry ``labkit.pid``,
+  ``labkit.pid_start`` (the process start time, so a reused pid is not mistaken for the owner) and
+  ``labkit.host``; ``sweep_stale()`` turns RUNNING runs of this host whose process is gone, and runs of
+  other hosts RUNNING for more than 24 h, into KILLED.
+- **Idempotency.** ``labkit.run_key`` identifies one analysis run; ``labkit.recorded=true`` is the last
+  thing written before the status. ``record()`` returns an already-recorded run of the key, finishes a
+  partial one (RUNNING/FAILED/KILLED without ``labkit.recorded``) instead of creating a second, and only
+  then creates a new run. Re-finishing logs only what is missing, so metric histories stay single-valued.
+- **Latest.** ``labkit.latest`` is ``"true"`` on exactly one run per pilot: the FINISHED run with the
+  newest start time (ties: newest end time, then run id); every other run of the pilot carries ``"false"``.
+  FAILED and KILLED runs never become latest: leadership compares completed analyses, and a failed re-run
+  must not hide the last good one. A pilot with no FINISHED run has no latest run. The flag is recomputed
+  from the store after every run (not "set mine, clear the previous one"), re-read and repeated until the
+  store agrees, so concurrent recorders converge on the same answer; on a local store the fix-up also runs
+  under the lock. A re-recorded old record keeps its own start time and so does not steal the flag.
+- **Limits, never silent truncation** (RELIABILITY #31). Params, tags and metrics go in ``log_batch`` calls
+  within MLflow's limits (100 params, 100 tags, 1000 metrics, 1000 entities, well under 1 MB per call).
+  A param value over 6000 characters is split into ``<key>.part1of<n>`` … ``<key>.part<n>of<n>`` whose
+  concatenation is the value, the split keys are listed in the ``labkit.params_split`` tag and a warning is
+  added to ``Tracker.warnings`` (``latest_runs`` joins the parts back). A description over 8000 characters
+  is attached whole as ``description.md`` and the note says, in its last line, that it continues there. Tag
+  values over 8000 characters, keys over 250 and names MLflow rejects are refused with a TrackingError
+  naming them. Metrics: ±inf become ±1.7976931348623157e308 (the largest float; MLflow cannot store inf),
+  NaN and None are skipped, booleans are 0/1.
+- **Artifacts**: ``*.yaml``/``*.yml`` under ``pilot/``; ``*.ipynb``/``*.html`` under ``notebook/``; images and
+  PDFs under ``figures/``; anything else (``results.json``, ``record.json``) at the root. A missing file or
+  two files landing on the same artifact path is an error, not a silent skip or overwrite.
+- **Datasets**: one MLflow dataset input per source (context ``analysis``) whose digest is labkit's own.
+  MLflow's digest field holds at most 36 characters: a longer digest (a sha256 is 64) is stored as its first
+  36 characters there, and in full in the dataset's profile (``{"digest": ...}``) and in the input tag
+  ``labkit.digest``. Credentials in a source string are masked.
+
+No customer identifier can reach MLflow through this module: it logs exactly what the record holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import math
+import os
+import random
+import re
+import socket
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from labkit.errors import TrackingError
+
+STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+# MLflow 3.17's limits (mlflow/utils/validation.py)
+MAX_PARAM_VALUE = 6000
+MAX_TAG_VALUE = 8000
+MAX_KEY = 250
+MAX_PARAMS_TAGS_PER_BATCH = 100
+MAX_METRICS_PER_BATCH = 1000
+MAX_ENTITIES_PER_BATCH = 1000
+MAX_BATCH_BYTES = 500_000  # MLflow allows 1e6 per request; JSON escaping can grow a value
+MAX_DATASET_DIGEST = 36
+MAX_DATASET_NAME = 500
+MAX_INPUT_TAG_VALUE = 500
+FLOAT_MAX = sys.float_info.max  # "1.8e308": what an infinite metric is stored as
+
+TAG_PILOT = "labkit.pilot"
+TAG_FUNCTION = "labkit.function"
+TAG_RUN_KEY = "labkit.run_key"
+TAG_LATEST = "labkit.latest"
+TAG_RECORDED = "labkit.recorded"
+TAG_PID = "labkit.pid"
+TAG_PID_START = "labkit.pid_start"
+TAG_HOST = "labkit.host"
+TAG_PREREG = "labkit.prereg_sha256"
+TAG_PARAMS_SPLIT = "labkit.params_split"
+TAG_ERROR = "labkit.error"
+TAG_SWEPT = "labkit.swept"
+NOTE = "mlflow.note.content"
+
+FAIL_FAST_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+}
+LOCK_TIMEOUT = 120.0  # seconds to wait for another process holding the store lock
+LATEST_ATTEMPTS = 6
+STALE_AFTER_HOURS = 24.0  # a RUNNING run of another host older than this is considered abandoned
+
+FIGURE_SUFFIXES = {".png", ".svg", ".jpg", ".jpeg", ".gif", ".webp", ".pdf"}
+_NAME_OK = re.compile(r"^[/\w.\- :]*$")  # MLflow's rule for param, metric and tag names (POSIX)
+_FILTER_VALUE_OK = re.compile(r"^[\w.:/@+\- ]+$")  # what may sit between quotes in a search filter
+_SPLIT_PART = re.compile(r"^(?P<key>.+)\.part(?P<i>\d+)of(?P<n>\d+)$")
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)[^/@\s]+@")
+_env_set_by_us: set[str] = set()
+_LOCKS: dict[str, list] = {}  # lock path -> [RLock, depth, open file holding the flock]
+_LOCKS_GUARD = threading.Lock()
+RESERVED_TAGS = (TAG_LATEST, TAG_RECORDED)  # labkit manages these; a record cannot set them
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """Everything one analysis run records; ``record.json`` holds it so the run can be recorded again.
+
+    ``run_key`` (e.g. ``"<pilot>/<UTC stamp>"``) makes recording idempotent; ``started_at``/``ended_at``
+    are epoch seconds; ``artifacts`` are absolute file paths; ``datasets`` are
+    ``{"name", "digest", "source"}`` (optional ``"source_type"``, ``"rows"``) per data source used.
+    """
+
+    pilot: str
+    run_name: str
+    status: str
+    run_key: str
+    tags: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    description: str = ""
+    artifacts: list[str] = field(default_factory=list)
+    datasets: list[dict] = field(default_factory=list)
+    started_at: float = 0.0
+    ended_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise TrackingError(f"run status '{self.status}' is not one of {', '.join(STATUSES)}")
+        for name in ("tags", "params"):
+            bad = [
+                k for k, v in getattr(self, name).items() if not isinstance(k, str) or not isinstance(v, str)
+            ]
+            if bad:
+                raise TrackingError(
+                    f"run record {name} must map text to text; not: {', '.join(map(str, bad))}"
+                )
+
+    def to_json(self) -> str:
+        """JSON with every field; infinite or NaN metrics are refused (convert them first)."""
+        try:
+            return json.dumps(asdict(self), indent=2, sort_keys=True, allow_nan=False, ensure_ascii=False)
+        except ValueError as exc:
+            raise TrackingError(f"run record of '{self.pilot}' holds a non-finite number: {exc}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> RunRecord:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise TrackingError(f"not a labkit run record: invalid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise TrackingError("not a labkit run record: the JSON is not an object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        missing = sorted({"pilot", "run_name", "status", "run_key"} - set(data))
+        if unknown or missing:
+            problems = [f"unknown field(s) {', '.join(unknown)}"] if unknown else []
+            problems += [f"missing field(s) {', '.join(missing)}"] if missing else []
+            raise TrackingError(f"not a labkit run record: {'; '.join(problems)}")
+        shapes = {"tags": dict, "params": dict, "metrics": dict, "artifacts": list, "datasets": list}
+        wrong = [name for name, shape in shapes.items() if not isinstance(data.get(name, shape()), shape)]
+        if wrong:
+            raise TrackingError(f"not a labkit run record: wrong type for {', '.join(wrong)}")
+        return cls(**data)
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def flatten_params(spec: dict, prefix: str = "") -> dict[str, str]:
+    """A pilot spec (``model_dump(mode="json")``) as MLflow params: ``{"cohort.arms.control": "0.5", ...}``.
+
+    Nested mappings join their keys with dots; a list of mappings that all carry a distinct ``name`` (the
+    pilot's metrics) nests under those names (``metrics.churned.type``); any other list is one JSON value.
+    Strings stay as they are, other scalars are JSON (``true``, ``0.5``); ``None`` is left out (the spec's
+    default), an empty mapping is ``{}``.
+    """
+    out: dict[str, str] = {}
+    for key, value in spec.items():
+        name = f"{prefix}{key}"
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            if value:
+                out.update(flatten_params(value, prefix=f"{name}."))
+            else:
+                out[name] = "{}"
+        elif isinstance(value, list) and _named_items(value):
+            for item in value:
+                rest = {k: v for k, v in item.items() if k != "name"}
+                out.update(flatten_params(rest, prefix=f"{name}.{item['name']}."))
+        elif isinstance(value, str):
+            out[name] = value
+        else:
+            out[name] = json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return out
+
+
+def _named_items(items: list) -> bool:
+    names = [i.get("name") for i in items if isinstance(i, dict)]
+    return (
+        bool(items)
+        and len(names) == len(items)
+        and all(isinstance(n, str) and n for n in names)
+        and len(set(names)) == len(names)
+    )
+
+
+def metrics_from_results(results: dict) -> dict[str, float]:
+    """The numbers of a results.json (the ``labkit analyze --json`` contract) as MLflow metrics.
+
+    ``<metric>.<arm>.<field>`` for every number of each metrics row (effect, ci_low, …, p_value_adjusted,
+    n_control, …); ``srm_p_value``, ``srm_ok`` and ``srm.counts.<arm>``; every number of ``roi`` under its own
+    name (``roi``, ``cost``, ``value``, ``value_ci_low`` …); ``plan.<field>``; and ``exposed`` (customers
+    in the pilot). None and NaN are skipped, booleans are 0/1, ±inf is ±1.7976931348623157e308.
+    """
+    out: dict[str, float] = {}
+
+    def put(name: str, value) -> None:
+        number = _metric_value(value)
+        if number is not None:
+            out[name] = number
+
+    for row in results.get("metrics") or []:
+        metric, arm = row.get("metric"), row.get("arm")
+        for key, value in row.items():
+            put(f"{metric}.{arm}.{key}", value)
+    srm = results.get("srm") or {}
+    put("srm_p_value", srm.get("p_value"))
+    put("srm_ok", srm.get("ok"))
+    for arm, count in (srm.get("counts") or {}).items():
+        put(f"srm.counts.{arm}", count)
+    for key, value in (results.get("roi") or {}).items():
+        put(key, value)
+    for key, value in (results.get("plan") or {}).items():
+        put(f"plan.{key}", value)
+    put("exposed", (results.get("meta") or {}).get("exposed"))
+    return out
+
+
+def _metric_value(value) -> float | None:
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    if not isinstance(value, int | float):
+        return None
+    value = float(value)
+    if math.isnan(value):
+        return None
+    if math.isinf(value):
+        return FLOAT_MAX if value > 0 else -FLOAT_MAX
+    return value
+
+
+def redact(text: str) -> str:
+    """Mask ``user:password@`` in any URL inside ``text``."""
+    return _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
+
+
+def display_uri(uri: str) -> str:
+    """A tracking URI fit for messages: no credentials, no query string."""
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https"):
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return redact(uri)
+
+
+def _bad_name(name: str) -> str | None:
+    """Why MLflow would reject ``name`` as a param/metric/tag key, or None."""
+    import posixpath
+
+    if not name:
+        return "empty name"
+    if len(name) > MAX_KEY:
+        return f"longer than {MAX_KEY} characters"
+    if not _NAME_OK.match(name):
+        return "only letters, digits, _ - . : / and spaces are allowed"
+    normal = posixpath.normpath(name)
+    if normal != name or normal == "." or normal.startswith(("..", "/")):
+        return "it would resolve to another path"
+    return None
+
+
+def _quote(value: str) -> str:
+    if not isinstance(value, str) or not _FILTER_VALUE_OK.match(value):
+        raise TrackingError(f"'{value}' cannot be used in an MLflow search; use letters, digits and -_.:/")
+    return f"'{value}'"
+
+
+def _ms(seconds: float | None) -> int | None:
+    return int(round(seconds * 1000)) if seconds else None
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of a process in clock ticks since boot (Linux), or None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()[19]
+
+
+def _pid_alive(pid: int, started: str | None) -> bool:
+    """Whether the process that tagged a run still runs: the pid exists, is no zombie, is not a reused pid."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return True  # no /proc: the pid exists, trust it
+    if state in ("Z", "X"):
+        return False
+    return started is None or _process_start(pid) == started
+
+
+def _artifact_dir(path: Path) -> str | None:
+    suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        return "pilot"
+    if suffix in (".ipynb", ".html"):
+        return "notebook"
+    if suffix in FIGURE_SUFFIXES or path.name == "figures":
+        return "figures"
+    return None
+
+
+# --------------------------------------------------------------------------- the tracker
+
+
+class Tracker:
+    """Records pilot runs in the lab's MLflow store and reads them back for ``labkit compare``."""
+
+    def __init__(self, lab, *, fail_fast: bool = True):
+        self.lab = lab
+        self.uri: str = lab.tracking_uri
+        self.experiment_name: str = lab.spec.mlflow_experiment
+        self.fail_fast = fail_fast
+        self.is_http = urlsplit(self.uri).scheme in ("http", "https")
+        self.display_uri = display_uri(self.uri)
+        self.warnings: list[str] = []  # what was recorded differently from the record (split params …)
+        self.experiment_id: str | None = None
+        self._client = None
+        os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+        # MLflow's INFO lines (store creation, migrations) are noise in a CLI; its warnings still show.
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        for key, value in FAIL_FAST_ENV.items():
+            if self.is_http and fail_fast:
+                if key not in os.environ:
+                    os.environ[key] = value
+                    _env_set_by_us.add(key)
+            elif key in _env_set_by_us:  # a fail-fast tracker earlier in this process set it
+                os.environ.pop(key, None)
+                _env_set_by_us.discard(key)
+
+    # ---------------------------------------------------------------- store and experiment
+
+    @property
+    def artifact_root(self) -> Path:
+        """Where a local store keeps artifacts: ``results/mlruns/`` of the lab."""
+        return self.lab.results_dir / "mlruns"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.lab.results_dir / ".mlflow.lock"
+
+    def prepare(self) -> None:
+        """Open the store (creating and migrating a local one once, under the lock) and the experiment."""
+        if self.experiment_id is not None:
+            return
+        if self.is_http:
+            self._client = self._call("connecting", self._new_client)
+            self.experiment_id = self._experiment(artifact_location=None)
+            return
+        import mlflow  # noqa: F401 -- seconds of import, better spent before taking the lock
+
+        # Creating a store is the racy part: one process does it while holding the lock, so any other
+        # process that gets the lock sees no store or a complete one. Opening a complete store (~1-2 s
+        # of schema checks) is safe in parallel and happens outside the lock.
+        with self._locked():
+            if not self._store_ready():
+                self._client = self._call("creating the store", self._new_client)
+        if self._client is None:
+            self._client = self._call("opening the store", self._new_client)
+        with self._locked():
+            self.experiment_id = self._experiment(artifact_location=self.artifact_root.resolve().as_uri())
+
+    def _store_ready(self) -> bool:
+        """Whether a sqlite store exists with MLflow's tables and a schema version (other stores: unknown)."""
+        import sqlite3
+
+        prefix = "sqlite:///"
+        if not self.uri.startswith(prefix):
+            return False
+        path = Path(self.uri[len(prefix) :].split("?", 1)[0])
+        if not path.is_file():
+            return False
+        try:
+            with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30)) as db:
+                tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if not {"experiments", "runs", "alembic_version"} <= tables:
+                    return False
+                return db.execute("SELECT count(*) FROM alembic_version").fetchone()[0] > 0
+        except sqlite3.Error:
+            return False
+
+    def _new_client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.uri)  # opening a fresh store creates and migrates it
+
+    def _experiment(self, *, artifact_location: str | None) -> str:
+        from mlflow.exceptions import MlflowException
+
+        client = self._client
+        name = self.experiment_name
+        exp = self._call("reading the experiment", client.get_experiment_by_name, name)
+        if exp is None:
+            try:
+                client.create_experiment(name, artifact_location=artifact_location)
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # else: another process was quicker
+                    raise self._error("creating the experiment", exc) from exc
+            except Exception as exc:
+                raise self._error("creating the experiment", exc) from exc
+            exp = self._call("reading the experiment", client.get_experiment_by_name, name)
+        if exp is None:
+            raise TrackingError(f"MLflow store {self.display_uri}: experiment '{name}' could not be created")
+        if exp.lifecycle_stage != "active":
+            raise TrackingError(
+                f"MLflow experiment '{name}' is deleted in {self.display_uri}; restore it "
+                f"(mlflow experiments restore --experiment-id {exp.experiment_id}) or set another "
+                "mlflow_experiment in configs/lab.yaml"
+            )
+        if not self.is_http:
+            location = exp.artifact_location or ""
+            scheme = urlsplit(location).scheme
+            if scheme == "mlflow-artifacts":
+                raise TrackingError(
+                    f"MLflow experiment '{name}' was created through an MLflow server (artifacts at "
+                    f"{location}), which a client writing straight to {self.display_uri} cannot use; set "
+                    "tracking_uri (or LABKIT_TRACKING_URI) to that server's http:// URI, or use another "
+                    "mlflow_experiment"
+                )
+            if not scheme and not os.path.isabs(location):
+                raise TrackingError(
+                    f"MLflow experiment '{name}' keeps artifacts at the relative location '{location}', "
+                    "which depends on the working directory; use another mlflow_experiment"
+                )
+        return exp.experiment_id
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """An exclusive fcntl lock on results/.mlflow.lock (re-entrant, thread-safe); no-op over http."""
+        if self.is_http:
+            yield
+            return
+        key = str(self.lock_path.resolve())
+        with _LOCKS_GUARD:
+            local = _LOCKS.setdefault(key, [threading.RLock(), 0, None])
+        with local[0]:  # threads of this process queue here; processes queue on the file lock
+            if local[1] == 0:
+                local[2] = self._acquire_file_lock()
+            local[1] += 1
+            try:
+                yield
+            finally:
+                local[1] -= 1
+                if local[1] == 0:
+                    handle, local[2] = local[2], None
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+                    handle.close()
+
+    def _acquire_file_lock(self):
+        try:
+            self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(self.lock_path, "a+")  # noqa: SIM115 -- closed by _locked
+        except OSError as exc:
+            raise TrackingError(
+                f"cannot open the MLflow store lock {self.lock_path}: {exc.strerror}"
+            ) from None
+        deadline = time.monotonic() + LOCK_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return handle
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    handle.close()
+                    raise TrackingError(
+                        f"another process has held the MLflow store lock {self.lock_path} for {LOCK_TIMEOUT:.0f} s"
+                    ) from None
+                time.sleep(0.05)
+
+    # ---------------------------------------------------------------- errors
+
+    def _error(self, what: str, exc: BaseException) -> TrackingError:
+        """One clear line for an MLflow failure: unreachable server, out-of-date schema, or the reason."""
+        text = " ".join(str(exc).split())
+        chain, seen = [], exc
+        while seen is not None and len(chain) < 10:
+            chain.append(type(seen).__name__)
+            seen = seen.__cause__ or seen.__context__
+        unreachable = any(
+            marker in text
+            for marker in ("Max retries exceeded", "Failed to establish a new connection", "Connection refused",
+                           "timed out", "NameResolutionError", "Connection aborted", "RemoteDisconnected")
+        ) or any(name in ("ConnectionError", "ConnectTimeout", "ReadTimeout") for name in chain)  # fmt: skip
+        if self.is_http and unreachable:
+            reason = "connection refused" if "refused" in text else "timed out" if "timed out" in text else ""
+            reason = reason or ("host not found" if "NameResolution" in text else "no answer")
+            error = TrackingError(
+                f"cannot reach the MLflow tracking server at {self.display_uri} ({reason}) while {what}; "
+                "start it, or point tracking_uri in configs/lab.yaml (or LABKIT_TRACKING_URI) at a running one"
+            )
+            error.unreachable = True
+            return error
+        if "out-of-date database schema" in text:
+            return TrackingError(
+                f"the MLflow store {self.display_uri} was made by an older MLflow; back it up, then run "
+                f"`mlflow db upgrade {self.display_uri}`"
+            )
+        reason = redact(text)
+        if len(reason) > 300:
+            reason = reason[:300] + "…"
+        return TrackingError(
+            f"MLflow store {self.display_uri}: {what} failed: {reason or type(exc).__name__}"
+        )
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TrackingError:
+            raise
+        except Exception as exc:
+            raise self._error(what, exc) from exc
+
+    # ---------------------------------------------------------------- searching
+
+    def _search(
+        self, filter_string: str, *, order_by: list[str] | None = None, max_results: int | None = None
+    ):
+        """Runs of the lab's experiment matching ``filter_string`` (AND only), all pages unless ``max_results``."""
+        self.prepare()
+        runs, token = [], None
+        page = min(max_results or 1000, 1000)
+        while True:
+            batch = self._call(
+                "searching runs", self._client.search_runs, [self.experiment_id], filter_string=filter_string,
+                max_results=page, order_by=order_by, page_token=token,
+            )  # fmt: skip
+            runs.extend(batch)
+            token = batch.token
+            if not token or (max_results is not None and len(runs) >= max_results):
+                return runs[:max_results] if max_results is not None else runs
+
+    def _pilot_filter(self, pilot: str) -> str:
+        return f"tags.`{TAG_PILOT}` = {_quote(pilot)}"
+
+    # ---------------------------------------------------------------- recording
+
+    def start(
+        self, pilot: str, run_name: str, run_key: str, tags: dict, *, started_at: float | None = None
+    ) -> str:
+        """Create the run RUNNING with labkit's identity tags; returns its id."""
+        self.prepare()
+        _quote(pilot)
+        _quote(run_key)
+        given = {str(k): str(v) for k, v in tags.items() if k not in RESERVED_TAGS}
+        own = {TAG_PILOT: pilot, TAG_RUN_KEY: run_key, TAG_LATEST: "false", **self._owner_tags()}
+        all_tags = given | own
+        self._check_tags(all_tags)
+        run = self._call(
+            "creating a run", self._client.create_run, self.experiment_id, start_time=_ms(started_at),
+            tags=all_tags, run_name=run_name,
+        )  # fmt: skip
+        return run.info.run_id
+
+    @staticmethod
+    def _owner_tags() -> dict[str, str]:
+        tags = {TAG_PID: str(os.getpid()), TAG_HOST: socket.gethostname()}
+        started = _process_start(os.getpid())
+        if started is not None:
+            tags[TAG_PID_START] = started
+        return tags
+
+    def finish(self, run_id: str, record: RunRecord) -> None:
+        """Log everything the record holds, set its status, then settle ``labkit.latest`` for the pilot.
+
+        Any exception before the status is set leaves the run FAILED (KILLED on KeyboardInterrupt or
+        SystemExit) and raises a TrackingError; a failure while settling the latest flag afterwards raises
+        a TrackingError but leaves the (complete) run as recorded.
+        """
+        self.prepare()
+        try:
+            self._log(run_id, record)
+            self._call(
+                "setting the run status", self._client.set_terminated, run_id, status=record.status,
+                end_time=_ms(record.ended_at),
+            )  # fmt: skip
+        except BaseException as exc:
+            interrupted = isinstance(exc, KeyboardInterrupt | SystemExit)
+            error = exc if isinstance(exc, TrackingError) else self._error("recording the run", exc)
+            # An unreachable server will not take the FAILED status either: do not wait for it twice more.
+            reachable = not getattr(error, "unreachable", False)
+            marked = reachable and self._mark_ended(
+                run_id, "KILLED" if interrupted else "FAILED", error.message
+            )
+            if interrupted:
+                raise
+            if not marked:
+                error = TrackingError(
+                    f"{error.message}; the run could not be marked FAILED either and stays RUNNING until "
+                    "the next `labkit run` sweeps it"
+                )
+            raise error from exc
+        self._settle_latest(record.pilot)
+
+    def _mark_ended(self, run_id: str, status: str, reason: str) -> bool:
+        """Best effort: end a run that could not be recorded; True when the store accepted it."""
+        from mlflow.entities import RunTag
+
+        try:
+            self._client.log_batch(run_id, tags=[RunTag(TAG_ERROR, reason[:MAX_TAG_VALUE])])
+        except Exception:
+            pass
+        try:
+            self._client.set_terminated(run_id, status=status)
+            return True
+        except Exception:
+            return False
+
+    def _log(self, run_id: str, record: RunRecord) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        run = self._call("reading the run", self._client.get_run, run_id)
+        owner = run.data.tags.get(TAG_PILOT)
+        if owner != record.pilot:
+            raise TrackingError(f"run {run_id} belongs to pilot '{owner}', not to '{record.pilot}'")
+
+        key = run.data.tags.get(TAG_RUN_KEY)
+        if key != record.run_key:
+            raise TrackingError(f"run {run_id} was started for run key '{key}', not '{record.run_key}'")
+        params, split = self._split_params(record.params)
+        given = {k: v for k, v in record.tags.items() if k not in RESERVED_TAGS}
+        tags = {**given, TAG_PILOT: record.pilot, TAG_RUN_KEY: record.run_key}
+        if split:
+            tags[TAG_PARAMS_SPLIT] = ",".join(split)
+            self.warnings.append(
+                f"{record.pilot}: param(s) {', '.join(split)} longer than {MAX_PARAM_VALUE} characters were "
+                f"logged in parts (<key>.part1of<n> …); their concatenation is the value"
+            )
+        note, note_overflow = self._note(record)
+        if note is not None:
+            tags[NOTE] = note
+        self._check_tags(tags)
+        metrics = self._metrics(record)
+
+        # Params are immutable in MLflow and metrics keep a history: log only what is not there yet.
+        have_params, have_metrics = run.data.params, run.data.metrics
+        clash = sorted(k for k, v in params.items() if k in have_params and have_params[k] != v)
+        if clash:
+            raise TrackingError(f"run {run_id} already holds other values for param(s) {', '.join(clash)}")
+        stamp = _ms(record.ended_at) or int(time.time() * 1000)
+        batches = _batches(
+            [Param(k, v) for k, v in params.items() if k not in have_params],
+            [RunTag(k, v) for k, v in tags.items() if run.data.tags.get(k) != v],
+            [Metric(k, v, stamp, 0) for k, v in metrics.items() if have_metrics.get(k) != v],
+        )
+        for batch in batches:
+            self._call("logging params, metrics and tags", self._client.log_batch, run_id, **batch)
+
+        self._log_artifacts(run_id, record, note_overflow)
+        self._log_datasets(run_id, record)
+        self._call(
+            "marking the run recorded", self._client.log_batch, run_id, tags=[RunTag(TAG_RECORDED, "true")]
+        )
+
+    def _split_params(self, params: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+        out: dict[str, str] = {}
+        split: list[str] = []
+        for key, value in params.items():
+            if len(value) <= MAX_PARAM_VALUE:
+                out[key] = value
+                continue
+            parts = [value[i : i + MAX_PARAM_VALUE] for i in range(0, len(value), MAX_PARAM_VALUE)]
+            for i, part in enumerate(parts, 1):
+                out[f"{key}.part{i}of{len(parts)}"] = part
+            split.append(key)
+        bad = {k: why for k in out if (why := _bad_name(k))}
+        if bad:
+            listed = "; ".join(f"'{k[:80]}': {why}" for k, why in sorted(bad.items())[:5])
+            raise TrackingError(f"param name(s) MLflow cannot store: {listed}")
+        clash = sorted(k for k in params if _SPLIT_PART.match(k) and _SPLIT_PART.match(k)["key"] in split)
+        if clash:
+            raise TrackingError(f"param name(s) {', '.join(clash)} collide with the parts of a long param")
+        return out, split
+
+    def _note(self, record: RunRecord) -> tuple[str | None, str | None]:
+        """The run description, and the full text when it had to continue in ``description.md``."""
+        text = record.description
+        if not text:
+            return None, None
+        if len(text) <= MAX_TAG_VALUE:
+            return text, None
+        tail = f"\n\n… continued in the artifact description.md ({len(text)} characters in full)"
+        self.warnings.append(
+            f"{record.pilot}: the run description has {len(text)} characters, more than MLflow's "
+            f"{MAX_TAG_VALUE} for a note; the note shows the start and description.md holds all of it"
+        )
+        return text[: MAX_TAG_VALUE - len(tail)] + tail, text
+
+    @staticmethod
+    def _check_tags(tags: dict[str, str]) -> None:
+        problems = []
+        for key, value in tags.items():
+            why = _bad_name(key)
+            if why:
+                problems.append(f"'{key[:80]}': {why}")
+            elif len(value) > MAX_TAG_VALUE:
+                problems.append(
+                    f"'{key}': value of {len(value)} characters, more than MLflow's {MAX_TAG_VALUE}"
+                )
+        if problems:
+            raise TrackingError(f"tag(s) MLflow cannot store without losing them: {'; '.join(problems[:5])}")
+
+    @staticmethod
+    def _metrics(record: RunRecord) -> dict[str, float]:
+        out, bad = {}, []
+        for key, value in record.metrics.items():
+            why = _bad_name(key)
+            if why:
+                bad.append(f"'{key[:80]}': {why}")
+                continue
+            number = _metric_value(value)
+            if number is not None:
+                out[key] = number
+        if bad:
+            raise TrackingError(f"metric name(s) MLflow cannot store: {'; '.join(bad[:5])}")
+        return out
+
+    def _log_artifacts(self, run_id: str, record: RunRecord, note_overflow: str | None) -> None:
+        planned: dict[str, Path] = {}
+        for name in record.artifacts:
+            path = Path(name)
+            if not path.exists():
+                raise TrackingError(f"artifact {path} of run {record.run_key} does not exist")
+            folder = _artifact_dir(path)
+            target = f"{folder}/{path.name}" if folder and path.name != folder else (folder or path.name)
+            if target in planned:
+                raise TrackingError(
+                    f"artifacts {planned[target]} and {path} would both be stored as '{target}'"
+                )
+            planned[target] = path
+        for target, path in planned.items():
+            folder = target.rsplit("/", 1)[0] if "/" in target else None
+            if path.is_dir():
+                self._call("uploading artifacts", self._client.log_artifacts, run_id, str(path), target)
+            else:
+                self._call("uploading artifacts", self._client.log_artifact, run_id, str(path), folder)
+        if note_overflow is not None:
+            self._call(
+                "uploading the description", self._client.log_text, run_id, note_overflow, "description.md"
+            )
+
+    def _log_datasets(self, run_id: str, record: RunRecord) -> None:
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        inputs = []
+        for item in record.datasets:
+            name, digest = str(item.get("name") or ""), str(item.get("digest") or "")
+            if not name or not digest or len(name) > MAX_DATASET_NAME:
+                raise TrackingError(
+                    f"dataset {item!r} needs a name (≤{MAX_DATASET_NAME} characters) and a digest"
+                )
+            source = redact(str(item.get("source") or name))
+            profile = {"digest": digest, **({"rows": item["rows"]} if item.get("rows") is not None else {})}
+            tags = [InputTag("mlflow.data.context", "analysis")]
+            if len(digest) > MAX_DATASET_DIGEST:
+                tags.append(InputTag("labkit.digest", digest[:MAX_INPUT_TAG_VALUE]))
+            dataset = Dataset(
+                name=name, digest=digest[:MAX_DATASET_DIGEST], source_type=str(item.get("source_type", "labkit")),
+                source=json.dumps({"uri": source}), schema=None, profile=json.dumps(profile),
+            )  # fmt: skip
+            inputs.append(DatasetInput(dataset=dataset, tags=tags))
+        if inputs:
+            self._call("logging datasets", self._client.log_inputs, run_id, datasets=inputs)
+
+    # ---------------------------------------------------------------- latest flag
+
+    def _newest_finished(self, pilot: str):
+        runs = self._search(
+            f"{self._pilot_filter(pilot)} and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"], max_results=20,
+        )  # fmt: skip
+        if not runs:
+            return None
+        top = runs[0].info.start_time
+        return max(
+            (r for r in runs if r.info.start_time == top), key=lambda r: (r.info.end_time or 0, r.info.run_id)
+        )
+
+    def _settle_latest(self, pilot: str) -> None:
+        """Make ``labkit.latest`` true on the pilot's newest FINISHED run and false on all others."""
+        for attempt in range(LATEST_ATTEMPTS):
+            with self._locked():
+                newest = self._newest_finished(pilot)
+                newest_id = newest.info.run_id if newest else None
+                flagged = self._search(f"{self._pilot_filter(pilot)} and tags.`{TAG_LATEST}` = 'true'")
+                if newest is not None and newest.data.tags.get(TAG_LATEST) != "true":
+                    self._call("setting labkit.latest", self._client.set_tag, newest_id, TAG_LATEST, "true")
+                for run_id in {r.info.run_id for r in flagged} - {newest_id}:
+                    self._call("clearing labkit.latest", self._client.set_tag, run_id, TAG_LATEST, "false")
+                # Re-read: a concurrent recorder may have acted on an older view of the store.
+                again = self._newest_finished(pilot)
+                flagged = self._search(f"{self._pilot_filter(pilot)} and tags.`{TAG_LATEST}` = 'true'")
+                want = {again.info.run_id} if again else set()
+                if {r.info.run_id for r in flagged} == want:
+                    return
+            time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))
+        self.warnings.append(
+            f"{pilot}: labkit.latest did not settle under concurrent recording; record again"
+        )
+
+    # ---------------------------------------------------------------- whole runs
+
+    def record(self, record: RunRecord) -> str:
+        """Start and finish one run, idempotent on ``record.run_key``; returns the run id."""
+        self.prepare()
+        with self._locked():  # on a local store, two recorders of one key cannot both create a run
+            runs = self._search(
+                f"tags.`{TAG_RUN_KEY}` = {_quote(record.run_key)}", order_by=["attributes.start_time ASC"]
+            )
+            done = [r for r in runs if r.data.tags.get(TAG_RECORDED) == "true" and r.info.status != "RUNNING"]
+            if not done:
+                run_id = self._resume(runs[0].info.run_id) if runs else None
+                run_id = run_id or self.start(
+                    record.pilot, record.run_name, record.run_key, record.tags, started_at=record.started_at
+                )
+        if done:  # recorded before; settling the flag again repairs a recorder interrupted after the status
+            self._settle_latest(record.pilot)
+            return done[0].info.run_id
+        self.finish(run_id, record)
+        return run_id
+
+    def _resume(self, run_id: str) -> str:
+        """Take over a partial run of this key (owner tags -> this process), so no sweep kills it mid-way."""
+        self._call("taking over the run", self._client.log_batch, run_id, tags=_run_tags(self._owner_tags()))
+        return run_id
+
+    def sweep_stale(self, *, max_age_hours: float = STALE_AFTER_HOURS) -> list[str]:
+        """RUNNING labkit runs that nobody will finish -> KILLED; returns their ids.
+
+        A run of this host is stale when its process is gone (or the pid now belongs to another process);
+        a run of another host when it has been RUNNING for more than ``max_age_hours``.
+        """
+        host = socket.gethostname()
+        now = time.time()
+        swept = []
+        for run in self._search(f"attributes.status = 'RUNNING' and tags.`{TAG_PILOT}` LIKE '%'"):
+            tags = run.data.tags
+            age_hours = (now - run.info.start_time / 1000) / 3600
+            reason = None
+            if tags.get(TAG_HOST) == host:  # here we can ask the process itself
+                pid = int(tags[TAG_PID]) if tags.get(TAG_PID, "").isdigit() else 0
+                if pid != os.getpid() and not _pid_alive(pid, tags.get(TAG_PID_START)):
+                    reason = f"process {pid} on {host} is gone"
+            elif age_hours > max_age_hours:  # another host's run: only its age tells
+                reason = f"RUNNING for {age_hours:.1f} h on {tags.get(TAG_HOST, 'an unknown host')}"
+            if reason is None:
+                continue
+            self._call("sweeping a stale run", self._client.set_tag, run.info.run_id, TAG_SWEPT, reason)
+            self._call("sweeping a stale run", self._client.set_terminated, run.info.run_id, status="KILLED")
+            swept.append(run.info.run_id)
+        return swept
+
+    # ---------------------------------------------------------------- reading
+
+    def first_prereg(self, pilot: str) -> str | None:
+        """The ``labkit.prereg_sha256`` of the pilot's first run that recorded one (its pre-registration)."""
+        runs = self._search(
+            f"{self._pilot_filter(pilot)} and tags.`{TAG_PREREG}` LIKE '%'",
+            order_by=["attributes.start_time ASC"], max_results=1,
+        )  # fmt: skip
+        return runs[0].data.tags.get(TAG_PREREG) if runs else None
+
+    def latest_runs(self, *, function: str | None = None) -> list[dict]:
+        """The latest FINISHED run of every pilot (of one function), sorted by function and pilot.
+
+        Each: ``run_id``, ``run_name``, ``pilot``, ``status``, ``start_time``/``end_time`` (epoch seconds),
+        ``tags``, ``params`` (split params joined back), ``metrics``, ``artifact_uri``.
+        """
+        query = f"tags.`{TAG_LATEST}` = 'true' and attributes.status = 'FINISHED'"
+        if function is not None:
+            query += f" and tags.`{TAG_FUNCTION}` = {_quote(function)}"
+        by_pilot: dict[str, dict] = {}
+        for run in self._search(query, order_by=["attributes.start_time DESC"]):
+            pilot = run.data.tags.get(TAG_PILOT)
+            if pilot and pilot not in by_pilot:  # only one, unless a concurrent recorder is mid-way
+                by_pilot[pilot] = _run_dict(run)
+        return sorted(by_pilot.values(), key=lambda r: (r["tags"].get(TAG_FUNCTION, ""), r["pilot"]))
+
+
+def _run_tags(tags: dict[str, str]):
+    from mlflow.entities import RunTag
+
+    return [RunTag(k, v) for k, v in tags.items()]
+
+
+def _run_dict(run) -> dict:
+    tags = dict(run.data.tags)
+    return {
+        "run_id": run.info.run_id,
+        "run_name": run.info.run_name,
+        "pilot": tags.get(TAG_PILOT),
+        "status": run.info.status,
+        "start_time": run.info.start_time / 1000 if run.info.start_time else None,
+        "end_time": run.info.end_time / 1000 if run.info.end_time else None,
+        "tags": tags,
+        "params": join_split_params(dict(run.data.params), tags.get(TAG_PARAMS_SPLIT, "")),
+        "metrics": dict(run.data.metrics),
+        "artifact_uri": run.info.artifact_uri,
+    }
+
+
+def join_split_params(params: dict[str, str], split: str) -> dict[str, str]:
+    """Undo the split of long params: ``k.part1of2`` + ``k.part2of2`` -> ``k`` for the keys listed in ``split``."""
+    keys = {k for k in split.split(",") if k}
+    if not keys:
+        return params
+    parts: dict[str, dict[int, str]] = {}
+    out = {}
+    for name, value in params.items():
+        m = _SPLIT_PART.match(name)
+        if m and m["key"] in keys:
+            parts.setdefault(m["key"], {})[int(m["i"])] = value
+        else:
+            out[name] = value
+    for key, pieces in parts.items():
+        out[key] = "".join(pieces[i] for i in sorted(pieces))
+    return dict(sorted(out.items()))
+
+
+def _batches(params: list, tags: list, metrics: list) -> list[dict]:
+    """Pack entities into ``log_batch`` calls within MLflow's per-call limits (count and size)."""
+    batches: list[dict] = []
+    current = {"params": [], "tags": [], "metrics": []}
+    size = count = 0
+    limits = {
+        "params": MAX_PARAMS_TAGS_PER_BATCH,
+        "tags": MAX_PARAMS_TAGS_PER_BATCH,
+        "metrics": MAX_METRICS_PER_BATCH,
+    }
+    for kind, items in (("params", params), ("tags", tags), ("metrics", metrics)):
+        for item in items:
+            weight = 64 + len(json.dumps(item.key)) + len(json.dumps(str(item.value)))
+            if (
+                len(current[kind]) >= limits[kind]
+                or count >= MAX_ENTITIES_PER_BATCH
+                or size + weight > MAX_BATCH_BYTES
+            ):
+                batches.append(current)
+                current = {"params": [], "tags": [], "metrics": []}
+                size = count = 0
+            current[kind].append(item)
+            size += weight
+            count += 1
+    if count:
+        batches.append(current)
+    return batches

@@ -1,0 +1,508 @@
+"""labkit.tracking against real MLflow stores: a fresh sqlite store in tmp_path and a real `mlflow server`.
+
+No mocks: every test records through ``Tracker`` and reads back with MLflow's own ``MlflowClient``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from mlflow_server import free_port, mlflow_server  # noqa: F401 -- the session fixture
+
+from labkit.errors import TrackingError
+from labkit.lab import load_lab
+from labkit.tracking import (
+    FLOAT_MAX,
+    MAX_PARAM_VALUE,
+    RunRecord,
+    Tracker,
+    flatten_params,
+    metrics_from_results,
+)
+
+from conftest import LAB_YAML, PILOT_YAML
+
+PLANTED_ID = "CUST-7Q4Z-93115-PLANTED"  # a fake customer identifier that must never reach MLflow
+
+RESULTS = {
+    "pilot": "p",
+    "decision": "inconclusive",
+    "reason": "not enough customers yet",
+    "srm": {"p_value": 0.41, "ok": True, "counts": {"control": 1000, "fast": 996}},
+    "metrics": [
+        {"metric": "churned", "role": "primary", "type": "proportion", "arm": "fast", "control_arm": "control",
+         "n_control": 1000, "n_treatment": 996, "mean_control": 0.081, "mean_treatment": 0.062,
+         "effect": -0.019, "ci_low": -0.042, "ci_high": 0.004, "lift": -0.234, "lift_ci_low": float("-inf"),
+         "lift_ci_high": 0.02, "p_value": 0.10, "p_value_adjusted": 0.10, "method": "z-test",
+         "variance_reduction": None},
+    ],
+    "plan": {"required_per_arm": 4100, "mde_at_cap": 0.028, "powered": False},
+    "roi": {"value": 3420.0, "value_ci_low": -720.0, "value_ci_high": 7560.0, "cost": 4000, "roi": -0.145},
+    "meta": {"exposed": 1996},
+}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _restore_mlflow_env():
+    """Tracker sets MLFLOW_* variables in os.environ; give every test the environment it started with."""
+    before = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    yield
+    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        if key not in before:
+            del os.environ[key]
+    os.environ.update(before)
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """An empty, migrated sqlite store made once by MLflow (creating one costs ~5 s); tests copy it.
+
+    The creation path itself runs, eight processes at once, in test_eight_processes_record_into_a_fresh_sqlite_store.
+    """
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def use_store(lab_root: Path, template: Path) -> None:
+    (lab_root / "results").mkdir(exist_ok=True)
+    shutil.copyfile(template, lab_root / "results" / "mlflow.db")
+
+
+@pytest.fixture(params=["sqlite", "http"])
+def backend(request, tiny_lab, monkeypatch, empty_store):
+    """The tiny lab on a fresh sqlite store, or on the session's `mlflow server` in its own experiment."""
+    experiment = f"tiny-{uuid.uuid4().hex[:8]}"
+    tiny_lab.write(
+        "configs/lab.yaml",
+        LAB_YAML.replace("mlflow_experiment: tiny-pilots", f"mlflow_experiment: {experiment}"),
+    )
+    tiny_lab.write("data/customers.csv", f"customer_id,segment\n{PLANTED_ID},a\n")  # never recorded
+    if request.param == "http":
+        server = request.getfixturevalue("mlflow_server")
+        monkeypatch.setenv("LABKIT_TRACKING_URI", str(server))
+        tiny_lab.server = server
+    else:
+        use_store(tiny_lab.root, empty_store)
+        tiny_lab.server = None
+    tiny_lab.kind = request.param
+    tiny_lab.lab = load_lab(tiny_lab.root)
+    return tiny_lab
+
+
+def client_for(lab):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=lab.tracking_uri)
+
+
+def runs_of(tracker, query=""):
+    tracker.prepare()
+    client = client_for(tracker.lab)
+    return client.search_runs([tracker.experiment_id], filter_string=query, max_results=1000)
+
+
+def make_record(
+    lab_dir: Path, pilot="p", key=None, status="FINISHED", started_at=None, **changes
+) -> RunRecord:
+    """A record with real files: pilot yaml, executed notebook (+html), results.json and a figure."""
+    key = key or f"{pilot}/{uuid.uuid4().hex[:12]}"
+    folder = lab_dir / "results" / pilot / "runs" / key.replace("/", "_")
+    (folder / "figures").mkdir(parents=True, exist_ok=True)
+    files = {
+        "pilot.yaml": PILOT_YAML.replace("id: p\n", f"id: {pilot}\n"),
+        "analysis.ipynb": json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}),
+        "analysis.html": "<html><body>analysis</body></html>",
+        "results.json": json.dumps(RESULTS | {"pilot": pilot}, indent=2, default=str).replace(
+            "-Infinity", "null"
+        ),
+        "figures/forest.png": "\x89PNG fake",
+    }
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    started = time.time() if started_at is None else started_at
+    base = dict(
+        pilot=pilot, run_name=f"{pilot} {key[-6:]}", status=status, run_key=key,
+        tags={"labkit.function": "service", "labkit.channel": "twitter", "labkit.decision": "inconclusive",
+              "labkit.prereg_sha256": "a" * 64, "labkit.spec_sha256": "b" * 64},
+        params={"hypothesis.metric": "churned", "cohort.arms.control": "0.5", "cohort.max_size": "2000"},
+        metrics=metrics_from_results(RESULTS),
+        description="Hypothesis: fast replies lower churn.\nDecision: inconclusive.",
+        artifacts=[str(folder / n) for n in files],
+        datasets=[{"name": "customers", "digest": "c" * 64, "source": "data/customers.parquet"},
+                  {"name": "outcomes", "digest": "short-digest", "source": "postgresql://crm:hunter2@db/crm"}],
+        started_at=started, ended_at=started + 2.0,
+    )  # fmt: skip
+    base.update(changes)
+    return RunRecord(**base)
+
+
+# ------------------------------------------------------------------------- pure functions
+
+
+def test_flatten_params_of_a_pilot_spec(tiny_lab):
+    from labkit.spec import load_pilot
+
+    spec = load_pilot(tiny_lab.pilot(), lab=load_lab(tiny_lab.root)).spec.model_dump(mode="json")
+    params = flatten_params(spec)
+    assert params["cohort.arms.control"] == "0.5"
+    assert params["cohort.max_size"] == "2000"
+    assert params["hypothesis.mde.relative"] == "0.15"
+    assert params["metrics.churned.type"] == "proportion"
+    assert params["metrics.replies.event.equals"] == "reply"
+    assert params["metrics.replies.cuped"] == "true"
+    assert json.loads(params["cohort.where"]) == [{"column": "has_twitter", "op": "==", "value": True}]
+    assert all(isinstance(v, str) and v != "None" for v in params.values())
+
+
+def test_metrics_from_results_names_and_values():
+    from mlflow.utils.validation import _validate_metric_name
+
+    metrics = metrics_from_results(RESULTS)
+    assert metrics["churned.fast.effect"] == -0.019
+    assert metrics["churned.fast.n_control"] == 1000.0
+    assert metrics["churned.fast.lift_ci_low"] == -FLOAT_MAX  # -inf: MLflow cannot store inf
+    assert "churned.fast.variance_reduction" not in metrics  # None is skipped
+    assert "churned.fast.method" not in metrics  # text is not a metric
+    assert metrics["srm_p_value"] == 0.41 and metrics["srm_ok"] == 1.0
+    assert metrics["plan.required_per_arm"] == 4100.0 and metrics["plan.powered"] == 0.0
+    assert metrics["roi"] == -0.145 and metrics["cost"] == 4000.0 and metrics["value_ci_high"] == 7560.0
+    assert metrics["exposed"] == 1996.0
+    assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
+    for name in metrics:
+        _validate_metric_name(name)  # MLflow's own rule
+
+
+def test_run_record_round_trips_through_json(tmp_path):
+    record = make_record(tmp_path, description="x" * 10_000)
+    assert RunRecord.from_json(record.to_json()) == record
+    with pytest.raises(TrackingError, match="unknown field"):
+        RunRecord.from_json(json.dumps(json.loads(record.to_json()) | {"extra": 1}))
+    with pytest.raises(TrackingError, match="FINISHED, FAILED, KILLED"):
+        make_record(tmp_path, status="DONE")
+
+
+# ------------------------------------------------------------------------- recording, on both stores
+
+
+def test_record_reads_back_everything(backend, capfd):
+    tracker = Tracker(backend.lab)
+    record = make_record(backend.root)
+    run_id = tracker.record(record)
+
+    out, _ = capfd.readouterr()
+    assert out == ""  # no "View run" line, no migration chatter: stdout stays clean for --json
+    client = client_for(backend.lab)
+    run = client.get_run(run_id)
+    tags = run.data.tags
+    assert run.info.status == "FINISHED"
+    assert tags["labkit.pilot"] == "p" and tags["labkit.run_key"] == record.run_key
+    assert tags["labkit.latest"] == "true" and tags["labkit.recorded"] == "true"
+    assert tags["labkit.pid"] == str(os.getpid()) and tags["labkit.host"]
+    assert tags["labkit.function"] == "service"
+    assert tags["mlflow.note.content"] == record.description
+    assert run.data.params == record.params
+    assert run.data.metrics == record.metrics
+    assert run.info.start_time == round(record.started_at * 1000)
+    assert run.info.end_time == round(record.ended_at * 1000)
+
+    def listing(path=None):
+        found = []
+        for item in client.list_artifacts(run_id, path):
+            found += listing(item.path) if item.is_dir else [item.path]
+        return found
+
+    assert sorted(listing()) == [
+        "figures/forest.png", "notebook/analysis.html", "notebook/analysis.ipynb", "pilot/pilot.yaml",
+        "results.json",
+    ]  # fmt: skip
+    downloaded = Path(client.download_artifacts(run_id, "results.json", str(backend.root)))
+    assert downloaded.read_bytes() == Path(record.artifacts[3]).read_bytes()
+
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"customers", "outcomes"}
+    customers = inputs["customers"]
+    assert customers.dataset.digest == "c" * 36  # MLflow's digest field holds 36 characters …
+    assert json.loads(customers.dataset.profile)["digest"] == "c" * 64  # … the full digest is kept
+    assert {t.key: t.value for t in customers.tags} == {
+        "mlflow.data.context": "analysis",
+        "labkit.digest": "c" * 64,
+    }
+    assert inputs["outcomes"].dataset.digest == "short-digest"
+    assert "hunter2" not in inputs["outcomes"].dataset.source
+
+    # privacy: the planted identifier in an unrelated lab file is nowhere in the store
+    if backend.kind == "sqlite":
+        scanned = [p for p in (backend.root / "results").rglob("*") if p.is_file()]
+    else:
+        scanned = [p for p in backend.server.artifacts_dir.rglob("*") if p.is_file()]
+        scanned += [p for p in backend.server.db_path.parent.glob("mlflow.db*")]
+    blob = b"".join(p.read_bytes() for p in scanned)
+    assert b"labkit.run_key" in blob  # the scan sees the store
+    assert PLANTED_ID.encode() not in blob
+    assert b"hunter2" not in blob
+
+
+def test_latest_is_the_newest_finished_run_of_each_pilot(backend):
+    tracker = Tracker(backend.lab)
+    now = time.time()
+    first = tracker.record(make_record(backend.root, started_at=now - 300))
+    second = tracker.record(make_record(backend.root, started_at=now - 200))
+    failed = tracker.record(make_record(backend.root, started_at=now - 100, status="FAILED"))
+    old = tracker.record(make_record(backend.root, started_at=now - 400))  # a late re-record of an old run
+    other = tracker.record(
+        make_record(backend.root, pilot="q", started_at=now - 50, tags={"labkit.function": "sales"})
+    )
+
+    flags = {r.info.run_id: r.data.tags.get("labkit.latest") for r in runs_of(tracker)}
+    assert flags == {first: "false", second: "true", failed: "false", old: "false", other: "true"}
+    latest = tracker.latest_runs()
+    assert [(r["pilot"], r["run_id"]) for r in latest] == [("q", other), ("p", second)]  # by function
+    assert latest[1]["metrics"] == make_record(backend.root).metrics
+    assert latest[1]["status"] == "FINISHED" and latest[1]["tags"]["labkit.function"] == "service"
+    assert [r["run_id"] for r in tracker.latest_runs(function="service")] == [second]
+    assert tracker.latest_runs(function="pr") == []
+
+
+def test_concurrent_recorders_agree_on_one_latest_run(backend):
+    """Threads with their own trackers (no shared lock over http): the flag still settles on the newest."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    now = time.time()
+    records = [make_record(backend.root, started_at=now - 10 * i) for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:  # also races the experiment's creation on the server
+        ids = list(pool.map(lambda r: Tracker(backend.lab).record(r), records))
+    tracker = Tracker(backend.lab)
+    flags = {r.info.run_id: r.data.tags["labkit.latest"] for r in runs_of(tracker)}
+    assert flags == {run_id: ("true" if run_id == ids[0] else "false") for run_id in ids}
+
+
+def test_recording_one_key_twice_gives_one_run(backend):
+    tracker = Tracker(backend.lab)
+    record = make_record(backend.root)
+    run_id = tracker.record(record)
+    assert Tracker(backend.lab).record(record) == run_id
+    runs = runs_of(tracker, f"tags.`labkit.run_key` = '{record.run_key}'")
+    assert [r.info.run_id for r in runs] == [run_id]
+    history = client_for(backend.lab).get_metric_history(run_id, "churned.fast.effect")
+    assert len(history) == 1
+
+
+def test_first_prereg_is_the_first_runs_hash(backend):
+    tracker = Tracker(backend.lab)
+    now = time.time()
+    for i, sha in enumerate(["1" * 64, "2" * 64]):
+        tags = make_record(backend.root).tags | {"labkit.prereg_sha256": sha}
+        tracker.record(make_record(backend.root, started_at=now - 100 + i, tags=tags))
+    assert tracker.first_prereg("p") == "1" * 64
+    assert tracker.first_prereg("nobody") is None
+
+
+# ------------------------------------------------------------------------- failures and limits (sqlite)
+
+
+@pytest.fixture
+def fresh_lab(tiny_lab):
+    """The tiny lab on a sqlite store that does not exist yet."""
+    tiny_lab.lab = load_lab(tiny_lab.root)
+    return tiny_lab
+
+
+@pytest.fixture
+def sqlite_lab(tiny_lab, empty_store):
+    use_store(tiny_lab.root, empty_store)
+    tiny_lab.lab = load_lab(tiny_lab.root)
+    return tiny_lab
+
+
+def test_a_failure_mid_finish_leaves_the_run_failed_and_a_rerecord_completes_it(sqlite_lab):
+    tracker = Tracker(sqlite_lab.lab)
+    good = make_record(sqlite_lab.root)
+    broken = dataclasses.replace(good, artifacts=[*good.artifacts, "/nonexistent/figure.png"])
+    with pytest.raises(TrackingError, match=r"artifact /nonexistent/figure\.png .* does not exist"):
+        tracker.record(broken)
+    (run,) = runs_of(tracker)
+    assert run.info.status == "FAILED"  # never RUNNING
+    assert "does not exist" in run.data.tags["labkit.error"]
+    assert "labkit.recorded" not in run.data.tags
+    assert run.data.metrics  # params and metrics went in before the artifacts failed
+
+    assert tracker.record(good) == run.info.run_id  # the partial run is finished, not duplicated
+    (run,) = runs_of(tracker)
+    assert run.info.status == "FINISHED" and run.data.tags["labkit.latest"] == "true"
+    assert len(client_for(sqlite_lab.lab).get_metric_history(run.info.run_id, "roi")) == 1
+
+
+def test_long_values_are_split_or_moved_never_truncated(sqlite_lab):
+    tracker = Tracker(sqlite_lab.lab)
+    statement = "".join(f"{i:05d} " for i in range(2_000))  # 12,000 characters
+    metrics = {f"m{i}.fast.effect": i / 7 for i in range(2_000)} | {"up": float("inf")}
+    record = make_record(
+        sqlite_lab.root,
+        params={"hypothesis.statement": statement, "cohort.max_size": "2000"},
+        metrics=metrics,
+        description="Hypothesis: " + statement,
+    )
+    run_id = tracker.record(record)
+    run = client_for(sqlite_lab.lab).get_run(run_id)
+
+    parts = {k: v for k, v in run.data.params.items() if k.startswith("hypothesis.statement.")}
+    assert sorted(parts) == [f"hypothesis.statement.part{i}of2" for i in (1, 2)]
+    assert all(len(v) <= MAX_PARAM_VALUE for v in parts.values())
+    assert parts["hypothesis.statement.part1of2"] + parts["hypothesis.statement.part2of2"] == statement
+    assert run.data.tags["labkit.params_split"] == "hypothesis.statement"
+    assert any("hypothesis.statement" in w for w in tracker.warnings)
+    assert tracker.latest_runs()[0]["params"]["hypothesis.statement"] == statement
+
+    note = run.data.tags["mlflow.note.content"]
+    assert len(note) <= 8000 and note.endswith("(12012 characters in full)")
+    full = Path(client_for(sqlite_lab.lab).download_artifacts(run_id, "description.md", str(sqlite_lab.root)))
+    assert full.read_text() == record.description
+
+    assert len(run.data.metrics) == 2_001 and run.data.metrics["up"] == FLOAT_MAX
+    assert run.data.metrics["m1999.fast.effect"] == pytest.approx(1999 / 7)
+
+
+def test_names_mlflow_would_reject_are_refused_by_name(sqlite_lab):
+    tracker = Tracker(sqlite_lab.lab)
+    record = make_record(sqlite_lab.root, metrics={"ok.metric": 1.0, "../escape": 2.0, "what?": 3.0})
+    with pytest.raises(TrackingError, match=r"metric name\(s\) MLflow cannot store: '\.\./escape'.*'what\?'"):
+        tracker.record(record)
+    (run,) = runs_of(tracker)
+    assert run.info.status == "FAILED"
+
+
+def test_a_server_made_experiment_is_refused_for_direct_writes(sqlite_lab):
+    from mlflow import MlflowClient
+
+    MlflowClient(sqlite_lab.lab.tracking_uri).create_experiment(
+        "served", artifact_location="mlflow-artifacts:/9"
+    )
+    sqlite_lab.write("configs/lab.yaml", LAB_YAML.replace("tiny-pilots", "served"))
+    with pytest.raises(TrackingError, match=r"created through an MLflow server .* set tracking_uri"):
+        Tracker(load_lab(sqlite_lab.root)).prepare()
+
+
+def test_an_unreachable_server_fails_fast_without_credentials(tiny_lab, monkeypatch):
+    for key in (
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    ):
+        monkeypatch.delenv(key, raising=False)
+    import mlflow  # noqa: F401 -- import time is not what this test measures
+
+    port = free_port()  # nobody listens there
+    monkeypatch.setenv("LABKIT_TRACKING_URI", f"http://analyst:s3cret-pw@127.0.0.1:{port}")
+    tracker = Tracker(load_lab(tiny_lab.root))
+    began = time.monotonic()
+    with pytest.raises(TrackingError) as caught:
+        tracker.prepare()
+    assert time.monotonic() - began < 10
+    message = str(caught.value)
+    assert f"cannot reach the MLflow tracking server at http://127.0.0.1:{port}" in message
+    assert "s3cret" not in message and "analyst" not in message
+    assert "\n" not in message
+
+
+# ------------------------------------------------------------------------- processes
+
+
+WORKER = textwrap.dedent(
+    """
+    import os, sys, time
+    sys.path.insert(0, sys.argv[1])
+    from test_tracking import make_record
+    from labkit.lab import load_lab
+    from labkit.tracking import Tracker
+
+    root, pilot, mode = sys.argv[2], sys.argv[3], sys.argv[4]
+    tracker = Tracker(load_lab(root))
+    tracker.prepare()  # every process, at once, on a fresh store: the lock makes one create it
+    if mode == "start-and-die":
+        print(tracker.start(pilot, "doomed", f"{pilot}/doomed", {}), flush=True)
+        os._exit(0)  # no finish, no status: the run stays RUNNING
+    record = make_record(Path(root), pilot=pilot, started_at=time.time())
+    print(tracker.record(record), flush=True)
+    """
+).replace("import os, sys, time", "import os, sys, time\nfrom pathlib import Path")
+
+
+def run_workers(root: Path, jobs: list[tuple[str, str]]) -> list[subprocess.CompletedProcess]:
+    script = root / "worker.py"
+    script.write_text(WORKER)
+    env = {k: v for k, v in os.environ.items() if k not in ("LABKIT_TRACKING_URI", "LABKIT_LAB")}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(Path(__file__).parent), str(root), pilot, mode],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=root,
+            env=env,
+        )  # fmt: skip
+        for pilot, mode in jobs
+    ]
+    done = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=180)
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return done
+
+
+@pytest.mark.slow  # ~25 s of CPU: eight interpreters importing mlflow on two cores
+def test_eight_processes_record_into_a_fresh_sqlite_store(fresh_lab):
+    assert not (fresh_lab.root / "results" / "mlflow.db").exists()
+    jobs = [("p", "record")] * 4 + [("q", "record")] * 4
+    results = run_workers(fresh_lab.root, jobs)
+    for r in results:
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "database is locked" not in r.stderr
+    ids = {r.stdout.strip() for r in results}
+    assert len(ids) == 8
+
+    tracker = Tracker(fresh_lab.lab)
+    runs = runs_of(tracker)
+    assert {r.info.run_id for r in runs} == ids
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    expected = make_record(fresh_lab.root).metrics
+    client = client_for(fresh_lab.lab)
+    for run in runs:
+        assert run.data.metrics == expected
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {
+            "results.json",
+            "pilot",
+            "notebook",
+        }
+    for pilot in ("p", "q"):
+        mine = [r for r in runs if r.data.tags["labkit.pilot"] == pilot]
+        newest = max(mine, key=lambda r: (r.info.start_time, r.info.end_time, r.info.run_id))
+        assert [r.info.run_id for r in mine if r.data.tags["labkit.latest"] == "true"] == [newest.info.run_id]
+
+
+def test_sweep_stale_kills_the_running_run_of_a_dead_process(sqlite_lab):
+    (died,) = run_workers(sqlite_lab.root, [("p", "start-and-die")])
+    assert died.returncode == 0, died.stderr[-2000:]
+    stale_id = died.stdout.strip()
+    tracker = Tracker(sqlite_lab.lab)
+    alive_id = tracker.start("p", "in flight", "p/alive", {})  # this process is alive: not swept
+
+    assert tracker.sweep_stale() == [stale_id]
+    client = client_for(sqlite_lab.lab)
+    stale = client.get_run(stale_id)
+    assert stale.info.status == "KILLED" and "is gone" in stale.data.tags["labkit.swept"]
+    assert client.get_run(alive_id).info.status == "RUNNING"
+    assert tracker.sweep_stale() == []
