@@ -22,6 +22,7 @@ _LAZY = {
     "assign": "labkit.assign",
     "load_assignment": "labkit.assign",
     "analyze": "labkit.analysis",
+    "binned_distribution": "labkit.analysis",
     "LabkitError": "labkit.errors",
     "SpecError": "labkit.errors",
     "SpecErrors": "labkit.errors",

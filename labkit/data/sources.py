@@ -42,8 +42,12 @@ class Engine:
         if lab.spec.data_root:
             readable.append(Path(lab.spec.data_root).resolve())
         dirs = ", ".join(_quote(str(d)) for d in readable)
-        # A progress bar on long queries would be printed to stdout and corrupt --json output.
-        con.raw_sql("SET enable_progress_bar=false")
+        # A progress bar on long queries would be printed to stdout and corrupt --json output. Inside
+        # Jupyter DuckDB refuses to change the setting without ipywidgets (and prints no bar there).
+        try:
+            con.raw_sql("SET enable_progress_bar=false")
+        except Exception:  # noqa: BLE001 — duckdb.InvalidInputException, imported lazily
+            pass
         # Order matters (all at once fails): allow the folders, cut external access, then lock.
         con.raw_sql(f"SET allowed_directories=[{dirs}]")
         con.raw_sql("SET enable_external_access=false")

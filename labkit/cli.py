@@ -1,0 +1,220 @@
+"""The `labkit` command: a thin skin over the library. Every LabkitError becomes one message and exit 1."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from labkit.errors import LabkitError
+
+EPILOG = {
+    "validate": "example: labkit validate experiments/service-twitter-fast-reply.yaml",
+    "new": "example: labkit new sales-linkedin-warm-intro --function sales --channel linkedin",
+    "list": "example: labkit list",
+    "plan": "example: labkit plan service-twitter-fast-reply",
+    "assign": "example: labkit assign service-twitter-fast-reply",
+    "analyze": "example: labkit analyze service-twitter-fast-reply --json",
+    "run": "example: labkit run experiments/",
+    "compare": "example: labkit compare --by function --format html > report.html",
+    "ui": "example: labkit ui --port 5000",
+    "demo": "example: labkit demo",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    def common(default):
+        # Sub-commands accept the global options too; SUPPRESS keeps their absence from overriding them.
+        p = argparse.ArgumentParser(add_help=False)
+        p.add_argument("--lab", metavar="PATH", default=default or None,
+                       help="the lab folder (default: found upward from here)")
+        p.add_argument("--debug", action="store_true", default=default or False, help="show tracebacks")
+        return p
+
+    parser = argparse.ArgumentParser(
+        prog="labkit",
+        description="labkit: plan, assign, analyse, record and compare social-engagement pilots.",
+        epilog="example: labkit validate && labkit plan service-twitter-fast-reply",
+        parents=[common(None)],
+    )
+    sub_common = common(argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, epilog=EPILOG[name], parents=[sub_common])
+
+    p = add("validate", "check pilot and lab files; every problem as file:line: field: message")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="files or folders (default: the lab's)")
+    p = add("new", "write a commented pilot file that validates as written")
+    p.add_argument("id", help="the pilot id, a slug: lowercase letters, digits and dashes")
+    p.add_argument("--function", required=True, help="sales, marketing, service, pr (the lab's registry)")
+    p.add_argument("--channel", required=True, help="a channel of the lab's registry")
+    p.add_argument("--stage", default=None, help="a lifecycle stage (default: the lab's first)")
+    p.add_argument("--owner", default="lab-team@example.com", help="who answers for the pilot")
+    add("list", "the pilots with function, channel, stage, owner, status and latest decision")
+    p = add("plan", "power analysis: customers needed per arm for the MDE, and the MDE reachable at the cap")
+    p.add_argument("pilot", metavar="PILOT", help="a pilot file or a pilot id of the lab")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p = add("assign", "draw the cohort and assign arms; written once, never silently redrawn")
+    p.add_argument("pilot", metavar="PILOT", help="a pilot file or a pilot id of the lab")
+    p.add_argument("--force", action="store_true", help="redraw; the old assignment is archived beside it")
+    p = add("analyze", "the statistics alone (no notebook, no tracking): a table, or the JSON contract")
+    p.add_argument("pilot", metavar="PILOT", help="a pilot file or a pilot id of the lab")
+    p.add_argument("--json", action="store_true", help="print the JSON contract of DESIGN.md")
+    p = add("run", "execute each pilot's notebook with papermill and record the run in MLflow")
+    p.add_argument("pilots", nargs="*", metavar="PILOT", help="pilot files, ids or folders (default: every pilot)")
+    p.add_argument("--workers", type=int, default=None, help="pilots in parallel (default: the number of cores)")
+    p.add_argument("--as-of", default=None, metavar="DATE", help="analyse as of this ISO date (a sequential look)")
+    p.add_argument("--record-only", action="store_true",
+                   help="record kept runs that MLflow does not hold yet (after the tracking server was down)")
+    p.add_argument("--no-track", action="store_true", help="run the notebooks without recording in MLflow")
+    p = add("ui", "start the MLflow UI on the lab's store (127.0.0.1 unless told otherwise)")
+    p.add_argument("--host", default="127.0.0.1", help="the address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=5000)
+    p = add("demo", "build the demo lab's synthetic CRM and take every demo pilot through the workflow")
+    p.add_argument("--seed", type=int, default=None, help="the synthetic CRM's seed (default: fixed)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    debug = args.debug or os.environ.get("LABKIT_DEBUG") == "1"
+    try:
+        return COMMANDS[args.command](args) or 0
+    except LabkitError as exc:
+        if debug:
+            raise
+        print(str(exc), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _lab(args):
+    from labkit.lab import find_root, load_lab
+
+    return load_lab(find_root(explicit=args.lab))
+
+
+def cmd_validate(args) -> int:
+    from labkit.validate import validate_paths
+
+    problems, checked = validate_paths([Path(p) for p in args.paths], explicit_lab=args.lab)
+    for problem in problems:
+        print(problem.message, file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem(s) in {checked} file(s)", file=sys.stderr)
+        return 1
+    print(f"ok: {checked} file(s) valid")
+    return 0
+
+
+def cmd_new(args) -> int:
+    from labkit.scaffold import new_pilot
+
+    lab = _lab(args)
+    path = new_pilot(lab, args.id, function=args.function, channel=args.channel, stage=args.stage, owner=args.owner)
+    print(f"wrote {lab.display(path)}; edit the hypothesis, cohort and metrics, then: labkit validate {lab.display(path)}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from labkit.listing import pilot_rows, render_rows
+
+    lab = _lab(args)
+    rows, problems = pilot_rows(lab)
+    render_rows(rows)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return 1 if problems else 0
+
+
+def _pilot(args):
+    from labkit.spec import load_pilot
+
+    lab = _lab(args)
+    return load_pilot(args.pilot, lab=lab)
+
+
+def cmd_plan(args) -> int:
+    from labkit.planning import plan
+    from labkit.render import print_json, render_plan
+
+    result = plan(_pilot(args))
+    if args.json:
+        print_json(result.to_dict())
+    else:
+        render_plan(result)
+    return 0
+
+
+def cmd_assign(args) -> int:
+    from labkit.assign import assign
+    from labkit.render import render_assignment
+
+    pilot = _pilot(args)
+    render_assignment(pilot, assign(pilot, force=args.force))
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from labkit.analysis import analyze
+    from labkit.render import print_json, render_analysis
+
+    result = analyze(_pilot(args))
+    if args.json:
+        print_json(result.to_dict())
+    else:
+        render_analysis(result)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from labkit.pipeline import record_only, render_outcomes, resolve_pilots, run_batch
+
+    lab = _lab(args)
+    pilots = resolve_pilots(lab, args.pilots)
+    if args.record_only:
+        outcomes = record_only(lab, pilots)
+        if not outcomes:
+            print("nothing to record: every kept run is in MLflow already")
+            return 0
+        render_outcomes(outcomes)
+        return 0
+    outcomes, code = run_batch(lab, pilots, workers=args.workers, as_of=args.as_of, track=not args.no_track)
+    render_outcomes(outcomes)
+    return code
+
+
+def cmd_ui(args) -> int:
+    from labkit.ui import serve
+
+    return serve(_lab(args), host=args.host, port=args.port)
+
+
+def cmd_demo(args) -> int:
+    from labkit.demo_run import run_demo
+
+    return run_demo(_lab(args), seed=args.seed)
+
+
+COMMANDS = {
+    "validate": cmd_validate,
+    "new": cmd_new,
+    "list": cmd_list,
+    "plan": cmd_plan,
+    "assign": cmd_assign,
+    "analyze": cmd_analyze,
+    "run": cmd_run,
+    "ui": cmd_ui,
+    "demo": cmd_demo,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,362 @@
+"""`labkit run`: each pilot's notebook through papermill, then one MLflow run per analysis.
+
+The only module that joins the runner (papermill) and tracking (MLflow). For every pilot:
+
+1. before anything is created: the pilot validates, its notebook is a notebook with a ``parameters`` cell
+   and a known kernel, and its assignment exists;
+2. ``results/<id>/runs/<UTC stamp>/`` receives the executed notebook (.ipynb and .html), results.json and
+   figures — kept even when MLflow is down or the notebook fails;
+3. an MLflow run is started RUNNING (so leadership sees the pilot in progress), the notebook runs, and the
+   run is finished FINISHED, FAILED or KILLED with everything DESIGN.md lists. ``record.json`` beside the
+   outputs holds exactly what was (or should have been) recorded, so ``labkit run --record-only`` can
+   record it later; recording is idempotent on the run key, so nothing is recorded twice.
+
+Pilots run in parallel worker threads (each notebook has its own kernel process); SIGINT/SIGTERM cancel
+every kernel in flight, the runs end KILLED and the exit code is 130/143. Stale RUNNING runs left by a
+killed labkit are swept to KILLED at the start of every ``labkit run``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from labkit import __version__
+from labkit.analysis import sources_used, write_atomic
+from labkit.errors import LabkitError, SpecErrors, TrackingError
+from labkit.lab import Lab
+from labkit.spec import Pilot, list_pilots, load_pilot
+
+if TYPE_CHECKING:  # pragma: no cover
+    from labkit.tracking import RunRecord
+
+RECORDED = "recorded.json"  # written beside record.json once MLflow holds the run
+
+
+@dataclass
+class Outcome:
+    """What happened to one pilot in a batch: the summary row and the exit status behind it."""
+
+    pilot: str
+    function: str
+    status: str  # FINISHED | FAILED | KILLED | NOT-RUN
+    decision: str | None = None
+    run_id: str | None = None
+    seconds: float = 0.0
+    output_dir: Path | None = None
+    message: str | None = None
+    spec_changed: bool = False
+
+
+def resolve_pilots(lab: Lab, refs: list[str]) -> list[Pilot]:
+    """Pilot files, ids or folders -> validated pilots (all problems of all files reported together)."""
+    paths: list[str | Path] = []
+    for ref in refs or [str(lab.experiments_dir)]:
+        p = Path(ref)
+        paths.extend(sorted(p.glob("*.yaml")) if p.is_dir() else [ref])
+    pilots, problems = [], []
+    for ref in paths:
+        try:
+            pilots.append(load_pilot(ref, lab=lab))
+        except SpecErrors as exc:
+            problems.extend(exc.errors)
+    if problems:
+        raise SpecErrors(problems)
+    if not pilots:
+        raise LabkitError(f"no pilots to run in {', '.join(map(str, refs)) or lab.display(lab.experiments_dir)}")
+    return pilots
+
+
+def preflight(pilot: Pilot) -> None:
+    """Everything that must hold before a run is created (RELIABILITY #11): notebook and assignment."""
+    from labkit.assign import load_assignment
+    from labkit.runner import check_notebook
+
+    try:
+        check_notebook(pilot.notebook_path, kernel_name=pilot.lab.spec.runner.kernel)
+    except LabkitError as exc:
+        raise LabkitError(f"{pilot.id}: {exc}") from None
+    load_assignment(pilot)
+
+
+def _stamp() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def _git_commit(root: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def build_record(pilot: Pilot, nb, *, run_key: str, run_name: str, results: dict | None, spec_changed: bool,
+                 code_version: str) -> RunRecord:
+    """The RunRecord of one notebook run: tags, params, metrics, description, artifacts, datasets."""
+    from labkit.data.sources import file_digest
+    from labkit.tracking import RunRecord, flatten_params, metrics_from_results
+
+    s = pilot.spec
+    decision = results.get("decision") if results else None
+    meta = (results or {}).get("meta", {})
+    tags = {
+        "labkit.function": s.function,
+        "labkit.channel": s.channel,
+        "labkit.stage": s.stage,
+        "labkit.owner": s.owner,
+        "labkit.title": s.title,
+        "labkit.primary_metric": s.hypothesis.metric,
+        "labkit.decision": decision or ("failed" if nb.status == "FAILED" else nb.status.lower()),
+        "labkit.spec_sha256": pilot.spec_sha256,
+        "labkit.prereg_sha256": pilot.prereg_sha256,
+        "labkit.spec_changed": "true" if spec_changed else "false",
+        "labkit.code_version": code_version,
+        "labkit.notebook": pilot.lab.display(pilot.notebook_path),
+    }
+    if meta.get("data_digest"):
+        tags["labkit.data_digest"] = meta["data_digest"]
+    if nb.message:
+        tags["labkit.error"] = nb.message[:5000]
+    h = s.hypothesis
+    lines = [f"**{s.title}** ({s.function} · {s.channel} · {s.stage})", "", f"**Hypothesis.** {h.statement}",
+             f"Primary metric `{h.metric}`, predicted to {h.direction}."]
+    if results:
+        lines += ["", f"**Decision: {decision}.** {results.get('reason', '')}"]
+    else:
+        lines += ["", f"**Run {nb.status.lower()}.** {nb.message or ''}"]
+    artifacts = [str(pilot.path)]
+    for path in (nb.executed, nb.html, nb.results):
+        if path is not None and Path(path).is_file():
+            artifacts.append(str(path))
+    artifacts += [str(f) for f in nb.figures]
+    datasets = []
+    for name in sorted(sources_used(pilot)):
+        src = pilot.lab.source(name)
+        if src.format in ("csv", "parquet"):
+            path = pilot.lab.source_path(name)
+            if path.is_file():
+                datasets.append({"name": name, "digest": file_digest(path), "source": pilot.lab.display(path)})
+    return RunRecord(
+        pilot=pilot.id, run_name=run_name, status=nb.status, run_key=run_key, tags=tags,
+        params=flatten_params(s.model_dump(mode="json")), metrics=metrics_from_results(results) if results else {},
+        description="\n".join(lines), artifacts=artifacts, datasets=datasets, started_at=nb.started_at,
+        ended_at=nb.ended_at,
+    )  # fmt: skip
+
+
+def run_one(pilot: Pilot, tracker, *, code_version: str, as_of: str | None = None, progress: bool = False,
+            on_state=None) -> Outcome:
+    """Execute one pilot's notebook and record it; never raises for a failing notebook or tracker."""
+    from labkit import runner
+
+    started = time.time()
+    stamp = _stamp()
+    out = pilot.results_dir / "runs" / stamp
+    run_key = f"{pilot.id}/{stamp}"
+    run_name = f"{pilot.id} {stamp[:8]}-{stamp[9:13]}"
+    token = uuid.uuid4().hex
+    outcome = Outcome(pilot.id, pilot.spec.function, "NOT-RUN", output_dir=out)
+
+    spec_changed, run_id, tracking_error = False, None, None
+    if tracker is not None:
+        try:
+            first = tracker.first_prereg(pilot.id)
+            spec_changed = first is not None and first != pilot.prereg_sha256
+            run_id = tracker.start(pilot.id, run_name, run_key, {"labkit.function": pilot.spec.function},
+                                   started_at=started)
+        except TrackingError as exc:
+            tracking_error = str(exc)
+    outcome.spec_changed = spec_changed
+    if on_state:
+        on_state(pilot.id, "running notebook")
+    params = {
+        "pilot_path": str(pilot.path),
+        "lab_path": str(pilot.lab.path),
+        "as_of": as_of or "",
+    }
+    nb = runner.execute(pilot.notebook_path, out, params, cwd=pilot.lab.root, run_token=token,
+                        timeout_s=pilot.lab.spec.runner.timeout_seconds, kernel_name=pilot.lab.spec.runner.kernel,
+                        progress=progress)
+    results = None
+    if nb.results is not None:
+        results = json.loads(Path(nb.results).read_text())
+    outcome.status = nb.status
+    outcome.decision = results.get("decision") if results else None
+    outcome.message = nb.message
+    record = build_record(pilot, nb, run_key=run_key, run_name=run_name, results=results,
+                          spec_changed=spec_changed, code_version=code_version)
+    write_atomic(out / "record.json", record.to_json())
+    if on_state:
+        on_state(pilot.id, "recording")
+    if tracker is not None and tracking_error is None:
+        try:
+            if run_id is not None:
+                tracker.finish(run_id, record)
+            else:
+                run_id = tracker.record(record)
+            write_atomic(out / RECORDED, json.dumps({"run_id": run_id, "run_key": run_key}) + "\n")
+        except TrackingError as exc:
+            tracking_error = str(exc)
+    if tracking_error is not None:
+        note = (f"not recorded in MLflow ({tracking_error}); outputs kept in {pilot.lab.display(out)}; "
+                f"record them later with `labkit run --record-only {pilot.id}`")
+        outcome.message = f"{outcome.message}; {note}" if outcome.message else note
+        if outcome.status == "FINISHED":
+            outcome.status = "NOT-RECORDED"
+    outcome.run_id = run_id
+    outcome.seconds = time.time() - started
+    return outcome
+
+
+def record_only(lab: Lab, pilots: list[Pilot]) -> list[Outcome]:
+    """Record every kept run of these pilots that MLflow does not hold yet (idempotent on the run key)."""
+    from labkit.tracking import RunRecord, Tracker
+
+    tracker = Tracker(lab)
+    tracker.prepare()
+    outcomes = []
+    for pilot in pilots:
+        for record_file in sorted((pilot.results_dir / "runs").glob("*/record.json")):
+            folder = record_file.parent
+            if (folder / RECORDED).is_file():
+                continue
+            record = RunRecord.from_json(record_file.read_text())
+            started = time.time()
+            run_id = tracker.record(record)
+            write_atomic(folder / RECORDED, json.dumps({"run_id": run_id, "run_key": record.run_key}) + "\n")
+            decision = record.tags.get("labkit.decision")
+            outcomes.append(Outcome(pilot.id, pilot.spec.function, record.status, decision, run_id,
+                                    time.time() - started, folder))
+    return outcomes
+
+
+class _Signals:
+    """SIGTERM in the main thread cancels every kernel in flight; the exit code says which signal."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, self._term)
+        return self
+
+    def _term(self, signum, frame):
+        from labkit import runner
+
+        self.received = "SIGTERM"
+        runner.cancel_all("SIGTERM")
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+        return False
+
+
+def run_batch(lab: Lab, pilots: list[Pilot], *, workers: int | None = None, as_of: str | None = None,
+              track: bool = True, console=None) -> tuple[list[Outcome], int]:
+    """Run pilots in parallel with one progress display; returns the outcomes and the exit code."""
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from labkit import runner
+
+    console = console or Console(stderr=True)
+    for pilot in pilots:
+        preflight(pilot)
+    tracker = None
+    if track:
+        from labkit.tracking import Tracker
+
+        tracker = Tracker(lab)
+        try:
+            tracker.prepare()
+            swept = tracker.sweep_stale()
+            if swept:
+                console.print(f"swept {len(swept)} stale RUNNING run(s) to KILLED")
+        except TrackingError as exc:
+            console.print(f"[yellow]warning:[/yellow] MLflow is not reachable ({exc}); outputs are kept in "
+                          "results/ and can be recorded later with `labkit run --record-only`")
+            tracker = None
+    code_version = __version__ + (f"+{c}" if (c := _git_commit(lab.root)) else "")
+    workers = workers or lab.spec.runner.workers or os.cpu_count() or 1
+    outcomes: dict[str, Outcome] = {}
+    interrupted = None
+    with _Signals() as signals, Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                                         console=console, transient=False) as progress:
+        tasks = {p.id: progress.add_task(f"{p.id}: waiting", total=None) for p in pilots}
+
+        def state(pid: str, text: str) -> None:
+            progress.update(tasks[pid], description=f"{pid}: {text}")
+
+        def work(p: Pilot) -> Outcome:
+            if signals.received or interrupted:
+                return Outcome(p.id, p.spec.function, "KILLED", message="not started: interrupted")
+            o = run_one(p, tracker, code_version=code_version, as_of=as_of, on_state=state)
+            state(p.id, f"{o.status.lower()}" + (f" · {o.decision}" if o.decision else ""))
+            progress.update(tasks[p.id], total=1, completed=1)
+            return o
+
+        pool = ThreadPoolExecutor(max_workers=min(workers, len(pilots)), thread_name_prefix="labkit-run")
+        futures = {p.id: pool.submit(work, p) for p in pilots}
+        try:
+            for pid, fut in futures.items():
+                while True:
+                    try:
+                        outcomes[pid] = fut.result(timeout=0.2)
+                        break
+                    except TimeoutError:
+                        continue
+        except KeyboardInterrupt:
+            interrupted = "SIGINT"
+            runner.cancel_all("SIGINT")
+            for pid, fut in futures.items():
+                if pid not in outcomes:
+                    outcomes[pid] = fut.result()
+        finally:
+            pool.shutdown(wait=True)
+    signal_name = interrupted or signals.received
+    ordered = [outcomes[p.id] for p in pilots]
+    if signal_name:
+        code = 128 + int(getattr(signal, signal_name))
+    else:
+        code = 0 if all(o.status == "FINISHED" for o in ordered) else 1
+    return ordered, code
+
+
+def render_outcomes(outcomes: list[Outcome], console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title=f"{len(outcomes)} pilot run(s)")
+    for col in ("pilot", "function", "status", "decision", "run id", "time"):
+        table.add_column(col)
+    colour = {"FINISHED": "green", "FAILED": "red", "KILLED": "magenta", "NOT-RECORDED": "yellow"}
+    for o in outcomes:
+        table.add_row(o.pilot, o.function, f"[{colour.get(o.status, 'white')}]{o.status}[/]", o.decision or "–",
+                      o.run_id or "–", f"{o.seconds:.1f} s")
+    console.print(table)
+    for o in outcomes:
+        if o.spec_changed:
+            console.print(f"[yellow]{o.pilot}: the hypothesis, metrics or cohort changed since the first run "
+                          "(pre-registration); tagged labkit.spec_changed=true[/yellow]")
+        if o.message:
+            console.print(f"{o.pilot}: {o.message}")
+
+
+def all_pilots(lab: Lab) -> list[str]:
+    return [str(p) for p in list_pilots(lab)]

@@ -1,0 +1,161 @@
+"""Power planning: customers per arm needed for the MDE, and the MDE reachable at the exposure cap.
+
+The baseline (mean and per-customer standard deviation of the primary metric) is measured, not guessed:
+over the assigned customers when an assignment exists, else over the eligible customers. Event metrics
+read the pre-period ``[start − window_days, start)`` because the pilot's own period is the future at
+plan time; per-customer tables read their current values. The per-customer SD that enters the formula
+is the one the analysis will use: sqrt(p(1−p)) for proportions, the delta-method SD for ratios, the
+CUPED-reduced SD sqrt(1 − ρ²)·σ when the metric has a covariate, and the raw SD for quantiles (a rough,
+conservative stand-in, reported as such).
+
+With several treatment arms the primary family is corrected (Holm), so the plan uses alpha / (number of
+treatment arms), Holm's worst case. Unequal allocations use the effective per-arm size
+2 / (1/n_control + 1/n_treatment) of the smallest treatment arm.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from labkit.spec import Pilot
+
+
+@dataclass(frozen=True)
+class Plan:
+    pilot: str
+    metric: str
+    baseline_mean: float | None
+    baseline_sd: float | None
+    baseline_n: int
+    baseline_from: str  # "assignment" | "eligible"
+    mde_abs: float | None
+    mde_relative: float | None
+    alpha: float
+    power: float
+    required_per_arm: int | None
+    required_total: int | None
+    mde_at_cap: float | None  # absolute, on the metric's scale
+    mde_at_cap_relative: float | None
+    powered: bool | None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """The `plan` block of the JSON contract, plus the baseline it rests on."""
+        return {
+            "required_per_arm": self.required_per_arm,
+            "required_total": self.required_total,
+            "mde_at_cap": self.mde_at_cap,
+            "mde_at_cap_relative": self.mde_at_cap_relative,
+            "powered": self.powered,
+            "mde_abs": self.mde_abs,
+            "baseline_mean": self.baseline_mean,
+            "baseline_sd": self.baseline_sd,
+            "baseline_n": self.baseline_n,
+            "baseline_from": self.baseline_from,
+            "alpha": self.alpha,
+            "power": self.power,
+            "warnings": list(self.warnings),
+        }
+
+
+def per_customer_sd(kind: str, moments) -> float | None:
+    """The per-customer SD the analysis of this metric type will face."""
+    n = moments.n
+    if n < 2:
+        return None
+    if kind == "proportion":
+        p = moments.mean
+        return math.sqrt(max(p * (1 - p), 0.0))
+    if kind == "ratio":
+        mx = moments.mean_x
+        if mx == 0:
+            return None
+        r = moments.sum / moments.sum_x
+        var = moments.var - 2 * r * moments.cov_xy + r * r * moments.var_x
+        return math.sqrt(max(var, 0.0)) / abs(mx)
+    sd = math.sqrt(max(moments.var, 0.0))
+    if moments.sum_x_sq and moments.var_x > 0 and moments.var > 0:
+        rho = moments.cov_xy / math.sqrt(moments.var_x * moments.var)
+        sd *= math.sqrt(max(1 - rho * rho, 0.0))
+    return sd
+
+
+def make_plan(pilot: Pilot, baseline, baseline_from: str) -> Plan:
+    """Pure planning arithmetic over a measured baseline (an ArmMoments of the primary metric)."""
+    from labkit.stats import power as pw
+
+    s = pilot.settings
+    m = pilot.primary
+    hyp = pilot.spec.hypothesis
+    k = max(len(pilot.treatments), 1)
+    alpha = s.alpha / k
+    warnings: list[str] = []
+    mean = baseline.mean if baseline.n else None
+    if m.type == "ratio" and baseline.n and baseline.sum_x:
+        mean = baseline.sum / baseline.sum_x
+    sd = per_customer_sd(m.type, baseline)
+    if m.type == "quantile":
+        warnings.append("quantile metric: the plan uses the metric's SD, a rough stand-in for the bootstrap")
+    if hyp.mde.relative is not None:
+        mde_abs = abs(mean) * hyp.mde.relative if mean else None
+    else:
+        mde_abs = hyp.mde.absolute
+    if baseline.n < 30:
+        warnings.append(f"the baseline rests on only {baseline.n} customers")
+    if sd is None or sd == 0 or not mde_abs:
+        warnings.append("no usable baseline variance: the sample size cannot be planned")
+        return Plan(pilot.id, m.name, mean, sd, baseline.n, baseline_from, mde_abs, hyp.mde.relative, s.alpha,
+                    s.power, None, None, None, None, None, warnings)
+    required = pw.sample_size_per_arm(sd_control=sd, mde_abs=mde_abs, alpha=alpha, power=s.power)
+    weights = pilot.arms
+    w_c = weights[pilot.control]
+    w_t = min(weights[a] for a in pilot.treatments) if pilot.treatments else w_c
+    cap = pilot.spec.cohort.max_size
+    n_c, n_t = cap * w_c, cap * w_t
+    n_eff = 2 / (1 / n_c + 1 / n_t) if n_c > 0 and n_t > 0 else 0
+    mde_cap = pw.mde_at_n(sd=sd, n_per_arm=n_eff, alpha=alpha, power=s.power) if n_eff >= 2 else None
+    # total so that the smallest arm reaches `required` under the planned weights
+    required_total = math.ceil(required / min(w_c, w_t)) if required else None
+    powered = mde_cap is not None and mde_cap <= mde_abs * (1 + 1e-12)
+    if not powered:
+        warnings.append(
+            f"underpowered: at the cap of {cap:,} customers the smallest detectable effect is "
+            f"{mde_cap:.4g}, above the MDE {mde_abs:.4g}; about {required_total:,} customers would be needed"
+        )
+    rel = mde_cap / abs(mean) if (mde_cap is not None and mean) else None
+    return Plan(pilot.id, m.name, mean, sd, baseline.n, baseline_from, mde_abs, hyp.mde.relative, s.alpha,
+                s.power, required, required_total, mde_cap, rel, powered, warnings)
+
+
+def plan(pilot: Pilot, *, engine=None) -> Plan:
+    """Measure the baseline in the lab's data and plan the pilot (DESIGN.md, Power)."""
+    from labkit.data.aggregate import baseline as measure
+    from labkit.data.sources import Engine
+
+    own = engine is None
+    engine = engine or Engine.for_lab(pilot.lab)
+    try:
+        population, origin = _population(engine, pilot)
+        moments = measure(engine, pilot, pilot.primary, population)
+        return make_plan(pilot, moments, origin)
+    finally:
+        if own:
+            engine.close()
+
+
+def _population(engine, pilot: Pilot):
+    """The customers the baseline is measured on: the assignment if drawn, else the eligible cohort."""
+    import ibis
+
+    from labkit.assign import assignment_path
+    from labkit.cohort import eligible
+
+    start = ibis.literal(pilot.spec.cohort.start).cast("timestamp")
+    path = assignment_path(pilot)
+    if path.is_file():
+        units = engine.read_file(path, f"assignment_{pilot.id.replace('-', '_')}")
+        return units.select("customer_id", arm=ibis.literal("all"), assigned_at=start), "assignment"
+    idc = pilot.spec.cohort.id_column
+    pop = eligible(engine, pilot)
+    return pop.select(customer_id=pop[idc], arm=ibis.literal("all"), assigned_at=start), "eligible"

@@ -1,0 +1,45 @@
+"""`labkit ui`: the MLflow UI on the lab's store, bound to 127.0.0.1 unless told otherwise.
+
+The UI is `mlflow server` over the lab's tracking store, started with job execution off and one worker
+(it starts in seconds and exits cleanly). It has no authentication: keep it on 127.0.0.1, or see the
+README for a shared server with MLflow's basic-auth app behind TLS.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+from labkit.errors import LabkitError
+from labkit.lab import Lab
+
+
+def server_command(lab: Lab, *, host: str, port: int) -> list[str]:
+    uri = lab.tracking_uri
+    if uri.startswith(("http://", "https://")):
+        raise LabkitError(f"the lab records to a shared server ({uri.split('@')[-1]}); open it in a browser instead")
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host, "--port",
+            str(port), "--workers", "1"]
+
+
+def serve(lab: Lab, *, host: str = "127.0.0.1", port: int = 5000) -> int:
+    from labkit.tracking import Tracker
+
+    Tracker(lab).prepare()  # create the store once, so the server does not race a first run
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    print(f"MLflow UI for {lab.spec.lab}: http://{host}:{port}  (Ctrl-C stops it)", flush=True)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print("warning: the MLflow UI has no authentication; anyone who reaches this address sees every run",
+              file=sys.stderr)
+    proc = subprocess.Popen(server_command(lab, host=host, port=port), env=env, start_new_session=True)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        return 130

@@ -1,0 +1,93 @@
+"""The CLI as a user meets it: exit codes, one-line messages, no tracebacks, help for every command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from labkit.cli import COMMANDS, _parser
+
+from conftest import PILOT_YAML, REPO
+
+LABKIT = [sys.executable, "-m", "labkit.cli"]
+
+
+def run(*args, cwd=None):
+    return subprocess.run([*LABKIT, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_validate_clean_lab_exits_zero(tiny_lab):
+    tiny_lab.pilot()
+    out = run("validate", cwd=tiny_lab.root)
+    assert out.returncode == 0, out.stderr
+    assert "ok: 2 file(s) valid" in out.stdout
+
+
+def test_validate_reports_every_problem_without_traceback(tiny_lab):
+    tiny_lab.pilot(PILOT_YAML.replace("function: service", "function: legal").replace("max_size: 2000", "max_size: 0"))
+    out = run("validate", "experiments/p.yaml", cwd=tiny_lab.root)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert lines[0].startswith("experiments/p.yaml:3: function: unknown function 'legal'")
+    assert lines[1].startswith("experiments/p.yaml:17: cohort.max_size:")
+    assert lines[2] == "2 problem(s) in 1 file(s)"
+
+
+def test_validate_yaml_syntax_error_one_line(tiny_lab):
+    tiny_lab.pilot("id: p\ntitle: [unclosed\n")
+    out = run("validate", "experiments/p.yaml", cwd=tiny_lab.root)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.splitlines()[0].startswith("experiments/p.yaml:")
+    assert "syntax" in out.stderr.splitlines()[0]
+
+
+def test_validate_missing_file(tiny_lab):
+    out = run("validate", "experiments/nope.yaml", cwd=tiny_lab.root)
+    assert out.returncode == 1
+    assert out.stderr.splitlines()[0] == "experiments/nope.yaml: no such file or folder"
+
+
+def test_outside_a_lab_is_one_message(tmp_path):
+    out = run("list", cwd=tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("no lab found")
+
+
+def test_new_writes_a_pilot_that_validates(tiny_lab):
+    out = run("new", "sales-linkedin-intro", "--function", "sales", "--channel", "linkedin", cwd=tiny_lab.root)
+    assert out.returncode == 0, out.stderr
+    path = tiny_lab.root / "experiments" / "sales-linkedin-intro.yaml"
+    assert path.is_file() and "#" in path.read_text()
+    assert run("validate", str(path), cwd=tiny_lab.root).returncode == 0
+    again = run("new", "sales-linkedin-intro", "--function", "sales", "--channel", "linkedin", cwd=tiny_lab.root)
+    assert again.returncode == 1 and "exists already" in again.stderr
+
+
+def test_new_refuses_unknown_channel(tiny_lab):
+    out = run("new", "x", "--function", "sales", "--channel", "tiktok", cwd=tiny_lab.root)
+    assert out.returncode == 1
+    assert "channel: unknown channel 'tiktok'" in out.stderr
+    assert not (tiny_lab.root / "experiments" / "x.yaml").exists()
+    assert list((tiny_lab.root / "experiments").glob(".*")) == []
+
+
+def test_list_shows_pilots(tiny_lab):
+    tiny_lab.pilot()
+    out = run("list", cwd=tiny_lab.root)
+    assert out.returncode == 0, out.stderr
+    assert "service" in out.stdout and "twitter" in out.stdout and "draft" in out.stdout
+
+
+def test_every_command_has_help_with_an_example_and_is_in_the_readme():
+    readme = (REPO / "README.md").read_text()
+    sub = next(a for a in _parser()._actions if a.dest == "command")
+    assert set(sub.choices) == set(COMMANDS)
+    for name, parser in sub.choices.items():
+        assert parser.description and "example: labkit" in (parser.epilog or ""), name
+        assert f"`labkit {name}" in readme, f"README lacks `labkit {name}`"
+
+
+def test_debug_shows_traceback(tmp_path):
+    out = run("--debug", "list", cwd=tmp_path)
+    assert out.returncode != 0 and "Traceback" in out.stderr
