@@ -34,6 +34,12 @@ def serve(lab: Lab, *, host: str = "127.0.0.1", port: int = 5000) -> int:
         print("warning: the MLflow UI has no authentication; anyone who reaches this address sees every run",
               file=sys.stderr)
     proc = subprocess.Popen(server_command(lab, host=host, port=port), env=env, start_new_session=True)
+
+    def stop(signum, frame):  # SIGTERM (and SIGINT, even where a background shell ignores it) stop the server
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
         return proc.wait()
     except KeyboardInterrupt:
