@@ -178,7 +178,8 @@ def test_pilots_mirror_the_generator():
         assert primary["type"] == gen.metric_type
         assert 1500 <= spec["cohort"]["max_size"] <= 12000
         assert spec["owner"].endswith("@example.com")
-        assert "budget" in spec and "notebook" not in spec
+        assert "budget" in spec
+        assert "notebook" not in spec or (REPO / spec["notebook"]).is_file()
 
 
 def test_pilots_use_every_feature_of_the_design():
