@@ -72,6 +72,18 @@ def _parser() -> argparse.ArgumentParser:
     p = add("ui", "start the MLflow UI on the lab's store (127.0.0.1 unless told otherwise)")
     p.add_argument("--host", default="127.0.0.1", help="the address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=5000)
+    p = add("compare", "the leadership view: the latest run of every pilot, by function, channel or stage")
+    p.add_argument("--by", choices=("function", "channel", "stage"), default="function",
+                   help="grouping (default: function)")
+    p.add_argument("--format", choices=("table", "json", "csv", "html"), default="table",
+                   help="output (default: table)")
+    p.add_argument("--function", default=None, help="only pilots of this function")
+    p.add_argument("--since", default=None, metavar="DATE",
+                   help="only pilots whose latest run started on or after this ISO date (UTC)")
+    p.add_argument("--decision", default=None,
+                   help="only pilots with this decision: ship, harm, no-effect, inconclusive, invalid")
+    p.add_argument("--output", default=None, metavar="FILE", help="write the report to FILE, not stdout")
+    p.add_argument("--log", action="store_true", help="record the HTML report in MLflow too (portfolio run)")
     p = add("demo", "build the demo lab's synthetic CRM and take every demo pilot through the workflow")
     p.add_argument("--seed", type=int, default=None, help="the synthetic CRM's seed (default: fixed)")
     return parser
@@ -198,6 +210,26 @@ def cmd_ui(args) -> int:
     return serve(_lab(args), host=args.host, port=args.port)
 
 
+def cmd_compare(args) -> int:
+    from labkit.compare import portfolio
+    from labkit.report import log_portfolio, render, render_table, to_html, write_output
+
+    lab = _lab(args)
+    result = portfolio(lab, by=args.by, function=args.function, since=args.since, decision=args.decision)
+    text = None if args.format == "table" and not args.output else render(result, args.format)
+    if args.output:
+        print(f"wrote {write_output(text, args.output)}", file=sys.stderr)
+    elif text is None:
+        render_table(result)
+    else:
+        sys.stdout.write(text)
+    if args.log:
+        run_id = log_portfolio(lab, result, text if args.format == "html" else to_html(result))
+        print(f"logged the report as portfolio run {run_id} in experiment '{lab.spec.mlflow_experiment}'",
+              file=sys.stderr)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from labkit.demo_run import run_demo
 
@@ -213,6 +245,7 @@ COMMANDS = {
     "analyze": cmd_analyze,
     "run": cmd_run,
     "ui": cmd_ui,
+    "compare": cmd_compare,
     "demo": cmd_demo,
 }
 

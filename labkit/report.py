@@ -1,0 +1,456 @@
+"""The portfolio of ``labkit compare`` as a terminal table, JSON, CSV or one self-contained HTML file.
+
+The HTML report is a single file: its style is inline, the forest plot is a PNG embedded as base64 (no
+external asset, no script), and every string that came from a pilot file or a tag is HTML-escaped.
+``log_portfolio`` records the report in the lab's MLflow experiment as a *portfolio* run: tag
+``labkit.kind=portfolio`` and no ``labkit.pilot`` tag, so it never counts as a pilot (``latest_runs`` and
+the stale-run sweep only look at pilot runs); it always ends FINISHED or FAILED.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+from labkit.compare import PilotRow, Portfolio
+
+FORMATS = ("table", "json", "csv", "html")
+COLOURS = {"ship": "#1a7f37", "harm": "#cf222e", "no-effect": "#57606a", "inconclusive": "#bf8700",
+           "invalid": "#8250df"}  # fmt: skip
+RICH = {"ship": "green", "harm": "red", "no-effect": "cyan", "inconclusive": "yellow", "invalid": "magenta"}
+CLIP = 3.0  # the forest plot shows gains within ±300 %; a longer interval ends in an arrow
+DEFINITIONS = [
+    ("gain", "the relative lift of the primary metric signed so that positive is the direction the "
+             "hypothesis predicted (a 12 % drop in churn is a gain of +12 %)"),
+    ("win rate", "ship / decided pilots, decided = ship + harm + no-effect; inconclusive and invalid pilots "
+                 "are tallied but have no verdict yet"),
+    ("pooled gain", "DerSimonian–Laird random effects over the group's pilots (τ² truncated at 0); each "
+                    "pilot's variance is ((hi − lo) / (2·z))² from its lift interval, z = Φ⁻¹(1 − α/2); "
+                    "a group with one pilot is shown as that pilot, not pooled"),
+    ("value", "effect per customer × value_per_unit × customers in the treatment arms, signed so a move "
+              "in the predicted direction is worth money; its interval from the effect's interval"),
+    ("group value", "the sum of the pilots' values; its interval sums their bounds, which is conservative "
+                    "(wider than for independent pilots)"),
+    ("ROI", "(value − cost) / cost; a group's cost includes pilots without a value estimate"),
+]  # fmt: skip
+
+
+# --------------------------------------------------------------------------- small formatting
+
+
+def _num(x, spec: str = ",.0f") -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def _pct(x) -> str:
+    if x is None:
+        return "–"
+    return f"{x:+.0%}" if abs(x) >= 10 else f"{x:+.1%}"
+
+
+def _short(x) -> str:
+    """Money for the terminal: 4,500 · 787k · 1.18M."""
+    if x is None:
+        return "–"
+    if abs(x) >= 1e6:
+        return f"{x / 1e6:,.2f}M"
+    if abs(x) >= 1e4:
+        return f"{x / 1e3:,.0f}k"
+    return f"{x:,.0f}"
+
+
+def _interval(lo, hi, fmt=_pct) -> str:
+    return "–" if lo is None or hi is None else f"[{fmt(lo)}, {fmt(hi)}]"
+
+
+def _sig(x) -> str:
+    return format(x, "+.3g")
+
+
+def _money(x) -> str:
+    return _num(x, ",.0f")
+
+
+def _flags(row: PilotRow) -> list[str]:
+    return [name for name, on in (("spec changed", row.spec_changed), ("running", row.running),
+                                  ("data changed", row.data_changed)) if on]  # fmt: skip
+
+
+def _decisions(tally: dict[str, int]) -> str:
+    return ", ".join(f"{n} {d}" for d, n in tally.items() if n) or "–"
+
+
+def _pooled(group, sep: str = " ") -> str:
+    if group.pooled_gain is not None:
+        return (
+            f"{_pct(group.pooled_gain)}{sep}{_interval(group.pooled_gain_ci_low, group.pooled_gain_ci_high)}"
+        )
+    return "not pooled" if group.pooled_k == 1 else "–"
+
+
+# --------------------------------------------------------------------------- table, JSON, CSV
+
+
+def render_table(p: Portfolio, console=None) -> None:
+    """Two rich tables (pilots, then groups), the answer, the definitions' short form and the warnings."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # piped: wide enough that intervals stay on their lines
+            console = Console(width=180)
+    by = p.by
+    others = [d for d in ("function", "channel", "stage") if d != by]
+    pilots = Table(title=f"{len(p.pilots)} pilot(s): the latest finished run of each, by {by}")
+    for col in (by, f"pilot\n{' · '.join(others)}", "primary ↑↓\n(arm)", "gain", "decision", "exposed",
+                f"cost\n({p.currency})", "value", "ROI"):  # fmt: skip
+        pilots.add_column(col, overflow="fold")
+    previous = None
+    for r in p.pilots:
+        arm = f"\n({r.arm}, best of {r.arms})" if r.arms > 1 else (f"\n({r.arm})" if r.arm else "")
+        colour = RICH.get(r.decision or "", "white")
+        group = getattr(r, by) or "unknown"
+        flags = "".join(f"\n[yellow]{escape(f)}[/]" for f in _flags(r))
+        where = " · ".join(getattr(r, d) or "?" for d in others)
+        pilots.add_row(
+            escape(group) if group != previous else "",
+            f"[bold]{escape(r.pilot)}[/]\n[dim]{escape(where)}[/]",
+            escape(f"{r.primary_metric or '?'} {'↑' if r.direction == 'increase' else '↓'}{arm}"),
+            f"{_pct(r.gain)}\n{_interval(r.gain_ci_low, r.gain_ci_high)}",
+            f"[{colour}]{escape(r.decision or '?')}[/]{flags}",
+            _num(r.exposed, ","),
+            _short(r.cost),
+            f"{_short(r.value)}\n{_interval(r.value_ci_low, r.value_ci_high, _short)}",
+            f"{_pct(r.roi)}\n{_interval(r.roi_ci_low, r.roi_ci_high)}",
+        )
+        previous = group
+    console.print(pilots)
+    groups = Table(title=f"by {by}, highest ROI first")
+    for col in (by, "pilots", "decisions", "win rate", "pooled gain", "τ²", "I²", f"value ({p.currency})",
+                "cost", "ROI"):  # fmt: skip
+        groups.add_column(col, overflow="fold")
+    for g in p.groups:
+        pooled = _pooled(g, "\n")
+        if g.pooled_k == 1:
+            only = next((r for r in p.pilots if r.pilot in g.pilot_ids and r.gain_ci_low is not None), None)
+            if only is not None:
+                interval = _interval(only.gain_ci_low, only.gain_ci_high)
+                pooled = f"1 pilot, not pooled:\n{_pct(only.gain)} {interval}"
+        groups.add_row(
+            escape(g.group),
+            str(g.pilots),
+            _decisions(g.decisions),
+            "–" if g.win_rate is None else f"{g.win_rate:.0%} of {g.decided}",
+            pooled,
+            _num(g.tau2, ".3g"),
+            "–" if g.i2 is None else f"{g.i2:.0%}",
+            f"{_short(g.value)}\n{_interval(g.value_ci_low, g.value_ci_high, _short)}",
+            _short(g.cost),
+            f"{_pct(g.roi)}\n{_interval(g.roi_ci_low, g.roi_ci_high)}",
+        )
+    console.print(groups)
+    console.print(f"[bold]{escape(p.answer)}[/bold]")
+    level = f"{1 - p.alpha:.0%}"
+    console.print(
+        f"gain = relative lift of the primary metric in the direction the hypothesis predicted (↑/↓); "
+        f"intervals at each pilot's level ({level} by default), pooled gain by DerSimonian–Laird at {level}; "
+        "win rate = ship / (ship + harm + no-effect); a group's value interval adds its pilots' bounds "
+        "(conservative); ROI = (value − cost) / cost. Definitions: README, labkit/compare.py.",
+        style="dim",
+    )
+    for w in p.warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(w)}")
+
+
+def to_json(p: Portfolio) -> str:
+    return json.dumps(p.to_dict(), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+
+
+def to_csv(p: Portfolio) -> str:
+    """One row per pilot, the fields of ``PilotRow`` as columns; ``pandas.read_csv`` reads it back."""
+    import pandas as pd
+
+    from labkit.compare import PilotRow as Row
+
+    columns = list(Row.__dataclass_fields__)
+    frame = pd.DataFrame([r.to_dict() for r in p.pilots], columns=columns)
+    return frame.to_csv(index=False, lineterminator="\n")
+
+
+# --------------------------------------------------------------------------- forest plot
+
+
+def forest_png(p: Portfolio) -> bytes:
+    """Every pilot's gain with its interval, grouped as the portfolio is, a pooled diamond per group.
+
+    Drawn with collections (one artist for all intervals, one per decision for the points) and a margin
+    sized from the labels instead of ``tight_layout``: a hundred pilots stay well under a second.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.collections import LineCollection, PolyCollection
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import PercentFormatter
+
+    lines: list[tuple] = []  # (kind, label, payload), top to bottom
+    for g in p.groups:
+        lines.append(("group", g.group, g))
+        for r in p.pilots:
+            if r.pilot in g.pilot_ids:
+                flags = "".join(f" ({f})" for f in _flags(r))
+                lines.append(("pilot", r.pilot + (f" [{r.arm}]" if r.arms > 1 else "") + flags, r))
+        if g.pooled_gain is not None:
+            i2 = "" if g.i2 is None else f", I² {g.i2:.0%}"
+            lines.append(("pooled", f"pooled: {g.pooled_k} pilots{i2}", g))
+        elif g.pooled_k == 1:
+            lines.append(("note", "one pilot: not pooled", g))
+    values = [0.0]
+    for kind, _, item in lines:
+        if kind == "pilot":
+            values += [v for v in (item.gain, item.gain_ci_low, item.gain_ci_high) if v is not None]
+        elif kind == "pooled":
+            values += [item.pooled_gain_ci_low, item.pooled_gain_ci_high]
+    lo, hi = max(min(values), -CLIP), min(max(values), CLIP)
+    pad = (hi - lo) * 0.08 or 0.1
+    lo, hi = lo - pad, hi + pad
+
+    n = len(lines)
+    height = 1.3 + 0.22 * n
+    fig = Figure(figsize=(9, height), dpi=100)
+    FigureCanvasAgg(fig)
+    width_labels = min(0.45, 0.02 + 0.0075 * max(len(label) for _, label, _ in lines))
+    fig.subplots_adjust(left=width_labels, right=0.97, top=1 - 0.45 / height, bottom=1.0 / height)
+    ax = fig.add_subplot(1, 1, 1)
+    segments, seg_colours, clipped, diamonds, separators = [], [], [], [], []
+    points: dict[str, list[tuple[float, float]]] = {}
+    for i, (kind, _, item) in enumerate(lines):
+        y = n - i
+        if kind == "group" and i:
+            separators.append(y + 0.5)
+        elif kind == "pilot":
+            colour = COLOURS.get(item.decision or "", "#24292f")
+            if item.gain_ci_low is not None and item.gain_ci_high is not None:
+                segments.append([(max(item.gain_ci_low, lo), y), (min(item.gain_ci_high, hi), y)])
+                seg_colours.append(colour)
+                clipped += [(lo, y, "<", colour)] if item.gain_ci_low < lo else []
+                clipped += [(hi, y, ">", colour)] if item.gain_ci_high > hi else []
+            if item.gain is not None:
+                points.setdefault(item.decision or "?", []).append((min(max(item.gain, lo), hi), y))
+        elif kind == "pooled":
+            a, m, b = item.pooled_gain_ci_low, item.pooled_gain, item.pooled_gain_ci_high
+            diamonds.append([(max(a, lo), y), (m, y + 0.3), (min(b, hi), y), (m, y - 0.3)])
+    ax.add_collection(LineCollection(segments, colors=seg_colours, linewidths=1.6))
+    ax.add_collection(PolyCollection(diamonds, facecolors="#0969da", edgecolors="#0969da"))
+    for decision, xy in points.items():
+        xs, ys = zip(*xy)
+        ax.scatter(xs, ys, marker="s", s=22, color=COLOURS.get(decision, "#24292f"), zorder=3)
+    for x, y, marker, colour in clipped:
+        ax.scatter([x], [y], marker=marker, s=22, color=colour, zorder=3)
+    for y in separators:
+        ax.axhline(y, color="#d0d7de", linewidth=0.6)
+    ax.axvline(0, color="#57606a", linewidth=0.8, linestyle="--")
+    ax.set_yticks(range(n, 0, -1))
+    ax.set_yticklabels([label for _, label, _ in lines], fontsize=8)
+    for tick, (kind, _, _) in zip(ax.get_yticklabels(), lines):
+        if kind == "group":
+            tick.set_fontweight("bold")
+        elif kind in ("pooled", "note"):
+            tick.set_color("#0969da")
+    ax.set_ylim(0.4, n + 0.6)
+    ax.set_xlim(lo, hi)
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_xlabel(f"gain: relative lift in the predicted direction, {1 - p.alpha:.0%} interval", fontsize=9)
+    ax.set_title(f"Pilots by {p.by}: gain with interval; blue diamonds: pooled (random effects)", fontsize=10,
+                 loc="left")  # fmt: skip
+    shown = [d for d in COLOURS if d in points]
+    if shown:
+        handles = [Line2D([], [], marker="s", linestyle="", color=COLOURS[d], label=d) for d in shown]
+        fig.legend(handles=handles, loc="lower center", fontsize=8, frameon=False, ncols=len(shown))
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------- HTML
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem;color:#24292f;max-width:1200px}
+table{border-collapse:collapse;margin:1rem 0;font-size:.85rem}
+th,td{border:1px solid #d0d7de;padding:.3rem .5rem;text-align:left;vertical-align:top}th{background:#f6f8fa}
+.answer{font-size:1.1rem;font-weight:600}
+.flag{color:#9a6700;font-weight:600}.muted{color:#57606a;font-size:.85rem}.note{white-space:pre-wrap}
+img{max-width:100%}section.pilot{border-top:1px solid #d0d7de;padding-top:.5rem}
+"""
+
+
+def _e(value) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _tr(cells, header: bool = False) -> str:
+    tag = "th" if header else "td"
+    return "<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>"
+
+
+def to_html(p: Portfolio) -> str:
+    """One self-contained HTML file: answer, forest plot, group summary, the pilots and their hypotheses."""
+    png = base64.b64encode(forest_png(p)).decode("ascii")
+    by = _e(p.by)
+    group_rows = [_tr([by, "pilots", "decisions", "win rate", "pooled gain", "τ²", "I²",
+                       f"value ({_e(p.currency)})", "cost", "ROI", "note"], header=True)]  # fmt: skip
+    for g in p.groups:
+        group_rows.append(_tr([
+            _e(g.group), g.pilots, _e(_decisions(g.decisions)),
+            "–" if g.win_rate is None else f"{g.win_rate:.0%} of {g.decided}", _e(_pooled(g)),
+            _num(g.tau2, ".3g"), "–" if g.i2 is None else f"{g.i2:.0%}",
+            f"{_money(g.value)} {_interval(g.value_ci_low, g.value_ci_high, _money)}", _money(g.cost),
+            f"{_pct(g.roi)} {_interval(g.roi_ci_low, g.roi_ci_high)}", _e(g.note or ""),
+        ]))  # fmt: skip
+    pilot_rows = [_tr(["pilot", "function", "channel", "stage", "primary (arm)", "effect", "lift", "gain",
+                       "decision", "exposed", "cost", "value", "ROI", "flags"], header=True)]  # fmt: skip
+    for r in p.pilots:
+        arm = f" ({_e(r.arm)}, best of {r.arms})" if r.arms > 1 else (f" ({_e(r.arm)})" if r.arm else "")
+        pilot_rows.append(_tr([
+            f'<a href="#pilot-{_e(r.pilot)}">{_e(r.pilot)}</a>', _e(r.function), _e(r.channel), _e(r.stage),
+            f"{_e(r.primary_metric)} {'↑' if r.direction == 'increase' else '↓'}{arm}",
+            f"{_num(r.effect, '+.4g')} {_interval(r.effect_ci_low, r.effect_ci_high, _sig)}",
+            f"{_pct(r.lift)} {_interval(r.lift_ci_low, r.lift_ci_high)}",
+            f"{_pct(r.gain)} {_interval(r.gain_ci_low, r.gain_ci_high)}",
+            f'<b style="color:{COLOURS.get(r.decision or "", "#24292f")}">{_e(r.decision or "?")}</b>',
+            _num(r.exposed, ","), _money(r.cost),
+            f"{_money(r.value)} {_interval(r.value_ci_low, r.value_ci_high, _money)}",
+            f"{_pct(r.roi)} {_interval(r.roi_ci_low, r.roi_ci_high)}",
+            f'<span class="flag">{_e(", ".join(_flags(r)))}</span>',
+        ]))  # fmt: skip
+    sections = []
+    for r in p.pilots:
+        flags = f' <span class="flag">({_e(", ".join(_flags(r)))})</span>' if _flags(r) else ""
+        note = (
+            f'<p class="note muted">{_e(r.description)}</p>'
+            if r.description and r.description != r.hypothesis
+            else ""
+        )
+        sections.append(
+            f'<section class="pilot" id="pilot-{_e(r.pilot)}">'
+            f"<h3>{_e(r.pilot)}: {_e(r.title or '')}{flags}</h3>"
+            f"<p><b>Hypothesis.</b> {_e(r.hypothesis or '–')}</p>"
+            f"<p><b>Decision:</b> {_e(r.decision or '?')} — gain {_pct(r.gain)} "
+            f"{_interval(r.gain_ci_low, r.gain_ci_high)} on {_e(r.primary_metric)}"
+            f"{f' (arm {_e(r.arm)})' if r.arm else ''}; run {_e(r.run_name)} ({_e(r.run_id)}), "
+            f"started {_e(r.started_at)}.</p>{note}</section>"
+        )
+    filters = ", ".join(f"{_e(k)} = {_e(v)}" for k, v in p.filters.items()) or "none"
+    warnings = "".join(f"<li>{_e(w)}</li>" for w in p.warnings)
+    definitions = "".join(f"<li><b>{_e(k)}</b>: {_e(v)}</li>" for k, v in DEFINITIONS)
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>labkit portfolio: {_e(p.lab)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>Portfolio of {_e(p.lab)}</h1>"
+        f'<p class="muted">{len(p.pilots)} pilot(s), latest finished run of each, from the MLflow experiment '
+        f"{_e(p.experiment)} ({_e(p.store)}); grouped by {by}; filters: {filters}; "
+        f"generated {_e(p.generated_at)}.</p>"
+        f'<p class="answer">{_e(p.answer)}</p>'
+        + (f'<ul class="flag">{warnings}</ul>' if warnings else "")
+        + f'<h2>Gain of every pilot</h2><img alt="forest plot of every pilot\'s gain by {by}" '
+        f'src="data:image/png;base64,{png}">'
+        f"<h2>By {by}</h2><table>{''.join(group_rows)}</table>"
+        f"<h2>Pilots</h2><table>{''.join(pilot_rows)}</table>"
+        f"<h2>Hypotheses and decisions</h2>{''.join(sections)}"
+        f'<h2>Definitions</h2><ul class="muted">{definitions}</ul>'
+        "</body></html>\n"
+    )
+
+
+def render(p: Portfolio, fmt: str) -> str:
+    """The portfolio as text in ``fmt`` (json, csv, html); ``table`` renders to plain text."""
+    if fmt == "json":
+        return to_json(p)
+    if fmt == "csv":
+        return to_csv(p)
+    if fmt == "html":
+        return to_html(p)
+    if fmt == "table":
+        from rich.console import Console
+
+        console = Console(file=io.StringIO(), width=200, no_color=True, force_terminal=False)
+        render_table(p, console)
+        return console.file.getvalue()
+    from labkit.errors import LabkitError
+
+    raise LabkitError(f"--format: unknown format '{fmt}'; allowed: {', '.join(FORMATS)}")
+
+
+def write_output(text: str, target: str | Path) -> Path:
+    """Write a report atomically (temp file, fsync, rename)."""
+    import os
+
+    from labkit.analysis import write_atomic
+
+    path = Path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, text)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)  # a report is for sharing: the usual file mode, not the temp file's 0600
+    return path
+
+
+# --------------------------------------------------------------------------- MLflow
+
+
+def log_portfolio(lab, p: Portfolio, html_text: str | None = None) -> str:
+    """Record the report as one FINISHED portfolio run (tag ``labkit.kind=portfolio``); returns its id."""
+    import tempfile
+    import time
+
+    from mlflow.entities import Metric, Param
+
+    from labkit.compare import TAG_KIND, open_tracker
+    from labkit.tracking import NOTE
+
+    html_text = html_text if html_text is not None else to_html(p)
+    tracker = open_tracker(lab)
+    tracker.prepare()
+    client = tracker._client
+    stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+    tags = {TAG_KIND: "portfolio", "labkit.by": p.by, NOTE: f"Portfolio by {p.by}: {p.answer}."}
+    tracker._check_tags(tags)
+    run = tracker._call(
+        "creating the portfolio run", client.create_run, tracker.experiment_id,
+        run_name=f"portfolio by {p.by} {stamp}", tags=tags,
+    )  # fmt: skip
+    run_id = run.info.run_id
+    try:
+        now = int(time.time() * 1000)
+        metrics = {"pilots": float(len(p.pilots))}
+        for g in p.groups:
+            for key in ("roi", "value", "cost", "win_rate", "pooled_gain"):
+                value = getattr(g, key)
+                if value is not None:
+                    metrics[f"{p.by}.{g.group}.{key}"] = float(value)
+        params = {"by": p.by, **{f"filter.{k}": v for k, v in p.filters.items()}}
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, now, 0) for k, v in list(metrics.items())[:1000]],
+            params=[Param(k, v) for k, v in params.items()],
+        )
+        with tempfile.TemporaryDirectory() as folder:
+            (Path(folder) / "portfolio.html").write_text(html_text, encoding="utf-8")
+            (Path(folder) / "portfolio.json").write_text(to_json(p), encoding="utf-8")
+            client.log_artifact(run_id, str(Path(folder) / "portfolio.html"))
+            client.log_artifact(run_id, str(Path(folder) / "portfolio.json"))
+        client.set_terminated(run_id, status="FINISHED")
+    except BaseException as exc:
+        try:
+            client.set_terminated(run_id, status="FAILED")
+        except Exception:
+            pass
+        if isinstance(exc, Exception):
+            raise tracker._error("recording the portfolio run", exc) from exc
+        raise
+    return run_id
