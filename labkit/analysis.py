@@ -180,7 +180,8 @@ def _suppress(est, data, pilot: Pilot, arm: str):
     if min(len(data.values[pilot.control]), len(data.values[arm])) >= floor:
         return est
     return replace(est, mean_control=None, mean_treatment=None, effect=None, se=None, ci_low=None, ci_high=None,
-                   lift=None, lift_ci_low=None, lift_ci_high=None, p_value=None, reason="suppressed_small_cell")
+                   lift=None, lift_ci_low=None, lift_ci_high=None, lift_se=None, p_value=None,
+                   reason="suppressed_small_cell")
 
 
 def _as_of(value) -> dt.datetime | None:
@@ -345,14 +346,13 @@ def build_analysis(pilot: Pilot, data: dict, *, assignment_meta: dict, plan, dat
 
     bayes_by_arm = {}
     if s.engine == "bayesian":
-        from scipy.stats import norm
-
-        z = float(norm.ppf(1 - s.alpha / 2))
         for r in rows:
-            if r["lift"] is None or r["lift_ci_low"] is None:
+            if r["lift"] is None or r["lift_ci_low"] is None or r.get("lift_se") is None:
                 continue
             direction = pilot.spec.hypothesis.direction if r["role"] == "primary" else "increase"
-            lift_se = (r["lift_ci_high"] - r["lift_ci_low"]) / (2 * z)
+            # the likelihood's se is the estimate's delta-method lift_se (labkit.stats.bayes), not the
+            # interval's half-width / z: Welch intervals use t, sequential ones the wider CS multiplier
+            lift_se = r["lift_se"]
             b = stats.bayes_lift(r["lift"], lift_se, prior_mean=s.prior_mean, prior_sd=s.prior_sd, alpha=s.alpha,
                                  direction=direction)
             r.update(posterior_lift=b.post_mean, posterior_lift_sd=b.post_sd, credible_low=b.ci_low,
@@ -430,8 +430,11 @@ def _verdict(pilot: Pilot, rows, tost, bayes_by_arm, srm, assignment_meta, plan,
         t = tost.get(r["arm"])
         if t is not None and low is None:
             low, high = (t.lift_ci_low, t.lift_ci_high) if relative else (t.ci_low, t.ci_high)
+        reason = r.get("reason")
+        if reason == "zero_control_mean" and not relative and r["p_value"] is not None:
+            reason = None  # only the lift is undefined; an absolute MDE is judged on the effect itself
         primary.append(ArmResult(arm=r["arm"], effect=r["effect"], lift=r["lift"], p_value=r["p_value_adjusted"],
-                                 reason=r.get("reason"), tost_low=low, tost_high=high, chance_to_beat=ctb))
+                                 reason=reason, tost_low=low, tost_high=high, chance_to_beat=ctb))
     guards = []
     for g in pilot.spec.guardrails:
         rel = g.max_harm.relative is not None
