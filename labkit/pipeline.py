@@ -41,6 +41,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from labkit.tracking import RunRecord
 
 RECORDED = "recorded.json"  # written beside record.json once MLflow holds the run
+# One recorder at a time in this process: MLflow's log_inputs races when two runs log the same new dataset
+# at once (its check-then-insert fails on the UNIQUE constraint of datasets, on sqlite and through a server),
+# and the pilots of a batch share their sources. Recording is short next to a notebook.
+_RECORDING = threading.Lock()
 
 
 @dataclass
@@ -103,8 +107,11 @@ def _git_commit(root: Path) -> str | None:
 
 
 def build_record(pilot: Pilot, nb, *, run_key: str, run_name: str, results: dict | None, spec_changed: bool,
-                 code_version: str) -> RunRecord:
-    """The RunRecord of one notebook run: tags, params, metrics, description, artifacts, datasets."""
+                 code_version: str, previous_digest: str | None = None) -> RunRecord:
+    """The RunRecord of one notebook run: tags, params, metrics, description, artifacts, datasets.
+
+    ``labkit.data_changed`` is "true" when the data digest differs from the pilot's previous latest run
+    (rows changed, reordered or appended since), so `labkit compare` can flag it."""
     from labkit.data.sources import file_digest
     from labkit.tracking import RunRecord, flatten_params, metrics_from_results
 
@@ -127,6 +134,8 @@ def build_record(pilot: Pilot, nb, *, run_key: str, run_name: str, results: dict
     }
     if meta.get("data_digest"):
         tags["labkit.data_digest"] = meta["data_digest"]
+        changed = previous_digest is not None and previous_digest != meta["data_digest"]
+        tags["labkit.data_changed"] = "true" if changed else "false"
     if nb.message:
         tags["labkit.error"] = nb.message[:5000]
     h = s.hypothesis
@@ -157,8 +166,12 @@ def build_record(pilot: Pilot, nb, *, run_key: str, run_name: str, results: dict
 
 
 def run_one(pilot: Pilot, tracker, *, code_version: str, as_of: str | None = None, progress: bool = False,
-            on_state=None) -> Outcome:
-    """Execute one pilot's notebook and record it; never raises for a failing notebook or tracker."""
+            on_state=None, tracking_error: str | None = None) -> Outcome:
+    """Execute one pilot's notebook and record it; never raises for a failing notebook or tracker.
+
+    ``tracking_error``: why MLflow could not be opened for this batch; the notebook still runs, its outputs
+    are kept, and the outcome says it was not recorded (with the `--record-only` hint) instead of FINISHED.
+    """
     from labkit import runner
 
     started = time.time()
@@ -169,11 +182,12 @@ def run_one(pilot: Pilot, tracker, *, code_version: str, as_of: str | None = Non
     token = uuid.uuid4().hex
     outcome = Outcome(pilot.id, pilot.spec.function, "NOT-RUN", output_dir=out)
 
-    spec_changed, run_id, tracking_error = False, None, None
-    if tracker is not None:
+    spec_changed, run_id, previous_digest = False, None, None
+    if tracker is not None and tracking_error is None:
         try:
             first = tracker.first_prereg(pilot.id)
             spec_changed = first is not None and first != pilot.prereg_sha256
+            previous_digest = tracker.latest_tag(pilot.id, "labkit.data_digest")
             run_id = tracker.start(pilot.id, run_name, run_key, {"labkit.function": pilot.spec.function},
                                    started_at=started)
         except TrackingError as exc:
@@ -196,16 +210,17 @@ def run_one(pilot: Pilot, tracker, *, code_version: str, as_of: str | None = Non
     outcome.decision = results.get("decision") if results else None
     outcome.message = nb.message
     record = build_record(pilot, nb, run_key=run_key, run_name=run_name, results=results,
-                          spec_changed=spec_changed, code_version=code_version)
+                          spec_changed=spec_changed, code_version=code_version, previous_digest=previous_digest)
     write_atomic(out / "record.json", record.to_json())
     if on_state:
         on_state(pilot.id, "recording")
     if tracker is not None and tracking_error is None:
         try:
-            if run_id is not None:
-                tracker.finish(run_id, record)
-            else:
-                run_id = tracker.record(record)
+            with _RECORDING:
+                if run_id is not None:
+                    tracker.finish(run_id, record)
+                else:
+                    run_id = tracker.record(record)
             write_atomic(out / RECORDED, json.dumps({"run_id": run_id, "run_key": run_key}) + "\n")
         except TrackingError as exc:
             tracking_error = str(exc)
@@ -277,8 +292,10 @@ def run_batch(lab: Lab, pilots: list[Pilot], *, workers: int | None = None, as_o
     console = console or Console(stderr=True)
     for pilot in pilots:
         preflight(pilot)
-    tracker = None
+    tracker, tracking_error = None, None
     if track:
+        from rich.markup import escape
+
         from labkit.tracking import Tracker
 
         tracker = Tracker(lab)
@@ -288,8 +305,11 @@ def run_batch(lab: Lab, pilots: list[Pilot], *, workers: int | None = None, as_o
             if swept:
                 console.print(f"swept {len(swept)} stale RUNNING run(s) to KILLED")
         except TrackingError as exc:
-            console.print(f"[yellow]warning:[/yellow] MLflow is not reachable ({exc}); outputs are kept in "
-                          "results/ and can be recorded later with `labkit run --record-only`")
+            # The notebooks still run and keep their outputs, but no run is FINISHED in MLflow: each outcome
+            # says so (NOT-RECORDED, exit 1) rather than passing for a recorded run.
+            tracking_error = str(exc)
+            console.print(f"[yellow]warning:[/yellow] MLflow is not reachable ({escape(tracking_error)}); "
+                          "outputs are kept in results/ and can be recorded later with `labkit run --record-only`")
             tracker = None
     code_version = __version__ + (f"+{c}" if (c := _git_commit(lab.root)) else "")
     workers = workers or lab.spec.runner.workers or os.cpu_count() or 1
@@ -305,13 +325,16 @@ def run_batch(lab: Lab, pilots: list[Pilot], *, workers: int | None = None, as_o
         def work(p: Pilot) -> Outcome:
             if signals.received or interrupted:
                 return Outcome(p.id, p.spec.function, "KILLED", message="not started: interrupted")
-            o = run_one(p, tracker, code_version=code_version, as_of=as_of, on_state=state)
+            o = run_one(p, tracker, code_version=code_version, as_of=as_of, on_state=state,
+                        tracking_error=tracking_error)
             state(p.id, f"{o.status.lower()}" + (f" · {o.decision}" if o.decision else ""))
             progress.update(tasks[p.id], total=1, completed=1)
             return o
 
         pool = ThreadPoolExecutor(max_workers=min(workers, len(pilots)), thread_name_prefix="labkit-run")
         futures = {p.id: pool.submit(work, p) for p in pilots}
+        # After a signal, cancel_all is repeated while waiting: a run that was between its MLflow start and
+        # its kernel's registration when the signal came would otherwise miss it and run on (for ever, if hung).
         try:
             for pid, fut in futures.items():
                 while True:
@@ -319,13 +342,17 @@ def run_batch(lab: Lab, pilots: list[Pilot], *, workers: int | None = None, as_o
                         outcomes[pid] = fut.result(timeout=0.2)
                         break
                     except TimeoutError:
-                        continue
+                        if signals.received:
+                            runner.cancel_all(signals.received)
         except KeyboardInterrupt:
             interrupted = "SIGINT"
-            runner.cancel_all("SIGINT")
             for pid, fut in futures.items():
-                if pid not in outcomes:
-                    outcomes[pid] = fut.result()
+                while pid not in outcomes:
+                    try:
+                        runner.cancel_all("SIGINT")
+                        outcomes[pid] = fut.result(timeout=0.2)
+                    except (TimeoutError, KeyboardInterrupt):  # a second Ctrl-C changes nothing
+                        continue
         finally:
             pool.shutdown(wait=True)
     signal_name = interrupted or signals.received
@@ -351,11 +378,14 @@ def render_outcomes(outcomes: list[Outcome], console=None) -> None:
                       o.run_id or "–", f"{o.seconds:.1f} s")
     console.print(table)
     for o in outcomes:
+        # One line each, whatever the terminal width (soft_wrap: rich inserts no line breaks), and the
+        # message as plain text: it quotes the notebook's own error, which must not be read as markup.
         if o.spec_changed:
-            console.print(f"[yellow]{o.pilot}: the hypothesis, metrics or cohort changed since the first run "
-                          "(pre-registration); tagged labkit.spec_changed=true[/yellow]")
+            console.print(f"{o.pilot}: the hypothesis, metrics or cohort changed since the first run "
+                          "(pre-registration); tagged labkit.spec_changed=true", style="yellow", markup=False,
+                          highlight=False, soft_wrap=True)
         if o.message:
-            console.print(f"{o.pilot}: {o.message}")
+            console.print(f"{o.pilot}: {o.message}", markup=False, highlight=False, soft_wrap=True)
 
 
 def all_pilots(lab: Lab) -> list[str]:

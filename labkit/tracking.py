@@ -440,6 +440,9 @@ class Tracker:
     def _new_client(self):
         from mlflow import MlflowClient
 
+        # importing mlflow resets its logger to INFO: quiet it again (store creation, migrations)
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
         return MlflowClient(tracking_uri=self.uri)  # opening a fresh store creates and migrates it
 
     def _experiment(self, *, artifact_location: str | None) -> str:
@@ -816,8 +819,20 @@ class Tracker:
                 source=json.dumps({"uri": source}), schema=None, profile=json.dumps(profile),
             )  # fmt: skip
             inputs.append(DatasetInput(dataset=dataset, tags=tags))
-        if inputs:
-            self._call("logging datasets", self._client.log_inputs, run_id, datasets=inputs)
+        if not inputs:
+            return
+        # Two runs logging the same new dataset at once collide on MLflow's unique dataset row (a UNIQUE
+        # constraint on sqlite, BAD_REQUEST over http): serialise on a local store, and retry once —
+        # the second attempt finds the row the other run created.
+        for attempt in (1, 2):
+            try:
+                with self._locked():
+                    self._call("logging datasets", self._client.log_inputs, run_id, datasets=inputs)
+                return
+            except TrackingError as exc:
+                if attempt == 2 or not re.search(r"UNIQUE|unique|IntegrityError|BAD_REQUEST", str(exc)):
+                    raise
+                time.sleep(0.2 + random.random() * 0.5)
 
     # ---------------------------------------------------------------- latest flag
 
@@ -916,6 +931,14 @@ class Tracker:
             order_by=["attributes.start_time ASC"], max_results=1,
         )  # fmt: skip
         return runs[0].data.tags.get(TAG_PREREG) if runs else None
+
+    def latest_tag(self, pilot: str, key: str) -> str | None:
+        """Tag ``key`` of the pilot's current latest (newest FINISHED) run, e.g. its data digest."""
+        _quote(key)
+        runs = self._search(
+            f"{self._pilot_filter(pilot)} and tags.`{TAG_LATEST}` = 'true'", max_results=1,
+        )  # fmt: skip
+        return runs[0].data.tags.get(key) if runs else None
 
     def latest_runs(self, *, function: str | None = None) -> list[dict]:
         """The latest FINISHED run of every pilot (of one function), sorted by function and pilot.
