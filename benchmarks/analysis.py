@@ -82,7 +82,7 @@ LABKIT = """
 import json, resource, time
 t0 = time.perf_counter()
 import labkit
-import labkit.analysis, labkit.data.aggregate, labkit.stats, labkit.assign, ibis, scipy.stats  # warm, as the baseline
+import labkit.analysis, labkit.data.aggregate, labkit.stats, labkit.assignment, ibis, scipy.stats  # warm, as the baseline
 imports = time.perf_counter() - t0
 t = time.perf_counter()
 lab = labkit.load_lab("configs/lab.yaml")

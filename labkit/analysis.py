@@ -214,7 +214,7 @@ def analyze(pilot: Pilot, *, engine=None, as_of=None) -> Analysis:
     try:
         units = units_table(engine, pilot)
         data = aggregate_pilot(engine, pilot, units, as_of=look)
-        from labkit.assign import load_assignment
+        from labkit.assignment import load_assignment
 
         assignment = load_assignment(pilot)
         from labkit.planning import make_plan

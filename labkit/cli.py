@@ -167,7 +167,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_assign(args) -> int:
-    from labkit.assign import assign
+    from labkit.assignment import assign
     from labkit.render import render_assignment
 
     pilot = _pilot(args)

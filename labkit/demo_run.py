@@ -17,7 +17,7 @@ def run_demo(lab: Lab, seed: int | None = None) -> int:
     from rich.table import Table
 
     from labkit import demo
-    from labkit.assign import assign
+    from labkit.assignment import assign
     from labkit.errors import SpecErrors
     from labkit.pipeline import render_outcomes, run_batch
     from labkit.planning import plan

@@ -83,7 +83,8 @@ def resolve_pilots(lab: Lab, refs: list[str]) -> list[Pilot]:
 
 def preflight(pilot: Pilot) -> None:
     """Everything that must hold before a run is created (RELIABILITY #11): notebook and assignment."""
-    from labkit.assign import load_assignment
+    from labkit.assignment import load_assignment
+    from labkit.data.sources import preflight as check_sources
     from labkit.runner import check_notebook
 
     try:
@@ -91,6 +92,7 @@ def preflight(pilot: Pilot) -> None:
     except LabkitError as exc:
         raise LabkitError(f"{pilot.id}: {exc}") from None
     load_assignment(pilot)
+    check_sources(pilot)  # a database that refuses the connection stops here, before a run exists
 
 
 def _stamp() -> str:

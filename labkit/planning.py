@@ -148,7 +148,7 @@ def _population(engine, pilot: Pilot):
     """The customers the baseline is measured on: the assignment if drawn, else the eligible cohort."""
     import ibis
 
-    from labkit.assign import assignment_path
+    from labkit.assignment import assignment_path
     from labkit.cohort import eligible
 
     start = ibis.literal(pilot.spec.cohort.start).cast("timestamp")

@@ -1,7 +1,7 @@
 """Keyed-hash assignment: determinism, balance, the cap, write-once files, races and crashes, imports.
 
 The expected arms come from ``reference_draw`` below — an independent re-implementation of the module
-docstring of ``labkit.assign`` with hashlib and plain Python — and from ``tests/data/golden_assignment.csv``
+docstring of ``labkit.assignment`` with hashlib and plain Python — and from ``tests/data/golden_assignment.csv``
 (1000 ids drawn from 1200, computed once by ``reference_draw``; regenerate only if the method changes,
 with ``python tests/test_assign.py --write-golden``, and bump the method's version).
 """
@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from labkit.assign import (
+from labkit.assignment import (
     METHOD,
     assign,
     assignment_path,
@@ -81,7 +81,7 @@ start: 2026-11-01
 def reference_draw(rows, *, pilot_id: str, salt: str, block: dict[str, int], max_size: int) -> dict:
     """``rows``: (customer_id, stratum) of the eligible customers -> {customer_id: arm}.
 
-    Written from the docstring of labkit.assign with hashlib only: cap by the smallest cap hash, then in
+    Written from the docstring of labkit.assignment with hashlib only: cap by the smallest cap hash, then in
     each stratum rank by the arm hash and give rank r the arm of slot (r + offset) mod D.
     """
 
@@ -698,7 +698,7 @@ def test_two_processes_racing_one_wins_one_loses_clearly(lab):
     go = lab.root / "go"
     code = f"""
         import os, sys, time
-        import labkit.assign as A
+        import labkit.assignment as A
         from labkit.data.sources import Engine
         from labkit.spec import load_pilot
         from labkit.errors import LabkitError
@@ -740,7 +740,7 @@ def test_sigkill_mid_write_leaves_no_parquet_and_the_rerun_reclaims_the_lock(lab
     code = """
         import sys, time
         import pyarrow.parquet as pq
-        import labkit.assign as A
+        import labkit.assignment as A
         from labkit.spec import load_pilot
         A.ROW_GROUP = 500  # several row groups, so the kill lands between two of them
         real = pq.ParquetWriter.write_table

@@ -40,3 +40,12 @@ def test_public_api_names():
     assert {"load_lab", "load_pilot", "plan", "assign", "analyze"} <= set(labkit.__all__)
     for name in labkit.__all__:
         assert getattr(labkit, name) is not None
+
+
+def test_api_functions_survive_their_modules_being_imported():
+    """A submodule named like an API function would replace it on import (labkit.assign was one)."""
+    code = (
+        "import labkit, labkit.assignment, labkit.analysis, labkit.planning, labkit.spec, labkit.lab\n"
+        "assert all(callable(getattr(labkit, n)) for n in ('assign', 'analyze', 'plan', 'load_pilot', 'load_lab'))"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

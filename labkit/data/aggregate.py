@@ -5,7 +5,9 @@ Each metric of a pilot compiles to **one Ibis expression** over the lab's engine
 ``n, Σy, Σy², Σx, Σx², Σxy`` (``labkit.stats.moments.ArmMoments``) the statistics run on, plus counts of
 bad rows for the data checks. No customer-level row is pulled into Python, except for quantile metrics,
 whose bootstrap needs the raw per-customer values (a second query, ``SELECT arm, y``). ``moments_expr``
-returns the expression itself, so a benchmark or test can inspect the plan without running it.
+returns the expression itself, so a benchmark or test can inspect the plan without running it. The same
+expressions run on DuckDB (files), PostgreSQL and Spark (``labkit.data.sources``); there the units are a
+TEMP table (PostgreSQL) or the parquet read in place (Spark), and only the per-arm rows come back.
 
 Intent-to-treat (DESIGN.md, "Conventions the statistics rely on"): the units (``customer_id, arm,
 assigned_at``) are the assigned customers, and every one of them is counted in its arm. The units are
@@ -36,8 +38,9 @@ matching events of a customer whose timestamp lies in the half-open window
 - ``cuped: true``: x is the same aggregate over the pre-period ``[assigned_at - window_days,
   assigned_at)``; a mean/max customer with no pre-period events gets x = 0 (as for covariates above).
 
-Timestamps are compared as naive UTC: a timezone-aware column (TIMESTAMPTZ) is converted to UTC — the
-Ibis DuckDB session runs with ``TimeZone = 'UTC'`` — and a naive timestamp is taken to be UTC already; a
+Timestamps are compared as naive UTC: a timezone-aware column (TIMESTAMPTZ) is converted to UTC — every
+engine's session runs in UTC (DuckDB's and PostgreSQL's ``TimeZone``, Spark's
+``spark.sql.session.timeZone``) — and a naive timestamp is taken to be UTC already; a
 DATE column means midnight UTC. Windows add whole days (``INTERVAL n DAY`` on naive timestamps: exactly
 n × 24 h, no daylight-saving shifts).
 
@@ -106,6 +109,7 @@ def units_table(engine: Engine, pilot: Pilot) -> ibis.Table:
     path = pilot.results_dir / "assignment.parquet"
     if not path.is_file():
         raise AssignmentError(pilot.id, f"no assignment for {pilot.id}; run `labkit assign {pilot.id}` first")
+    engine.bind(pilot)  # the units go where the pilot's data lives (a TEMP table in PostgreSQL)
     table = engine.read_file(path, f"assignment_{pilot.id.replace('-', '_')}")
     absent = [c for c in ("customer_id", "arm", "assigned_at") if c not in table.columns]
     if absent:
@@ -172,6 +176,7 @@ def baseline(engine: Engine, pilot: Pilot, metric: Metric, population: ibis.Tabl
 
     from labkit.stats.moments import ArmMoments
 
+    engine.bind(pilot)
     at = _as_utc(population["assigned_at"], "assignment", "assigned_at")
     if metric.event is not None:
         at = at - ibis.interval(days=int(metric.window_days))
@@ -229,7 +234,8 @@ def _summarise(pc: ibis.Table, checks: list[_Check], *, has_x: bool) -> ibis.Tab
 
     y = pc[_Y]
     counted = y.notnull()
-    zero = ibis.literal(0.0)
+    # Not measured: NULL (read as 0 by _moments). A literal 0.0 would be NUMERIC in PostgreSQL.
+    zero = ibis.null().cast("float64")
     if has_x:
         x = pc[_X]
         xs = {
@@ -260,7 +266,7 @@ def _per_customer(engine: Engine, pilot: Pilot, metric: Metric, u: ibis.Table):
     v = j["s_v0"]
     missing = v.isnull()
     y = v.fill_null(0.0) if metric.type == "proportion" else v
-    out = {_ARM: j[_ARM], _Y: y, _MISS: missing.cast("int64")}
+    out = {_ARM: j[_ARM], _Y: y, _MISS: _flag(missing, "int64")}
     if metric.covariate:
         out[_X] = j["s_v1"].fill_null(0.0)
     out.update({c.name: j[c.name].fill_null(0) for c in checks})
@@ -290,7 +296,7 @@ def _ratio(engine: Engine, pilot: Pilot, metric: Metric, u: ibis.Table):
         _ARM: j[_ARM],
         _Y: ibis.ifelse(missing, null, yv),
         _X: ibis.ifelse(missing, null, xv),
-        _MISS: missing.cast("int64"),
+        _MISS: _flag(missing, "int64"),
     }
     out.update({c.name: j[c.name].fill_null(0) for c in checks})
     return j.select(**out), checks
@@ -328,7 +334,7 @@ def _side(
         aggs[f"{tag}_n01"] = t.count(where=v.notnull() & ~v.isin([0.0, 1.0]))
         checks.append(_Check(f"{tag}_n01", source, columns[0], "not01"))
     g = t.group_by(**{f"{tag}_id": t[idc]}).aggregate(**aggs)
-    g = g.mutate(**{f"{tag}_dup": (g[f"{tag}_rows"] > 1).cast("int64")})
+    g = g.mutate(**{f"{tag}_dup": _flag(g[f"{tag}_rows"] > 1, "int64")})
     return g, checks
 
 
@@ -369,7 +375,7 @@ def _events(engine: Engine, pilot: Pilot, metric: Metric, u: ibis.Table, *, as_o
         checks.append(_Check("e_nf", source, metric.column, "nonfinite"))
     pc = j.group_by([_ARM, _UNIT]).aggregate(**aggs)
     y = pc[_Y]
-    out = {_ARM: pc[_ARM], _Y: y, _MISS: y.isnull().cast("int64")}
+    out = {_ARM: pc[_ARM], _Y: y, _MISS: _flag(y.isnull(), "int64")}
     if metric.cuped:
         out[_X] = pc[_X].fill_null(0.0)
     out.update({c.name: pc[c.name] for c in checks})
@@ -381,7 +387,7 @@ def _event_aggregate(j: ibis.Table, agg: str, where):
     if agg == "count":
         return j["e_id"].count(where=where).cast("float64")
     if agg == "any":
-        return (j["e_id"].count(where=where) > 0).cast("float64")
+        return _flag(j["e_id"].count(where=where) > 0, "float64")
     v = j["e_v"]
     if agg == "sum":
         return v.sum(where=where).fill_null(0.0)
@@ -400,12 +406,18 @@ def _numeric(col, source: str, column: str):
     """A value column as DOUBLE (booleans as 0/1); anything else is a DataError naming its type."""
     dtype = col.type()
     if dtype.is_boolean():
-        return col.cast("int8").cast("float64")
+        return _flag(col, "float64")
     if dtype.is_numeric():
         return col.cast("float64")
     raise DataError(
         source, f"type {dtype} is not numeric; a metric needs numbers (or true/false)", column=column
     )
+
+
+def _flag(condition, to: str):
+    """A boolean as 0/1 of type ``to`` (null stays null), through int32: PostgreSQL casts a boolean to
+    integer only, not to bigint or double."""
+    return condition.cast("int32").cast(to)
 
 
 def _as_utc(col, source: str, column: str):

@@ -3,17 +3,39 @@
 Files (CSV, Parquet) are queried in place by an embedded DuckDB that is sandboxed: it may read only the
 lab root (and ``data_root``), write only under ``results/``, and its configuration is locked, so no
 table expression built from a pilot file can reach ``/etc/passwd`` or the network. Every metric is an
-Ibis expression over these tables, so the same definition compiles to PostgreSQL or Spark (the cohort
-issue adds those backends here).
+Ibis expression over these tables, so the same definition compiles to PostgreSQL or Spark.
+
+Where a source lives is its *place*: ``duckdb`` (csv, parquet), ``postgres:<url_env>`` (one database per
+environment variable) or ``spark``. An engine works in one place per command, so every table of a query
+is where the query runs: a lab whose sources all live in one place is bound to it from the start; in a
+lab that mixes places the engine is bound by the first source opened (or by ``bind(pilot)``), and a
+pilot whose sources live in different places is refused with a message naming them. The assignment
+(``read_file``) goes to the data, not the other way round: DuckDB and Spark read the parquet in place;
+PostgreSQL gets it as a TEMPORARY table (COPY), joined there with the CRM tables. PostgreSQL and Spark
+specifics (connections, secrets, errors, the per-backend hash) live in ``labkit.data.backends``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from labkit.data.backends import (
+    DUCKDB,
+    POSTGRES,
+    SPARK,
+    Guarded,
+    connect_postgres,
+    connect_spark,
+    digest_expr,
+    is_backend_error,
+    kind_of,
+    upload,
+)
 from labkit.errors import DataError, LabkitError
 from labkit.lab import Lab
 
@@ -30,39 +52,63 @@ class Engine:
     """One connection to where the lab's data lives, with each source opened at most once."""
 
     lab: Lab
-    con: object = field(default=None, repr=False)
+    _cons: dict = field(default_factory=dict, repr=False)  # place -> backend (the DuckDB one unwrapped)
+    _place: str | None = field(default=None, repr=False)  # where this command's queries run
     _tables: dict = field(default_factory=dict, repr=False)
+    _views: list = field(default_factory=list, repr=False)  # Spark temporary views to drop on close
+    _token: str = field(default_factory=lambda: secrets.token_hex(4), repr=False)
 
     @classmethod
     def for_lab(cls, lab: Lab) -> Engine:
-        import ibis
+        engine = cls(lab=lab)
+        places = {_place_of(spec) for spec in lab.spec.sources.values()} or {DUCKDB}
+        if places == {DUCKDB}:  # a lab of files: DuckDB from the start, as always
+            engine._cons[DUCKDB] = _connect_duckdb(lab)
+            engine._place = DUCKDB
+        elif len(places) == 1:
+            engine._place = places.pop()  # connected on first use
+        return engine
 
-        con = ibis.duckdb.connect()
-        readable = [lab.root]
-        if lab.spec.data_root:
-            readable.append(Path(lab.spec.data_root).resolve())
-        dirs = ", ".join(_quote(str(d)) for d in readable)
-        # A progress bar on long queries would be printed to stdout and corrupt --json output. Inside
-        # Jupyter DuckDB refuses to change the setting without ipywidgets (and prints no bar there).
-        try:
-            con.raw_sql("SET enable_progress_bar=false")
-        except Exception:  # noqa: BLE001 — duckdb.InvalidInputException, imported lazily
-            pass
-        # Order matters (all at once fails): allow the folders, cut external access, then lock.
-        con.raw_sql(f"SET allowed_directories=[{dirs}]")
-        con.raw_sql("SET enable_external_access=false")
-        con.raw_sql("SET lock_configuration=true")
-        return cls(lab=lab, con=con)
+    @property
+    def con(self):
+        """The Ibis backend this command's queries run on (bound to the lab's first place if unbound)."""
+        if self._place is None:
+            self._place = self._default_place()
+        return self._connect(self._place)
+
+    @property
+    def kind(self) -> str:
+        """``duckdb``, ``postgres`` or ``spark``: the backend the queries run on."""
+        if self._place is None:
+            self._place = self._default_place()
+        return kind_of(self._place)
+
+    def bind(self, pilot) -> None:
+        """Work where the pilot's sources live; refuse a pilot whose sources live in different places."""
+        places: dict[str, list[str]] = {}
+        for name in sorted(pilot_sources(pilot)):
+            places.setdefault(_place_of(self.lab.source(name)), []).append(name)
+        if len(places) > 1:
+            shown = "; ".join(f"{', '.join(names)} in {_describe(p)}" for p, names in places.items())
+            raise LabkitError(
+                f"{pilot.id}: its sources live in different engines ({shown}); every source of one pilot "
+                "must be files, or tables of one PostgreSQL database, or Spark"
+            )
+        if places:
+            self._bind(next(iter(places)), next(iter(places.values()))[0])
 
     def table(self, name: str) -> ibis.Table:
         """The Ibis table of a lab source, opened on first use."""
         if name in self._tables:
             return self._tables[name]
         spec = self.lab.source(name)
+        self._bind(_place_of(spec), name)
         if spec.format in ("csv", "parquet"):
             path = self.lab.source_path(name)
             if not path.exists():
-                raise DataError(name, f"file {self.lab.display(path)} does not exist (run `labkit demo` for the demo lab)")
+                raise DataError(
+                    name, f"file {self.lab.display(path)} does not exist (run `labkit demo` for the demo lab)"
+                )
             try:
                 if spec.format == "csv":
                     table = self.con.read_csv(str(path), table_name=f"src_{name}")
@@ -70,17 +116,49 @@ class Engine:
                     table = self.con.read_parquet(str(path), table_name=f"src_{name}")
             except Exception as exc:  # DuckDB's own errors: permission, parse
                 raise DataError(name, f"cannot read {self.lab.display(path)}: {_first_line(exc)}") from None
-        else:
-            raise LabkitError(f"source '{name}': format '{spec.format}' is not supported by this engine yet")
+        elif spec.format == "postgres":
+            table = self._postgres_table(name, spec)
+        elif spec.format == "spark":
+            table = self._spark_table(name, spec)
+        else:  # pragma: no cover - the lab file's schema allows no other format
+            raise LabkitError(f"source '{name}': format '{spec.format}' is not supported by this engine")
         self._tables[name] = table
         return table
 
     def read_file(self, path: Path, name: str) -> ibis.Table:
-        """A parquet file labkit wrote itself (e.g. an assignment) as a table."""
+        """A parquet file labkit wrote itself (e.g. an assignment) as a table, where the queries run."""
         key = f"file:{path}"
-        if key not in self._tables:
-            self._tables[key] = self.con.read_parquet(str(path), table_name=name)
-        return self._tables[key]
+        if key in self._tables:
+            return self._tables[key]
+        if self._place is None:  # a lab of several places, not bound yet: a table any backend can take
+            import ibis
+            import pyarrow.parquet as pq
+
+            table = ibis.memtable(pq.read_table(path))
+        elif self.kind == DUCKDB:
+            table = self.con.read_parquet(str(path), table_name=name)
+        elif self.kind == POSTGRES:
+            import pyarrow.parquet as pq
+
+            temp = f"_labkit_{name}"
+            if len(temp.encode()) > 63:  # PostgreSQL would cut a longer name short
+                temp = f"{temp[:50]}_{hashlib.sha256(temp.encode()).hexdigest()[:12]}"
+            with pq.ParquetFile(path) as pf:
+                try:
+                    upload(self.con.backend, temp, pf.schema_arrow, pf.iter_batches(batch_size=65_536))
+                except LabkitError:
+                    raise
+                except Exception as exc:
+                    if is_backend_error(exc):
+                        raise self.con.error(exc) from None
+                    raise
+            table = self.con.table(temp)
+        else:
+            view = f"_labkit_{name}_{self._token}"
+            table = self.con.read_parquet(str(path), table_name=view)
+            self._views.append(view)
+        self._tables[key] = table
+        return table
 
     def columns(self, name: str) -> dict[str, str]:
         """Column name -> type name of a source."""
@@ -95,17 +173,178 @@ class Engine:
                 raise DataError(name, f"no such column; columns: {', '.join(have)}", column=col)
 
     def digest(self, name: str) -> str:
-        """sha256 of a file source's bytes (the whole file, not a sample)."""
+        """sha256 of a file source's bytes (the whole file, not a sample; a Spark path: its files); for a
+        table in PostgreSQL or Spark's catalog, sha256 of an order-independent summary of its rows,
+        computed in the engine (``labkit.data.backends.digest_expr``)."""
         spec = self.lab.source(name)
         if spec.format in ("csv", "parquet"):
             return file_digest(self.lab.source_path(name))
-        raise LabkitError(f"source '{name}': no digest for format '{spec.format}' yet")
+        if spec.format == "spark" and spec.path:
+            return _files_digest(self.lab.source_path(name))
+        table = self.table(name)
+        row = self.con.to_pyarrow(digest_expr(self.kind, table)).to_pylist()[0]
+        described = {
+            "format": spec.format,
+            "table": spec.table,
+            "path": spec.path,
+            "schema": {c: str(t) for c, t in table.schema().items()},
+            **{k: int(v or 0) for k, v in row.items()},
+        }
+        return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
     def close(self) -> None:
+        for view in self._views:
+            try:
+                self._cons[SPARK].backend._session.catalog.dropTempView(view)
+            except Exception:  # closing is best effort
+                pass
+        self._views.clear()
+        for place, con in list(self._cons.items()):
+            if kind_of(place) == SPARK:
+                continue  # the process's session outlives its engines (labkit.data.backends)
+            try:
+                con.disconnect()
+            except Exception:  # closing is best effort
+                pass
+        self._cons.clear()
+        self._tables.clear()
+
+    # ----------------------------------------------------------------------------------------------
+
+    def _default_place(self) -> str:
+        places = [_place_of(spec) for spec in self.lab.spec.sources.values()]
+        return places[0] if places else DUCKDB
+
+    def _bind(self, place: str, source: str) -> None:
+        if self._place is None:
+            self._place = place
+        elif self._place != place:
+            raise DataError(
+                source,
+                f"lives in {_describe(place)}, but this command already works in {_describe(self._place)}; "
+                "every source of one pilot must live in one engine",
+            )
+
+    def _connect(self, place: str):
+        if place not in self._cons:
+            kind = kind_of(place)
+            if kind == DUCKDB:
+                self._cons[place] = _connect_duckdb(self.lab)
+            elif kind == POSTGRES:
+                url_env = place.split(":", 1)[1]
+                source = self._first_source(place)
+                self._cons[place] = Guarded(connect_postgres(source, url_env), source, url_env)
+            else:
+                self._cons[place] = Guarded(connect_spark(), self._first_source(place))
+        return self._cons[place]
+
+    def _first_source(self, place: str) -> str:
+        return next((n for n, s in self.lab.spec.sources.items() if _place_of(s) == place), place)
+
+    def _postgres_table(self, name: str, spec):
+        con = self.con
         try:
-            self.con.disconnect()
-        except Exception:  # closing is best effort
-            pass
+            return con.table(spec.table)
+        except LabkitError:
+            raise
+        except Exception as exc:
+            if type(exc).__name__ == "TableNotFound" or "not found" in str(exc).lower():
+                raise DataError(
+                    name, f"no table '{spec.table}' in the PostgreSQL database of ${spec.url_env}"
+                ) from None
+            if is_backend_error(exc):
+                raise con.error(exc) from None
+            raise
+
+    def _spark_table(self, name: str, spec):
+        con = self.con
+        if spec.table:
+            try:
+                return con.table(spec.table)
+            except LabkitError:
+                raise
+            except Exception:
+                raise DataError(name, f"no table '{spec.table}' in the Spark session's catalog") from None
+        path = self.lab.source_path(name)
+        if not path.exists():
+            raise DataError(name, f"{self.lab.display(path)} does not exist")
+        view = f"src_{name}_{self._token}"
+        try:
+            if path.suffix.lower() == ".csv":
+                table = con.read_csv(str(path), table_name=view)
+            else:
+                table = con.read_parquet(str(path), table_name=view)
+        except LabkitError:
+            raise
+        except Exception as exc:
+            raise DataError(name, f"Spark cannot read {self.lab.display(path)}: {_first_line(exc)}") from None
+        self._views.append(view)
+        return table
+
+
+def preflight(pilot) -> None:
+    """Connect to the pilot's PostgreSQL database and open its tables, so that a missing URL, a wrong
+    password or a server that is down is one DataError before anything is run or recorded (a caller
+    such as ``labkit run`` checks this before it starts a run). Files and Spark are left to the run."""
+    names = sorted(n for n in pilot_sources(pilot) if pilot.lab.source(n).format == "postgres")
+    if not names:
+        return
+    engine = Engine.for_lab(pilot.lab)
+    try:
+        engine.bind(pilot)
+        for name in names:
+            engine.table(name)
+    finally:
+        engine.close()
+
+
+def pilot_sources(pilot) -> set[str]:
+    """The lab sources a pilot reads: its cohort source, an imported assignment, its metrics' sources."""
+    s = pilot.spec
+    names = {s.cohort.source}
+    if s.cohort.assignment:
+        names.add(s.cohort.assignment.source)
+    for m in s.metrics:
+        for ref in (m, m.numerator, m.denominator):
+            if ref is not None and getattr(ref, "source", None):
+                names.add(ref.source)
+    return names
+
+
+def _place_of(spec) -> str:
+    if spec.format == "postgres":
+        return f"{POSTGRES}:{spec.url_env}"
+    if spec.format == "spark":
+        return SPARK
+    return DUCKDB
+
+
+def _describe(place: str) -> str:
+    kind = kind_of(place)
+    if kind == POSTGRES:
+        return f"the PostgreSQL database of ${place.split(':', 1)[1]}"
+    return "Spark" if kind == SPARK else "files (DuckDB)"
+
+
+def _connect_duckdb(lab: Lab):
+    import ibis
+
+    con = ibis.duckdb.connect()
+    readable = [lab.root]
+    if lab.spec.data_root:
+        readable.append(Path(lab.spec.data_root).resolve())
+    dirs = ", ".join(_quote(str(d)) for d in readable)
+    # A progress bar on long queries would be printed to stdout and corrupt --json output. Inside
+    # Jupyter DuckDB refuses to change the setting without ipywidgets (and prints no bar there).
+    try:
+        con.raw_sql("SET enable_progress_bar=false")
+    except Exception:  # noqa: BLE001 — duckdb.InvalidInputException, imported lazily
+        pass
+    # Order matters (all at once fails): allow the folders, cut external access, then lock.
+    con.raw_sql(f"SET allowed_directories=[{dirs}]")
+    con.raw_sql("SET enable_external_access=false")
+    con.raw_sql("SET lock_configuration=true")
+    return con
 
 
 def file_digest(path: Path) -> str:
@@ -113,6 +352,16 @@ def file_digest(path: Path) -> str:
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
+    return h.hexdigest()
+
+
+def _files_digest(path: Path) -> str:
+    """file_digest of a file; of a folder (a Spark dataset), sha256 over its files' names and digests."""
+    if path.is_file():
+        return file_digest(path)
+    h = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f"{file.relative_to(path).as_posix()}={file_digest(file)}\n".encode())
     return h.hexdigest()
 
 

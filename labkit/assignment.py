@@ -32,7 +32,13 @@ arm's count is within k_a of its share (within one of each other for two equal a
 receive the extra customers of a stratum's incomplete last block is itself random (without the offset,
 many one-customer strata would all land in the first arm). The draw depends on the set of eligible
 customers, S and P only — not on the order of the source's rows — and is computed in the engine
-(SHA-256, a window ``ROW_NUMBER``), so ten million customers never sit in Python's memory at once.
+(SHA-256, a window ``ROW_NUMBER``), so ten million customers never sit in Python's memory at once. The
+same draw runs on DuckDB (files), PostgreSQL and Spark and writes the same file from the same customers:
+SHA-256 is spelled per backend (``labkit.data.backends``: DuckDB ``sha256(x)``, PostgreSQL
+``encode(sha256(convert_to(x, 'UTF8')), 'hex')``, Spark ``sha2(x, 256)``), and text order is bytewise
+everywhere (PostgreSQL sorts text ids by their UTF-8 bytes, whatever the database's collation). A
+stratum label is the engine's text of the value: the same everywhere for text, integer and true/false
+columns; float and timestamp columns may read differently (the arms do not depend on the label).
 
 An assignment is drawn once. New customers added to the source later, or rows reordered, leave the
 written file as it is; a redraw (``force=True``) over a changed population ranks the customers anew,
@@ -238,6 +244,7 @@ def _draw_and_write(pilot: Pilot, force: bool, engine: Engine | None) -> Assignm
             engine = Engine.for_lab(pilot.lab)
         temporaries: list[str] = []
         try:
+            engine.bind(pilot)
             if pilot.spec.cohort.assignment is not None:
                 expr, meta = _imported(engine, pilot)
             else:
@@ -361,14 +368,17 @@ def _key(col) -> ibis.StringValue:
     return col if col.type().is_string() else col.cast("string")
 
 
-def _sha256(*parts) -> ibis.StringValue:
+def _sha256(kind: str, *parts) -> ibis.StringValue:
+    """sha256_hex of the parts concatenated, as the backend ``kind`` spells it (``labkit.data.backends``)."""
     import ibis
+
+    from labkit.data.backends import sha256_hex
 
     text = None
     for part in parts:
         piece = ibis.literal(part, type="string") if isinstance(part, str) else part
         text = piece if text is None else text + piece
-    return text.hexdigest("sha256")
+    return sha256_hex(kind, text)
 
 
 def _hex_int(hexdigest, digits: int = 8) -> ibis.IntegerValue:
@@ -378,8 +388,10 @@ def _hex_int(hexdigest, digits: int = 8) -> ibis.IntegerValue:
     alphabet = ibis.literal("0123456789abcdef")
     total = ibis.literal(0, type="int64")
     for i in range(digits):
-        total = total * 16 + alphabet.find(hexdigest.substr(i, 1)).cast("int64")
-    return total
+        # Summed as DOUBLE (exact below 2^53): PostgreSQL's and Spark's position functions return a 32-bit
+        # integer, and 8 hex digits overflow 32-bit arithmetic.
+        total = total * 16 + alphabet.find(hexdigest.substr(i, 1)).cast("float64")
+    return total.cast("int64")
 
 
 def _check_ids(engine: Engine, pilot: Pilot, table, source: str, column: str, what: str) -> None:
@@ -430,6 +442,7 @@ def _drawn(engine: Engine, pilot: Pilot) -> tuple[ibis.Table, dict]:
     import ibis
 
     from labkit.cohort import eligible
+    from labkit.data.backends import sort_key
 
     c = pilot.spec.cohort
     engine.require_columns(c.source, [c.id_column, *c.stratify_by])
@@ -449,12 +462,13 @@ def _drawn(engine: Engine, pilot: Pilot) -> tuple[ibis.Table, dict]:
     )
     capped = n_eligible > c.max_size
     if capped:
-        t = t.order_by([_sha256("cap" + US + S + US + P + US, t[K]), t[K]]).limit(c.max_size)
-    t = t.mutate(**{H: _sha256(S + US + P + US, t[K])})
+        cap = _sha256(engine.kind, "cap" + US + S + US + P + US, t[K])
+        t = t.order_by([cap, sort_key(engine.kind, t[K])]).limit(c.max_size)
+    t = t.mutate(**{H: _sha256(engine.kind, S + US + P + US, t[K])})
     group = [t[name] for name in strata] or None
     t = t.mutate(
         **{
-            R: ibis.row_number().over(group_by=group, order_by=[t[H], t[K]]),
+            R: ibis.row_number().over(group_by=group, order_by=[t[H], sort_key(engine.kind, t[K])]),
             M: t[H].min().over(group_by=group),
         }
     )
@@ -480,7 +494,8 @@ def _drawn(engine: Engine, pilot: Pilot) -> tuple[ibis.Table, dict]:
         arm=arm_expr.cast("string"),
         stratum=label.cast("string"),
         assigned_at=ibis.literal(start, type="timestamp('UTC')"),
-    ).order_by("customer_id")
+    )
+    out = out.order_by(sort_key(engine.kind, out.customer_id))
     meta = _meta_head(pilot, METHOD, source_table[c.id_column].type())
     meta.update(
         {
@@ -532,6 +547,7 @@ def _imported(engine: Engine, pilot: Pilot) -> tuple[ibis.Table, dict]:
     import ibis
 
     from labkit.cohort import eligible
+    from labkit.data.backends import sort_key
 
     c = pilot.spec.cohort
     a = c.assignment
@@ -587,7 +603,8 @@ def _imported(engine: Engine, pilot: Pilot) -> tuple[ibis.Table, dict]:
         arm=arm,
         stratum=ibis.literal("all"),
         assigned_at=at,
-    ).order_by("customer_id")
+    )
+    out = out.order_by(sort_key(engine.kind, out.customer_id))
     warnings = []
     if where_failed:
         warnings.append(
