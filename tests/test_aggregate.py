@@ -465,11 +465,66 @@ def test_duplicate_ids_are_refused_with_a_count_and_no_ids(lab):
     write_scores(lab, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0], ids=[11, 11, 12, 13, 13, 13, 999])
     with pytest.raises(DataError) as info:
         run(lab, "  - {name: m, type: mean, source: scores, column: v}")
+    from labkit.privacy import lab_key, pseudonym
+
+    key = lab_key(load_lab(lab.root))
     assert str(info.value) == (
         "source 'scores', column 'customer_id': 2 assigned customers have more than one row; "
-        "a per-customer table needs one row per customer"
+        "a per-customer table needs one row per customer. examples, as pseudonyms (labkit.privacy.pseudonym): "
+        f"{pseudonym(11, key)}, {pseudonym(13, key)}"
     )
-    assert "11" not in str(info.value) and "13" not in str(info.value)
+    assert info.value.rows == 2
+    assert "11" not in str(info.value).split(":")[-1].replace(pseudonym(11, key), "")
+
+
+def test_the_fused_query_gives_each_metric_what_it_gives_alone(lab):
+    """aggregate_pilot runs the per-customer metrics as one query (shared joins, prefixed columns); every
+    metric must come out exactly as its own single-metric query computes it."""
+    pilot = pilot_with(
+        lab,
+        "  - {name: churned, type: proportion, source: outcomes, column: churned}\n"
+        "  - {name: spend, type: mean, source: outcomes, column: spend, covariate: pre_spend}\n"
+        "  - {name: p50, type: quantile, quantile: 0.5, source: outcomes, column: spend}\n"
+        "  - name: per_contact\n"
+        "    type: ratio\n"
+        "    numerator: {source: outcomes, column: tickets}\n"
+        "    denominator: {source: contacts, column: contacts}\n"
+        + EVENT.format(type="mean", aggregate="count").replace("name: m", "name: replies"),
+    )
+    engine = Engine.for_lab(pilot.lab)
+    try:
+        units = units_table(engine, pilot)
+        fused = aggregate_pilot(engine, pilot, units)
+        alone = {m.name: aggregate_metric(engine, pilot, m, units) for m in pilot.spec.metrics}
+    finally:
+        engine.close()
+    assert list(fused) == [m.name for m in pilot.spec.metrics]
+    for name, data in fused.items():
+        other = alone[name]
+        assert (data.arms, data.assigned, data.missing, data.covariate) == (
+            other.arms, other.assigned, other.missing, other.covariate
+        ), name
+        if data.values is not None:
+            assert {a: v.tolist() for a, v in data.values.items()} == {a: v.tolist() for a, v in other.values.items()}
+    assert fused["spend"].arms["control"].sum_x != 0 and fused["per_contact"].arms["fast"].sum_x != 0
+    assert sum(fused["churned"].assigned.values()) == N
+
+
+def test_duplicates_in_any_source_of_a_fused_query_are_refused(lab):
+    """Several metrics over two sources run as one query; a duplicate in the second source is found."""
+    write_scores(lab, [1.0, 2.0, 3.0, 4.0], ids=[11, 12, 12, 13])
+    pilot = pilot_with(
+        lab,
+        "  - {name: spend, type: mean, source: outcomes, column: spend}\n"
+        "  - {name: m, type: mean, source: scores, column: v}",
+    )
+    engine = Engine.for_lab(pilot.lab)
+    try:
+        with pytest.raises(DataError) as info:
+            aggregate_pilot(engine, pilot, units_table(engine, pilot))
+    finally:
+        engine.close()
+    assert str(info.value).startswith("source 'scores', column 'customer_id': 1 assigned customer has more than one row")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -489,7 +544,7 @@ def test_one_query_returns_one_row_per_arm(lab):
         assert isinstance(op, ops.Aggregate) and list(op.groups) == ["_lk_arm"]
         result = engine.con.to_pyarrow(expr)
         assert result.num_rows == 2
-        assert {"n", "sum", "sum_sq", "sum_x", "sum_x_sq", "sum_xy", "missing", "assigned"} <= set(
+        assert {"n", "sum", "sum_sq", "sum_x", "sum_x_sq", "sum_xy", "missing", "rows"} <= set(
             result.column_names
         )
     finally:

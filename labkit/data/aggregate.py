@@ -97,7 +97,7 @@ class _Check:
     name: str  # output column of the per-arm query
     source: str
     column: str
-    what: str  # duplicates | nonfinite | not01
+    what: str  # nonfinite | not01
 
 
 # --------------------------------------------------------------------------------------------------
@@ -124,44 +124,33 @@ def units_table(engine: Engine, pilot: Pilot) -> ibis.Table:
 def aggregate_pilot(engine: Engine, pilot: Pilot, units: ibis.Table, *, as_of=None) -> dict[str, MetricData]:
     """Every metric of the pilot, in the order of the pilot file.
 
+    The per-customer metrics (proportion, mean, quantile, ratio) run as ONE query: each source is read
+    and left-joined to the units once, and one ``GROUP BY arm`` returns every metric's moments. Each event
+    metric is one more query (its window is per customer).
+
     ``as_of`` (a datetime, naive UTC) is the date of a look before the pilot's windows have closed:
     events from ``as_of`` on have not happened yet and are left out of every window. Per-customer
     tables are snapshots and are read as they are."""
-    return {m.name: aggregate_metric(engine, pilot, m, units, as_of=as_of) for m in pilot.spec.metrics}
+    tables = [m for m in pilot.spec.metrics if m.event is None]
+    out = _aggregate_tables(engine, pilot, tables, units) if tables else {}
+    for m in pilot.spec.metrics:
+        if m.event is not None:
+            out[m.name] = _aggregate_events(engine, pilot, m, units, as_of=as_of)
+    return {m.name: out[m.name] for m in pilot.spec.metrics}
 
 
-def aggregate_metric(engine: Engine, pilot: Pilot, metric: Metric, units: ibis.Table, *, as_of=None) -> MetricData:
+def aggregate_metric(
+    engine: Engine, pilot: Pilot, metric: Metric, units: ibis.Table, *, as_of=None
+) -> MetricData:
     """One metric over the assigned ``units``: one query returning one row per arm (two for quantiles)."""
-    from labkit.stats.moments import ArmMoments
-
-    built = _build(engine, pilot, metric, units, as_of=as_of)
-    rows = engine.con.to_pyarrow(built.summary).to_pylist()
-    _raise_on_checks(rows, built.checks)
-    arms, assigned, missing = {}, {}, {}
-    for row in rows:
-        arm = str(row[_ARM])
-        arms[arm] = _moments(row, metric)
-        assigned[arm] = int(row["assigned"])
-        missing[arm] = int(row["missing"] or 0)
-    order = list(pilot.arms) + sorted(a for a in arms if a not in pilot.arms)
-    empty = ArmMoments(n=0, sum=0.0, sum_sq=0.0)
-    values = None
-    if metric.type == "quantile":
-        values = _values(engine, built.per_customer, order)
-    return MetricData(
-        metric=metric.name,
-        kind=metric.type,
-        arms={a: arms.get(a, empty) for a in order},
-        assigned={a: assigned.get(a, 0) for a in order},
-        missing={a: missing.get(a, 0) for a in order},
-        values=values,
-        covariate=built.covariate,
-    )
+    if metric.event is not None:
+        return _aggregate_events(engine, pilot, metric, units, as_of=as_of)
+    return _aggregate_tables(engine, pilot, [metric], units)[metric.name]
 
 
 def moments_expr(engine: Engine, pilot: Pilot, metric: Metric, units: ibis.Table) -> ibis.Table:
     """The per-arm aggregate expression of a metric (one row per arm), without running it."""
-    return _build(engine, pilot, metric, units).summary
+    return _build(engine, pilot, metric, _units(units)).summary
 
 
 def baseline(engine: Engine, pilot: Pilot, metric: Metric, population: ibis.Table) -> ArmMoments:
@@ -183,159 +172,204 @@ def baseline(engine: Engine, pilot: Pilot, metric: Metric, population: ibis.Tabl
     pop = population.select(
         customer_id=population["customer_id"], arm=ibis.literal(POOLED_ARM), assigned_at=at
     )
-    built = _build(engine, pilot, metric, pop)
+    u = _units(pop)
+    built = _build(engine, pilot, metric, u)
     rows = engine.con.to_pyarrow(built.summary).to_pylist()
+    if metric.event is None:
+        _raise_on_duplicates(engine, pilot, built, u, rows)
     _raise_on_checks(rows, built.checks)
-    return _moments(rows[0], metric) if rows else ArmMoments(n=0, sum=0.0, sum_sq=0.0)
+    return _moments(rows[0], metric, "") if rows else ArmMoments(n=0, sum=0.0, sum_sq=0.0)
 
 
 # --------------------------------------------------------------------------------------------------
-# building the expression
+# running the queries
+
+
+def _aggregate_tables(
+    engine: Engine, pilot: Pilot, metrics: list[Metric], units: ibis.Table
+) -> dict[str, MetricData]:
+    """The per-customer metrics in one query; quantile values in one more query each."""
+    u = _units(units)
+    built = _build_tables(engine, pilot, metrics, u)
+    rows = engine.con.to_pyarrow(built.summary).to_pylist()
+    _raise_on_duplicates(engine, pilot, built, u, rows)
+    _raise_on_checks(rows, built.checks)
+    assigned = {str(r[_ARM]): int(r["rows"]) for r in rows}  # one joined row per customer, checked above
+    order = _arm_order(pilot, assigned)
+    out = {}
+    for metric, prefix in built.parts:
+        values = None
+        if metric.type == "quantile":  # only its own source joined: the other metrics' joins are not needed
+            values = _values(engine, _build_tables(engine, pilot, [metric], u).per_customer, order)
+        out[metric.name] = _metric_data(
+            metric, prefix, rows, assigned, order, values, built.covariates[metric.name]
+        )
+    return out
+
+
+def _aggregate_events(
+    engine: Engine, pilot: Pilot, metric: Metric, units: ibis.Table, *, as_of=None
+) -> MetricData:
+    built = _build(engine, pilot, metric, _units(units), as_of=as_of)
+    rows = engine.con.to_pyarrow(built.summary).to_pylist()
+    _raise_on_checks(rows, built.checks)
+    assigned = {str(r[_ARM]): int(r["rows"]) for r in rows}  # grouped by customer first: one row each
+    order = _arm_order(pilot, assigned)
+    return _metric_data(metric, "", rows, assigned, order, None, built.covariates[metric.name])
+
+
+def _arm_order(pilot: Pilot, seen) -> list[str]:
+    return list(pilot.arms) + sorted(a for a in seen if a not in pilot.arms)
+
+
+def _metric_data(metric, prefix, rows, assigned, order, values, covariate) -> MetricData:
+    from labkit.stats.moments import ArmMoments
+
+    arms = {str(r[_ARM]): _moments(r, metric, prefix) for r in rows}
+    missing = {str(r[_ARM]): int(r[prefix + "missing"] or 0) for r in rows}
+    empty = ArmMoments(n=0, sum=0.0, sum_sq=0.0)
+    return MetricData(
+        metric=metric.name,
+        kind=metric.type,
+        arms={a: arms.get(a, empty) for a in order},
+        assigned={a: assigned.get(a, 0) for a in order},
+        missing={a: missing.get(a, 0) for a in order},
+        values=values,
+        covariate=covariate,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# building the expressions
 
 
 @dataclass(frozen=True)
 class _Built:
-    per_customer: ibis.Table  # one row per assigned customer: arm, y, x, missing flag, check counts
+    per_customer: ibis.Table  # one row per assigned customer: arm, each metric's y, x, missing flag, checks
     summary: ibis.Table  # GROUP BY arm of the above
     checks: list[_Check]
-    covariate: str | None
+    parts: list[tuple[Metric, str]]  # each metric and the prefix of its columns
+    covariates: dict[str, str | None]  # metric name -> what its x is, or None
+    sources: dict[str, list[str]]  # per-customer sources joined -> their value columns (duplicate check)
 
 
-def _build(engine: Engine, pilot: Pilot, metric: Metric, units: ibis.Table, *, as_of=None) -> _Built:
+def _units(units: ibis.Table) -> ibis.Table:
     import ibis.expr.datatypes as dt
 
-    u = units.select(
+    return units.select(
         **{
             _UNIT: units["customer_id"],
             _ARM: units["arm"].cast(dt.string),
             _AT: _as_utc(units["assigned_at"], "assignment", "assigned_at"),
         }
     )
-    if metric.type == "ratio":
-        per_customer, checks = _ratio(engine, pilot, metric, u)
-        covariate = None
-    elif metric.event is not None:
-        per_customer, checks = _events(engine, pilot, metric, u, as_of=as_of)
-        covariate = f"pre-period {metric.aggregate} over {metric.window_days} days" if metric.cuped else None
-    else:
-        per_customer, checks = _per_customer(engine, pilot, metric, u)
-        covariate = metric.covariate
+
+
+def _build(engine: Engine, pilot: Pilot, metric: Metric, u: ibis.Table, *, as_of=None) -> _Built:
+    """One metric's expression (an event metric, or a per-customer metric alone)."""
+    if metric.event is None:
+        return _build_tables(engine, pilot, [metric], u)
+    per_customer, checks = _events(engine, pilot, metric, u, as_of=as_of)
+    covariate = f"pre-period {metric.aggregate} over {metric.window_days} days" if metric.cuped else None
     return _Built(
         per_customer,
-        _summarise(per_customer, checks, has_x=covariate is not None or metric.type == "ratio"),
+        _summarise(per_customer, checks, [("", metric.cuped)]),
         checks,
-        covariate,
+        [(metric, "")],
+        {metric.name: covariate},
+        {},
     )
 
 
-def _summarise(pc: ibis.Table, checks: list[_Check], *, has_x: bool) -> ibis.Table:
-    """GROUP BY arm: assigned, missing and the moments, all in DOUBLE; check counts summed."""
+def _build_tables(engine: Engine, pilot: Pilot, metrics: list[Metric], u: ibis.Table) -> _Built:
+    """Per-customer metrics (proportion, mean, quantile, ratio) over the units, fused: every source is
+    read once and left-joined to the units on the id, so the joined table has one row per assigned
+    customer when each source holds a customer at most once (``_raise_on_duplicates`` checks it).
+
+    Per metric (prefix ``m<i>_`` when there are several): ``y``, ``x`` (covariate or denominator) and a
+    missing flag; per source column: a count of NaN/inf rows, and for proportions of values not 0/1."""
     import ibis
 
-    y = pc[_Y]
-    counted = y.notnull()
+    idc = pilot.spec.cohort.id_column
+    needed: dict[str, list[str]] = {}  # source -> value columns, in order of first use
+    proportions: set[tuple[str, str]] = set()
+    for m in metrics:
+        refs = [m.numerator, m.denominator] if m.type == "ratio" else [m]
+        for ref in refs:
+            needed.setdefault(ref.source, [])
+            if ref.column not in needed[ref.source]:
+                needed[ref.source].append(ref.column)
+        if m.covariate and m.covariate not in needed[m.source]:
+            needed[m.source].append(m.covariate)
+        if m.type == "proportion":
+            proportions.add((m.source, m.column))
+
+    j = u
+    place: dict[tuple[str, str], str] = {}  # (source, column) -> its column in the joined table
+    for k, (source, columns) in enumerate(needed.items()):
+        engine.require_columns(source, [idc, *columns])
+        t = engine.table(source)
+        side = {f"_lk_s{k}_id": t[idc]}
+        for i, c in enumerate(columns):
+            place[(source, c)] = f"_lk_s{k}_v{i}"
+            side[place[(source, c)]] = _numeric(t[c], source, c)
+        s = t.select(**side)
+        j = j.left_join(s, _key(j[_UNIT], s[f"_lk_s{k}_id"]))
+
+    out = {_ARM: j[_ARM]}
+    checks: list[_Check] = []
+    for (source, column), name in place.items():
+        v = j[name]
+        out[f"{name}_nf"] = _flag(v.isnan() | v.isinf(), "int64")
+        checks.append(_Check(f"{name}_nf", source, column, "nonfinite"))
+        if (source, column) in proportions:
+            out[f"{name}_n01"] = _flag(~v.isin([0.0, 1.0]), "int64")
+            checks.append(_Check(f"{name}_n01", source, column, "not01"))
+
+    null = ibis.null().cast("float64")
+    parts, covariates, has_x = [], {}, []
+    for i, m in enumerate(metrics):
+        p = f"m{i}_" if len(metrics) > 1 else ""
+        if m.type == "ratio":
+            yv = j[place[(m.numerator.source, m.numerator.column)]]
+            xv = j[place[(m.denominator.source, m.denominator.column)]]
+            missing = yv.isnull() | xv.isnull()
+            out[p + _Y], out[p + _X] = ibis.ifelse(missing, null, yv), ibis.ifelse(missing, null, xv)
+        else:
+            v = j[place[(m.source, m.column)]]
+            missing = v.isnull()
+            out[p + _Y] = v.fill_null(0.0) if m.type == "proportion" else v
+            if m.covariate:
+                out[p + _X] = j[place[(m.source, m.covariate)]].fill_null(0.0)
+        out[p + _MISS] = _flag(missing, "int64")
+        parts.append((m, p))
+        covariates[m.name] = m.covariate
+        has_x.append((p, m.type == "ratio" or bool(m.covariate)))
+    pc = j.select(**out)
+    return _Built(pc, _summarise(pc, checks, has_x), checks, parts, covariates, needed)
+
+
+def _summarise(pc: ibis.Table, checks: list[_Check], parts: list[tuple[str, bool]]) -> ibis.Table:
+    """GROUP BY arm: rows, and per metric (prefix, has x) missing and the moments, all in DOUBLE; check
+    counts summed."""
+    import ibis
+
     # Not measured: NULL (read as 0 by _moments). A literal 0.0 would be NUMERIC in PostgreSQL.
     zero = ibis.null().cast("float64")
-    if has_x:
-        x = pc[_X]
-        xs = {
-            "sum_x": x.sum(where=counted),
-            "sum_x_sq": (x * x).sum(where=counted),
-            "sum_xy": (x * y).sum(where=counted),
-        }
-    else:
-        xs = {"sum_x": zero, "sum_x_sq": zero, "sum_xy": zero}
-    return pc.group_by(_ARM).aggregate(
-        assigned=pc.count(),
-        missing=pc[_MISS].sum(),
-        n=y.count(),
-        sum=y.sum(),
-        sum_sq=(y * y).sum(),
-        **xs,
-        **{c.name: pc[c.name].sum() for c in checks},
-    )
-
-
-def _per_customer(engine: Engine, pilot: Pilot, metric: Metric, u: ibis.Table):
-    """proportion / mean / quantile from a per-customer table, with an optional covariate column."""
-    cols = [metric.column] + ([metric.covariate] if metric.covariate else [])
-    side, checks = _side(
-        engine, pilot, u, metric.source, cols, proportion=metric.type == "proportion", tag="s"
-    )
-    j = u.left_join(side, _key(u[_UNIT], side["s_id"]))
-    v = j["s_v0"]
-    missing = v.isnull()
-    y = v.fill_null(0.0) if metric.type == "proportion" else v
-    out = {_ARM: j[_ARM], _Y: y, _MISS: _flag(missing, "int64")}
-    if metric.covariate:
-        out[_X] = j["s_v1"].fill_null(0.0)
-    out.update({c.name: j[c.name].fill_null(0) for c in checks})
-    return j.select(**out), checks
-
-
-def _ratio(engine: Engine, pilot: Pilot, metric: Metric, u: ibis.Table):
-    """Ratio: y = numerator column, x = denominator column; a customer missing either is excluded."""
-    import ibis
-
-    num, den = metric.numerator, metric.denominator
-    checks: list[_Check] = []
-    if num.source == den.source:
-        side, checks = _side(engine, pilot, u, num.source, [num.column, den.column], tag="s")
-        j = u.left_join(side, _key(u[_UNIT], side["s_id"]))
-        yv, xv = j["s_v0"], j["s_v1"]
-    else:
-        a, ca = _side(engine, pilot, u, num.source, [num.column], tag="n")
-        b, cb = _side(engine, pilot, u, den.source, [den.column], tag="d")
-        checks = ca + cb
-        j = u.left_join(a, _key(u[_UNIT], a["n_id"]))
-        j = j.left_join(b, _key(j[_UNIT], b["d_id"]))
-        yv, xv = j["n_v0"], j["d_v0"]
-    missing = yv.isnull() | xv.isnull()
-    null = ibis.null().cast("float64")
-    out = {
-        _ARM: j[_ARM],
-        _Y: ibis.ifelse(missing, null, yv),
-        _X: ibis.ifelse(missing, null, xv),
-        _MISS: _flag(missing, "int64"),
-    }
-    out.update({c.name: j[c.name].fill_null(0) for c in checks})
-    return j.select(**out), checks
-
-
-def _side(
-    engine: Engine,
-    pilot: Pilot,
-    units: ibis.Table,
-    source: str,
-    columns: list[str],
-    *,
-    tag: str,
-    proportion: bool = False,
-):
-    """A per-customer source reduced to one row per id (in the engine), with its check counts.
-
-    Columns: ``<tag>_id``, ``<tag>_v<i>`` (DOUBLE), ``<tag>_dup`` (1 when the id has more than one row),
-    ``<tag>_nf<i>`` (NaN/inf rows) and for a proportion ``<tag>_n01`` (rows neither 0 nor 1).
-    """
-    idc = pilot.spec.cohort.id_column
-    engine.require_columns(source, [idc, *columns])
-    t = engine.table(source)
-    t = t.semi_join(units, _key(t[idc], units[_UNIT]))  # only the assigned customers' rows are reduced
-    values = {f"v{i}": _numeric(t[c], source, c) for i, c in enumerate(columns)}
-    aggs = {f"{tag}_rows": t.count()}
-    checks = [_Check(f"{tag}_dup", source, idc, "duplicates")]
-    for i, c in enumerate(columns):
-        v = values[f"v{i}"]
-        aggs[f"{tag}_v{i}"] = v.max()
-        aggs[f"{tag}_nf{i}"] = t.count(where=v.isnan() | v.isinf())
-        checks.append(_Check(f"{tag}_nf{i}", source, c, "nonfinite"))
-    if proportion:
-        v = values["v0"]
-        aggs[f"{tag}_n01"] = t.count(where=v.notnull() & ~v.isin([0.0, 1.0]))
-        checks.append(_Check(f"{tag}_n01", source, columns[0], "not01"))
-    g = t.group_by(**{f"{tag}_id": t[idc]}).aggregate(**aggs)
-    g = g.mutate(**{f"{tag}_dup": _flag(g[f"{tag}_rows"] > 1, "int64")})
-    return g, checks
+    aggs = {"rows": pc.count()}
+    for p, has_x in parts:
+        y = pc[p + _Y]
+        counted = y.notnull()
+        aggs[p + "missing"] = pc[p + _MISS].sum()
+        aggs[p + "n"] = y.count()
+        aggs[p + "sum"] = y.sum()
+        aggs[p + "sum_sq"] = (y * y).sum()
+        x = pc[p + _X] if has_x else None
+        aggs[p + "sum_x"] = x.sum(where=counted) if has_x else zero
+        aggs[p + "sum_x_sq"] = (x * x).sum(where=counted) if has_x else zero
+        aggs[p + "sum_xy"] = (x * y).sum(where=counted) if has_x else zero
+    aggs.update({c.name: pc[c.name].sum() for c in checks})
+    return pc.group_by(_ARM).aggregate(**aggs)
 
 
 def _events(engine: Engine, pilot: Pilot, metric: Metric, u: ibis.Table, *, as_of=None):
@@ -461,19 +495,55 @@ def _key(left, right):
 # results
 
 
+def _raise_on_duplicates(
+    engine: Engine, pilot: Pilot, built: _Built, u: ibis.Table, rows: list[dict]
+) -> None:
+    """Each per-customer source must hold an assigned customer at most once. Counted cheaply — the joined
+    rows against the units — and only when they differ is each source grouped by id, to name it with a
+    count of customers and example pseudonyms (never raw ids). Checked before anything else: with a
+    duplicate the values are meaningless."""
+    if not built.sources:
+        return
+    joined = sum(int(r["rows"]) for r in rows)
+    units = int(engine.con.to_pyarrow(u.aggregate(n=u.count())).to_pylist()[0]["n"])
+    if joined == units:
+        return
+    idc = pilot.spec.cohort.id_column
+    for source in built.sources:
+        t = engine.table(source)
+        mine = t.semi_join(u, _key(t[idc], u[_UNIT]))
+        dup = mine.group_by(_lk_id=mine[idc]).aggregate(_lk_rows=mine.count())
+        dup = dup.filter(dup["_lk_rows"] > 1)
+        n = int(engine.con.to_pyarrow(dup.aggregate(ids=dup.count())).to_pylist()[0]["ids"])
+        if not n:
+            continue
+        examples = (
+            engine.con.to_pyarrow(dup.order_by("_lk_id").limit(3).select("_lk_id")).column(0).to_pylist()
+        )
+        from labkit.privacy import lab_key, pseudonym
+
+        key = lab_key(pilot.lab)
+        shown = ", ".join(pseudonym(v, key) for v in examples)
+        raise DataError(
+            source,
+            f"{_plural(n, 'assigned customer')} {'has' if n == 1 else 'have'} more than one row; a per-customer "
+            f"table needs one row per customer. examples, as pseudonyms (labkit.privacy.pseudonym): {shown}",
+            column=idc,
+            rows=n,
+        )
+    raise AssignmentError(
+        pilot.id, f"the assignment's {units} customers matched {joined} rows; re-run `labkit assign`"
+    )
+
+
 def _raise_on_checks(rows: list[dict], checks: list[_Check]) -> None:
-    """Duplicates first (values are then meaningless), then NaN/inf, then non-0/1 proportions."""
-    order = {"duplicates": 0, "nonfinite": 1, "not01": 2}
+    """NaN/inf first, then non-0/1 proportions (duplicates are checked before, by _raise_on_duplicates)."""
+    order = {"nonfinite": 1, "not01": 2}
     for check in sorted(checks, key=lambda c: order[c.what]):
         bad = sum(int(row[check.name] or 0) for row in rows)
         if not bad:
             continue
-        if check.what == "duplicates":
-            message = (
-                f"{_plural(bad, 'assigned customer')} {'has' if bad == 1 else 'have'} more than one row; "
-                "a per-customer table needs one row per customer"
-            )
-        elif check.what == "nonfinite":
+        if check.what == "nonfinite":
             message = f"{_plural(bad, 'row')} of assigned customers {'holds' if bad == 1 else 'hold'} NaN or infinity"
         else:
             message = (
@@ -496,25 +566,26 @@ def _values(engine: Engine, pc: ibis.Table, order: list[str]) -> dict:
     return out
 
 
-def _moments(row: dict, metric: Metric) -> ArmMoments:
-    """One per-arm row of the query as ArmMoments; an empty sum (SQL NULL) is 0."""
+def _moments(row: dict, metric: Metric, prefix: str) -> ArmMoments:
+    """One metric's columns (``prefix``) of a per-arm row of the query as ArmMoments; an empty sum (SQL
+    NULL) is 0."""
     import math
 
     from labkit.stats.moments import ArmMoments
 
-    sums = [row[k] for k in ("sum", "sum_sq", "sum_x", "sum_x_sq", "sum_xy")]
+    sums = [row[prefix + k] for k in ("sum", "sum_sq", "sum_x", "sum_x_sq", "sum_xy")]
     if any(v is not None and not math.isfinite(v) for v in sums):  # finite values, overflowing squares
         ref = metric.numerator if metric.type == "ratio" else metric
         raise DataError(
             ref.source, "the sums of squares overflow a double; rescale the column", column=ref.column
         )
     return ArmMoments(
-        n=int(row["n"]),
-        sum=_f(row["sum"]),
-        sum_sq=_f(row["sum_sq"]),
-        sum_x=_f(row["sum_x"]),
-        sum_x_sq=_f(row["sum_x_sq"]),
-        sum_xy=_f(row["sum_xy"]),
+        n=int(row[prefix + "n"]),
+        sum=_f(row[prefix + "sum"]),
+        sum_sq=_f(row[prefix + "sum_sq"]),
+        sum_x=_f(row[prefix + "sum_x"]),
+        sum_x_sq=_f(row[prefix + "sum_x_sq"]),
+        sum_xy=_f(row[prefix + "sum_xy"]),
     )
 
 
