@@ -8,6 +8,9 @@ is the one the analysis will use: sqrt(p(1−p)) for proportions, the delta-meth
 CUPED-reduced SD sqrt(1 − ρ²)·σ when the metric has a covariate, and the raw SD for quantiles (a rough,
 conservative stand-in, reported as such).
 
+In sequential mode the always-valid boundary h·se replaces z_{1−α/2}·se (``labkit.stats.power``,
+sequential part), tuned to the cap as the analysis is: the plan then asks for more customers, honestly.
+
 With several treatment arms the primary family is corrected (Holm), so the plan uses alpha / (number of
 treatment arms), Holm's worst case. Unequal allocations use the effective per-arm size
 2 / (1/n_control + 1/n_treatment) of the smallest treatment arm.
@@ -107,14 +110,22 @@ def make_plan(pilot: Pilot, baseline, baseline_from: str) -> Plan:
         warnings.append("no usable baseline variance: the sample size cannot be planned")
         return Plan(pilot.id, m.name, mean, sd, baseline.n, baseline_from, mde_abs, hyp.mde.relative, s.alpha,
                     s.power, None, None, None, None, None, warnings)
-    required = pw.sample_size_per_arm(sd_control=sd, mde_abs=mde_abs, alpha=alpha, power=s.power)
     weights = pilot.arms
     w_c = weights[pilot.control]
     w_t = min(weights[a] for a in pilot.treatments) if pilot.treatments else w_c
     cap = pilot.spec.cohort.max_size
     n_c, n_t = cap * w_c, cap * w_t
     n_eff = 2 / (1 / n_c + 1 / n_t) if n_c > 0 and n_t > 0 else 0
-    mde_cap = pw.mde_at_n(sd=sd, n_per_arm=n_eff, alpha=alpha, power=s.power) if n_eff >= 2 else None
+    if s.sequential:  # always-valid intervals are wider: plan with their boundary, tuned to the cap
+        required = pw.sample_size_per_arm_sequential(sd=sd, mde_abs=mde_abs, alpha=alpha, power=s.power, n_tuning=cap)
+        mde_cap = (
+            pw.mde_at_n_sequential(sd=sd, n_per_arm=n_eff, n_analysed=n_c + n_t, n_tuning=cap, alpha=alpha,
+                                   power=s.power)
+            if n_eff >= 2 else None
+        )  # fmt: skip
+    else:
+        required = pw.sample_size_per_arm(sd_control=sd, mde_abs=mde_abs, alpha=alpha, power=s.power)
+        mde_cap = pw.mde_at_n(sd=sd, n_per_arm=n_eff, alpha=alpha, power=s.power) if n_eff >= 2 else None
     # total so that the smallest arm reaches `required` under the planned weights
     required_total = math.ceil(required / min(w_c, w_t)) if required else None
     powered = mde_cap is not None and mde_cap <= mde_abs * (1 + 1e-12)

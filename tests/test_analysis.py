@@ -627,6 +627,18 @@ def test_sequential_intervals_are_wider_confidence_sequences(two_arms):
     z = stats.norm.ppf(1 - alpha / 2)
     assert (s["ci_high"] - s["ci_low"]) / (f["ci_high"] - f["ci_low"]) == pytest.approx(h / z, rel=REL)
 
+    # the plan uses the same boundary: power at the cap is P(Z > h_cap - mde/se), not P(Z > z - mde/se)
+    fp, sp = fixed["plan"], seq["plan"]
+    assert sp["baseline_sd"] == pytest.approx(fp["baseline_sd"], rel=REL)
+    sd, k = sp["baseline_sd"], len(pilot.treatments)
+    w_c, w_t = pilot.arms[pilot.control], min(pilot.arms[a] for a in pilot.treatments)
+    n_c, n_t = cap * w_c, cap * w_t
+    u = (n_c + n_t) * (math.log(1 - 2 * math.log(alpha / k)) - 2 * math.log(alpha / k)) / cap
+    h_cap = math.sqrt((u + 1) / u * math.log((u + 1) / (alpha / k) ** 2))
+    se_cap = sd * math.sqrt(1 / n_c + 1 / n_t)
+    assert sp["mde_at_cap"] == pytest.approx((h_cap + stats.norm.ppf(0.8)) * se_cap, rel=REL)
+    assert sp["mde_at_cap"] > fp["mde_at_cap"] and sp["required_per_arm"] > fp["required_per_arm"]
+
 
 def expected_loss(post, good: int) -> float:
     """E[max(0, -good * lift)] under the posterior, by numerical integration."""

@@ -68,3 +68,47 @@ def mde_at_n(*, sd: float, n_per_arm: float, alpha: float, power: float) -> floa
     if not n_per_arm > 0:
         raise ValueError(f"n_per_arm must be positive, got {n_per_arm}")
     return float((special.ndtri(1 - alpha / 2) + special.ndtri(power)) * sd * math.sqrt(2.0 / n_per_arm))
+
+
+# -- sequential mode ---------------------------------------------------------------------------------
+# With always-valid intervals (labkit.stats.sequential) a pilot rejects when |effect| > h·se instead of
+# z_{1−α/2}·se, where h depends on how many customers have been analysed relative to the tuning size
+# (the cap). At the final look power ≈ Φ(mde/se − h), so the plan replaces z_{1−α/2} by h:
+#     mde at n = (h(n_analysed/n_tuning) + z_{1−β}) · σ · sqrt(2/n),
+# and the customers needed per arm are the smallest n with that mde <= the target (h ≈ 3.04 near the
+# tuning size at α = 0.05: about 2.4 times the fixed-horizon n for 80% power).
+
+
+def mde_at_n_sequential(
+    *, sd: float, n_per_arm: float, n_analysed: float, n_tuning: float, alpha: float, power: float
+) -> float:
+    """Smallest absolute effect an always-valid test detects at the look with ``n_analysed`` customers."""
+    from labkit.stats.sequential import multiplier
+
+    alpha, power = check_alpha(alpha), _check_power(power)
+    if not n_per_arm > 0:
+        raise ValueError(f"n_per_arm must be positive, got {n_per_arm}")
+    h = multiplier(n_analysed, n_tuning, alpha)
+    return float((h + special.ndtri(power)) * sd * math.sqrt(2.0 / n_per_arm))
+
+
+def sample_size_per_arm_sequential(*, sd: float, mde_abs: float, alpha: float, power: float, n_tuning: float) -> int:
+    """Customers per arm (two arms analysed together, n_analysed = 2n) for the always-valid test to reach
+    ``power`` at ``mde_abs``; the mde is decreasing in n, so the smallest such n is found by bisection."""
+    if not (sd > 0 and math.isfinite(mde_abs) and mde_abs != 0):
+        raise ValueError(f"need sd > 0 and a non-zero finite mde, got sd={sd}, mde_abs={mde_abs}")
+    target = abs(mde_abs)
+
+    def enough(n: int) -> bool:
+        mde = mde_at_n_sequential(sd=sd, n_per_arm=n, n_analysed=2 * n, n_tuning=n_tuning, alpha=alpha, power=power)
+        return mde <= target * (1 + _CEIL_TOL)
+
+    lo, hi = 1, 2
+    while not enough(hi):
+        lo, hi = hi, hi * 2
+        if hi > 10**15:
+            raise ValueError("no sample size reaches that mde")
+    while hi - lo > 1:  # enough(hi) and not enough(lo)
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if enough(mid) else (mid, hi)
+    return max(2, hi)

@@ -141,3 +141,63 @@ def test_planned_n_achieves_planned_power_for_a_proportion():
     assert low - 0.01 * reps <= hits <= high, (
         f"power at n={n}: {hits}/{reps}; planned {power}, bound [{low}, {high}]"
     )
+
+
+# -- sequential mode: the always-valid boundary h replaces z_{1-alpha/2} ---------------------------
+
+
+def _h(n, n_tuning, alpha):
+    """The confidence-sequence multiplier, written out from the issue's formula (not labkit's code)."""
+    u = n * (math.log(1 - 2 * math.log(alpha)) - 2 * math.log(alpha)) / n_tuning
+    return math.sqrt((u + 1) / u * math.log((u + 1) / alpha**2))
+
+
+@pytest.mark.parametrize(
+    ("sd", "mde", "alpha", "power", "cap"),
+    [(1.0, 0.1, 0.05, 0.8, 4000), (1.0, 0.1, 0.05, 0.8, 40_000), (3.0, 0.5, 0.1, 0.9, 1000), (0.3, 0.01, 0.01, 0.8, 10**6)],
+)
+def test_sequential_sample_size_is_the_smallest_n_reaching_power_at_the_final_look(sd, mde, alpha, power, cap):
+    from labkit.stats.power import sample_size_per_arm_sequential
+
+    n = sample_size_per_arm_sequential(sd=sd, mde_abs=mde, alpha=alpha, power=power, n_tuning=cap)
+
+    def achieved(k):  # P(|Z| > h) with Z ~ N(mde/se, 1), both tails, by scipy
+        se = sd * math.sqrt(2 / k)
+        h = _h(2 * k, cap, alpha)
+        return stats.norm.sf(h - mde / se) + stats.norm.cdf(-h - mde / se)
+
+    assert achieved(n) >= power - 1e-9 > achieved(n - 1)
+    fixed = sample_size_per_arm(sd_control=sd, mde_abs=mde, alpha=alpha, power=power)
+    assert n > fixed  # always-valid intervals cost customers
+
+
+def test_sequential_mde_at_cap_has_the_planned_power():
+    from labkit.stats.power import mde_at_n_sequential
+
+    sd, n, cap, alpha, power = 2.0, 5000, 10_000, 0.05, 0.8
+    mde = mde_at_n_sequential(sd=sd, n_per_arm=n, n_analysed=2 * n, n_tuning=cap, alpha=alpha, power=power)
+    se = sd * math.sqrt(2 / n)
+    assert stats.norm.sf(_h(2 * n, cap, alpha) - mde / se) == pytest.approx(power, abs=1e-12)
+
+
+def test_sequential_planned_n_achieves_planned_power_by_simulation():
+    """Simulate pilots at the planned n with the true effect = mde; the always-valid test at the final
+    look (labkit's welch + always_valid) rejects in ~80% of them."""
+    from labkit.stats import always_valid
+    from labkit.stats.power import sample_size_per_arm_sequential
+
+    sd, mde, alpha, power, cap = 1.0, 0.2, 0.05, 0.8, 2000
+    n = sample_size_per_arm_sequential(sd=sd, mde_abs=mde, alpha=alpha, power=power, n_tuning=cap)
+    rng = np.random.default_rng(20261123)
+    reps, hits = 1500, 0
+    for _ in range(reps):
+        c, t = rng.normal(0, sd, n), rng.normal(mde, sd, n)
+        est = welch(_moments(c), _moments(t), alpha=alpha)
+        est = always_valid(est, n=2 * n, n_tuning=cap, alpha=alpha)
+        hits += est.ci_low > 0 or est.ci_high < 0
+    mc = 3 * math.sqrt(power * (1 - power) / reps)
+    assert abs(hits / reps - power) < mc + 0.01  # + the normal-vs-Welch approximation
+
+
+def _moments(x):
+    return ArmMoments(n=len(x), sum=float(x.sum()), sum_sq=float((x * x).sum()))
