@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from labkit.errors import SpecError
-from labkit.yamlfile import YamlDoc
+from labkit.yamlfile import YamlDoc, one_line
 
 SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -91,7 +91,9 @@ def _message(err: dict, model: type[BaseModel] | None, loc: tuple) -> str:
     if kind == "literal_error":
         return f"{_describe(value)} is not allowed; allowed: {ctx.get('expected', '').replace(chr(39), '')}"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        sign = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
+        sign = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[
+            kind
+        ]
         bound = next(iter(ctx.values()))
         return f"{_describe(value)} is out of range; it must be {sign} {bound:g}"
     if kind == "finite_number":
@@ -121,7 +123,10 @@ def _allowed_fields(model: type[BaseModel] | None, loc: tuple) -> list[str]:
 
 def _strip_optional(annotation: Any) -> Any:
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+    if (
+        typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType", None))
+        and len(args) == 1
+    ):
         return args[0]
     return annotation
 
@@ -147,7 +152,9 @@ def pydantic_errors(exc: ValidationError, doc: YamlDoc, model: type[BaseModel]) 
     """Map each pydantic error to ``file:line: field.path: message`` using the YAML node's line."""
     out = []
     for err in exc.errors(include_url=False):
-        loc = tuple(part for part in err["loc"] if not (isinstance(part, str) and part.startswith("function-")))
+        loc = tuple(
+            part for part in err["loc"] if not (isinstance(part, str) and part.startswith("function-"))
+        )
         out.append(SpecError(doc.path, doc.line_of(loc), field_path(loc), _message(err, model, loc)))
     return out
 
@@ -186,6 +193,17 @@ def loose(model: type[BaseModel], data: Any) -> Any:
         else:
             values[name] = raw
     return model.model_construct(**values)
+
+
+def one_line_errors(errors: list[SpecError]) -> list[SpecError]:
+    """Each problem as one printable line: values quoted in a message (a column name, an arm, a key) may hold
+    line breaks, NUL or bidi marks, which are shown escaped (``yamlfile.one_line``), never raw."""
+    out = []
+    for e in errors:
+        parts = (one_line(e.file), one_line(e.field), one_line(e.detail))
+        same = parts == (e.file, e.field, e.detail)
+        out.append(e if same else SpecError(parts[0], e.line, parts[1], parts[2], e.column))
+    return out
 
 
 def merge_problems(shape: list[SpecError], meaning: list[SpecError]) -> list[SpecError]:

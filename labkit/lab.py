@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from labkit._validation import COLUMN, NAME, Strict, loose, merge_problems, validate_model
+from labkit._validation import COLUMN, NAME, Strict, loose, merge_problems, one_line_errors, validate_model
 from labkit.errors import LabkitError, SpecError, SpecErrors
 from labkit.yamlfile import YamlDoc, load_yaml
 
@@ -115,7 +115,12 @@ class Lab:
         spec = self.source(name)
         if spec.path is None:
             raise LabkitError(f"source '{name}' has no path")
-        return resolve_inside(self, spec.path, what=f"sources.{name}.path")
+        try:
+            return resolve_inside(self, spec.path, what=f"sources.{name}.path")
+        except LabkitError:  # checked when the lab was loaded; a symlink may have changed since
+            loc = ("sources", name, "path")
+            message = _outside(spec.path, self.root, self.spec.data_root)
+            raise SpecErrors([SpecError(self.doc.path, self.doc.line_of(loc), f"sources.{name}.path", message)]) from None
 
     def display(self, path: Path) -> str:
         """A path as shown in messages: relative to the lab root when inside it."""
@@ -136,6 +141,33 @@ def resolve_inside(lab: Lab, relative: str, *, what: str) -> Path:
         if target == root or root in target.parents:
             return target
     raise LabkitError(f"{what}: '{relative}' lies outside the lab; paths must stay inside {lab.root}")
+
+
+def _outside(relative: str, root: Path, data_root: str | None) -> str:
+    allowed = f"the lab ({root})" + (f" or data_root ({Path(data_root).resolve()})" if data_root else "")
+    hint = "" if data_root else "; a lab may name an absolute data_root folder for data kept elsewhere"
+    return f"'{relative}' lies outside the lab; data files must be inside {allowed}{hint}"
+
+
+def _source_paths_outside(spec: LabSpec, doc: YamlDoc, root: Path) -> list[SpecError]:
+    """File sources whose path (symlinks followed) leaves the lab root and the data root."""
+    roots = [root.resolve()]
+    if spec.data_root:
+        roots.append(Path(spec.data_root).resolve())
+    errors = []
+    for name, src in spec.sources.items():
+        if not src.path:
+            continue
+        candidate = Path(src.path)
+        try:
+            target = (candidate if candidate.is_absolute() else root / candidate).resolve()
+        except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
+            target = None
+        if target is None or not any(target == r or r in target.parents for r in roots):
+            loc = ("sources", name, "path")
+            message = _outside(src.path, root.resolve(), spec.data_root)
+            errors.append(SpecError(doc.path, doc.line_of(loc), ".".join(loc), message))
+    return errors
 
 
 def find_root(start: Path | None = None, explicit: str | os.PathLike | None = None) -> Path:
@@ -225,7 +257,9 @@ def parse_lab(path: Path, root: Path, display: str | None = None) -> tuple[Lab |
     try:
         doc = load_yaml(path, display=display or str(path))
     except SpecErrors as exc:
-        return None, list(exc.errors)
+        partial = getattr(exc, "partial", None)
+        dates = _dates_misplaced(partial, set()) if partial is not None else []
+        return None, one_line_errors(merge_problems(list(exc.errors), dates))
     spec, errors = validate_model(LabSpec, doc)
     errors += _dates_misplaced(doc, set())
     if isinstance(doc.data, dict):
@@ -236,8 +270,10 @@ def parse_lab(path: Path, root: Path, display: str | None = None) -> tuple[Lab |
         except (TypeError, AttributeError, ValueError, KeyError):
             pass  # a value of the wrong shape, already reported by the shape pass
         errors = merge_problems(errors, meaning)
+    if spec is not None and not errors:
+        errors = _source_paths_outside(spec, doc, root)
     if errors:
-        return None, errors
+        return None, one_line_errors(errors)
     return Lab(root=root.resolve(), path=path.resolve(), spec=spec, doc=doc), []
 
 

@@ -18,7 +18,17 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from labkit._validation import COLUMN, NAME, SLUG, Strict, bad_text, loose, merge_problems, validate_model
+from labkit._validation import (
+    COLUMN,
+    NAME,
+    SLUG,
+    Strict,
+    bad_text,
+    loose,
+    merge_problems,
+    one_line_errors,
+    validate_model,
+)
 from labkit.errors import LabkitError, SpecError, SpecErrors
 from labkit.lab import Lab, _dates_misplaced, load_lab, resolve_inside
 from labkit.yamlfile import YamlDoc, load_yaml
@@ -463,14 +473,16 @@ def parse_pilot(path: Path, lab: Lab, display: str | None = None) -> tuple[Pilot
     try:
         doc = load_yaml(path, display=display or str(path))
     except SpecErrors as exc:
-        return None, list(exc.errors)
+        partial = getattr(exc, "partial", None)
+        dates = _dates_misplaced(partial, {("cohort", "start")}) if partial is not None else []
+        return None, one_line_errors(merge_problems(list(exc.errors), dates))
     spec, errors = validate_model(PilotSpec, doc)
     errors += _dates_misplaced(doc, {("cohort", "start")})
     if isinstance(doc.data, dict):
         view = spec if spec is not None else loose(PilotSpec, doc.data)
         errors = merge_problems(errors, check_pilot(view, doc, lab, Path(path).stem))
     if errors:
-        return None, errors
+        return None, one_line_errors(errors)
     d, a = lab.spec.defaults, spec.analysis
     settings = Settings(
         alpha=a.alpha if a.alpha is not None else d.alpha,

@@ -14,7 +14,8 @@ parser's event stream is composed by hand instead, so that:
 - keys are text and unique in every mapping.
 
 Every problem becomes a ``SpecError(file, line, field, message)``; all of a file's scalar and key
-problems are raised together as ``SpecErrors``, while a syntax error, an anchor or a second document
+problems are raised together as ``SpecErrors`` (whose ``partial`` then holds the document as read, for the
+caller's own checks of the same pass; None after a stop), while a syntax error, an anchor or a second document
 stops the pass where it stands. Events come from libyaml when PyYAML has it (ten times faster on a large file);
 a file libyaml refuses is parsed again by the pure-Python parser, whose messages are the ones reported.
 """
@@ -230,11 +231,17 @@ class _Composer:
                     mark = parser.peek_event().start_mark
                     self.stop((), mark, "a second YAML document starts here; a file holds one document", True)
         except _Stop:
-            pass
+            stopped = True
+        else:
+            stopped = False
         finally:
             parser.dispose()
         if self.errors:
-            raise SpecErrors(self.errors)
+            error = SpecErrors(self.errors)
+            # Read to the end despite its scalar or key problems: the spec layer may still judge the rest
+            # (an implicit date where text belongs), so that every problem of the file shows in one pass.
+            error.partial = None if stopped else YamlDoc(self.name, data, self.lines, frozenset(self.dates))
+            raise error
         return YamlDoc(self.name, data, self.lines, frozenset(self.dates))
 
     def error(self, path: tuple, mark: Any, message: str) -> None:
@@ -481,7 +488,19 @@ def _rewritten(raw: str, value: int | float) -> str:
     return _number(value)
 
 
+def one_line(text: str) -> str:
+    """``text`` with every character a terminal would not show as itself (line breaks, tabs, NUL and other
+    controls, bidi overrides, zero-width marks) escaped as Python writes it (``\\n``, ``\\x00``, ``\\u202e``):
+    a problem stays one line, and a right-to-left mark in a value cannot reorder the message around it."""
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii") for c in text
+    )
+
+
 def _shown(raw: str) -> str:
+    raw = one_line(raw)
     return raw if len(raw) <= 40 else raw[:37] + "..."
 
 
@@ -490,4 +509,4 @@ def _shown_tag(tag: str) -> str:
 
 
 def _field(path: tuple) -> str:
-    return ".".join(str(part) for part in path)
+    return one_line(".".join(str(part) for part in path))

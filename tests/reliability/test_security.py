@@ -1,0 +1,169 @@
+"""Security and privacy: the DuckDB sandbox, literal notebook parameters, secrets kept out of every record.
+
+One PostgreSQL-backed lab (tests/backend_lab.py's CRM on the session's real server, tests/pg_server.py)
+lives in a folder whose name holds quotes, ``;``, ``$(...)``, backticks and a right-to-left mark; its
+pilot's hypothesis is 10,000 characters of hostile text. ``python -m labkit.cli run`` executes the repo's
+notebook there once; then:
+
+- the notebook's injected parameters are Python literals equal to the paths (RELIABILITY #26), and no
+  canary file was created by any of the payloads;
+- the hypothesis arrives in MLflow split into parts that join to the exact text (#31), and the
+  ``results.json`` artifact is byte-identical to the one kept in ``results/``;
+- no connection URL, password, user@host or pseudonym key is in the MLflow store (every text column), the
+  artifact tree (notebooks, HTML, JSON, figures), the run folders or the command's output (#32; the full
+  demo scan is tests/test_demo_e2e.py::test_no_demo_customer_identifier_key_or_plain_hash_in_mlflow).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from backend_lab import PILOT, PILOT_ID, URL_ENV, crm_tables, load_postgres, write_lab
+from pg_server import postgres_server  # noqa: F401 -- the session fixture
+
+import labkit
+from labkit.data.sources import Engine
+from labkit.privacy import scan_for_identifiers
+
+from conftest import REPO
+
+KEY = "security-test-key-fedcba9876543210"
+CANARY = "/tmp/labkit-security-canary"
+FOLDER = 'lab "q ;$(touch {c}) `touch {c}` \u202eevil'
+QUOTED_FOLDER = "lab 'q\" x"  # a single quote: see test_a_lab_folder_with_a_quote_can_create_its_store
+STATEMENT = ('Fast replies lower churn; \'"$(touch {c})" `id` \\ {{x}} \u00e9 ' * 170)[:10_000]
+
+
+# ------------------------------------------------------------------------------ 34: DuckDB sandbox
+
+
+def test_the_duckdb_sandbox_refuses_files_outside_the_lab(tiny_lab):
+    """The engine's DuckDB reads the lab only, and its configuration cannot be unlocked by a query."""
+    import duckdb
+
+    lab = labkit.load_lab(tiny_lab.root)
+    engine = Engine.for_lab(lab)
+    try:
+        for query in (
+            "SELECT * FROM read_csv('/etc/passwd')",
+            f"SELECT * FROM read_csv('{tiny_lab.root}/../../../etc/passwd')",
+            "SET enable_external_access=true",
+            "SET allowed_directories=['/']",
+        ):
+            with pytest.raises((duckdb.PermissionException, duckdb.InvalidInputException)):
+                engine.con.raw_sql(query)
+    finally:
+        engine.close()
+
+
+# ----------------------------------------------------------------- 26, 31, 32: one hostile PG run
+
+
+@pytest.fixture(scope="module")
+def pg_run(tmp_path_factory, postgres_server):  # noqa: F811
+    tables = crm_tables()
+    url = postgres_server.create_database("security_crm")
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as con:
+        load_postgres(con, tables)
+    canary = CANARY + "-" + os.urandom(4).hex()
+    root = tmp_path_factory.mktemp("security").resolve() / FOLDER.format(c=canary)
+    write_lab(root, "postgres", tables)
+    (root / "notebooks").mkdir()
+    shutil.copy(REPO / "notebooks" / "pilot_analysis.ipynb", root / "notebooks" / "pilot_analysis.ipynb")
+    statement = STATEMENT.format(c=canary)
+    pilot = PILOT.replace("  statement: Fast replies lower churn.", f"  statement: {json.dumps(statement)}")
+    pilot += "budget: {cost: 1000, value_per_unit: 50}\n"
+    (root / "experiments" / f"{PILOT_ID}.yaml").write_text(pilot)
+    drop = {"LABKIT_LAB", "LABKIT_TRACKING_URI", "COLUMNS", "LINES", "LABKIT_DEBUG"}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env |= {URL_ENV: url, "LABKIT_ID_KEY": KEY, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    outputs = []
+    for command in (["assign", PILOT_ID], ["run", PILOT_ID]):
+        done = subprocess.run(
+            [sys.executable, "-m", "labkit.cli", *command], cwd=root, env=env, capture_output=True, text=True,
+            timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        outputs.append(done.stdout + done.stderr)
+    lab = labkit.load_lab(root)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=lab.tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name(lab.spec.mlflow_experiment).experiment_id])
+    (folder,) = sorted((root / "results" / PILOT_ID / "runs").iterdir())
+    return {
+        "root": root, "lab": lab, "client": client, "run": run, "folder": folder, "outputs": outputs,
+        "canary": canary, "statement": statement, "url": url, "password": postgres_server.password,
+        "user": postgres_server.user,
+    }  # fmt: skip
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="MLflow's sqlite store creation inserts the Default experiment's artifact location (./mlruns of the "
+    "working directory, a raw path) into SQL with a backslash-escaped quote; labkit.tracking does not pass "
+    "an explicit, percent-encoded default artifact root",
+)
+def test_a_lab_folder_with_a_quote_can_create_its_store(tmp_path, monkeypatch):
+    from labkit.tracking import Tracker
+
+    root = tmp_path / QUOTED_FOLDER
+    (root / "configs").mkdir(parents=True)
+    (root / "configs" / "lab.yaml").write_text("lab: quoted\n")
+    monkeypatch.delenv("LABKIT_TRACKING_URI", raising=False)
+    monkeypatch.chdir(root)  # MLflow's default artifact root is ./mlruns of the working directory
+    Tracker(labkit.load_lab(root)).prepare()
+
+
+def test_hostile_strings_reach_the_notebook_as_literals(pg_run):
+    root, folder = pg_run["root"], pg_run["folder"]
+    assert pg_run["run"].info.status == "FINISHED"
+    nb = json.loads((folder / "pilot_analysis.ipynb").read_text())
+    injected = next(c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", []))
+    tree = ast.parse("".join(injected["source"]))
+    values = {}
+    for node in tree.body:  # nothing but `name = literal` statements
+        assert isinstance(node, ast.Assign) and len(node.targets) == 1, ast.dump(node)
+        values[node.targets[0].id] = ast.literal_eval(node.value)
+    assert values["pilot_path"] == str(root / "experiments" / f"{PILOT_ID}.yaml")
+    assert values["lab_path"] == str(root / "configs" / "lab.yaml")
+    assert not any(p.startswith(os.path.basename(pg_run["canary"])) for p in os.listdir("/tmp"))
+
+
+def test_a_10000_character_hypothesis_is_split_not_truncated(pg_run):
+    client, run, statement = pg_run["client"], pg_run["run"], pg_run["statement"]
+    params = run.data.params
+    parts = sorted(k for k in params if k.startswith("hypothesis.statement.part"))
+    assert len(parts) >= 2 and all(len(params[k]) <= 6000 for k in parts)
+    assert "".join(params[k] for k in parts) == statement
+    local = (pg_run["folder"] / "results.json").read_bytes()
+    downloaded = client.download_artifacts(
+        run.info.run_id, "results.json", str(pg_run["folder"].parent.parent)
+    )
+    with open(downloaded, "rb") as fh:
+        assert fh.read() == local
+
+
+def test_no_connection_string_or_key_in_mlflow_notebooks_or_logs(pg_run):
+    root, url = pg_run["root"], pg_run["url"]
+    secrets = {url, pg_run["password"], url.split("@")[0], url.split("//")[1], KEY, f"{pg_run['user']}:"}
+    scanned = [root / "results" / "mlflow.db", root / "results" / "mlruns", root / "results" / PILOT_ID]
+    assert sum(1 for p in scanned for _ in p.rglob("*.ipynb")) >= 2  # the kept and the logged notebook
+    found = scan_for_identifiers(scanned, secrets)
+    assert found == [], found
+    for path in (p for s in scanned for p in ([s] if s.is_file() else s.rglob("*")) if p.is_file()):
+        data = path.read_bytes()
+        assert pg_run["password"].encode() not in data and KEY.encode() not in data, path
+    for text in pg_run["outputs"]:
+        assert all(secret not in text for secret in secrets)
+    run = pg_run["run"]
+    for mapping in (run.data.params, run.data.tags):
+        assert not any(s in v for v in mapping.values() for s in secrets)
