@@ -225,6 +225,12 @@ def analyze(pilot: Pilot, *, engine=None, as_of=None) -> Analysis:
         result = build_analysis(pilot, data, assignment_meta=assignment.meta, plan=plan, data_digest=digest)
         if look is not None:
             result.meta["as_of"] = look.isoformat()
+        changed = assignment.changes(pilot)
+        if changed:  # `assign` refuses to redraw silently; the analysis says which cohort it analyses
+            result.warnings.append(
+                f"the cohort changed after the assignment was drawn ({'; '.join(changed)}); this analyses the "
+                f"assignment as drawn — `labkit assign {pilot.id} --force` archives it and draws anew"
+            )
         return result
     finally:
         if own:

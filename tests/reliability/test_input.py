@@ -829,3 +829,9 @@ def test_a_changed_salt_is_refused_by_the_cli(lab):
         assert code == 1 and out == "" and "Traceback" not in err, (command, err)
         assert len(err.splitlines()) == 1 and "salt" in err, (command, err)
     assert lab.state() == before
+    # analyze keeps working on the assignment as drawn, and says that the cohort changed since
+    code, out, err = cli_main("analyze", "p", "--json")
+    assert code == 0 and "Traceback" not in err, err
+    warnings = strict_json(out)["warnings"]
+    assert any("cohort changed after the assignment was drawn" in w and "cohort.salt" in w for w in warnings), warnings
+    assert lab.state() == before
