@@ -32,8 +32,9 @@ format: $(STAMP)
 	$(BIN)/ruff format labkit tests
 	$(BIN)/ruff check --fix labkit tests
 
+# The benchmark suite (benchmarks/README.md); e.g. make bench BENCH="--quick analysis assign"
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks $(BENCH)
 
 clean:
 	rm -rf $(VENV) results/*/ build *.egg-info

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -27,8 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     def common(default):
         # Sub-commands accept the global options too; SUPPRESS keeps their absence from overriding them.
         p = argparse.ArgumentParser(add_help=False)
-        p.add_argument("--lab", metavar="PATH", default=default or None,
-                       help="the lab folder (default: found upward from here)")
+        p.add_argument(
+            "--lab",
+            metavar="PATH",
+            default=default or None,
+            help="the lab folder (default: found upward from here)",
+        )
         p.add_argument("--debug", action="store_true", default=default or False, help="show tracebacks")
         return p
 
@@ -63,30 +68,74 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("pilot", metavar="PILOT", help="a pilot file or a pilot id of the lab")
     p.add_argument("--json", action="store_true", help="print the JSON contract of DESIGN.md")
     p = add("run", "execute each pilot's notebook with papermill and record the run in MLflow")
-    p.add_argument("pilots", nargs="*", metavar="PILOT", help="pilot files, ids or folders (default: every pilot)")
-    p.add_argument("--workers", type=int, default=None, help="pilots in parallel (default: the number of cores)")
-    p.add_argument("--as-of", default=None, metavar="DATE", help="analyse as of this ISO date (a sequential look)")
-    p.add_argument("--record-only", action="store_true",
-                   help="record kept runs that MLflow does not hold yet (after the tracking server was down)")
+    p.add_argument(
+        "pilots", nargs="*", metavar="PILOT", help="pilot files, ids or folders (default: every pilot)"
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, help="pilots in parallel (default: the number of cores)"
+    )
+    p.add_argument(
+        "--as-of", default=None, metavar="DATE", help="analyse as of this ISO date (a sequential look)"
+    )
+    p.add_argument(
+        "--record-only",
+        action="store_true",
+        help="record kept runs that MLflow does not hold yet (after the tracking server was down)",
+    )
     p.add_argument("--no-track", action="store_true", help="run the notebooks without recording in MLflow")
     p = add("ui", "start the MLflow UI on the lab's store (127.0.0.1 unless told otherwise)")
-    p.add_argument("--host", default="127.0.0.1", help="the address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="the address to bind (default 127.0.0.1: this machine only)"
+    )
     p.add_argument("--port", type=int, default=5000)
     p = add("compare", "the leadership view: the latest run of every pilot, by function, channel or stage")
-    p.add_argument("--by", choices=("function", "channel", "stage"), default="function",
-                   help="grouping (default: function)")
-    p.add_argument("--format", choices=("table", "json", "csv", "html"), default="table",
-                   help="output (default: table)")
+    p.add_argument(
+        "--by",
+        choices=("function", "channel", "stage"),
+        default="function",
+        help="grouping (default: function)",
+    )
+    p.add_argument(
+        "--format", choices=("table", "json", "csv", "html"), default="table", help="output (default: table)"
+    )
     p.add_argument("--function", default=None, help="only pilots of this function")
-    p.add_argument("--since", default=None, metavar="DATE",
-                   help="only pilots whose latest run started on or after this ISO date (UTC)")
-    p.add_argument("--decision", default=None,
-                   help="only pilots with this decision: ship, harm, no-effect, inconclusive, invalid")
+    p.add_argument(
+        "--since",
+        default=None,
+        metavar="DATE",
+        help="only pilots whose latest run started on or after this ISO date (UTC)",
+    )
+    p.add_argument(
+        "--decision",
+        default=None,
+        help="only pilots with this decision: ship, harm, no-effect, inconclusive, invalid",
+    )
     p.add_argument("--output", default=None, metavar="FILE", help="write the report to FILE, not stdout")
     p.add_argument("--log", action="store_true", help="record the HTML report in MLflow too (portfolio run)")
     p = add("demo", "build the demo lab's synthetic CRM and take every demo pilot through the workflow")
     p.add_argument("--seed", type=int, default=None, help="the synthetic CRM's seed (default: fixed)")
     return parser
+
+
+@contextlib.contextmanager
+def _without_pydantic_plugins():
+    """Build labkit's spec models without pydantic's plugin discovery.
+
+    pydantic looks for plugins (``importlib.metadata`` entry points) when it builds its first model: a scan
+    of every installed distribution, 0.1-0.2 s in an environment holding MLflow and Spark — a third of
+    `labkit validate`. labkit's own models need no plugin, so the scan is skipped while they are built and
+    the environment is restored at once: models built later (MLflow's, a notebook's) see plugins as usual,
+    and an explicit ``PYDANTIC_DISABLE_PLUGINS`` is respected.
+    """
+    key = "PYDANTIC_DISABLE_PLUGINS"
+    if key in os.environ:
+        yield
+        return
+    os.environ[key] = "__all__"
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     debug = args.debug or os.environ.get("LABKIT_DEBUG") == "1"
     try:
+        with _without_pydantic_plugins():
+            import labkit.spec  # noqa: F401 - every command reads the lab; its models are built here
         return COMMANDS[args.command](args) or 0
     except LabkitError as exc:
         if debug:
@@ -131,8 +182,12 @@ def cmd_new(args) -> int:
     from labkit.scaffold import new_pilot
 
     lab = _lab(args)
-    path = new_pilot(lab, args.id, function=args.function, channel=args.channel, stage=args.stage, owner=args.owner)
-    print(f"wrote {lab.display(path)}; edit the hypothesis, cohort and metrics, then: labkit validate {lab.display(path)}")
+    path = new_pilot(
+        lab, args.id, function=args.function, channel=args.channel, stage=args.stage, owner=args.owner
+    )
+    print(
+        f"wrote {lab.display(path)}; edit the hypothesis, cohort and metrics, then: labkit validate {lab.display(path)}"
+    )
     return 0
 
 
@@ -225,8 +280,10 @@ def cmd_compare(args) -> int:
         sys.stdout.write(text)
     if args.log:
         run_id = log_portfolio(lab, result, text if args.format == "html" else to_html(result))
-        print(f"logged the report as portfolio run {run_id} in experiment '{lab.spec.mlflow_experiment}'",
-              file=sys.stderr)
+        print(
+            f"logged the report as portfolio run {run_id} in experiment '{lab.spec.mlflow_experiment}'",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -1,0 +1,148 @@
+"""Shared by the sections: the run's context, subprocess measurement (wall time, peak RSS) and caching.
+
+Every measurement runs in a fresh interpreter, so peak RSS (``VmHWM`` of /proc, or the child's
+``ru_maxrss``) is that step's own, and a section never inherits another's imports or caches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+LABKIT = [PYTHON, "-m", "labkit.cli"]
+
+# Printed by child scripts (appended to their code): the process's peak resident set so far, in MB.
+PEAK_RSS = "int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) / 1024"
+
+
+@dataclass
+class Ctx:
+    """What one `python -m benchmarks` invocation was asked for."""
+
+    out: Path  # results/bench
+    mode: str = "full"  # full | quick | tiny
+    seed: int = 20261123
+    labs_dir: Path | None = None  # default: out/labs
+
+    @property
+    def repeat(self) -> int:
+        return {"full": 3, "quick": 2, "tiny": 1}[self.mode]
+
+    @property
+    def labs(self) -> Path:
+        """Generated labs and data, cached between runs (keyed by size and seed in their folder names)."""
+        path = self.labs_dir or self.out / "labs"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def say(self, text: str) -> None:
+        print(f"  [{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def machine() -> dict:
+    mem = 0
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal:"):
+                mem = int(line.split()[1]) // (1024 * 1024)
+    except OSError:
+        pass
+    cpu = platform.processor() or ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import duckdb
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": mem,
+        "duckdb": duckdb.__version__,
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+
+
+def run_script(code: str, cwd: Path, *, env: dict | None = None, timeout: float = 3600) -> dict:
+    """Run ``code`` in a fresh interpreter; its last stdout line is JSON, returned as a dict."""
+    full = textwrap.dedent(code)
+    out = subprocess.run(
+        [PYTHON, "-c", full],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark script failed in {cwd}:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def best_of(code: str, cwd: Path, repeat: int, *, key: str = "seconds", env: dict | None = None) -> dict:
+    """The run with the smallest ``key`` of ``repeat`` fresh-process runs, with every run's value kept."""
+    runs = [run_script(code, cwd, env=env) for _ in range(repeat)]
+    best = min(runs, key=lambda r: r[key])
+    return {**best, "all": [round(r[key], 3) for r in runs]}
+
+
+def time_command(cmd: list[str], cwd: Path, *, env: dict | None = None, timeout: float = 3600) -> dict:
+    """Wall time and peak RSS (MB) of one command, from the parent (start-up included)."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    seconds = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{stderr.decode()[-3000:]}"
+        )
+    return {"seconds": seconds, "stdout": stdout.decode(), "stderr": stderr.decode()}
+
+
+def timed(cmd: list[str], cwd: Path, repeat: int, *, env: dict | None = None) -> dict:
+    """Best and median wall time of ``repeat`` runs of a command."""
+    runs = [time_command(cmd, cwd, env=env)["seconds"] for _ in range(repeat)]
+    return {"seconds": min(runs), "median": statistics.median(runs), "all": [round(r, 3) for r in runs]}
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a is not None and b else None
+
+
+def reset(path: Path) -> None:
+    """Remove a generated folder (always under results/bench)."""
+    if path.exists():
+        assert "results" in path.parts and "bench" in path.parts, path
+        shutil.rmtree(path)
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)

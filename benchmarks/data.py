@@ -1,0 +1,164 @@
+"""Synthetic benchmark labs: N customers, their outcomes, and an event log of about 10 events per customer.
+
+Built once per (N, seed) under ``results/bench/labs/n<N>-s<seed>/`` and reused by later runs (a
+``.complete`` marker is written last, so an interrupted build is redone). Written in chunks of 1M
+customers, so building the 10M lab (100M events) needs well under 2 GB. Ids are integers, as in most
+CRMs. The lab holds three pilots over the same customers: ``bench`` (a proportion, a CUPED mean, a
+ratio and an event-window count), ``bench-quantile`` (a proportion and a median, the raw-value path),
+both assigned once by ``labkit assign`` when the lab is built, and ``bench-assign``, which the
+assignment benchmark draws afresh on every repetition.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from benchmarks.common import Ctx, reset, run_script
+
+START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+WINDOW_DAYS = 30
+EVENTS_PER_CUSTOMER = 10
+CHUNK = 1_000_000
+
+LAB = """\
+lab: bench
+tracking_uri: sqlite:///results/mlflow.db
+sources:
+  customers: {format: FMT, path: data/customers.parquet}
+  outcomes: {format: FMT, path: data/outcomes.parquet}
+  events: {format: FMT, path: data/events.parquet, timestamp: ts}
+functions: [sales, marketing, service, pr]
+channels: [email]
+"""
+
+PILOT = """\
+id: {id}
+title: Benchmark pilot
+function: marketing
+channel: email
+stage: retention
+owner: bench@example.com
+hypothesis: {{statement: Bench., metric: converted, direction: increase, mde: {{relative: 0.05}}}}
+cohort:
+  source: customers
+  id_column: customer_id
+  max_size: {n}
+  arms: {{control: 0.5, treatment: 0.5}}
+  control: control
+  start: 2026-01-01
+metrics:
+  - {{name: converted, type: proportion, source: outcomes, column: converted}}
+  - {{name: spend, type: mean, source: outcomes, column: spend, covariate: pre_spend}}
+  - name: tickets_per_contact
+    type: ratio
+    numerator: {{source: outcomes, column: tickets}}
+    denominator: {{source: outcomes, column: contacts}}
+  - name: replies
+    type: mean
+    source: events
+    event: {{column: event_type, equals: reply}}
+    aggregate: count
+    window_days: {window}
+"""
+
+# The raw-value path: a median is computed from the customers' values, not from per-arm sums.
+ASSIGN = """
+import labkit
+lab = labkit.load_lab("configs/lab.yaml")
+for pid in ("bench", "bench-quantile"):
+    labkit.assign(labkit.load_pilot(pid, lab=lab))
+print("{}")
+"""
+
+QUANTILE_PILOT = (
+    PILOT.split("metrics:")[0]
+    + """metrics:
+  - {{name: converted, type: proportion, source: outcomes, column: converted}}
+  - {{name: spend_median, type: quantile, quantile: 0.5, source: outcomes, column: spend}}
+"""
+)
+
+
+def lab_root(ctx: Ctx, n: int) -> Path:
+    return ctx.labs / f"n{n}-s{ctx.seed}"
+
+
+def build(ctx: Ctx, n: int) -> Path:
+    """The lab of n customers, built (and ``bench`` assigned) unless it is cached."""
+    root = lab_root(ctx, n)
+    if (root / ".complete").is_file():
+        return root
+    reset(root)
+    ctx.say(f"building the {n:,}-customer lab (cached for later runs) under {root}")
+    (root / "configs").mkdir(parents=True)
+    (root / "experiments").mkdir()
+    (root / "data").mkdir()
+    (root / "configs" / "lab.yaml").write_text(LAB.replace("FMT", "parquet"))
+    for pid in ("bench", "bench-assign"):
+        (root / "experiments" / f"{pid}.yaml").write_text(PILOT.format(id=pid, n=n, window=WINDOW_DAYS))
+    (root / "experiments" / "bench-quantile.yaml").write_text(QUANTILE_PILOT.format(id="bench-quantile", n=n))
+    _write_tables(root / "data", n, ctx.seed)
+    run_script(ASSIGN, root)
+    (root / ".complete").write_text("")
+    return root
+
+
+def _write_tables(folder: Path, n: int, seed: int) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng([seed, n])
+    start_us = int(START.timestamp() * 1_000_000)
+    day_us = 86_400 * 1_000_000
+    kinds = pa.array(["view", "click", "reply"])
+    writers = {}
+    try:
+        for lo in range(0, n, CHUNK):
+            m = min(CHUNK, n - lo)
+            ids = np.arange(lo, lo + m, dtype=np.int64)
+            pre = rng.gamma(2.0, 50.0, m)
+            contacts = rng.poisson(2.0, m)
+            tables = {
+                "customers": pa.table(
+                    {
+                        "customer_id": ids,
+                        "segment": pa.DictionaryArray.from_arrays(
+                            rng.integers(0, 3, m).astype(np.int8), pa.array(["smb", "mid", "enterprise"])
+                        ).cast(pa.string()),
+                    }
+                ),
+                "outcomes": pa.table(
+                    {
+                        "customer_id": ids,
+                        "converted": rng.binomial(1, 0.1, m).astype(np.int64),
+                        "spend": pre * 0.8 + rng.gamma(2.0, 20.0, m),
+                        "pre_spend": pre,
+                        "tickets": rng.binomial(contacts, 0.4).astype(np.int64),
+                        "contacts": contacts.astype(np.int64),
+                    }
+                ),
+            }
+            # Events: a Poisson number per customer (mean 10), uniform over [start - window, start + window).
+            counts = rng.poisson(EVENTS_PER_CUSTOMER, m)
+            k = int(counts.sum())
+            offsets = rng.integers(-WINDOW_DAYS * day_us, WINDOW_DAYS * day_us, k)
+            tables["events"] = pa.table(
+                {
+                    "customer_id": np.repeat(ids, counts),
+                    "ts": pa.array(start_us + offsets, type=pa.timestamp("us", tz="UTC")),
+                    "event_type": pa.DictionaryArray.from_arrays(
+                        rng.choice(np.array([0, 1, 2], dtype=np.int8), k, p=[0.6, 0.3, 0.1]), kinds
+                    ).cast(pa.string()),
+                }
+            )
+            for name, table in tables.items():
+                if name not in writers:
+                    writers[name] = pq.ParquetWriter(
+                        folder / f"{name}.parquet", table.schema, compression="zstd"
+                    )
+                writers[name].write_table(table, row_group_size=CHUNK)
+    finally:
+        for writer in writers.values():
+            writer.close()
