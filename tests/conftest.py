@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from demo_lab import demo_lab  # noqa: F401 -- the session fixture: `labkit demo` run once
 from mlflow_server import mlflow_server  # noqa: F401 -- the session fixture, shared
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -1,27 +1,23 @@
 """`labkit demo` end to end, as `make demo` runs it, in a copy of the repo's lab (RELIABILITY #32).
 
 The repo's configs/, experiments/ and notebooks/ are copied into a temporary folder and ``python -m
-labkit.cli demo`` runs there once for the module (~1-2 min on 2 cores): it builds the synthetic CRM,
-assigns, plans, runs every pilot's notebook and records it in the lab's sqlite MLflow store. The tests
-then read that store and scan it, its artifact tree and the run folders for every demo customer's
-identifiers, for the lab's pseudonym key and for plain sha256 hashes of ids.
+labkit.cli demo`` runs there once for the session (the ``demo_lab`` fixture of tests/demo_lab.py, ~1-2 min
+on 2 cores, shared with the browser tests): it builds the synthetic CRM, assigns, plans, runs every pilot's
+notebook and records it in the lab's sqlite MLflow store. The tests then read that store and scan it, its
+artifact tree and the run folders for every demo customer's identifiers, for the lab's pseudonym key and
+for plain sha256 hashes of ids.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 import labkit
-from labkit.privacy import key_path, lab_key, scan_for_identifiers
+from labkit.privacy import key_path, scan_for_identifiers
 
 pytestmark = pytest.mark.slow
 
@@ -29,27 +25,10 @@ REPO = Path(__file__).resolve().parents[1]
 SHA_SAMPLE = 5000  # ids whose plain sha256 (full, and cut to a pseudonym's 16 characters) is looked for
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """The demo lab after `labkit demo`: (root, lab, completed process, seconds)."""
-    root = tmp_path_factory.mktemp("demo-lab").resolve()
-    for folder in ("configs", "experiments", "notebooks"):
-        shutil.copytree(REPO / folder, root / folder)
-    lab = labkit.load_lab(root / "configs" / "lab.yaml")
-    key_env = lab.spec.privacy.key_env
-    drop = {"LABKIT_LAB", "LABKIT_TRACKING_URI", key_env, "COLUMNS", "LINES"}
-    env = {k: v for k, v in os.environ.items() if k not in drop} | {"MLFLOW_DISABLE_TELEMETRY": "true"}
-    # The lab's own pseudonym key file, made now (without the variable) so that the demo uses it if it
-    # pseudonymises anything, and so that the scan can look for it.
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv(key_env, raising=False)
-        lab_key(lab)
-    began = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "labkit.cli", "demo"], cwd=root, env=env, capture_output=True, text=True,
-        timeout=1800,
-    )  # fmt: skip
-    return root, lab, proc, time.monotonic() - began
+@pytest.fixture
+def demo(demo_lab):
+    """The demo lab after `labkit demo`: (root, lab, completed process, seconds), built once per session."""
+    return demo_lab
 
 
 def demo_runs(lab):
