@@ -72,7 +72,8 @@ def run_demo(lab: Lab, seed: int | None = None) -> int:
     except ImportError:  # the comparison module is optional in a partial install
         pass
     console.print(f"done in {time.perf_counter() - started:.1f} s.")
-    console.print("Open the MLflow UI:  [bold].venv/bin/labkit ui[/bold]  then http://127.0.0.1:5000 "
-                  f"(experiment '{lab.spec.mlflow_experiment}'; filter with tags.`labkit.function` = 'sales')")
+    console.print("Open the MLflow UI:  [bold].venv/bin/labkit ui[/bold]  then the runs link it prints "
+                  f"(experiment '{lab.spec.mlflow_experiment}', Model training view; filter with "
+                  "tags.`labkit.function` = 'sales')", soft_wrap=True)
     console.print("Compare pilots:      [bold].venv/bin/labkit compare --by function[/bold]")
     return 0
