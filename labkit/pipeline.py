@@ -5,7 +5,9 @@ The only module that joins the runner (papermill) and tracking (MLflow). For eve
 1. before anything is created: the pilot validates, its notebook is a notebook with a ``parameters`` cell
    and a known kernel, and its assignment exists;
 2. ``results/<id>/runs/<UTC stamp>/`` receives the executed notebook (.ipynb and .html), results.json and
-   figures — kept even when MLflow is down or the notebook fails;
+   figures — kept even when MLflow is down or the notebook fails. The folder is created before the MLflow
+   run: a read-only or full results disk is then one line and no run (status NOT-RUN); a disk error later
+   ends the run FAILED with the last complete save of the notebook, never a RUNNING run or a traceback;
 3. an MLflow run is started RUNNING (so leadership sees the pilot in progress), the notebook runs, and the
    run is finished FINISHED, FAILED or KILLED with everything DESIGN.md lists. ``record.json`` beside the
    outputs holds exactly what was (or should have been) recorded, so ``labkit run --record-only`` can
@@ -183,6 +185,12 @@ def run_one(pilot: Pilot, tracker, *, code_version: str, as_of: str | None = Non
     run_name = f"{pilot.id} {stamp[:8]}-{stamp[9:13]}"
     token = uuid.uuid4().hex
     outcome = Outcome(pilot.id, pilot.spec.function, "NOT-RUN", output_dir=out)
+    try:
+        # before any MLflow run exists: a read-only or full results disk is one message, not a RUNNING run
+        out.mkdir(parents=True)
+    except OSError as exc:
+        outcome.message = f"cannot create the run folder {pilot.lab.display(out)}: {exc.strerror}; nothing was run"
+        return outcome
 
     spec_changed, run_id, previous_digest = False, None, None
     if tracker is not None and tracking_error is None:
@@ -202,18 +210,33 @@ def run_one(pilot: Pilot, tracker, *, code_version: str, as_of: str | None = Non
         "lab_path": str(pilot.lab.path),
         "as_of": as_of or "",
     }
-    nb = runner.execute(pilot.notebook_path, out, params, cwd=pilot.lab.root, run_token=token,
-                        timeout_s=pilot.lab.spec.runner.timeout_seconds, kernel_name=pilot.lab.spec.runner.kernel,
-                        progress=progress)
-    results = None
-    if nb.results is not None:
-        results = json.loads(Path(nb.results).read_text())
+    try:
+        nb = runner.execute(pilot.notebook_path, out, params, cwd=pilot.lab.root, run_token=token,
+                            timeout_s=pilot.lab.spec.runner.timeout_seconds,
+                            kernel_name=pilot.lab.spec.runner.kernel, progress=progress)
+        results = None
+        if nb.results is not None:
+            results = json.loads(Path(nb.results).read_text())
+        record = build_record(pilot, nb, run_key=run_key, run_name=run_name, results=results,
+                              spec_changed=spec_changed, code_version=code_version, previous_digest=previous_digest)
+    except BaseException as exc:
+        # The run exists RUNNING in MLflow: whatever stopped us (a disk error, a bug), end it FAILED (KILLED on
+        # an interrupt) rather than leave it for the next sweep, then report or re-raise.
+        interrupted = isinstance(exc, KeyboardInterrupt | SystemExit)
+        reason = _describe(exc)
+        if tracker is not None and run_id is not None:
+            tracker.abandon(run_id, "KILLED" if interrupted else "FAILED", reason)
+        if interrupted or not isinstance(exc, Exception):
+            raise
+        outcome.status, outcome.run_id, outcome.message = "FAILED", run_id, reason
+        outcome.seconds = time.time() - started
+        return outcome
     outcome.status = nb.status
     outcome.decision = results.get("decision") if results else None
     outcome.message = nb.message
-    record = build_record(pilot, nb, run_key=run_key, run_name=run_name, results=results,
-                          spec_changed=spec_changed, code_version=code_version, previous_digest=previous_digest)
-    write_atomic(out / "record.json", record.to_json())
+    kept = _write_kept(out / "record.json", record.to_json(), pilot)
+    if kept is not None:  # MLflow still gets the run; only a later --record-only of it is impossible
+        outcome.message = f"{outcome.message}; {kept}" if outcome.message else kept
     if on_state:
         on_state(pilot.id, "recording")
     if tracker is not None and tracking_error is None:
@@ -223,9 +246,12 @@ def run_one(pilot: Pilot, tracker, *, code_version: str, as_of: str | None = Non
                     tracker.finish(run_id, record)
                 else:
                     run_id = tracker.record(record)
-            write_atomic(out / RECORDED, json.dumps({"run_id": run_id, "run_key": run_key}) + "\n")
         except TrackingError as exc:
             tracking_error = str(exc)
+        else:
+            kept = _write_kept(out / RECORDED, json.dumps({"run_id": run_id, "run_key": run_key}) + "\n", pilot)
+            if kept is not None:
+                outcome.message = f"{outcome.message}; {kept}" if outcome.message else kept
     if tracking_error is not None:
         note = (f"not recorded in MLflow ({tracking_error}); outputs kept in {pilot.lab.display(out)}; "
                 f"record them later with `labkit run --record-only {pilot.id}`")
@@ -235,6 +261,25 @@ def run_one(pilot: Pilot, tracker, *, code_version: str, as_of: str | None = Non
     outcome.run_id = run_id
     outcome.seconds = time.time() - started
     return outcome
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for an exception that ended a run outside the notebook (a disk error, a labkit bug)."""
+    if isinstance(exc, LabkitError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"labkit could not finish the run: {exc.strerror}{where}"
+    return f"labkit could not finish the run: {type(exc).__name__}: {exc}"
+
+
+def _write_kept(path: Path, text: str, pilot: Pilot) -> str | None:
+    """Write a file of the kept run atomically; None, or on a disk error the one-line reason."""
+    try:
+        write_atomic(path, text)
+    except OSError as exc:
+        return f"cannot write {pilot.lab.display(path)}: {exc.strerror}"
+    return None
 
 
 def record_only(lab: Lab, pilots: list[Pilot]) -> list[Outcome]:

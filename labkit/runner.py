@@ -471,6 +471,22 @@ def _register_engine() -> None:
             papermill_engines.get_engine(_ENGINE)
         except Exception:  # PapermillException: not registered yet
             papermill_engines.register(_ENGINE, _build_engine())
+            _register_atomic_io()
+
+
+def _register_atomic_io() -> None:
+    """papermill saves the executed notebook with a plain ``open(path, "w")`` after every cell, so a full
+    disk or a kill mid-save leaves half a notebook. labkit passes absolute paths only: a handler for the
+    ``/`` prefix (checked before papermill's local fallback) writes them through a temp file and
+    ``os.replace`` instead, so the file on disk is always the last complete save."""
+    from papermill.iorw import LocalHandler, papermill_io
+
+    class AtomicLocalHandler(LocalHandler):
+        def write(self, buf, path):
+            _atomic_write(Path(path), buf.encode("utf-8"))
+
+    if not any(scheme == "/" for scheme, _ in papermill_io._handlers):
+        papermill_io.register("/", AtomicLocalHandler())
 
 
 def _build_engine():
@@ -958,12 +974,24 @@ def _save_partial(executed: Path, nb, status: str, message: str) -> None:
         log.warning("%s: could not save the partial notebook: %s", executed, e)
 
 
+# one HTMLExporter per thread, reused: building one costs ~3x the export of a small notebook
+_EXPORTERS = threading.local()
+
+
+def _html_exporter():
+    exporter = getattr(_EXPORTERS, "html", None)
+    if exporter is None:
+        from nbconvert import HTMLExporter
+
+        exporter = _EXPORTERS.html = HTMLExporter()
+    return exporter
+
+
 def _export_html(executed: Path, html_path: Path) -> tuple[Path | None, str | None]:
     try:
         import nbformat
-        from nbconvert import HTMLExporter
 
-        body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
+        body, _ = _html_exporter().from_notebook_node(nbformat.read(executed, as_version=4))
         _atomic_write(html_path, body.encode("utf-8"))
         return html_path, None
     except Exception as e:  # noqa: BLE001 - an export failure never hides the run's outcome

@@ -652,6 +652,11 @@ class Tracker:
             raise error from exc
         self._settle_latest(record.pilot)
 
+    def abandon(self, run_id: str, status: str, reason: str) -> bool:
+        """End a run that will not be recorded (its notebook could not run or be saved) as ``status``, with
+        ``reason`` in ``labkit.error``; best effort, True when the store accepted it."""
+        return self._mark_ended(run_id, status, reason)
+
     def _mark_ended(self, run_id: str, status: str, reason: str) -> bool:
         """Best effort: end a run that could not be recorded; True when the store accepted it."""
         from mlflow.entities import RunTag

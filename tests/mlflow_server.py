@@ -58,23 +58,28 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
-def start_server(root: Path) -> tuple[subprocess.Popen, ServerURI]:
-    """Start ``mlflow server`` with its store and artifacts under ``root``; return once /health answers."""
+def start_server(
+    root: Path, *, port: int | None = None, args: tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, ServerURI]:
+    """Start ``mlflow server`` with its store and artifacts under ``root``; return once /health answers.
+
+    ``port`` (default: a free one) restarts a server where it was; ``args`` are more server options
+    (``--app-name basic-auth``); ``env`` more environment (the auth app's config and secret)."""
     root.mkdir(parents=True, exist_ok=True)
     db_path = root / "mlflow.db"
     artifacts = root / "artifacts"
     artifacts.mkdir(exist_ok=True)
     log_path = root / "server.log"
-    port = free_port()
-    env = dict(os.environ)
+    port = port or free_port()
+    env = {**os.environ, **(env or {})}
     env.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true")
     command = [
         sys.executable, "-m", "mlflow", "server",
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
         "--backend-store-uri", f"sqlite:///{db_path}",
-        "--artifacts-destination", str(artifacts),
+        "--artifacts-destination", str(artifacts), *args,
     ]  # fmt: skip
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab") as log:
         # A new session makes the server the leader of its own process group: stopping the group by
         # its id stops every worker it forked, and nothing else.
         process = subprocess.Popen(
