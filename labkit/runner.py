@@ -67,6 +67,7 @@ import keyword
 import logging
 import math
 import os
+import random
 import signal
 import subprocess
 import threading
@@ -97,6 +98,9 @@ MAX_OUTPUT_BYTES = 10 * 2**20
 FIGURE_SUFFIXES = (".png", ".svg")
 _ENGINE = "labkit"
 _KERNEL_START_TIMEOUT_S = 60
+# jupyter_client picks a kernel's ports by binding port 0 and letting go: kernels started at the same
+# moment can draw the same port, and the loser dies before its first reply. Such a start is retried.
+_KERNEL_START_ATTEMPTS = 3
 _IOPUB_DRAIN_S = 10  # after a cell's reply, how long its last outputs may take to arrive
 _BANNER_TAG = "papermill-error-cell-tag"  # papermill strips these cells when the notebook is re-run
 _CLIENT_SLACK = 64 * 2**10  # the client-side cap sits above the kernel-side one: room for its note
@@ -716,9 +720,17 @@ def execute(
         state.kernel_log = open(kernel_log, "wb")  # noqa: SIM115 - closed in the finally below
         with _SignalGuard(state) as guard:
             try:
-                outcome = _run_papermill(
-                    notebook, executed, clean, cwd, timeout_s, kernel_name, language, progress, state
-                )
+                for attempt in range(1, _KERNEL_START_ATTEMPTS + 1):
+                    outcome = _run_papermill(
+                        notebook, executed, clean, cwd, timeout_s, kernel_name, language, progress, state
+                    )
+                    if attempt == _KERNEL_START_ATTEMPTS or not _never_started(outcome, state):
+                        break
+                    # nothing ran: the kernel died before its first reply (e.g. two kernels started at
+                    # once drew the same free port, "Address already in use"); start another
+                    log.warning("%s: the kernel died while starting (%s); starting another", notebook, outcome.evalue)
+                    state.kill_kernel()
+                    time.sleep(0.2 + random.random())
             except (KeyboardInterrupt, _Interrupted):
                 outcome = _Outcome("killed")
             finally:
@@ -805,6 +817,16 @@ def _run_papermill(
         log.debug("papermill failed", exc_info=True)
         return _Outcome("crash", state.cell_index, type(e).__name__, _first_line(str(e)))
     return _Outcome("ok")
+
+
+def _never_started(outcome: _Outcome, state) -> bool:
+    """The kernel died before it replied to kernel_info: no cell ran, so starting it again is safe."""
+    return (
+        outcome.kind == "crash"
+        and outcome.cell_index is None
+        and not state.signal
+        and "before replying to kernel_info" in outcome.evalue
+    )
 
 
 def _literal(path: str) -> str:

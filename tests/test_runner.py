@@ -278,6 +278,32 @@ def test_sigkill_of_labkit_leaves_no_kernel_behind(tmp_path):
     assert (out / "sleeps.ipynb").is_file()  # the partial notebook of the cells before the kill
 
 
+def test_a_kernel_that_dies_while_starting_is_started_again(tmp_path, monkeypatch):
+    """Kernels started at the same moment can draw the same free port; the loser dies before its first
+    reply, having run nothing. Its first start fails here the way it does then; the run must finish."""
+    spec = tmp_path / "jupyter" / "kernels" / "flaky"
+    spec.mkdir(parents=True)
+    marker = tmp_path / "first-start-failed"
+    launcher = (
+        "import pathlib, runpy, sys\n"
+        f"marker = pathlib.Path({str(marker)!r})\n"
+        "if not marker.exists():\n"
+        "    marker.touch()\n"
+        "    sys.exit(\"zmq.error.ZMQError: Address already in use\")\n"
+        "sys.argv = ['ipykernel_launcher', '-f', sys.argv[1]]\n"
+        "runpy.run_module('ipykernel_launcher', run_name='__main__')\n"
+    )
+    (spec / "kernel.json").write_text(
+        json.dumps({"argv": [sys.executable, "-c", launcher, "{connection_file}"], "display_name": "flaky",
+                    "language": "python"})
+    )  # fmt: skip
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    result = run("ok", tmp_path / "out", kernel_name="flaky")
+    assert marker.exists()  # the first start did die
+    assert result.status == "FINISHED", result.message
+    assert "Address already in use" in (tmp_path / "out" / "ok.kernel.log").read_text()
+
+
 def test_kernel_that_cannot_start_fails_the_run(tmp_path, monkeypatch):
     spec = tmp_path / "jupyter" / "kernels" / "broken"
     spec.mkdir(parents=True)
