@@ -438,12 +438,14 @@ def portfolio(
 
     where = f"MLflow experiment '{lab.spec.mlflow_experiment}' at {display_uri(lab.tracking_uri)}"
     _check_store_exists(lab)
-    tracker = open_tracker(lab)
+    from labkit.runstore import open_runs
+
+    store = open_runs(lab)  # MLflow's sqlite tables read directly where that is exact, else MLflow
     alpha = lab.spec.defaults.alpha
-    runs = tracker.latest_runs(function=function)
-    total = len(runs) if runs else len(tracker.latest_runs()) if function is not None else 0
+    runs = store.latest_runs(function=function)
+    total = len(runs) if runs else len(store.latest_runs()) if function is not None else 0
     if total == 0:
-        raise LabkitError(_nothing_finished(tracker, where))
+        raise LabkitError(_nothing_finished(store, where))
     kept = [
         run for run in runs
         if (since_s is None or (run.get("start_time") or 0) >= since_s)
@@ -455,10 +457,10 @@ def portfolio(
             f"no pilot's latest run matches {shown} in {where} ({total} pilot(s) without filters)"
         )
 
-    running = _running_since(tracker, function)
+    running = _running_since(store, function)
     rows = []
     for run in kept:
-        row = pilot_row(run, default_alpha=alpha, results_meta=lambda r: _results_meta(tracker, r))
+        row = pilot_row(run, default_alpha=alpha, results_meta=lambda r: _results_meta(store, r))
         started = running.get(row.pilot)
         if started is not None and started > (run.get("start_time") or 0):
             row = replace(row, running=True)
@@ -530,15 +532,15 @@ def _check_store_exists(lab) -> None:
             )
 
 
-def _nothing_finished(tracker, where: str) -> str:
+def _nothing_finished(store, where: str) -> str:
     """Why there is nothing to compare: no pilot run at all, or none that finished."""
-    runs = tracker._search("tags.`labkit.pilot` LIKE '%'")
+    runs = store.pilot_runs()
     if not runs:
         return f"no pilot runs in {where}: nothing to compare yet; record runs with `labkit run`"
     statuses: dict[str, int] = {}
     for run in runs:
-        statuses[run.info.status] = statuses.get(run.info.status, 0) + 1
-    pilots = len({run.data.tags.get("labkit.pilot") for run in runs})
+        statuses[run["status"]] = statuses.get(run["status"], 0) + 1
+    pilots = len({run["pilot"] for run in runs})
     counted = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
     return (
         f"no finished pilot run in {where}: {len(runs)} run(s) of {pilots} pilot(s), {counted}; "
@@ -547,7 +549,7 @@ def _nothing_finished(tracker, where: str) -> str:
     )
 
 
-def _running_since(tracker, function: str | None) -> dict[str, float]:
+def _running_since(store, function: str | None) -> dict[str, float]:
     """Pilot -> start time (epoch s) of its newest live RUNNING run, filtered in the search itself.
 
     A RUNNING run that ``Tracker.sweep_stale`` would kill (its process on this host is gone, or another
@@ -556,56 +558,27 @@ def _running_since(tracker, function: str | None) -> dict[str, float]:
     import socket
     import time
 
-    from labkit.tracking import (
-        STALE_AFTER_HOURS,
-        TAG_FUNCTION,
-        TAG_HOST,
-        TAG_PID,
-        TAG_PID_START,
-        _pid_alive,
-        _quote,
-    )
+    from labkit.tracking import STALE_AFTER_HOURS, TAG_HOST, TAG_PID, TAG_PID_START, _pid_alive
 
-    query = "attributes.status = 'RUNNING' and tags.`labkit.pilot` LIKE '%'"
-    if function is not None:
-        query += f" and tags.`{TAG_FUNCTION}` = {_quote(function)}"
     host, now = socket.gethostname(), time.time()
     newest: dict[str, float] = {}
-    for run in tracker._search(query):
-        tags = run.data.tags
-        pilot = tags.get("labkit.pilot")
-        started = (run.info.start_time or 0) / 1000
+    for run in store.pilot_runs(status="RUNNING", function=function):
+        tags = run["tags"]
+        started = run["start_time"] or 0.0
         if tags.get(TAG_HOST) == host:
             pid = int(tags[TAG_PID]) if tags.get(TAG_PID, "").isdigit() else 0
             if not _pid_alive(pid, tags.get(TAG_PID_START)):
                 continue
         elif (now - started) / 3600 > STALE_AFTER_HOURS:
             continue
-        if pilot and started >= newest.get(pilot, -1.0):
-            newest[pilot] = started
+        if run["pilot"] and started >= newest.get(run["pilot"], -1.0):
+            newest[run["pilot"]] = started
     return newest
 
 
-def _results_meta(tracker, run: dict) -> dict:
+def _results_meta(store, run: dict) -> dict:
     """``meta`` of the run's results.json artifact: only read when tags and params lack the primary metric."""
-    import json
-    import os
-    import tempfile
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr stays one clean line
-    try:
-        with tempfile.TemporaryDirectory() as folder:
-            path = tracker._call(
-                "reading results.json",
-                tracker._client.download_artifacts,
-                run["run_id"],
-                "results.json",
-                folder,
-            )
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-    except (LabkitError, OSError, ValueError):
-        return {}
+    data = store.results_json(run)
     meta = data.get("meta") if isinstance(data, dict) else None
     meta = dict(meta) if isinstance(meta, dict) else {}
     if isinstance(data, dict) and data.get("decision"):

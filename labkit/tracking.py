@@ -961,6 +961,31 @@ class Tracker:
                 by_pilot[pilot] = _run_dict(run)
         return sorted(by_pilot.values(), key=lambda r: (r["tags"].get(TAG_FUNCTION, ""), r["pilot"]))
 
+    def pilot_runs(self, *, status: str | None = None, function: str | None = None) -> list[dict]:
+        """Every run with a ``labkit.pilot`` tag (of that status and function), newest first, as dicts."""
+        query = f"tags.`{TAG_PILOT}` LIKE '%'"
+        if status is not None:
+            query += f" and attributes.status = {_quote(status)}"
+        if function is not None:
+            query += f" and tags.`{TAG_FUNCTION}` = {_quote(function)}"
+        return [_run_dict(run) for run in self._search(query, order_by=["attributes.start_time DESC"])]
+
+    def results_json(self, run_id: str) -> dict:
+        """The run's results.json artifact, parsed; {} when it cannot be read."""
+        import tempfile
+
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr stays one clean line
+        try:
+            with tempfile.TemporaryDirectory() as folder:
+                path = self._call(
+                    "reading results.json", self._client.download_artifacts, run_id, "results.json", folder
+                )
+                with open(path, encoding="utf-8") as fh:
+                    data = json.load(fh)
+        except (TrackingError, OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
 
 def _run_tags(tags: dict[str, str]):
     from mlflow.entities import RunTag

@@ -267,6 +267,68 @@ def test_primary_metric_direction_and_decision_fall_back_to_results_json(tmp_pat
     assert row.gain == pytest.approx(0.25)
 
 
+# ------------------------------------------------------------------------- the sqlite reader
+
+
+def test_the_sqlite_reader_returns_what_mlflow_search_returns(lab, tmp_path):
+    """compare reads a local sqlite store with plain SELECTs (labkit.runstore.SqliteRuns) instead of paying
+    seconds for MLflow's import and schema check; over the module's store — finished runs, an older run, a
+    RUNNING re-run, FAILED-only and RUNNING-only pilots, an abandoned run — every call must return exactly
+    what MLflow's own search returns."""
+    from labkit.runstore import SqliteRuns, TrackerRuns
+
+    fast, slow = SqliteRuns.open(lab), TrackerRuns(lab)
+    assert fast is not None, "the installed MLflow's schema must be one the reader knows (else no fast path)"
+    for function in (None, "service", "sales", "pr", "nobody"):
+        assert fast.latest_runs(function=function) == slow.latest_runs(function=function)
+        for status in (None, "FINISHED", "FAILED", "RUNNING"):
+            got = fast.pilot_runs(status=status, function=function)
+            assert got == slow.pilot_runs(status=status, function=function), (function, status)
+    assert len(fast.pilot_runs()) > len(fast.latest_runs()) > 0
+
+
+def test_the_sqlite_reader_joins_split_params_and_reads_artifacts_like_mlflow(tmp_path, store_template):
+    bare = new_lab(tmp_path / "bare", store_template)
+    p = dict(BY_ID["svc-fast-reply"])
+    record = record_for(p)
+    long = "A hypothesis well over MLflow's 6,000-character parameter limit. " * 200
+    spec_params = flatten_params({"hypothesis": {"statement": long}})
+    (tmp_path / "results.json").write_text(json.dumps(results_for(p)))
+    Tracker(bare).record(
+        RunRecord(**(record.__dict__ | {"params": record.params | spec_params,
+                                         "artifacts": [str(tmp_path / "results.json")]}))
+    )  # fmt: skip
+    from labkit.runstore import SqliteRuns, TrackerRuns
+
+    fast, slow = SqliteRuns.open(bare), TrackerRuns(bare)
+    [run] = fast.latest_runs()
+    assert run == slow.latest_runs()[0] and run["params"]["hypothesis.statement"] == long
+    assert fast.results_json(run) == slow.results_json(run) == results_for(p)
+
+
+def test_compare_is_the_same_through_either_reader(lab, monkeypatch):
+    import labkit.runstore
+
+    fast = portfolio(lab).to_dict()
+    monkeypatch.setattr(labkit.runstore.SqliteRuns, "open", classmethod(lambda cls, lab: None))
+    slow = portfolio(lab).to_dict()
+    fast.pop("generated_at"), slow.pop("generated_at")
+    assert fast == slow
+
+
+def test_an_unknown_schema_revision_is_read_through_mlflow(tmp_path, store_template):
+    import sqlite3
+
+    from labkit.runstore import SqliteRuns, TrackerRuns, open_runs
+
+    other = new_lab(tmp_path / "other", store_template)
+    assert SqliteRuns.open(other) is not None
+    with sqlite3.connect(other.results_dir / "mlflow.db") as con:
+        con.execute("UPDATE alembic_version SET version_num = 'f00dbeef'")
+    assert SqliteRuns.open(other) is None
+    assert isinstance(open_runs(load_lab(other.root)), TrackerRuns)
+
+
 # ------------------------------------------------------------------------- groups
 
 

@@ -4,18 +4,31 @@ Every comparison returns an `Estimate` (effect = treatment − control, lift = e
 intervals at level 1 − alpha, a stable ``reason`` instead of NaN for degenerate data).
 """
 
-from labkit.stats.bayes import BayesResult, bayes_lift
-from labkit.stats.cuped import cuped
-from labkit.stats.means import lift_interval, welch
-from labkit.stats.meta import MetaResult, dersimonian_laird
-from labkit.stats.moments import REASONS, ArmMoments, Estimate
-from labkit.stats.multiplicity import adjust
-from labkit.stats.power import mde_at_n, proportion_sd, sample_size_per_arm
-from labkit.stats.proportions import compare_proportions, wilson_interval
-from labkit.stats.quantiles import bootstrap_quantile
-from labkit.stats.ratios import delta_ratio
-from labkit.stats.sequential import always_valid, multiplier
-from labkit.stats.srm import SrmResult, srm_test
+import importlib
+
+# name -> submodule. Imported on first use (PEP 562), so `from labkit.stats.meta import ...` (compare) does
+# not pay for scipy.stats, which the tests and bayes/proportions need.
+_WHERE = {
+    "BayesResult": "bayes", "bayes_lift": "bayes", "cuped": "cuped", "lift_interval": "means", "welch": "means",
+    "MetaResult": "meta", "dersimonian_laird": "meta", "REASONS": "moments", "ArmMoments": "moments",
+    "Estimate": "moments", "adjust": "multiplicity", "mde_at_n": "power", "proportion_sd": "power",
+    "sample_size_per_arm": "power", "compare_proportions": "proportions", "wilson_interval": "proportions",
+    "bootstrap_quantile": "quantiles", "delta_ratio": "ratios", "always_valid": "sequential",
+    "multiplier": "sequential", "SrmResult": "srm", "srm_test": "srm",
+}  # fmt: skip
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'labkit.stats' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"labkit.stats.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE))
+
 
 __all__ = [
     "REASONS",

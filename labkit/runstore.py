@@ -1,0 +1,187 @@
+"""Read a lab's runs for `labkit compare`: from a local MLflow sqlite store directly, else through MLflow.
+
+Importing MLflow and opening its SQLAlchemy store (with its schema check) costs two to four seconds
+before a single run is read, and `labkit compare` only reads. For a ``sqlite:///`` store whose schema
+is a revision this module was checked against (``KNOWN_REVISIONS``, MLflow's alembic revision), the
+runs are read with plain SELECTs on MLflow's own tables — ``experiments``, ``runs``, ``tags``,
+``params``, ``latest_metrics`` — over a read-only connection (``mode=ro``: it can neither write nor
+migrate), with MLflow's search semantics: active runs of the active experiment, ordered by start time
+(newest first) then run id, metrics as their latest value (NaN where MLflow stored NaN). Anything else
+— a tracking server, another schema revision, a store being migrated — goes through MLflow
+(``labkit.tracking.Tracker``), so an MLflow upgrade can cost speed, never correctness.
+``tests/test_compare.py`` checks that both readers give the same runs and the same portfolio.
+
+Both readers offer the same three calls: ``latest_runs`` (the latest FINISHED run of every pilot),
+``pilot_runs`` (every run carrying a pilot tag, optionally of one status and function) and
+``results_json`` (a run's results.json artifact, parsed).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+# MLflow schema revisions (alembic_version.version_num) whose tables this reader was checked against.
+KNOWN_REVISIONS = frozenset({"dc11669786a5"})  # mlflow 3.17
+
+TAG_PILOT, TAG_FUNCTION, TAG_LATEST = "labkit.pilot", "labkit.function", "labkit.latest"
+
+
+def open_runs(lab):
+    """The fastest reader that is exact for the lab's store: ``SqliteRuns`` when possible, else
+    ``TrackerRuns`` (MLflow)."""
+    return SqliteRuns.open(lab) or TrackerRuns(lab)
+
+
+class SqliteRuns:
+    """MLflow's sqlite tables, read-only; ``open`` returns None when the store is not one it knows."""
+
+    def __init__(self, lab, con: sqlite3.Connection, experiment_id: str | None):
+        self._lab = lab
+        self._con = con
+        self._experiment = experiment_id
+
+    @classmethod
+    def open(cls, lab) -> SqliteRuns | None:
+        tracking_uri, experiment = lab.tracking_uri, lab.spec.mlflow_experiment
+        if not tracking_uri.startswith("sqlite:///"):
+            return None
+        path = Path(urllib.parse.unquote(tracking_uri[len("sqlite:///") :].split("?", 1)[0]))
+        if not path.is_file():
+            return None
+        try:
+            con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        except sqlite3.Error:
+            return None
+        try:
+            revisions = [r[0] for r in con.execute("SELECT version_num FROM alembic_version")]
+            if len(revisions) == 1 and revisions[0] in KNOWN_REVISIONS:  # not unknown, not mid-migration
+                row = con.execute(
+                    "SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = 'active'",
+                    (experiment,),
+                ).fetchone()
+                return cls(lab, con, str(row[0]) if row else None)
+        except sqlite3.Error:
+            pass
+        con.close()
+        return None
+
+    def close(self) -> None:
+        self._con.close()
+
+    def latest_runs(self, *, function: str | None = None) -> list[dict]:
+        """As ``Tracker.latest_runs``: one FINISHED ``labkit.latest`` run per pilot, sorted by function, pilot."""
+        by_pilot: dict[str, dict] = {}
+        tags = {TAG_LATEST: "true", **({TAG_FUNCTION: function} if function is not None else {})}
+        for run in self._runs(status="FINISHED", tags=tags):
+            pilot = run["tags"].get(TAG_PILOT)
+            if pilot and pilot not in by_pilot:  # newest first
+                by_pilot[pilot] = run
+        return sorted(by_pilot.values(), key=lambda r: (r["tags"].get(TAG_FUNCTION, ""), r["pilot"]))
+
+    def pilot_runs(self, *, status: str | None = None, function: str | None = None) -> list[dict]:
+        """Every active run with a ``labkit.pilot`` tag (of that status and function), newest first."""
+        tags = {TAG_FUNCTION: function} if function is not None else {}
+        return self._runs(status=status, tags=tags, tagged=TAG_PILOT)
+
+    def results_json(self, run: dict) -> dict:
+        """The run's results.json ({} when unreadable): read in place when the artifacts are local files."""
+        path = _local_path(run.get("artifact_uri") or "")
+        if path is None:  # artifacts behind a server or in object storage: MLflow fetches them
+            return TrackerRuns(self._lab).results_json(run)
+        try:
+            data = json.loads((path / "results.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _runs(self, *, status: str | None, tags: dict[str, str], tagged: str | None = None) -> list[dict]:
+        if self._experiment is None:
+            return []
+        where = ["r.experiment_id = ?", "r.lifecycle_stage = 'active'"]
+        args: list = [self._experiment]
+        if status is not None:
+            where.append("r.status = ?")
+            args.append(status)
+        for key, value in tags.items():
+            where.append("EXISTS (SELECT 1 FROM tags t WHERE t.run_uuid = r.run_uuid AND t.key = ? AND t.value = ?)")
+            args += [key, value]
+        if tagged is not None:
+            where.append("EXISTS (SELECT 1 FROM tags t WHERE t.run_uuid = r.run_uuid AND t.key = ?)")
+            args.append(tagged)
+        rows = self._con.execute(
+            "SELECT r.run_uuid, r.name, r.status, r.start_time, r.end_time, r.artifact_uri FROM runs r "
+            f"WHERE {' AND '.join(where)} "
+            "ORDER BY r.start_time IS NULL, r.start_time DESC, r.run_uuid",
+            args,
+        ).fetchall()
+        if not rows:
+            return []
+        ids = [r[0] for r in rows]
+        tag_map = self._children("SELECT run_uuid, key, value FROM tags", ids)
+        param_map = self._children("SELECT run_uuid, key, value FROM params", ids)
+        metric_map = self._children(
+            "SELECT run_uuid, key, CASE WHEN is_nan THEN 'nan' ELSE value END FROM latest_metrics", ids
+        )
+        from labkit.tracking import TAG_PARAMS_SPLIT, join_split_params
+
+        out = []
+        for run_id, name, run_status, start, end, artifact_uri in rows:
+            run_tags = tag_map.get(run_id, {})
+            out.append({
+                "run_id": run_id,
+                "run_name": name,
+                "pilot": run_tags.get(TAG_PILOT),
+                "status": run_status,
+                "start_time": start / 1000 if start else None,
+                "end_time": end / 1000 if end else None,
+                "tags": run_tags,
+                "params": join_split_params(param_map.get(run_id, {}), run_tags.get(TAG_PARAMS_SPLIT, "")),
+                "metrics": {k: float(v) for k, v in metric_map.get(run_id, {}).items()},
+                "artifact_uri": artifact_uri,
+            })  # fmt: skip
+        return out
+
+    def _children(self, select: str, ids: list[str]) -> dict[str, dict[str, str]]:
+        """run id -> {key: value} of a child table, in chunks under sqlite's parameter limit."""
+        out: dict[str, dict[str, str]] = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for run_id, key, value in self._con.execute(f"{select} WHERE run_uuid IN ({marks})", chunk):
+                out.setdefault(run_id, {})[key] = value
+        return out
+
+
+class TrackerRuns:
+    """The same three calls through MLflow (``labkit.tracking.Tracker``), for servers and unknown schemas."""
+
+    def __init__(self, lab):
+        from labkit.compare import open_tracker
+
+        self._tracker = open_tracker(lab)
+
+    def latest_runs(self, *, function: str | None = None) -> list[dict]:
+        return self._tracker.latest_runs(function=function)
+
+    def pilot_runs(self, *, status: str | None = None, function: str | None = None) -> list[dict]:
+        return self._tracker.pilot_runs(status=status, function=function)
+
+    def results_json(self, run: dict) -> dict:
+        return self._tracker.results_json(run["run_id"])
+
+    def close(self) -> None:
+        pass
+
+
+def _local_path(uri: str) -> Path | None:
+    """A ``file:`` URI or a plain absolute path as a Path; None for any other scheme."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(urllib.request.url2pathname(parsed.path))
+    if parsed.scheme == "" and uri.startswith("/"):
+        return Path(uri)
+    return None
