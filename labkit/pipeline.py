@@ -84,8 +84,12 @@ def resolve_pilots(lab: Lab, refs: list[str]) -> list[Pilot]:
 
 
 def preflight(pilot: Pilot) -> None:
-    """Everything that must hold before a run is created (RELIABILITY #11): notebook and assignment."""
+    """Everything that must hold before a run is created (RELIABILITY #11, #12): the notebook, the
+    assignment, the database connection, and every metric's columns and types in the sources' schemas
+    (a Spark pilot's schemas are left to its run: checking them here would start a JVM)."""
     from labkit.assignment import load_assignment
+    from labkit.data.aggregate import check_metrics
+    from labkit.data.sources import SPARK, Engine, pilot_sources
     from labkit.data.sources import preflight as check_sources
     from labkit.runner import check_notebook
 
@@ -95,6 +99,12 @@ def preflight(pilot: Pilot) -> None:
         raise LabkitError(f"{pilot.id}: {exc}") from None
     load_assignment(pilot)
     check_sources(pilot)  # a database that refuses the connection stops here, before a run exists
+    if all(pilot.lab.source(n).format != SPARK for n in pilot_sources(pilot)):
+        engine = Engine.for_lab(pilot.lab)
+        try:
+            check_metrics(engine, pilot)
+        finally:
+            engine.close()
 
 
 def _stamp() -> str:
@@ -143,7 +153,10 @@ def build_record(pilot: Pilot, nb, *, run_key: str, run_name: str, results: dict
     if nb.message:
         tags["labkit.error"] = nb.message[:5000]
     h = s.hypothesis
-    lines = [f"**{s.title}** ({s.function} · {s.channel} · {s.stage})", "", f"**Hypothesis.** {h.statement}",
+    # the runs table shows the description's first ~50 characters: the verdict comes first
+    verdict = decision.upper() if results and decision else nb.status
+    lines = [f"**{verdict}** · **{s.title}** ({s.function} · {s.channel} · {s.stage})", "",
+             f"**Hypothesis.** {h.statement}",
              f"Primary metric `{h.metric}`, predicted to {h.direction}."]
     if results:
         lines += ["", f"**Decision: {decision}.** {results.get('reason', '')}"]

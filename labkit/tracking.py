@@ -237,7 +237,8 @@ def metrics_from_results(results: dict) -> dict[str, float]:
     ``<metric>.<arm>.<field>`` for every number of each metrics row (effect, ci_low, …, p_value_adjusted,
     n_control, …); ``srm_p_value``, ``srm_ok`` and ``srm.counts.<arm>``; every number of ``roi`` under its own
     name (``roi``, ``cost``, ``value``, ``value_ci_low`` …); ``plan.<field>``; and ``exposed`` (customers
-    in the pilot). None and NaN are skipped, booleans are 0/1, ±inf is ±1.7976931348623157e308.
+    in the pilot); ``gain`` with its interval (``_gain``). None and NaN are skipped, booleans are 0/1, ±inf
+    is ±1.7976931348623157e308.
     """
     out: dict[str, float] = {}
 
@@ -260,6 +261,27 @@ def metrics_from_results(results: dict) -> dict[str, float]:
     for key, value in (results.get("plan") or {}).items():
         put(f"plan.{key}", value)
     put("exposed", (results.get("meta") or {}).get("exposed"))
+    out.update(_gain(results))
+    return out
+
+
+def _gain(results: dict) -> dict[str, float]:
+    """``gain``, ``gain_ci_low``, ``gain_ci_high``: the gain of `labkit compare` under one name for every
+    pilot, so the MLflow UI shows one column for the whole lab — the primary metric's relative lift, signed
+    so that positive is the direction the hypothesis predicted, of its best treatment arm (ties: by arm)."""
+    meta = results.get("meta") or {}
+    sign = {"increase": 1.0, "decrease": -1.0}.get(meta.get("direction"))
+    rows = [
+        r for r in results.get("metrics") or []
+        if r.get("role") == "primary" and _metric_value(r.get("lift")) is not None
+    ]  # fmt: skip
+    if sign is None or not rows:
+        return {}
+    best = min(rows, key=lambda r: (-sign * r["lift"], str(r.get("arm"))))
+    out = {"gain": _metric_value(sign * best["lift"])}
+    low, high = _metric_value(best.get("lift_ci_low")), _metric_value(best.get("lift_ci_high"))
+    if low is not None and high is not None:
+        out["gain_ci_low"], out["gain_ci_high"] = sorted((sign * low, sign * high))
     return out
 
 
@@ -412,7 +434,7 @@ class Tracker:
         # of schema checks) is safe in parallel and happens outside the lock.
         with self._locked():
             if not self._store_ready():
-                self._client = self._call("creating the store", self._new_client)
+                self._client = self._call("creating the store", self._create_store)
         if self._client is None:
             self._client = self._call("opening the store", self._new_client)
         with self._locked():
@@ -436,6 +458,19 @@ class Tracker:
                 return db.execute("SELECT count(*) FROM alembic_version").fetchone()[0] > 0
         except sqlite3.Error:
             return False
+
+    def _create_store(self):
+        """Create and migrate a sqlite store with an explicit, percent-encoded default artifact root.
+
+        Left to itself MLflow inserts its Default experiment with ``./mlruns`` of the working directory as a
+        raw path quoted with a backslash, which is invalid SQL in sqlite when the path holds a ``'``."""
+        if self.uri.startswith("sqlite:"):
+            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+            logging.getLogger("mlflow").setLevel(logging.WARNING)
+            logging.getLogger("alembic").setLevel(logging.WARNING)
+            SqlAlchemyStore(self.uri, self.artifact_root.resolve().as_uri()).engine.dispose()
+        return self._new_client()
 
     def _new_client(self):
         from mlflow import MlflowClient

@@ -267,6 +267,23 @@ def test_primary_metric_direction_and_decision_fall_back_to_results_json(tmp_pat
     assert row.gain == pytest.approx(0.25)
 
 
+def test_every_run_carries_its_gain_under_one_name_for_the_mlflow_ui(folio, lab):
+    """metrics `gain`, `gain_ci_low`, `gain_ci_high`: the row's gain and interval, one column for every pilot."""
+    from labkit.runstore import open_runs
+
+    metrics = {r["pilot"]: r["metrics"] for r in open_runs(lab).latest_runs()}
+    for row in folio.pilots:
+        p = BY_ID[row.pilot]
+        results = results_for(p) | {"meta": {"direction": p["direction"], "primary_metric": p["metric"]}}
+        gains = {arm: expected_gain(p, arm)[0] for arm in p["arms"]}
+        best = max(gains.values())
+        got = metrics_from_results(results)
+        assert got["gain"] == pytest.approx(best) == pytest.approx(row.gain)
+        assert (got["gain_ci_low"], got["gain_ci_high"]) == pytest.approx((row.gain_ci_low, row.gain_ci_high))
+        assert got["gain_ci_low"] < got["gain"] < got["gain_ci_high"]
+        assert "gain" not in metrics[row.pilot]  # these synthetic runs carry no direction in their meta
+
+
 # ------------------------------------------------------------------------- the sqlite reader
 
 

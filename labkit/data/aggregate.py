@@ -148,6 +148,20 @@ def aggregate_metric(
     return _aggregate_tables(engine, pilot, [metric], units)[metric.name]
 
 
+def check_metrics(engine: Engine, pilot: Pilot) -> None:
+    """Build every metric's expression without running it: a missing column, a value column that is not
+    numeric, a timestamp that is text or an ``event.equals`` of the wrong type raises its DataError now,
+    from the sources' schemas alone — so `labkit run` refuses such a pilot before it creates a run. (Value
+    checks — NaN, duplicates, non-0/1 — need the data and stay with the analysis.)"""
+    u = _units(units_table(engine, pilot))
+    tables = [m for m in pilot.spec.metrics if m.event is None]
+    if tables:
+        _build_tables(engine, pilot, tables, u)
+    for m in pilot.spec.metrics:
+        if m.event is not None:
+            _build(engine, pilot, m, u)
+
+
 def moments_expr(engine: Engine, pilot: Pilot, metric: Metric, units: ibis.Table) -> ibis.Table:
     """The per-arm aggregate expression of a metric (one row per arm), without running it."""
     return _build(engine, pilot, metric, _units(units)).summary

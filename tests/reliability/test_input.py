@@ -730,11 +730,6 @@ def test_bad_outcome_data_names_source_and_column(lab, change, message):
     assert lab.state() == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="labkit.pipeline.preflight does not check the data: `labkit run` creates a FAILED MLflow run and a "
-    "run folder for data the analysis refuses (RELIABILITY default expectation: store unchanged)",
-)
 def test_bad_outcome_data_is_refused_by_run_before_a_run_exists(lab):
     outcomes_with(lab, churned=None)
     before = lab.state()

@@ -106,13 +106,9 @@ def pg_run(tmp_path_factory, postgres_server):  # noqa: F811
     }  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MLflow's sqlite store creation inserts the Default experiment's artifact location (./mlruns of the "
-    "working directory, a raw path) into SQL with a backslash-escaped quote; labkit.tracking does not pass "
-    "an explicit, percent-encoded default artifact root",
-)
 def test_a_lab_folder_with_a_quote_can_create_its_store(tmp_path, monkeypatch):
+    """MLflow alone would insert its Default experiment's location (./mlruns of the working directory, a raw
+    path with the quote) into SQL and fail; labkit creates the store with a percent-encoded artifact root."""
     from labkit.tracking import Tracker
 
     root = tmp_path / QUOTED_FOLDER
@@ -120,7 +116,9 @@ def test_a_lab_folder_with_a_quote_can_create_its_store(tmp_path, monkeypatch):
     (root / "configs" / "lab.yaml").write_text("lab: quoted\n")
     monkeypatch.delenv("LABKIT_TRACKING_URI", raising=False)
     monkeypatch.chdir(root)  # MLflow's default artifact root is ./mlruns of the working directory
-    Tracker(labkit.load_lab(root)).prepare()
+    tracker = Tracker(labkit.load_lab(root))
+    tracker.prepare()
+    assert tracker.experiment_id is not None and (root / "results" / "mlflow.db").is_file()
 
 
 def test_hostile_strings_reach_the_notebook_as_literals(pg_run):
