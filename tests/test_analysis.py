@@ -816,7 +816,7 @@ def test_aa_false_positive_rate_through_the_whole_pipeline(tmp_path):
 
 @pytest.mark.slow
 def test_aa_false_positive_rate_many_reps(tmp_path):
-    reps, alpha = 100, 0.05  # ~60 s; the stats-level A/A tests run thousands of replications
+    reps, alpha = 50, 0.05  # ~15 s; the stats-level A/A tests run thousands of replications
     hits, _ = aa_false_positives(tmp_path, reps, seed=22)
     bound = aa_bound(reps, alpha)
     assert hits <= bound, f"{hits}/{reps} null pilots shipped or harmed; alpha {alpha}, 99.9% bound {bound}"

@@ -68,7 +68,8 @@ def _restore_mlflow_env():
 def empty_store(tmp_path_factory) -> Path:
     """An empty, migrated sqlite store made once by MLflow (creating one costs ~5 s); tests copy it.
 
-    The creation path itself runs, eight processes at once, in test_eight_processes_record_into_a_fresh_sqlite_store.
+    The creation path itself runs, eight `labkit run` processes at once, in
+    tests/reliability/test_concurrency.py (the fresh round).
     """
     from mlflow import MlflowClient
 
@@ -461,36 +462,6 @@ def run_workers(root: Path, jobs: list[tuple[str, str]]) -> list[subprocess.Comp
         out, err = proc.communicate(timeout=180)
         done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
     return done
-
-
-@pytest.mark.slow  # ~25 s of CPU: eight interpreters importing mlflow on two cores
-def test_eight_processes_record_into_a_fresh_sqlite_store(fresh_lab):
-    assert not (fresh_lab.root / "results" / "mlflow.db").exists()
-    jobs = [("p", "record")] * 4 + [("q", "record")] * 4
-    results = run_workers(fresh_lab.root, jobs)
-    for r in results:
-        assert r.returncode == 0, r.stderr[-2000:]
-        assert "database is locked" not in r.stderr
-    ids = {r.stdout.strip() for r in results}
-    assert len(ids) == 8
-
-    tracker = Tracker(fresh_lab.lab)
-    runs = runs_of(tracker)
-    assert {r.info.run_id for r in runs} == ids
-    assert {r.info.status for r in runs} == {"FINISHED"}
-    expected = make_record(fresh_lab.root).metrics
-    client = client_for(fresh_lab.lab)
-    for run in runs:
-        assert run.data.metrics == expected
-        assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {
-            "results.json",
-            "pilot",
-            "notebook",
-        }
-    for pilot in ("p", "q"):
-        mine = [r for r in runs if r.data.tags["labkit.pilot"] == pilot]
-        newest = max(mine, key=lambda r: (r.info.start_time, r.info.end_time, r.info.run_id))
-        assert [r.info.run_id for r in mine if r.data.tags["labkit.latest"] == "true"] == [newest.info.run_id]
 
 
 def test_sweep_stale_kills_the_running_run_of_a_dead_process(sqlite_lab):
