@@ -20,7 +20,7 @@ LABKIT = """
 import json, time
 t0 = time.perf_counter()
 import labkit
-import labkit.analysis, labkit.data.aggregate, labkit.stats, labkit.assignment, ibis, scipy.stats  # warm, as the baseline
+import labkit.analysis, labkit.data.aggregate, labkit.stats, labkit.assignment, ibis, pandas, scipy.stats  # warm, as the baseline
 ibis.duckdb.connect().disconnect()
 imports = time.perf_counter() - t0
 t = time.perf_counter()

@@ -376,6 +376,22 @@ def test_window_is_half_open_at_both_ends(tiny_lab):
     data = run(tiny_lab, EVENT.format(type="mean", aggregate="sum") + "    column: value\n")
     assert (data.arms["control"].sum, data.arms["control"].sum_x) == (11.0, 11000.0)
 
+    # ... also against timezone-aware assignment times (as `labkit assign` writes them; compared uncast),
+    # in another zone again, and with an as_of look that cuts the last post-period microsecond off
+    units = pd.read_parquet(tiny_lab.root / "results" / "p" / "assignment.parquet")
+    units["assigned_at"] = units["assigned_at"].dt.tz_localize("UTC").dt.tz_convert("America/New_York")
+    write_assignment(tiny_lab, units)
+    data = run(tiny_lab, EVENT.format(type="mean", aggregate="sum") + "    column: value\n")
+    assert (data.arms["control"].sum, data.arms["control"].sum_x) == (11.0, 11000.0)
+    pilot = pilot_with(tiny_lab, EVENT.format(type="mean", aggregate="sum") + "    column: value\n")
+    engine = Engine.for_lab(pilot.lab)
+    try:
+        look = (t0 + W * DAY - US).to_pydatetime()
+        cut = aggregate_metric(engine, pilot, pilot.spec.metrics[0], units_table(engine, pilot), as_of=look)
+    finally:
+        engine.close()
+    assert (cut.arms["control"].sum, cut.arms["control"].sum_x) == (1.0, 11000.0)
+
 
 def test_customers_without_events_count_as_zero_for_count(lab):
     data = run(lab, EVENT.format(type="mean", aggregate="count"))

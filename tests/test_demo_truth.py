@@ -1,9 +1,9 @@
 """The demo lab against its own truth: labkit's analysis must find the effects the generator applied.
 
-The module builds the demo lab once, as ``labkit demo`` does (``labkit.demo_run``): the CRM before the
+The module reads the session's demo lab after ``labkit demo`` (tests/demo_lab.py): the CRM before the
 pilots (``demo.build_base``), every pilot's cohort drawn by the real ``labkit.assign``, the pilot period
-simulated from those arms (``demo.simulate_outcomes``, which writes ``data/truth.json``). Then every
-pilot is analysed and compared with the truth. The truth is stated on the intent-to-treat scale the
+simulated from those arms (``demo.simulate_outcomes``, which writes ``data/truth.json``), and every
+pilot analysed by its own notebook. Each analysis is compared with the truth. The truth is stated on the intent-to-treat scale the
 analysis estimates (demo.py: the mean over the assigned cohort of each customer's expected outcome
 under each arm, missing per-customer rows counted as the analysis counts them), so the primary
 interval of every treatment arm must contain the true effect.
@@ -15,12 +15,10 @@ seed could miss one honestly; the coverage of the methods is checked by simulati
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-import labkit
 from labkit import demo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,38 +26,31 @@ PILOT_IDS = sorted(p.stem for p in (REPO / "experiments").glob("*.yaml"))
 
 
 @pytest.fixture(scope="module")
-def demo_lab(tmp_path_factory):
-    """The demo lab, built, assigned, simulated and analysed once: (truth, {pilot id: analysis dict})."""
-    root = tmp_path_factory.mktemp("demo-lab")
-    for folder in ("configs", "experiments", "notebooks"):  # pilots name their notebooks: validation checks
-        shutil.copytree(REPO / folder, root / folder)
-    lab = labkit.load_lab(root / "configs" / "lab.yaml")
-    demo.build_base(root, demo.DEMO_SEED)
-    pilots = [labkit.load_pilot(path, lab=lab) for path in sorted((root / "experiments").glob("*.yaml"))]
-    assignments = {pilot.id: labkit.assign(pilot).frame() for pilot in pilots}
-    demo.simulate_outcomes(root, assignments, demo.DEMO_SEED)
-    truth = demo.load_truth(root)
+def demo_truth(demo_lab):
+    """The session's demo lab after `labkit demo` (tests/demo_lab.py): the truth its generator wrote, and
+    each pilot's results.json as its notebook wrote it (equal to ``labkit.analyze``, tested elsewhere)."""
+    demo_lab.check()
+    root = demo_lab.root
     analyses = {}
-    for pilot in pilots:
-        data = labkit.analyze(pilot).to_dict()
-        json.dumps(data, allow_nan=False)
-        analyses[pilot.id] = data
-    return truth, analyses
+    for path in sorted((root / "experiments").glob("*.yaml")):
+        (results,) = sorted((root / "results" / path.stem / "runs").glob("*/results.json"))
+        analyses[path.stem] = json.loads(results.read_text())
+    return demo.load_truth(root), analyses
 
 
 def primary_rows(data: dict) -> dict[str, dict]:
     return {r["arm"]: r for r in data["metrics"] if r["role"] == "primary"}
 
 
-def test_every_demo_pilot_has_a_truth(demo_lab):
-    truth, analyses = demo_lab
+def test_every_demo_pilot_has_a_truth(demo_truth):
+    truth, analyses = demo_truth
     assert sorted(truth["pilots"]) == PILOT_IDS == sorted(analyses)
     assert truth["seed"] == demo.DEMO_SEED
 
 
 @pytest.mark.parametrize("pilot_id", PILOT_IDS)
-def test_primary_interval_contains_the_true_effect(demo_lab, pilot_id):
-    truth, analyses = demo_lab
+def test_primary_interval_contains_the_true_effect(demo_truth, pilot_id):
+    truth, analyses = demo_truth
     t, data = truth["pilots"][pilot_id], analyses[pilot_id]
     rows = primary_rows(data)
     assert data["meta"]["primary_metric"] == t["primary_metric"]
@@ -76,8 +67,8 @@ def test_primary_interval_contains_the_true_effect(demo_lab, pilot_id):
 
 
 @pytest.mark.parametrize("pilot_id", PILOT_IDS)
-def test_decision_matches_what_the_generator_did(demo_lab, pilot_id):
-    truth, analyses = demo_lab
+def test_decision_matches_what_the_generator_did(demo_truth, pilot_id):
+    truth, analyses = demo_truth
     expected, data = truth["pilots"][pilot_id]["expected"], analyses[pilot_id]
     assert data["srm"]["ok"], data["reason"]
     if expected == "harmful":

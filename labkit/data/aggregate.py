@@ -274,7 +274,7 @@ def _units(units: ibis.Table) -> ibis.Table:
         **{
             _UNIT: units["customer_id"],
             _ARM: units["arm"].cast(dt.string),
-            _AT: _as_utc(units["assigned_at"], "assignment", "assigned_at"),
+            _AT: _as_timestamp(units["assigned_at"], "assignment", "assigned_at"),
         }
     )
 
@@ -399,34 +399,39 @@ def _events(engine: Engine, pilot: Pilot, metric: Metric, u: ibis.Table, *, as_o
     engine.require_columns(source, needed)
     t = engine.table(source)
     match = _equals(t[metric.event.column], metric.event.equals, source, metric.event.column)
-    fields = {"e_id": t[idc], "e_ts": _as_utc(t[ts], source, ts)}
+    event_ts, at = _aligned(_as_timestamp(t[ts], source, ts), u[_AT])
+    u = u.mutate(**{_AT: at})
+    fields = {"e_id": t[idc], "e_ts": event_ts}
     if metric.column:
         fields["e_v"] = _numeric(t[metric.column], source, metric.column)
     e = t.filter(match).select(**fields)
-    if as_of is not None:
-        e = e.filter(e["e_ts"] < ibis.literal(as_of).cast("timestamp"))
+    if as_of is not None:  # naive UTC; cast to the column's type (a literal: once, not per row)
+        e = e.filter(e["e_ts"] < ibis.literal(as_of).cast(e["e_ts"].type()))
 
     window = ibis.interval(days=int(metric.window_days))
     low = u[_AT] - window if metric.cuped else u[_AT]
-    key = _key(u[_UNIT], e["e_id"])
-    j = u.left_join(e, [key, e["e_ts"] >= low, e["e_ts"] < u[_AT] + window])
+    # The matching events in [low, at + window) are joined to their customer and aggregated per customer
+    # (only customers with events: a GROUP BY on the id alone), then the units are left-joined to that,
+    # one row per assigned customer; a customer without events has no value (0 for count, sum and any).
+    j = e.inner_join(u, [_key(u[_UNIT], e["e_id"]), e["e_ts"] >= low, e["e_ts"] < u[_AT] + window])
     post = j["e_ts"] >= j[_AT]  # the join keeps only [low, at + window): the rest is the pre-period
     pre = j["e_ts"] < j[_AT]
     agg = metric.aggregate
-    aggs = {_Y: _event_aggregate(j, agg, post)}
+    aggs = {"e_y": _event_aggregate(j, agg, post)}
     if metric.cuped:
-        aggs[_X] = _event_aggregate(j, agg, pre)
+        aggs["e_x"] = _event_aggregate(j, agg, pre)
     checks = []
     if metric.column:
         v = j["e_v"]
         aggs["e_nf"] = j["e_id"].count(where=v.isnan() | v.isinf())
         checks.append(_Check("e_nf", source, metric.column, "nonfinite"))
-    pc = j.group_by([_ARM, _UNIT]).aggregate(**aggs)
-    y = pc[_Y]
+    per = j.group_by(e_unit=j[_UNIT]).aggregate(**aggs)
+    pc = u.left_join(per, u[_UNIT] == per["e_unit"])
+    y = pc["e_y"].fill_null(0.0) if agg in ("count", "sum", "any") else pc["e_y"]
     out = {_ARM: pc[_ARM], _Y: y, _MISS: _flag(y.isnull(), "int64")}
     if metric.cuped:
-        out[_X] = pc[_X].fill_null(0.0)
-    out.update({c.name: pc[c.name] for c in checks})
+        out[_X] = pc["e_x"].fill_null(0.0)
+    out.update({c.name: pc[c.name].fill_null(0) for c in checks})
     return pc.select(**out), checks
 
 
@@ -476,6 +481,29 @@ def _as_utc(col, source: str, column: str):
     if dtype.is_timestamp() or dtype.is_date():
         return col.cast(dt.Timestamp())
     raise DataError(source, f"type {dtype} is not a timestamp", column=column)
+
+
+def _as_timestamp(col, source: str, column: str):
+    """A timestamp column as it is (naive, or timezone-aware); a DATE as midnight UTC; else a DataError."""
+    dtype = col.type()
+    if dtype.is_timestamp():
+        return col
+    return _as_utc(col, source, column)
+
+
+def _aligned(event_ts, unit_at):
+    """Event times and assignment times in one comparable type, casting as few values as possible.
+
+    Both timezone-aware: compared as they are — the same instants, and every session runs in UTC, so
+    adding whole days is exactly n x 24 h as on naive UTC. (Casting 100M TIMESTAMPTZ events to naive
+    costs seconds.) Both naive: as they are. Otherwise the timezone-aware side is taken to naive UTC."""
+    if event_ts.type().timezone is not None and unit_at.type().timezone is not None:
+        return event_ts, unit_at
+
+    def naive(col):
+        return col.cast("timestamp") if col.type().timezone is not None else col
+
+    return naive(event_ts), naive(unit_at)
 
 
 def _equals(col, value, source: str, column: str):
