@@ -21,16 +21,16 @@ demo: $(STAMP)
 	$(BIN)/labkit demo
 
 test: $(STAMP)
-	$(BIN)/ruff check labkit tests
+	$(BIN)/ruff check labkit tests benchmarks
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check labkit tests
-	$(BIN)/ruff format --check labkit tests
+	$(BIN)/ruff check labkit tests benchmarks
+	$(BIN)/ruff format --check labkit tests benchmarks
 
 format: $(STAMP)
-	$(BIN)/ruff format labkit tests
-	$(BIN)/ruff check --fix labkit tests
+	$(BIN)/ruff format labkit tests benchmarks
+	$(BIN)/ruff check --fix labkit tests benchmarks
 
 # The benchmark suite (benchmarks/README.md); e.g. make bench BENCH="--quick analysis assign"
 bench: $(STAMP)

@@ -109,15 +109,32 @@ class Analysis:
         import html
 
         rows = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(k)))}</td>" for k in
-                             ("metric", "role", "arm", "effect", "ci_low", "ci_high", "lift", "p_value_adjusted",
-                              "method")) + "</tr>"
+            "<tr>"
+            + "".join(
+                f"<td>{html.escape(_fmt(r.get(k)))}</td>"
+                for k in (
+                    "metric",
+                    "role",
+                    "arm",
+                    "effect",
+                    "ci_low",
+                    "ci_high",
+                    "lift",
+                    "p_value_adjusted",
+                    "method",
+                )
+            )
+            + "</tr>"
             for r in self.metric_rows
         )
-        head = "".join(f"<th>{k}</th>" for k in ("metric", "role", "arm", "effect", "ci low", "ci high", "lift",
-                                                 "p (adj.)", "method"))
-        return (f"<p><b>{html.escape(self.pilot)}</b>: <b>{html.escape(self.decision)}</b> — "
-                f"{html.escape(self.reason)}</p><table><tr>{head}</tr>{rows}</table>")
+        head = "".join(
+            f"<th>{k}</th>"
+            for k in ("metric", "role", "arm", "effect", "ci low", "ci high", "lift", "p (adj.)", "method")
+        )
+        return (
+            f"<p><b>{html.escape(self.pilot)}</b>: <b>{html.escape(self.decision)}</b> — "
+            f"{html.escape(self.reason)}</p><table><tr>{head}</tr>{rows}</table>"
+        )
 
 
 def _fmt(v) -> str:
@@ -158,8 +175,12 @@ def estimate(pilot: Pilot, data, arm: str, *, alpha: float):
     elif data.kind == "quantile":
         metric = pilot.metric(data.metric)
         est = stats.bootstrap_quantile(
-            data.values[pilot.control], data.values[arm], q=metric.quantile, alpha=alpha,
-            seed=_seed(pilot.id, data.metric), n_boot=pilot.settings.bootstrap_samples,
+            data.values[pilot.control],
+            data.values[arm],
+            q=metric.quantile,
+            alpha=alpha,
+            seed=_seed(pilot.id, data.metric),
+            n_boot=pilot.settings.bootstrap_samples,
         )
     elif data.covariate is not None:
         est = stats.cuped(c, t, alpha=alpha)
@@ -179,9 +200,21 @@ def _suppress(est, data, pilot: Pilot, arm: str):
     floor = pilot.lab.spec.privacy.min_cell_size
     if min(len(data.values[pilot.control]), len(data.values[arm])) >= floor:
         return est
-    return replace(est, mean_control=None, mean_treatment=None, effect=None, se=None, ci_low=None, ci_high=None,
-                   lift=None, lift_ci_low=None, lift_ci_high=None, lift_se=None, p_value=None,
-                   reason="suppressed_small_cell")
+    return replace(
+        est,
+        mean_control=None,
+        mean_treatment=None,
+        effect=None,
+        se=None,
+        ci_low=None,
+        ci_high=None,
+        lift=None,
+        lift_ci_low=None,
+        lift_ci_high=None,
+        lift_se=None,
+        p_value=None,
+        reason="suppressed_small_cell",
+    )
 
 
 def _as_of(value) -> dt.datetime | None:
@@ -252,7 +285,9 @@ def binned_distribution(pilot: Pilot, metric: str, *, bins: int = 20, engine=Non
     if m.type != "quantile":
         from labkit.errors import LabkitError
 
-        raise LabkitError(f"metric '{metric}' is a {m.type} metric; distributions are drawn for quantile metrics")
+        raise LabkitError(
+            f"metric '{metric}' is a {m.type} metric; distributions are drawn for quantile metrics"
+        )
     own = engine is None
     engine = engine or Engine.for_lab(pilot.lab)
     try:
@@ -275,8 +310,16 @@ def binned_distribution(pilot: Pilot, metric: str, *, bins: int = 20, engine=Non
         total = max(len(values), 1)
         for low, high, n in zip(edges[:-1], edges[1:], counts):
             hidden = 0 < n < floor
-            rows.append({"arm": arm, "bin_low": float(low), "bin_high": float(high), "count": 0 if hidden else int(n),
-                         "share": 0.0 if hidden else n / total, "suppressed": bool(hidden)})
+            rows.append(
+                {
+                    "arm": arm,
+                    "bin_low": float(low),
+                    "bin_high": float(high),
+                    "count": 0 if hidden else int(n),
+                    "share": 0.0 if hidden else n / total,
+                    "suppressed": bool(hidden),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -303,8 +346,9 @@ def sources_used(pilot: Pilot) -> set[str]:
     return names
 
 
-def build_analysis(pilot: Pilot, data: dict, *, assignment_meta: dict, plan, data_digest: str | None = None
-                   ) -> Analysis:
+def build_analysis(
+    pilot: Pilot, data: dict, *, assignment_meta: dict, plan, data_digest: str | None = None
+) -> Analysis:
     """Everything after aggregation: pure given the per-arm statistics (tests drive it directly)."""
     from labkit import stats
 
@@ -324,7 +368,9 @@ def build_analysis(pilot: Pilot, data: dict, *, assignment_meta: dict, plan, dat
     tost: dict[str, object] = {}
     for m in pilot.spec.metrics:
         md = data[m.name]
-        role = "primary" if m.name == primary_name else ("guardrail" if m.name in guard_names else "secondary")
+        role = (
+            "primary" if m.name == primary_name else ("guardrail" if m.name in guard_names else "secondary")
+        )
         for arm in pilot.treatments:
             est = _suppress(estimate(pilot, md, arm, alpha=s.alpha), md, pilot, arm)
             estimates[(m.name, arm)] = est
@@ -332,9 +378,17 @@ def build_analysis(pilot: Pilot, data: dict, *, assignment_meta: dict, plan, dat
                 tost[arm] = estimate(pilot, md, arm, alpha=min(2 * s.alpha, 0.99))
             row = {k: None for k in METRIC_FIELDS}
             row.update(est.to_dict())
-            row.update(metric=m.name, role=role, type=m.type, arm=arm, control_arm=control,
-                       missing_control=int(md.missing.get(control, 0)), missing_treatment=int(md.missing.get(arm, 0)),
-                       assigned_control=int(md.assigned.get(control, 0)), assigned_treatment=int(md.assigned.get(arm, 0)))
+            row.update(
+                metric=m.name,
+                role=role,
+                type=m.type,
+                arm=arm,
+                control_arm=control,
+                missing_control=int(md.missing.get(control, 0)),
+                missing_treatment=int(md.missing.get(arm, 0)),
+                assigned_control=int(md.assigned.get(control, 0)),
+                assigned_treatment=int(md.assigned.get(arm, 0)),
+            )
             row["covariate"] = md.covariate
             rows.append(row)
         _flag_missingness(md, pilot, warnings)
@@ -359,20 +413,43 @@ def build_analysis(pilot: Pilot, data: dict, *, assignment_meta: dict, plan, dat
             # the likelihood's se is the estimate's delta-method lift_se (labkit.stats.bayes), not the
             # interval's half-width / z: Welch intervals use t, sequential ones the wider CS multiplier
             lift_se = r["lift_se"]
-            b = stats.bayes_lift(r["lift"], lift_se, prior_mean=s.prior_mean, prior_sd=s.prior_sd, alpha=s.alpha,
-                                 direction=direction)
-            r.update(posterior_lift=b.post_mean, posterior_lift_sd=b.post_sd, credible_low=b.ci_low,
-                     credible_high=b.ci_high, chance_to_beat=b.chance_to_beat, expected_loss=b.expected_loss)
+            b = stats.bayes_lift(
+                r["lift"],
+                lift_se,
+                prior_mean=s.prior_mean,
+                prior_sd=s.prior_sd,
+                alpha=s.alpha,
+                direction=direction,
+            )
+            r.update(
+                posterior_lift=b.post_mean,
+                posterior_lift_sd=b.post_sd,
+                credible_low=b.ci_low,
+                credible_high=b.ci_high,
+                chance_to_beat=b.chance_to_beat,
+                expected_loss=b.expected_loss,
+            )
             if r["role"] == "primary":
-                b2 = stats.bayes_lift(r["lift"], lift_se, prior_mean=s.prior_mean, prior_sd=s.prior_sd,
-                                      alpha=min(2 * s.alpha, 0.99), direction=direction)
+                b2 = stats.bayes_lift(
+                    r["lift"],
+                    lift_se,
+                    prior_mean=s.prior_mean,
+                    prior_sd=s.prior_sd,
+                    alpha=min(2 * s.alpha, 0.99),
+                    direction=direction,
+                )
                 bayes_by_arm[r["arm"]] = (b, b2)
 
     verdict = _verdict(pilot, rows, tost, bayes_by_arm, srm, assignment_meta, plan, data)
     roi = _roi(pilot, rows)
     rows = [{k: _finite(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
-    srm_dict = {"p_value": _finite(srm.p_value), "ok": bool(srm.ok), "counts": dict(srm.counts),
-                "expected": {k: _finite(v) for k, v in srm.expected.items()}, "method": srm.method}
+    srm_dict = {
+        "p_value": _finite(srm.p_value),
+        "ok": bool(srm.ok),
+        "counts": dict(srm.counts),
+        "expected": {k: _finite(v) for k, v in srm.expected.items()},
+        "method": srm.method,
+    }
     quality = {
         name: {"assigned": dict(md.assigned), "missing": dict(md.missing), "covariate": md.covariate}
         for name, md in data.items()
@@ -398,9 +475,19 @@ def build_analysis(pilot: Pilot, data: dict, *, assignment_meta: dict, plan, dat
     if assignment_meta.get("cap_exceeded"):
         warnings.append("more customers are in the imported assignment than the pilot's cap allows")
     plan_dict = plan.to_dict() if plan else {"required_per_arm": None, "mde_at_cap": None, "powered": None}
-    return Analysis(pilot=pilot.id, decision=verdict.decision, reason=verdict.reason, verdict=verdict,
-                    srm=srm_dict, metric_rows=rows, plan=plan_dict, roi=roi, warnings=warnings,
-                    data_quality=quality, meta=meta)
+    return Analysis(
+        pilot=pilot.id,
+        decision=verdict.decision,
+        reason=verdict.reason,
+        verdict=verdict,
+        srm=srm_dict,
+        metric_rows=rows,
+        plan=plan_dict,
+        roi=roi,
+        warnings=warnings,
+        data_quality=quality,
+        meta=meta,
+    )
 
 
 def _flag_missingness(md, pilot: Pilot, warnings: list[str]) -> None:
@@ -412,10 +499,14 @@ def _flag_missingness(md, pilot: Pilot, warnings: list[str]) -> None:
         t_n, t_miss = md.assigned.get(arm, 0), md.missing.get(arm, 0)
         if not (c_miss or t_miss) or min(c_n, t_n) < 2:
             continue
-        est = compare_proportions(ArmMoments(c_n, c_miss, c_miss), ArmMoments(t_n, t_miss, t_miss), alpha=0.01)
+        est = compare_proportions(
+            ArmMoments(c_n, c_miss, c_miss), ArmMoments(t_n, t_miss, t_miss), alpha=0.01
+        )
         if est.p_value is not None and est.p_value < 0.01:
-            warnings.append(f"metric '{md.metric}': missing data differs between '{pilot.control}' "
-                            f"({c_miss}/{c_n}) and '{arm}' ({t_miss}/{t_n}); results may be biased")
+            warnings.append(
+                f"metric '{md.metric}': missing data differs between '{pilot.control}' "
+                f"({c_miss}/{c_n}) and '{arm}' ({t_miss}/{t_n}); results may be biased"
+            )
 
 
 def _verdict(pilot: Pilot, rows, tost, bayes_by_arm, srm, assignment_meta, plan, data) -> Verdict:
@@ -439,21 +530,48 @@ def _verdict(pilot: Pilot, rows, tost, bayes_by_arm, srm, assignment_meta, plan,
         reason = r.get("reason")
         if reason == "zero_control_mean" and not relative and r["p_value"] is not None:
             reason = None  # only the lift is undefined; an absolute MDE is judged on the effect itself
-        primary.append(ArmResult(arm=r["arm"], effect=r["effect"], lift=r["lift"], p_value=r["p_value_adjusted"],
-                                 reason=reason, tost_low=low, tost_high=high, chance_to_beat=ctb))
+        primary.append(
+            ArmResult(
+                arm=r["arm"],
+                effect=r["effect"],
+                lift=r["lift"],
+                p_value=r["p_value_adjusted"],
+                reason=reason,
+                tost_low=low,
+                tost_high=high,
+                chance_to_beat=ctb,
+            )
+        )
     guards = []
     for g in pilot.spec.guardrails:
         rel = g.max_harm.relative is not None
-        arms = [ArmResult(arm=r["arm"], effect=r["effect"], lift=r["lift"], p_value=r["p_value"],
-                          reason=r.get("reason")) for r in rows if r["metric"] == g.metric]
-        guards.append(GuardrailCheck(g.metric, g.direction, g.max_harm.relative if rel else g.max_harm.absolute,
-                                     rel, arms))
+        arms = [
+            ArmResult(
+                arm=r["arm"], effect=r["effect"], lift=r["lift"], p_value=r["p_value"], reason=r.get("reason")
+            )
+            for r in rows
+            if r["metric"] == g.metric
+        ]
+        guards.append(
+            GuardrailCheck(
+                g.metric, g.direction, g.max_harm.relative if rel else g.max_harm.absolute, rel, arms
+            )
+        )
     smallest = min((data[pilot.primary.name].arms[a].n for a in pilot.arms), default=None)
-    return decide(metric=pilot.primary.name, direction=hyp.direction, mde=mde, mde_relative=relative,
-                  alpha=s.alpha, primary=primary, guardrails=guards, srm_p=srm.p_value,
-                  cap_exceeded=bool(assignment_meta.get("cap_exceeded")),
-                  required_per_arm=plan.required_per_arm if plan else None, smallest_arm=smallest,
-                  bayesian=s.engine == "bayesian")
+    return decide(
+        metric=pilot.primary.name,
+        direction=hyp.direction,
+        mde=mde,
+        mde_relative=relative,
+        alpha=s.alpha,
+        primary=primary,
+        guardrails=guards,
+        srm_p=srm.p_value,
+        cap_exceeded=bool(assignment_meta.get("cap_exceeded")),
+        required_per_arm=plan.required_per_arm if plan else None,
+        smallest_arm=smallest,
+        bayesian=s.engine == "bayesian",
+    )
 
 
 def _roi(pilot: Pilot, rows: list[dict]) -> dict | None:
@@ -469,8 +587,16 @@ def _roi(pilot: Pilot, rows: list[dict]) -> dict | None:
         if r["role"] != "primary":
             continue
         if r["effect"] is None or r["ci_low"] is None or r["n_treatment"] is None:
-            return {"value": None, "value_ci_low": None, "value_ci_high": None, "cost": budget.cost, "roi": None,
-                    "roi_ci_low": None, "roi_ci_high": None, "value_per_unit": budget.value_per_unit}
+            return {
+                "value": None,
+                "value_ci_low": None,
+                "value_ci_high": None,
+                "cost": budget.cost,
+                "roi": None,
+                "roi_ci_low": None,
+                "roi_ci_high": None,
+                "value_per_unit": budget.value_per_unit,
+            }
         n = r.get("assigned_treatment") or r["n_treatment"]
         unit = budget.value_per_unit * n * sign
         a, b = r["ci_low"] * unit, r["ci_high"] * unit
@@ -482,6 +608,13 @@ def _roi(pilot: Pilot, rows: list[dict]) -> dict | None:
     def ratio(v):
         return (v - cost) / cost if cost else None
 
-    return {"value": _finite(value), "value_ci_low": _finite(low), "value_ci_high": _finite(high),
-            "cost": cost, "roi": _finite(ratio(value)), "roi_ci_low": _finite(ratio(low)),
-            "roi_ci_high": _finite(ratio(high)), "value_per_unit": budget.value_per_unit}
+    return {
+        "value": _finite(value),
+        "value_ci_low": _finite(low),
+        "value_ci_high": _finite(high),
+        "cost": cost,
+        "roi": _finite(ratio(value)),
+        "roi_ci_low": _finite(ratio(low)),
+        "roi_ci_high": _finite(ratio(high)),
+        "value_per_unit": budget.value_per_unit,
+    }

@@ -66,8 +66,13 @@ class Verdict:
     more_per_arm: int | None = None
 
     def to_dict(self) -> dict:
-        return {"decision": self.decision, "reason": self.reason, "code": self.code, "arms": list(self.arms),
-                "more_per_arm": self.more_per_arm}
+        return {
+            "decision": self.decision,
+            "reason": self.reason,
+            "code": self.code,
+            "arms": list(self.arms),
+            "more_per_arm": self.more_per_arm,
+        }
 
 
 def _moved(a: ArmResult, direction: str, alpha: float, bayesian: bool) -> bool:
@@ -106,57 +111,102 @@ def decide(
 ) -> Verdict:
     """Turn the primary comparisons, guardrails and data checks into a verdict."""
     if srm_p is not None and srm_p < 0.001:
-        return Verdict("invalid", f"The arms' sizes do not match the planned split (SRM p = {srm_p:.2g}); "
-                       "the assignment or the data is broken, so no effect can be trusted.", "srm")
+        return Verdict(
+            "invalid",
+            f"The arms' sizes do not match the planned split (SRM p = {srm_p:.2g}); "
+            "the assignment or the data is broken, so no effect can be trusted.",
+            "srm",
+        )
     if cap_exceeded:
-        return Verdict("invalid", "More customers were exposed than the pilot's cap allows; "
-                       "the cap is a promise, so the pilot cannot count.", "cap_exceeded")
+        return Verdict(
+            "invalid",
+            "More customers were exposed than the pilot's cap allows; "
+            "the cap is a promise, so the pilot cannot count.",
+            "cap_exceeded",
+        )
     broken = [a for a in primary if a.reason is not None]
     if broken:
         code = broken[0].reason
         text = _PLAIN_REASONS.get(code, code.replace("_", " "))
-        return Verdict("invalid", f"The primary metric '{metric}' cannot be estimated: {text}.", code,
-                       [a.arm for a in broken])
+        return Verdict(
+            "invalid",
+            f"The primary metric '{metric}' cannot be estimated: {text}.",
+            code,
+            [a.arm for a in broken],
+        )
 
     against = [a for a in primary if _against(a, direction, alpha, bayesian)]
     if against:
         a = against[0]
-        return Verdict("harm", f"'{metric}' moved against the hypothesis in arm '{a.arm}' "
-                       f"({_describe(a)}), and the move is significant.", "primary_against", [a.arm])
+        return Verdict(
+            "harm",
+            f"'{metric}' moved against the hypothesis in arm '{a.arm}' "
+            f"({_describe(a)}), and the move is significant.",
+            "primary_against",
+            [a.arm],
+        )
     for g in guardrails:
         for a in g.arms:
             if a.reason is not None or a.effect is None:
                 continue
             value = a.lift if g.relative else a.effect
-            harmful = value is not None and (value > g.max_harm if g.direction == "increase" else value < -g.max_harm)
-            significant = a.p_value is not None and a.p_value < alpha and (
-                a.effect > 0 if g.direction == "increase" else a.effect < 0)
+            harmful = value is not None and (
+                value > g.max_harm if g.direction == "increase" else value < -g.max_harm
+            )
+            significant = (
+                a.p_value is not None
+                and a.p_value < alpha
+                and (a.effect > 0 if g.direction == "increase" else a.effect < 0)
+            )
             if harmful or significant:
                 why = "past the allowed harm" if harmful else "a significant move in the harmful direction"
-                return Verdict("harm", f"Guardrail '{g.metric}' was breached in arm '{a.arm}' "
-                               f"({_describe(a)}: {why}).", "guardrail", [a.arm])
+                return Verdict(
+                    "harm",
+                    f"Guardrail '{g.metric}' was breached in arm '{a.arm}' ({_describe(a)}: {why}).",
+                    "guardrail",
+                    [a.arm],
+                )
 
     winners = [a for a in primary if _moved(a, direction, alpha, bayesian)]
     if winners:
         best = winners[0]
-        return Verdict("ship", f"'{metric}' moved as predicted in arm '{best.arm}' ({_describe(best)}), "
-                       "significantly, with no guardrail breached.", "significant", [a.arm for a in winners])
+        return Verdict(
+            "ship",
+            f"'{metric}' moved as predicted in arm '{best.arm}' ({_describe(best)}), "
+            "significantly, with no guardrail breached.",
+            "significant",
+            [a.arm for a in winners],
+        )
 
-    if primary and all(a.tost_low is not None and a.tost_high is not None and -mde < a.tost_low
-                       and a.tost_high < mde for a in primary):
+    if primary and all(
+        a.tost_low is not None and a.tost_high is not None and -mde < a.tost_low and a.tost_high < mde
+        for a in primary
+    ):
         scale = "relative lift" if mde_relative else "effect"
         bound = f"{mde:.1%}" if mde_relative else f"{mde:g}"
-        return Verdict("no-effect", f"Any effect on '{metric}' is smaller than the {scale} worth acting on "
-                       f"(±{bound}): the channel does not move it enough to matter.", "equivalent",
-                       [a.arm for a in primary])
+        return Verdict(
+            "no-effect",
+            f"Any effect on '{metric}' is smaller than the {scale} worth acting on "
+            f"(±{bound}): the channel does not move it enough to matter.",
+            "equivalent",
+            [a.arm for a in primary],
+        )
 
     more = None
     if required_per_arm is not None and smallest_arm is not None:
         more = max(0, required_per_arm - smallest_arm)
-    tail = (f" About {more:,} more customers per arm would settle it." if more
-            else " A longer or larger pilot would settle it.")
-    return Verdict("inconclusive", f"The data cannot yet tell whether '{metric}' moved by the amount worth "
-                   "acting on." + tail, "underpowered", [a.arm for a in primary], more)
+    tail = (
+        f" About {more:,} more customers per arm would settle it."
+        if more
+        else " A longer or larger pilot would settle it."
+    )
+    return Verdict(
+        "inconclusive",
+        f"The data cannot yet tell whether '{metric}' moved by the amount worth acting on." + tail,
+        "underpowered",
+        [a.arm for a in primary],
+        more,
+    )
 
 
 def _against(a: ArmResult, direction: str, alpha: float, bayesian: bool) -> bool:

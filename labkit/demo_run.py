@@ -26,7 +26,9 @@ def run_demo(lab: Lab, seed: int | None = None) -> int:
     console = Console(width=max(Console().width, 140))
     seed = demo.DEMO_SEED if seed is None else seed
     started = time.perf_counter()
-    console.print(f"[bold]1/6[/bold] building the synthetic CRM (seed {seed}) under {lab.display(lab.root / 'data')}/")
+    console.print(
+        f"[bold]1/6[/bold] building the synthetic CRM (seed {seed}) under {lab.display(lab.root / 'data')}/"
+    )
     demo.build_base(lab.root, seed)
 
     pilots, problems = [], []
@@ -45,22 +47,33 @@ def run_demo(lab: Lab, seed: int | None = None) -> int:
     console.print("[bold]3/6[/bold] simulating the pilot period (outcomes depend on the arms)")
     demo.simulate_outcomes(lab.root, assignments, seed)
 
-    console.print("[bold]4/6[/bold] planning every pilot (customers needed for its MDE, MDE reachable at the cap)")
+    console.print(
+        "[bold]4/6[/bold] planning every pilot (customers needed for its MDE, MDE reachable at the cap)"
+    )
     table = Table(title="demo lab: the plans")
     for col in ("pilot", "function", "channel", "stage", "primary", "needed/arm", "cap", "powered"):
         table.add_column(col)
     for pilot in pilots:
         p = plan(pilot)
-        table.add_row(pilot.id, pilot.spec.function, pilot.spec.channel, pilot.spec.stage, pilot.primary.name,
-                      f"{p.required_per_arm:,}" if p.required_per_arm else "–", f"{pilot.spec.cohort.max_size:,}",
-                      "yes" if p.powered else "no")
+        table.add_row(
+            pilot.id,
+            pilot.spec.function,
+            pilot.spec.channel,
+            pilot.spec.stage,
+            pilot.primary.name,
+            f"{p.required_per_arm:,}" if p.required_per_arm else "–",
+            f"{pilot.spec.cohort.max_size:,}",
+            "yes" if p.powered else "no",
+        )
     console.print(table)
 
     console.print("[bold]5/6[/bold] running every pilot's notebook and recording it in MLflow")
     outcomes, code = run_batch(lab, pilots, console=console)
     render_outcomes(outcomes, console=console)
     if code:
-        console.print(f"[red]some pilots did not complete (exit {code}); their partial notebooks are under results/[/red]")
+        console.print(
+            f"[red]some pilots did not complete (exit {code}); their partial notebooks are under results/[/red]"
+        )
         return code
 
     console.print("[bold]6/6[/bold] the leadership view")
@@ -72,8 +85,11 @@ def run_demo(lab: Lab, seed: int | None = None) -> int:
     except ImportError:  # the comparison module is optional in a partial install
         pass
     console.print(f"done in {time.perf_counter() - started:.1f} s.")
-    console.print("Open the MLflow UI:  [bold].venv/bin/labkit ui[/bold]  then the runs link it prints "
-                  f"(experiment '{lab.spec.mlflow_experiment}', Model training view; filter with "
-                  "tags.`labkit.function` = 'sales')", soft_wrap=True)
+    console.print(
+        "Open the MLflow UI:  [bold].venv/bin/labkit ui[/bold]  then the runs link it prints "
+        f"(experiment '{lab.spec.mlflow_experiment}', Model training view; filter with "
+        "tags.`labkit.function` = 'sales')",
+        soft_wrap=True,
+    )
     console.print("Compare pilots:      [bold].venv/bin/labkit compare --by function[/bold]")
     return 0

@@ -69,7 +69,14 @@ class LabSpec(Strict):
     functions: list[str] = Field(default_factory=lambda: ["sales", "marketing", "service", "pr"])
     channels: list[str] = Field(default_factory=list)
     stages: list[str] = Field(
-        default_factory=lambda: ["acquisition", "onboarding", "service", "development", "retention", "winback"]
+        default_factory=lambda: [
+            "acquisition",
+            "onboarding",
+            "service",
+            "development",
+            "retention",
+            "winback",
+        ]
     )
     defaults: Defaults = Field(default_factory=Defaults)
     privacy: Privacy = Field(default_factory=Privacy)
@@ -120,7 +127,9 @@ class Lab:
         except LabkitError:  # checked when the lab was loaded; a symlink may have changed since
             loc = ("sources", name, "path")
             message = _outside(spec.path, self.root, self.spec.data_root)
-            raise SpecErrors([SpecError(self.doc.path, self.doc.line_of(loc), f"sources.{name}.path", message)]) from None
+            raise SpecErrors(
+                [SpecError(self.doc.path, self.doc.line_of(loc), f"sources.{name}.path", message)]
+            ) from None
 
     def display(self, path: Path) -> str:
         """A path as shown in messages: relative to the lab root when inside it."""
@@ -223,7 +232,9 @@ def check_lab(spec: LabSpec, doc: YamlDoc) -> list[SpecError]:
     if not NAME.match(spec.privacy.key_env.lower()):
         err(("privacy", "key_env"), f"'{spec.privacy.key_env}' is not an environment variable name")
     if spec.data_root is not None and not Path(spec.data_root).is_absolute():
-        err(("data_root",), "data_root must be an absolute folder (relative paths already resolve in the lab)")
+        err(
+            ("data_root",), "data_root must be an absolute folder (relative paths already resolve in the lab)"
+        )
     return errors
 
 

@@ -10,12 +10,12 @@ from labkit.spec import Pilot
 
 NEXT_STEP = {
     "ship": "Roll the change out to the whole eligible population, keep the guardrails monitored, and log "
-            "the decision.",
+    "the decision.",
     "harm": "Stop the pilot, revert the change for the treated customers, and review what went wrong before "
-            "any re-test.",
+    "any re-test.",
     "no-effect": "Stop spending on this channel for this goal; the effect, if any, is too small to matter.",
     "inconclusive": "Keep the pilot running or widen the cap (see the plan) before deciding; do not act on "
-                    "the point estimate.",
+    "the point estimate.",
     "invalid": "Fix the assignment or the data first; no effect from this run can be trusted.",
 }
 
@@ -26,7 +26,9 @@ def pilot_card(pilot: Pilot) -> str:
     h, c = s.hypothesis, s.cohort
     mde = f"{h.mde.relative:.0%} relative" if h.mde.relative is not None else f"{h.mde.absolute:g} absolute"
     arms = ", ".join(f"`{a}` {w:.0%}" for a, w in c.arms.items())
-    where = "; ".join(f"`{f.column} {f.op} {'' if f.value is None else f.value}`" for f in c.where) or "everyone"
+    where = (
+        "; ".join(f"`{f.column} {f.op} {'' if f.value is None else f.value}`" for f in c.where) or "everyone"
+    )
     lines = [
         f"### {s.title}",
         f"**{s.function}** · {s.channel} · {s.stage} · owner {s.owner} · pilot `{s.id}`",
@@ -40,13 +42,19 @@ def pilot_card(pilot: Pilot) -> str:
         f"- **Metrics**: {', '.join(f'`{m.name}` ({m.type})' for m in s.metrics)}",
     ]
     if s.guardrails:
-        lines.append("- **Guardrails**: " + ", ".join(f"`{g.metric}` must not {g.direction}" for g in s.guardrails))
+        lines.append(
+            "- **Guardrails**: " + ", ".join(f"`{g.metric}` must not {g.direction}" for g in s.guardrails)
+        )
     if s.budget:
-        lines.append(f"- **Budget**: {s.budget.cost:,.0f} {pilot.lab.spec.currency}; one unit of `{h.metric}` per "
-                     f"customer is worth {s.budget.value_per_unit:,.0f}")
+        lines.append(
+            f"- **Budget**: {s.budget.cost:,.0f} {pilot.lab.spec.currency}; one unit of `{h.metric}` per "
+            f"customer is worth {s.budget.value_per_unit:,.0f}"
+        )
     st = pilot.settings
-    lines.append(f"- **Analysis**: {st.engine}, alpha {st.alpha:g}, correction {st.correction}"
-                 + (", sequential (always-valid)" if st.sequential else ""))
+    lines.append(
+        f"- **Analysis**: {st.engine}, alpha {st.alpha:g}, correction {st.correction}"
+        + (", sequential (always-valid)" if st.sequential else "")
+    )
     return "\n".join(lines)
 
 
@@ -54,13 +62,27 @@ def quality_table(result):
     """Assigned and missing customers per metric and arm, and the sample-ratio check, as a DataFrame."""
     import pandas as pd
 
-    rows = [{"check": "sample ratio", "arm": arm, "assigned": n, "missing": None,
-             "note": f"SRM p = {result.srm['p_value']:.3g} ({'ok' if result.srm['ok'] else 'MISMATCH'})"}
-            for arm, n in result.srm["counts"].items()]
+    rows = [
+        {
+            "check": "sample ratio",
+            "arm": arm,
+            "assigned": n,
+            "missing": None,
+            "note": f"SRM p = {result.srm['p_value']:.3g} ({'ok' if result.srm['ok'] else 'MISMATCH'})",
+        }
+        for arm, n in result.srm["counts"].items()
+    ]
     for metric, q in result.data_quality.items():
         for arm, n in q["assigned"].items():
-            rows.append({"check": metric, "arm": arm, "assigned": n, "missing": q["missing"].get(arm, 0),
-                         "note": q.get("covariate") or ""})
+            rows.append(
+                {
+                    "check": metric,
+                    "arm": arm,
+                    "assigned": n,
+                    "missing": q["missing"].get(arm, 0),
+                    "note": q.get("covariate") or "",
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -68,15 +90,22 @@ def figure_effects(result, pilot: Pilot, role: str = "primary"):
     """Relative lift with its interval per (metric, arm); the MDE band on the primary metric."""
     import matplotlib.pyplot as plt
 
-    rows = [r for r in result.metric_rows
-            if (role == "all") or (role == "primary") == (r["role"] == "primary")]
+    rows = [
+        r for r in result.metric_rows if (role == "all") or (role == "primary") == (r["role"] == "primary")
+    ]
     rows = [r for r in rows if r["lift"] is not None and r["lift_ci_low"] is not None]
     fig, ax = plt.subplots(figsize=(7, 0.6 + 0.45 * max(len(rows), 1)))
     labels = [f"{r['metric']} · {r['arm']}" for r in rows]
     for i, r in enumerate(rows):
         colour = {"primary": "tab:blue", "guardrail": "tab:red"}.get(r["role"], "tab:gray")
-        ax.errorbar(r["lift"], i, xerr=[[r["lift"] - r["lift_ci_low"]], [r["lift_ci_high"] - r["lift"]]], fmt="o",
-                    color=colour, capsize=3)
+        ax.errorbar(
+            r["lift"],
+            i,
+            xerr=[[r["lift"] - r["lift_ci_low"]], [r["lift_ci_high"] - r["lift"]]],
+            fmt="o",
+            color=colour,
+            capsize=3,
+        )
     ax.axvline(0, color="black", lw=0.8)
     h = pilot.spec.hypothesis
     if role == "primary" and h.mde.relative is not None:
@@ -92,15 +121,27 @@ def figure_effects(result, pilot: Pilot, role: str = "primary"):
 
 def verdict_text(result, pilot: Pilot) -> str:
     """The decision in plain words with the next step, for a manager."""
-    lines = [f"### Decision: **{result.decision}**", "", result.reason, "", f"**Next step.** {NEXT_STEP[result.decision]}"]
+    lines = [
+        f"### Decision: **{result.decision}**",
+        "",
+        result.reason,
+        "",
+        f"**Next step.** {NEXT_STEP[result.decision]}",
+    ]
     roi = result.roi
     if roi and roi.get("value") is not None:
         cur = pilot.lab.spec.currency
-        lines += ["", f"**Value.** {roi['value']:,.0f} {cur} (interval {roi['value_ci_low']:,.0f} to "
-                      f"{roi['value_ci_high']:,.0f}) for a cost of {roi['cost']:,.0f} {cur}"
-                      + (f": ROI {roi['roi']:+.0%}." if roi.get("roi") is not None else ".")]
+        lines += [
+            "",
+            f"**Value.** {roi['value']:,.0f} {cur} (interval {roi['value_ci_low']:,.0f} to "
+            f"{roi['value_ci_high']:,.0f}) for a cost of {roi['cost']:,.0f} {cur}"
+            + (f": ROI {roi['roi']:+.0%}." if roi.get("roi") is not None else "."),
+        ]
     plan = result.plan or {}
     if result.decision == "inconclusive" and plan.get("required_per_arm"):
-        lines += ["", f"**Plan.** {plan['required_per_arm']:,} customers per arm detect the MDE with the planned "
-                      "power."]
+        lines += [
+            "",
+            f"**Plan.** {plan['required_per_arm']:,} customers per arm detect the MDE with the planned "
+            "power.",
+        ]
     return "\n".join(lines)

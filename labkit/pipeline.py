@@ -79,7 +79,9 @@ def resolve_pilots(lab: Lab, refs: list[str]) -> list[Pilot]:
     if problems:
         raise SpecErrors(problems)
     if not pilots:
-        raise LabkitError(f"no pilots to run in {', '.join(map(str, refs)) or lab.display(lab.experiments_dir)}")
+        raise LabkitError(
+            f"no pilots to run in {', '.join(map(str, refs)) or lab.display(lab.experiments_dir)}"
+        )
     return pilots
 
 
@@ -113,15 +115,28 @@ def _stamp() -> str:
 
 def _git_commit(root: Path) -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def build_record(pilot: Pilot, nb, *, run_key: str, run_name: str, results: dict | None, spec_changed: bool,
-                 code_version: str, previous_digest: str | None = None) -> RunRecord:
+def build_record(
+    pilot: Pilot,
+    nb,
+    *,
+    run_key: str,
+    run_name: str,
+    results: dict | None,
+    spec_changed: bool,
+    code_version: str,
+    previous_digest: str | None = None,
+) -> RunRecord:
     """The RunRecord of one notebook run: tags, params, metrics, description, artifacts, datasets.
 
     ``labkit.data_changed`` is "true" when the data digest differs from the pilot's previous latest run
@@ -155,9 +170,12 @@ def build_record(pilot: Pilot, nb, *, run_key: str, run_name: str, results: dict
     h = s.hypothesis
     # the runs table shows the description's first ~50 characters: the verdict comes first
     verdict = decision.upper() if results and decision else nb.status
-    lines = [f"**{verdict}** · **{s.title}** ({s.function} · {s.channel} · {s.stage})", "",
-             f"**Hypothesis.** {h.statement}",
-             f"Primary metric `{h.metric}`, predicted to {h.direction}."]
+    lines = [
+        f"**{verdict}** · **{s.title}** ({s.function} · {s.channel} · {s.stage})",
+        "",
+        f"**Hypothesis.** {h.statement}",
+        f"Primary metric `{h.metric}`, predicted to {h.direction}.",
+    ]
     if results:
         lines += ["", f"**Decision: {decision}.** {results.get('reason', '')}"]
     else:
@@ -173,7 +191,9 @@ def build_record(pilot: Pilot, nb, *, run_key: str, run_name: str, results: dict
         if src.format in ("csv", "parquet"):
             path = pilot.lab.source_path(name)
             if path.is_file():
-                datasets.append({"name": name, "digest": file_digest(path), "source": pilot.lab.display(path)})
+                datasets.append(
+                    {"name": name, "digest": file_digest(path), "source": pilot.lab.display(path)}
+                )
     return RunRecord(
         pilot=pilot.id, run_name=run_name, status=nb.status, run_key=run_key, tags=tags,
         params=flatten_params(s.model_dump(mode="json")), metrics=metrics_from_results(results) if results else {},
@@ -182,8 +202,16 @@ def build_record(pilot: Pilot, nb, *, run_key: str, run_name: str, results: dict
     )  # fmt: skip
 
 
-def run_one(pilot: Pilot, tracker, *, code_version: str, as_of: str | None = None, progress: bool = False,
-            on_state=None, tracking_error: str | None = None) -> Outcome:
+def run_one(
+    pilot: Pilot,
+    tracker,
+    *,
+    code_version: str,
+    as_of: str | None = None,
+    progress: bool = False,
+    on_state=None,
+    tracking_error: str | None = None,
+) -> Outcome:
     """Execute one pilot's notebook and record it; never raises for a failing notebook or tracker.
 
     ``tracking_error``: why MLflow could not be opened for this batch; the notebook still runs, its outputs
@@ -202,7 +230,9 @@ def run_one(pilot: Pilot, tracker, *, code_version: str, as_of: str | None = Non
         # before any MLflow run exists: a read-only or full results disk is one message, not a RUNNING run
         out.mkdir(parents=True)
     except OSError as exc:
-        outcome.message = f"cannot create the run folder {pilot.lab.display(out)}: {exc.strerror}; nothing was run"
+        outcome.message = (
+            f"cannot create the run folder {pilot.lab.display(out)}: {exc.strerror}; nothing was run"
+        )
         return outcome
 
     spec_changed, run_id, previous_digest = False, None, None
@@ -211,8 +241,9 @@ def run_one(pilot: Pilot, tracker, *, code_version: str, as_of: str | None = Non
             first = tracker.first_prereg(pilot.id)
             spec_changed = first is not None and first != pilot.prereg_sha256
             previous_digest = tracker.latest_tag(pilot.id, "labkit.data_digest")
-            run_id = tracker.start(pilot.id, run_name, run_key, {"labkit.function": pilot.spec.function},
-                                   started_at=started)
+            run_id = tracker.start(
+                pilot.id, run_name, run_key, {"labkit.function": pilot.spec.function}, started_at=started
+            )
         except TrackingError as exc:
             tracking_error = str(exc)
     outcome.spec_changed = spec_changed
@@ -224,14 +255,29 @@ def run_one(pilot: Pilot, tracker, *, code_version: str, as_of: str | None = Non
         "as_of": as_of or "",
     }
     try:
-        nb = runner.execute(pilot.notebook_path, out, params, cwd=pilot.lab.root, run_token=token,
-                            timeout_s=pilot.lab.spec.runner.timeout_seconds,
-                            kernel_name=pilot.lab.spec.runner.kernel, progress=progress)
+        nb = runner.execute(
+            pilot.notebook_path,
+            out,
+            params,
+            cwd=pilot.lab.root,
+            run_token=token,
+            timeout_s=pilot.lab.spec.runner.timeout_seconds,
+            kernel_name=pilot.lab.spec.runner.kernel,
+            progress=progress,
+        )
         results = None
         if nb.results is not None:
             results = json.loads(Path(nb.results).read_text())
-        record = build_record(pilot, nb, run_key=run_key, run_name=run_name, results=results,
-                              spec_changed=spec_changed, code_version=code_version, previous_digest=previous_digest)
+        record = build_record(
+            pilot,
+            nb,
+            run_key=run_key,
+            run_name=run_name,
+            results=results,
+            spec_changed=spec_changed,
+            code_version=code_version,
+            previous_digest=previous_digest,
+        )
     except BaseException as exc:
         # The run exists RUNNING in MLflow: whatever stopped us (a disk error, a bug), end it FAILED (KILLED on
         # an interrupt) rather than leave it for the next sweep, then report or re-raise.
@@ -262,12 +308,16 @@ def run_one(pilot: Pilot, tracker, *, code_version: str, as_of: str | None = Non
         except TrackingError as exc:
             tracking_error = str(exc)
         else:
-            kept = _write_kept(out / RECORDED, json.dumps({"run_id": run_id, "run_key": run_key}) + "\n", pilot)
+            kept = _write_kept(
+                out / RECORDED, json.dumps({"run_id": run_id, "run_key": run_key}) + "\n", pilot
+            )
             if kept is not None:
                 outcome.message = f"{outcome.message}; {kept}" if outcome.message else kept
     if tracking_error is not None:
-        note = (f"not recorded in MLflow ({tracking_error}); outputs kept in {pilot.lab.display(out)}; "
-                f"record them later with `labkit run --record-only {pilot.id}`")
+        note = (
+            f"not recorded in MLflow ({tracking_error}); outputs kept in {pilot.lab.display(out)}; "
+            f"record them later with `labkit run --record-only {pilot.id}`"
+        )
         outcome.message = f"{outcome.message}; {note}" if outcome.message else note
         if outcome.status == "FINISHED":
             outcome.status = "NOT-RECORDED"
@@ -312,8 +362,17 @@ def record_only(lab: Lab, pilots: list[Pilot]) -> list[Outcome]:
             run_id = tracker.record(record)
             write_atomic(folder / RECORDED, json.dumps({"run_id": run_id, "run_key": record.run_key}) + "\n")
             decision = record.tags.get("labkit.decision")
-            outcomes.append(Outcome(pilot.id, pilot.spec.function, record.status, decision, run_id,
-                                    time.time() - started, folder))
+            outcomes.append(
+                Outcome(
+                    pilot.id,
+                    pilot.spec.function,
+                    record.status,
+                    decision,
+                    run_id,
+                    time.time() - started,
+                    folder,
+                )
+            )
     return outcomes
 
 
@@ -341,8 +400,15 @@ class _Signals:
         return False
 
 
-def run_batch(lab: Lab, pilots: list[Pilot], *, workers: int | None = None, as_of: str | None = None,
-              track: bool = True, console=None) -> tuple[list[Outcome], int]:
+def run_batch(
+    lab: Lab,
+    pilots: list[Pilot],
+    *,
+    workers: int | None = None,
+    as_of: str | None = None,
+    track: bool = True,
+    console=None,
+) -> tuple[list[Outcome], int]:
     """Run pilots in parallel with one progress display; returns the outcomes and the exit code."""
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -368,15 +434,25 @@ def run_batch(lab: Lab, pilots: list[Pilot], *, workers: int | None = None, as_o
             # The notebooks still run and keep their outputs, but no run is FINISHED in MLflow: each outcome
             # says so (NOT-RECORDED, exit 1) rather than passing for a recorded run.
             tracking_error = str(exc)
-            console.print(f"[yellow]warning:[/yellow] MLflow is not reachable ({escape(tracking_error)}); "
-                          "outputs are kept in results/ and can be recorded later with `labkit run --record-only`")
+            console.print(
+                f"[yellow]warning:[/yellow] MLflow is not reachable ({escape(tracking_error)}); "
+                "outputs are kept in results/ and can be recorded later with `labkit run --record-only`"
+            )
             tracker = None
     code_version = __version__ + (f"+{c}" if (c := _git_commit(lab.root)) else "")
     workers = workers or lab.spec.runner.workers or os.cpu_count() or 1
     outcomes: dict[str, Outcome] = {}
     interrupted = None
-    with _Signals() as signals, Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                                         console=console, transient=False) as progress:
+    with (
+        _Signals() as signals,
+        Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        ) as progress,
+    ):
         tasks = {p.id: progress.add_task(f"{p.id}: waiting", total=None) for p in pilots}
 
         def state(pid: str, text: str) -> None:
@@ -385,8 +461,14 @@ def run_batch(lab: Lab, pilots: list[Pilot], *, workers: int | None = None, as_o
         def work(p: Pilot) -> Outcome:
             if signals.received or interrupted:
                 return Outcome(p.id, p.spec.function, "KILLED", message="not started: interrupted")
-            o = run_one(p, tracker, code_version=code_version, as_of=as_of, on_state=state,
-                        tracking_error=tracking_error)
+            o = run_one(
+                p,
+                tracker,
+                code_version=code_version,
+                as_of=as_of,
+                on_state=state,
+                tracking_error=tracking_error,
+            )
             state(p.id, f"{o.status.lower()}" + (f" · {o.decision}" if o.decision else ""))
             progress.update(tasks[p.id], total=1, completed=1)
             return o
@@ -434,16 +516,27 @@ def render_outcomes(outcomes: list[Outcome], console=None) -> None:
         table.add_column(col)
     colour = {"FINISHED": "green", "FAILED": "red", "KILLED": "magenta", "NOT-RECORDED": "yellow"}
     for o in outcomes:
-        table.add_row(o.pilot, o.function, f"[{colour.get(o.status, 'white')}]{o.status}[/]", o.decision or "–",
-                      o.run_id or "–", f"{o.seconds:.1f} s")
+        table.add_row(
+            o.pilot,
+            o.function,
+            f"[{colour.get(o.status, 'white')}]{o.status}[/]",
+            o.decision or "–",
+            o.run_id or "–",
+            f"{o.seconds:.1f} s",
+        )
     console.print(table)
     for o in outcomes:
         # One line each, whatever the terminal width (soft_wrap: rich inserts no line breaks), and the
         # message as plain text: it quotes the notebook's own error, which must not be read as markup.
         if o.spec_changed:
-            console.print(f"{o.pilot}: the hypothesis, metrics or cohort changed since the first run "
-                          "(pre-registration); tagged labkit.spec_changed=true", style="yellow", markup=False,
-                          highlight=False, soft_wrap=True)
+            console.print(
+                f"{o.pilot}: the hypothesis, metrics or cohort changed since the first run "
+                "(pre-registration); tagged labkit.spec_changed=true",
+                style="yellow",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
         if o.message:
             console.print(f"{o.pilot}: {o.message}", markup=False, highlight=False, soft_wrap=True)
 

@@ -108,8 +108,24 @@ def make_plan(pilot: Pilot, baseline, baseline_from: str) -> Plan:
         warnings.append(f"the baseline rests on only {baseline.n} customers")
     if sd is None or sd == 0 or not mde_abs:
         warnings.append("no usable baseline variance: the sample size cannot be planned")
-        return Plan(pilot.id, m.name, mean, sd, baseline.n, baseline_from, mde_abs, hyp.mde.relative, s.alpha,
-                    s.power, None, None, None, None, None, warnings)
+        return Plan(
+            pilot.id,
+            m.name,
+            mean,
+            sd,
+            baseline.n,
+            baseline_from,
+            mde_abs,
+            hyp.mde.relative,
+            s.alpha,
+            s.power,
+            None,
+            None,
+            None,
+            None,
+            None,
+            warnings,
+        )
     weights = pilot.arms
     w_c = weights[pilot.control]
     w_t = min(weights[a] for a in pilot.treatments) if pilot.treatments else w_c
@@ -117,7 +133,9 @@ def make_plan(pilot: Pilot, baseline, baseline_from: str) -> Plan:
     n_c, n_t = cap * w_c, cap * w_t
     n_eff = 2 / (1 / n_c + 1 / n_t) if n_c > 0 and n_t > 0 else 0
     if s.sequential:  # always-valid intervals are wider: plan with their boundary, tuned to the cap
-        required = pw.sample_size_per_arm_sequential(sd=sd, mde_abs=mde_abs, alpha=alpha, power=s.power, n_tuning=cap)
+        required = pw.sample_size_per_arm_sequential(
+            sd=sd, mde_abs=mde_abs, alpha=alpha, power=s.power, n_tuning=cap
+        )
         mde_cap = (
             pw.mde_at_n_sequential(sd=sd, n_per_arm=n_eff, n_analysed=n_c + n_t, n_tuning=cap, alpha=alpha,
                                    power=s.power)
@@ -135,8 +153,24 @@ def make_plan(pilot: Pilot, baseline, baseline_from: str) -> Plan:
             f"{mde_cap:.4g}, above the MDE {mde_abs:.4g}; about {required_total:,} customers would be needed"
         )
     rel = mde_cap / abs(mean) if (mde_cap is not None and mean) else None
-    return Plan(pilot.id, m.name, mean, sd, baseline.n, baseline_from, mde_abs, hyp.mde.relative, s.alpha,
-                s.power, required, required_total, mde_cap, rel, powered, warnings)
+    return Plan(
+        pilot.id,
+        m.name,
+        mean,
+        sd,
+        baseline.n,
+        baseline_from,
+        mde_abs,
+        hyp.mde.relative,
+        s.alpha,
+        s.power,
+        required,
+        required_total,
+        mde_cap,
+        rel,
+        powered,
+        warnings,
+    )
 
 
 def plan(pilot: Pilot, *, engine=None) -> Plan:

@@ -40,7 +40,10 @@ def render_plan(plan) -> None:
         ("alpha / power", f"{plan.alpha:g} / {plan.power:g}"),
         ("customers needed per arm", _f(plan.required_per_arm, ",")),
         ("customers needed in all", _f(plan.required_total, ",")),
-        ("MDE reachable at the cap", f"{_f(plan.mde_at_cap)} ({_f(plan.mde_at_cap_relative, '.1%')} relative)"),
+        (
+            "MDE reachable at the cap",
+            f"{_f(plan.mde_at_cap)} ({_f(plan.mde_at_cap_relative, '.1%')} relative)",
+        ),
         ("powered at the cap", _f(plan.powered)),
     ]:
         table.add_row(label, value)
@@ -54,8 +57,10 @@ def render_assignment(pilot, assignment) -> None:
     meta = assignment.meta
     counts = ", ".join(f"{arm} {n:,}" for arm, n in assignment.counts.items())
     console = _console()
-    console.print(f"{pilot.id}: {sum(assignment.counts.values()):,} customers assigned ({counts}) "
-                  f"of {meta.get('eligible', '?'):,} eligible -> {pilot.lab.display(assignment.path)}")
+    console.print(
+        f"{pilot.id}: {sum(assignment.counts.values()):,} customers assigned ({counts}) "
+        f"of {meta.get('eligible', '?'):,} eligible -> {pilot.lab.display(assignment.path)}"
+    )
     for w in meta.get("warnings", []):
         console.print(f"[yellow]warning:[/yellow] {w}")
 
@@ -64,25 +69,57 @@ def render_analysis(result) -> None:
     from rich.table import Table
 
     console = _console()
-    colour = {"ship": "green", "harm": "red", "no-effect": "cyan", "inconclusive": "yellow", "invalid": "magenta"}
-    console.print(f"[bold]{result.pilot}[/bold]: [bold {colour.get(result.decision, 'white')}]{result.decision}"
-                  f"[/] — {result.reason}")
+    colour = {
+        "ship": "green",
+        "harm": "red",
+        "no-effect": "cyan",
+        "inconclusive": "yellow",
+        "invalid": "magenta",
+    }
+    console.print(
+        f"[bold]{result.pilot}[/bold]: [bold {colour.get(result.decision, 'white')}]{result.decision}"
+        f"[/] — {result.reason}"
+    )
     srm = result.srm
-    console.print(f"sample ratio: {', '.join(f'{k} {v:,}' for k, v in srm['counts'].items())} "
-                  f"(SRM p = {_f(srm['p_value'], '.3g')}, {srm['method']})")
+    console.print(
+        f"sample ratio: {', '.join(f'{k} {v:,}' for k, v in srm['counts'].items())} "
+        f"(SRM p = {_f(srm['p_value'], '.3g')}, {srm['method']})"
+    )
     table = Table()
-    for col in ("metric", "role", "arm", "control", "treatment", "effect", "interval", "lift", "p (adj.)", "method"):
+    for col in (
+        "metric",
+        "role",
+        "arm",
+        "control",
+        "treatment",
+        "effect",
+        "interval",
+        "lift",
+        "p (adj.)",
+        "method",
+    ):
         table.add_column(col)
     for r in result.metric_rows:
         interval = f"[{_f(r['ci_low'])}, {_f(r['ci_high'])}]" if r["ci_low"] is not None else "–"
         lift = f"{_f(r['lift'], '+.1%')}" if r["lift"] is not None else "–"
-        table.add_row(r["metric"], r["role"], r["arm"], _f(r["mean_control"]), _f(r["mean_treatment"]),
-                      _f(r["effect"], "+.4g"), interval, lift, _f(r["p_value_adjusted"], ".3g"),
-                      r["method"] + (f" ({r['reason']})" if r.get("reason") else ""))
+        table.add_row(
+            r["metric"],
+            r["role"],
+            r["arm"],
+            _f(r["mean_control"]),
+            _f(r["mean_treatment"]),
+            _f(r["effect"], "+.4g"),
+            interval,
+            lift,
+            _f(r["p_value_adjusted"], ".3g"),
+            r["method"] + (f" ({r['reason']})" if r.get("reason") else ""),
+        )
     console.print(table)
     roi = result.roi
     if roi and roi.get("value") is not None:
-        console.print(f"value {roi['value']:,.0f} [{roi['value_ci_low']:,.0f}, {roi['value_ci_high']:,.0f}] "
-                      f"for a cost of {roi['cost']:,.0f}: ROI {_f(roi['roi'], '+.1%')}")
+        console.print(
+            f"value {roi['value']:,.0f} [{roi['value_ci_low']:,.0f}, {roi['value_ci_high']:,.0f}] "
+            f"for a cost of {roi['cost']:,.0f}: ROI {_f(roi['roi'], '+.1%')}"
+        )
     for w in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}")

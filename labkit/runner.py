@@ -728,7 +728,9 @@ def execute(
                         break
                     # nothing ran: the kernel died before its first reply (e.g. two kernels started at
                     # once drew the same free port, "Address already in use"); start another
-                    log.warning("%s: the kernel died while starting (%s); starting another", notebook, outcome.evalue)
+                    log.warning(
+                        "%s: the kernel died while starting (%s); starting another", notebook, outcome.evalue
+                    )
                     state.kill_kernel()
                     time.sleep(0.2 + random.random())
             except (KeyboardInterrupt, _Interrupted):

@@ -107,7 +107,9 @@ class SqliteRuns:
             where.append("r.status = ?")
             args.append(status)
         for key, value in tags.items():
-            where.append("EXISTS (SELECT 1 FROM tags t WHERE t.run_uuid = r.run_uuid AND t.key = ? AND t.value = ?)")
+            where.append(
+                "EXISTS (SELECT 1 FROM tags t WHERE t.run_uuid = r.run_uuid AND t.key = ? AND t.value = ?)"
+            )
             args += [key, value]
         if tagged is not None:
             where.append("EXISTS (SELECT 1 FROM tags t WHERE t.run_uuid = r.run_uuid AND t.key = ?)")

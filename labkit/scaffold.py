@@ -89,7 +89,9 @@ def new_pilot(lab: Lab, pilot_id: str, *, function: str, channel: str, stage: st
             raise SpecErrors(errors)
         os.link(tmp, target)  # fails if another process created the pilot meanwhile
     except FileExistsError:
-        raise LabkitError(f"{lab.display(target)} exists already; labkit new never overwrites a pilot") from None
+        raise LabkitError(
+            f"{lab.display(target)} exists already; labkit new never overwrites a pilot"
+        ) from None
     finally:
         os.unlink(tmp)
     return target

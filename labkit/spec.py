@@ -246,13 +246,18 @@ def check_pilot(spec: PilotSpec, doc: YamlDoc, lab: Lab, stem: str | None) -> li
             return False
         if name not in lab.spec.sources:
             allowed = list(lab.spec.sources)
-            err(loc, f"unknown source '{name}'; {_close(name, allowed)}allowed: {', '.join(allowed) or 'none'}")
+            err(
+                loc,
+                f"unknown source '{name}'; {_close(name, allowed)}allowed: {', '.join(allowed) or 'none'}",
+            )
             return False
         return True
 
     def column(loc: tuple, name: str | None) -> None:
         if name is not None and not COLUMN.match(name):
-            err(loc, f"'{name}' is not a plain column name (letters, digits and _, not starting with a digit)")
+            err(
+                loc, f"'{name}' is not a plain column name (letters, digits and _, not starting with a digit)"
+            )
 
     def identity():
         if not SLUG.match(spec.id):
@@ -282,7 +287,10 @@ def check_pilot(spec: PilotSpec, doc: YamlDoc, lab: Lab, stem: str | None) -> li
         for i, m in enumerate(spec.metrics):
             loc = ("metrics", i)
             if not NAME.match(m.name):
-                err((*loc, "name"), f"'{m.name}' must be lowercase letters, digits and _ (starting with a letter)")
+                err(
+                    (*loc, "name"),
+                    f"'{m.name}' must be lowercase letters, digits and _ (starting with a letter)",
+                )
             if m.name in seen:
                 err((*loc, "name"), f"duplicate metric name '{m.name}' (first is metrics.{seen[m.name]})")
             seen.setdefault(m.name, i)
@@ -347,7 +355,10 @@ def check_pilot(spec: PilotSpec, doc: YamlDoc, lab: Lab, stem: str | None) -> li
         column(("cohort", "assignment", "id_column"), a.id_column)
         column(("cohort", "assignment", "assigned_at_column"), a.assigned_at_column)
         if c.stratify_by:
-            err(("cohort", "stratify_by"), "an imported assignment was stratified by its tool; remove stratify_by")
+            err(
+                ("cohort", "stratify_by"),
+                "an imported assignment was stratified by its tool; remove stratify_by",
+            )
 
     def notebook():
         if spec.notebook is None:
@@ -364,8 +375,21 @@ def check_pilot(spec: PilotSpec, doc: YamlDoc, lab: Lab, stem: str | None) -> li
             if not nb.is_file():
                 err(loc, f"'{spec.notebook}' does not exist")
 
-    for check in (identity, texts, registries, metrics, mde, references, guardrails, cohort_refs, arms, control,
-                  where, imported, notebook):
+    for check in (
+        identity,
+        texts,
+        registries,
+        metrics,
+        mde,
+        references,
+        guardrails,
+        cohort_refs,
+        arms,
+        control,
+        where,
+        imported,
+        notebook,
+    ):
         _guarded(check)
     return errors
 
@@ -389,7 +413,10 @@ def _check_metric(m: Metric, loc: tuple, doc: YamlDoc, lab: Lab, source, column)
     column((*loc, "covariate"), m.covariate)
     if m.type == "ratio":
         if m.numerator is None or m.denominator is None:
-            err(("denominator" if m.numerator else "numerator",), "a ratio metric needs numerator and denominator")
+            err(
+                ("denominator" if m.numerator else "numerator",),
+                "a ratio metric needs numerator and denominator",
+            )
         for key in ("source", "column", "event", "aggregate"):
             if getattr(m, key) is not None:
                 err((key,), f"a ratio metric takes numerator and denominator, not '{key}'")
@@ -415,7 +442,10 @@ def _check_metric(m: Metric, loc: tuple, doc: YamlDoc, lab: Lab, source, column)
     if m.event is not None:
         column((*loc, "event", "column"), m.event.column)
         if is_source and lab.spec.sources[m.source].timestamp is None:
-            err(("source",), f"source '{m.source}' is not an event table (it has no 'timestamp' in the lab file)")
+            err(
+                ("source",),
+                f"source '{m.source}' is not an event table (it has no 'timestamp' in the lab file)",
+            )
         if m.aggregate is None:
             err(("aggregate",), f"an event metric needs 'aggregate'; allowed: {', '.join(AGGREGATES)}")
         if m.window_days is None:
@@ -425,7 +455,10 @@ def _check_metric(m: Metric, loc: tuple, doc: YamlDoc, lab: Lab, source, column)
         if m.aggregate in ("count", "any") and m.column is not None:
             err(("column",), f"aggregate '{m.aggregate}' counts events; remove 'column'")
         if m.type == "proportion" and m.aggregate not in (None, "any"):
-            err(("aggregate",), "a proportion over events needs aggregate 'any' (did the customer do it at all)")
+            err(
+                ("aggregate",),
+                "a proportion over events needs aggregate 'any' (did the customer do it at all)",
+            )
         if m.type == "mean" and m.aggregate == "any":
             err(("type",), "aggregate 'any' gives a yes/no per customer; use type 'proportion'")
         if m.covariate is not None:
@@ -437,7 +470,10 @@ def _check_metric(m: Metric, loc: tuple, doc: YamlDoc, lab: Lab, source, column)
         if m.column is None:
             err(("column",), "required field is missing (the per-customer column)")
         if m.cuped:
-            err(("cuped",), "'cuped: true' needs an event metric; a per-customer metric names 'covariate: COLUMN'")
+            err(
+                ("cuped",),
+                "'cuped: true' needs an event metric; a per-customer metric names 'covariate: COLUMN'",
+            )
     if m.type == "quantile" and (m.cuped or m.covariate):
         err(("cuped",), "variance reduction is not available for quantile metrics")
     return errors
@@ -509,8 +545,10 @@ def find_pilot_file(ref: str | os.PathLike, lab: Lab) -> Path:
     candidate = lab.experiments_dir / f"{ref}.yaml"
     if not candidate.is_file():
         known = sorted(q.stem for q in lab.experiments_dir.glob("*.yaml"))
-        raise LabkitError(f"no pilot '{ref}' in {lab.display(lab.experiments_dir)}; {_close(str(ref), known)}"
-                          f"pilots: {', '.join(known) or 'none'}")
+        raise LabkitError(
+            f"no pilot '{ref}' in {lab.display(lab.experiments_dir)}; {_close(str(ref), known)}"
+            f"pilots: {', '.join(known) or 'none'}"
+        )
     return candidate
 
 

@@ -52,7 +52,9 @@ def validate_paths(paths: list[Path], explicit_lab: str | None = None) -> tuple[
         problems += lab_problems
     if lab is None:
         for path in pilots:
-            problems.append(SpecError(_shown(path), None, "", "not checked: the lab file configs/lab.yaml has errors"))
+            problems.append(
+                SpecError(_shown(path), None, "", "not checked: the lab file configs/lab.yaml has errors")
+            )
         return problems, len(pilots) + int(check_lab)
     ids: dict[str, Path] = {}
     for path in pilots:
@@ -63,7 +65,11 @@ def validate_paths(paths: list[Path], explicit_lab: str | None = None) -> tuple[
         problems += errors
         if pilot is not None:
             if pilot.id in ids and ids[pilot.id].resolve() != path.resolve():
-                problems.append(SpecError(_shown(path), 1, "id", f"'{pilot.id}' is also the id of {_shown(ids[pilot.id])}"))
+                problems.append(
+                    SpecError(
+                        _shown(path), 1, "id", f"'{pilot.id}' is also the id of {_shown(ids[pilot.id])}"
+                    )
+                )
             ids.setdefault(pilot.id, path)
     problems.sort(key=SpecError.sort_key)
     return problems, len(pilots) + int(check_lab)

@@ -518,10 +518,15 @@ def test_the_fused_query_gives_each_metric_what_it_gives_alone(lab):
     for name, data in fused.items():
         other = alone[name]
         assert (data.arms, data.assigned, data.missing, data.covariate) == (
-            other.arms, other.assigned, other.missing, other.covariate
+            other.arms,
+            other.assigned,
+            other.missing,
+            other.covariate,
         ), name
         if data.values is not None:
-            assert {a: v.tolist() for a, v in data.values.items()} == {a: v.tolist() for a, v in other.values.items()}
+            assert {a: v.tolist() for a, v in data.values.items()} == {
+                a: v.tolist() for a, v in other.values.items()
+            }
     assert fused["spend"].arms["control"].sum_x != 0 and fused["per_contact"].arms["fast"].sum_x != 0
     assert sum(fused["churned"].assigned.values()) == N
 
@@ -540,7 +545,9 @@ def test_duplicates_in_any_source_of_a_fused_query_are_refused(lab):
             aggregate_pilot(engine, pilot, units_table(engine, pilot))
     finally:
         engine.close()
-    assert str(info.value).startswith("source 'scores', column 'customer_id': 1 assigned customer has more than one row")
+    assert str(info.value).startswith(
+        "source 'scores', column 'customer_id': 1 assigned customer has more than one row"
+    )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -24,7 +24,9 @@ def test_validate_clean_lab_exits_zero(tiny_lab):
 
 
 def test_validate_reports_every_problem_without_traceback(tiny_lab):
-    tiny_lab.pilot(PILOT_YAML.replace("function: service", "function: legal").replace("max_size: 2000", "max_size: 0"))
+    tiny_lab.pilot(
+        PILOT_YAML.replace("function: service", "function: legal").replace("max_size: 2000", "max_size: 0")
+    )
     out = run("validate", "experiments/p.yaml", cwd=tiny_lab.root)
     assert out.returncode == 1
     assert "Traceback" not in out.stderr
@@ -55,12 +57,16 @@ def test_outside_a_lab_is_one_message(tmp_path):
 
 
 def test_new_writes_a_pilot_that_validates(tiny_lab):
-    out = run("new", "sales-linkedin-intro", "--function", "sales", "--channel", "linkedin", cwd=tiny_lab.root)
+    out = run(
+        "new", "sales-linkedin-intro", "--function", "sales", "--channel", "linkedin", cwd=tiny_lab.root
+    )
     assert out.returncode == 0, out.stderr
     path = tiny_lab.root / "experiments" / "sales-linkedin-intro.yaml"
     assert path.is_file() and "#" in path.read_text()
     assert run("validate", str(path), cwd=tiny_lab.root).returncode == 0
-    again = run("new", "sales-linkedin-intro", "--function", "sales", "--channel", "linkedin", cwd=tiny_lab.root)
+    again = run(
+        "new", "sales-linkedin-intro", "--function", "sales", "--channel", "linkedin", cwd=tiny_lab.root
+    )
     assert again.returncode == 1 and "exists already" in again.stderr
 
 

@@ -4,13 +4,29 @@ from __future__ import annotations
 
 from labkit.decision import ArmResult, GuardrailCheck, decide
 
-BASE = dict(metric="churned", direction="decrease", mde=0.15, mde_relative=True, alpha=0.05, guardrails=[],
-            srm_p=0.5, required_per_arm=4000, smallest_arm=1000)
+BASE = dict(
+    metric="churned",
+    direction="decrease",
+    mde=0.15,
+    mde_relative=True,
+    alpha=0.05,
+    guardrails=[],
+    srm_p=0.5,
+    required_per_arm=4000,
+    smallest_arm=1000,
+)
 
 
 def arm(effect, p, lift=None, low=-0.5, high=0.5, reason=None, arm="fast"):
-    return ArmResult(arm=arm, effect=effect, lift=effect if lift is None else lift, p_value=p, reason=reason,
-                     tost_low=low, tost_high=high)
+    return ArmResult(
+        arm=arm,
+        effect=effect,
+        lift=effect if lift is None else lift,
+        p_value=p,
+        reason=reason,
+        tost_low=low,
+        tost_high=high,
+    )
 
 
 def test_srm_makes_it_invalid_whatever_the_effect():
@@ -79,7 +95,9 @@ def test_not_no_effect_when_the_interval_reaches_the_mde():
 
 def test_inconclusive_says_how_many_more_customers():
     v = decide(**BASE, primary=[arm(-0.01, 0.6, low=-0.3, high=0.3)])
-    assert v.decision == "inconclusive" and v.more_per_arm == 3000 and "3,000 more customers per arm" in v.reason
+    assert (
+        v.decision == "inconclusive" and v.more_per_arm == 3000 and "3,000 more customers per arm" in v.reason
+    )
 
 
 def test_any_winning_arm_ships_when_none_harms():
@@ -94,7 +112,15 @@ def test_a_harmful_arm_beats_a_winning_arm():
 
 def test_bayesian_ship_needs_chance_to_beat_at_least_one_minus_alpha():
     def b(ctb):
-        return ArmResult(arm="fast", effect=-0.05, lift=-0.1, p_value=None, tost_low=-0.3, tost_high=0.1,
-                         chance_to_beat=ctb)
+        return ArmResult(
+            arm="fast",
+            effect=-0.05,
+            lift=-0.1,
+            p_value=None,
+            tost_low=-0.3,
+            tost_high=0.1,
+            chance_to_beat=ctb,
+        )
+
     assert decide(**BASE, primary=[b(0.96)], bayesian=True).decision == "ship"
     assert decide(**BASE, primary=[b(0.90)], bayesian=True).decision == "inconclusive"

@@ -289,7 +289,7 @@ def test_a_kernel_that_dies_while_starting_is_started_again(tmp_path, monkeypatc
         f"marker = pathlib.Path({str(marker)!r})\n"
         "if not marker.exists():\n"
         "    marker.touch()\n"
-        "    sys.exit(\"zmq.error.ZMQError: Address already in use\")\n"
+        '    sys.exit("zmq.error.ZMQError: Address already in use")\n'
         "sys.argv = ['ipykernel_launcher', '-f', sys.argv[1]]\n"
         "runpy.run_module('ipykernel_launcher', run_name='__main__')\n"
     )

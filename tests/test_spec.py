@@ -37,8 +37,9 @@ def test_valid_pilot_loads_with_lab_defaults(tiny_lab):
 
 
 def test_pilot_settings_override_lab_defaults(tiny_lab):
-    pilot = load_pilot(tiny_lab.pilot(PILOT_YAML + "analysis: {alpha: 0.1, engine: bayesian}\n"),
-                       lab=load_lab(tiny_lab.root))
+    pilot = load_pilot(
+        tiny_lab.pilot(PILOT_YAML + "analysis: {alpha: 0.1, engine: bayesian}\n"), lab=load_lab(tiny_lab.root)
+    )
     assert pilot.settings.alpha == 0.1 and pilot.settings.engine == "bayesian" and pilot.settings.power == 0.8
 
 
@@ -50,12 +51,16 @@ def test_pilot_found_by_id(tiny_lab):
 def test_unknown_field_suggests_the_right_one(tiny_lab):
     found = problems(tiny_lab, PILOT_YAML.replace("hypothesis:", "hypotesis:"))
     assert found[0] == f"{F}:1: hypothesis: required field is missing"
-    assert found[1].startswith(f"{F}:7: hypotesis: unknown field 'hypotesis'; did you mean 'hypothesis'? allowed: id,")
+    assert found[1].startswith(
+        f"{F}:7: hypotesis: unknown field 'hypotesis'; did you mean 'hypothesis'? allowed: id,"
+    )
 
 
 def test_nested_unknown_field(tiny_lab):
     msg = one_problem(tiny_lab, "  max_size: 2000\n", "  max_size: 2000\n  max_sise: 3\n")
-    assert msg.startswith(f"{F}:18: cohort.max_sise: unknown field 'max_sise'; did you mean 'max_size'? allowed:")
+    assert msg.startswith(
+        f"{F}:18: cohort.max_sise: unknown field 'max_sise'; did you mean 'max_size'? allowed:"
+    )
 
 
 def test_alpha_out_of_range(tiny_lab):
@@ -105,7 +110,10 @@ def test_control_must_be_an_arm(tiny_lab):
 
 def test_hypothesis_metric_must_be_defined(tiny_lab):
     msg = one_problem(tiny_lab, "metric: churned", "metric: churn")
-    assert msg == f"{F}:9: hypothesis.metric: unknown metric 'churn'; did you mean 'churned'? defined: churned, replies"
+    assert (
+        msg
+        == f"{F}:9: hypothesis.metric: unknown metric 'churn'; did you mean 'churned'? defined: churned, replies"
+    )
 
 
 def test_guardrail_metric_must_be_defined(tiny_lab):
@@ -127,12 +135,17 @@ def test_unknown_function(tiny_lab):
 
 def test_unknown_channel_suggests(tiny_lab):
     msg = one_problem(tiny_lab, "channel: twitter", "channel: twiter")
-    assert msg == f"{F}:4: channel: unknown channel 'twiter'; did you mean 'twitter'? allowed: twitter, linkedin, community, email"
+    assert (
+        msg
+        == f"{F}:4: channel: unknown channel 'twiter'; did you mean 'twitter'? allowed: twitter, linkedin, community, email"
+    )
 
 
 def test_unknown_stage(tiny_lab):
     msg = one_problem(tiny_lab, "stage: retention", "stage: winback")
-    assert msg == f"{F}:5: stage: unknown stage 'winback'; allowed: acquisition, onboarding, service, retention"
+    assert (
+        msg == f"{F}:5: stage: unknown stage 'winback'; allowed: acquisition, onboarding, service, retention"
+    )
 
 
 def test_id_must_be_a_slug(tiny_lab):
@@ -164,18 +177,22 @@ def test_ratio_metric_needs_denominator(tiny_lab):
 
 def test_filter_operator_outside_grammar(tiny_lab):
     msg = one_problem(tiny_lab, 'op: "=="', 'op: "LIKE"')
-    assert msg == (f"{F}:16: cohort.where.0.op: 'LIKE' (text) is not allowed; "
-                   "allowed: ==, !=, <, <=, >, >=, in, not_in, is_null or not_null")
+    assert msg == (
+        f"{F}:16: cohort.where.0.op: 'LIKE' (text) is not allowed; "
+        "allowed: ==, !=, <, <=, >, >=, in, not_in, is_null or not_null"
+    )
 
 
 def test_filter_in_needs_a_list(tiny_lab):
-    msg = one_problem(tiny_lab, 'op: "==", value: true', 'op: in, value: true')
+    msg = one_problem(tiny_lab, 'op: "==", value: true', "op: in, value: true")
     assert msg == f"{F}:16: cohort.where.0.value: 'in' needs a non-empty list of values"
 
 
 def test_filter_column_is_an_identifier_not_sql(tiny_lab):
-    msg = one_problem(tiny_lab, "{column: has_twitter,", "{column: \"x; DROP TABLE customers;--\",")
-    assert msg.startswith(f"{F}:16: cohort.where.0.column: 'x; DROP TABLE customers;--' is not a plain column name")
+    msg = one_problem(tiny_lab, "{column: has_twitter,", '{column: "x; DROP TABLE customers;--",')
+    assert msg.startswith(
+        f"{F}:16: cohort.where.0.column: 'x; DROP TABLE customers;--' is not a plain column name"
+    )
 
 
 def test_list_where_a_mapping_belongs(tiny_lab):
@@ -185,7 +202,10 @@ def test_list_where_a_mapping_belongs(tiny_lab):
 
 def test_event_metric_needs_window(tiny_lab):
     msg = one_problem(tiny_lab, "    window_days: 30\n", "")
-    assert msg == f"{F}:26: metrics.1.window_days: an event metric needs 'window_days', the window length in days"
+    assert (
+        msg
+        == f"{F}:26: metrics.1.window_days: an event metric needs 'window_days', the window length in days"
+    )
 
 
 def test_cuped_needs_an_event_metric(tiny_lab):
@@ -218,16 +238,20 @@ def test_empty_file(tiny_lab):
 
 
 def test_all_problems_in_one_pass_sorted_by_line(tiny_lab):
-    text = (PILOT_YAML.replace("function: service", "function: legal")
-            .replace("max_size: 2000", "max_size: -1")
-            .replace("control: control", "control: ctl"))
+    text = (
+        PILOT_YAML.replace("function: service", "function: legal")
+        .replace("max_size: 2000", "max_size: -1")
+        .replace("control: control", "control: ctl")
+    )
     found = problems(tiny_lab, text)
     assert [m.split(":")[1] for m in found] == ["3", "17", "19"]
 
 
 def test_notebook_outside_the_lab_refused(tiny_lab):
     found = problems(tiny_lab, PILOT_YAML + "notebook: ../../../tmp/evil.ipynb\n")
-    assert found == [f"{F}:33: notebook: '../../../tmp/evil.ipynb' lies outside the lab; notebooks must be inside {tiny_lab.root.resolve()}"]
+    assert found == [
+        f"{F}:33: notebook: '../../../tmp/evil.ipynb' lies outside the lab; notebooks must be inside {tiny_lab.root.resolve()}"
+    ]
 
 
 def test_notebook_must_exist(tiny_lab):
@@ -236,6 +260,7 @@ def test_notebook_must_exist(tiny_lab):
 
 
 # --- the lab file ---------------------------------------------------------------------------------
+
 
 def lab_problems(tiny_lab, text: str) -> list[str]:
     tiny_lab.write("configs/lab.yaml", text)
@@ -246,8 +271,10 @@ def lab_problems(tiny_lab, text: str) -> list[str]:
 
 def test_lab_unknown_source_format_lists_allowed(tiny_lab):
     found = lab_problems(tiny_lab, LAB_YAML.replace("format: csv", "format: xlsx"))
-    assert found == ["configs/lab.yaml:7: sources.outcomes.format: 'xlsx' (text) is not allowed; "
-                     "allowed: csv, parquet, postgres or spark"]
+    assert found == [
+        "configs/lab.yaml:7: sources.outcomes.format: 'xlsx' (text) is not allowed; "
+        "allowed: csv, parquet, postgres or spark"
+    ]
 
 
 def test_lab_postgres_source_needs_url_env(tiny_lab):

@@ -30,8 +30,13 @@ def _children(pid: int) -> list[int]:
 
 def test_ui_binds_localhost_refuses_foreign_hosts_and_stops_on_sigterm(tiny_lab):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "labkit.cli", "ui", "--port", str(port)], cwd=tiny_lab.root,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "labkit.cli", "ui", "--port", str(port)],
+        cwd=tiny_lab.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 90
         while time.time() < deadline:

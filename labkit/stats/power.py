@@ -92,7 +92,9 @@ def mde_at_n_sequential(
     return float((h + special.ndtri(power)) * sd * math.sqrt(2.0 / n_per_arm))
 
 
-def sample_size_per_arm_sequential(*, sd: float, mde_abs: float, alpha: float, power: float, n_tuning: float) -> int:
+def sample_size_per_arm_sequential(
+    *, sd: float, mde_abs: float, alpha: float, power: float, n_tuning: float
+) -> int:
     """Customers per arm (two arms analysed together, n_analysed = 2n) for the always-valid test to reach
     ``power`` at ``mde_abs``; the mde is decreasing in n, so the smallest such n is found by bisection."""
     if not (sd > 0 and math.isfinite(mde_abs) and mde_abs != 0):
@@ -100,7 +102,9 @@ def sample_size_per_arm_sequential(*, sd: float, mde_abs: float, alpha: float, p
     target = abs(mde_abs)
 
     def enough(n: int) -> bool:
-        mde = mde_at_n_sequential(sd=sd, n_per_arm=n, n_analysed=2 * n, n_tuning=n_tuning, alpha=alpha, power=power)
+        mde = mde_at_n_sequential(
+            sd=sd, n_per_arm=n, n_analysed=2 * n, n_tuning=n_tuning, alpha=alpha, power=power
+        )
         return mde <= target * (1 + _CEIL_TOL)
 
     lo, hi = 1, 2

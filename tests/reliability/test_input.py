@@ -828,5 +828,7 @@ def test_a_changed_salt_is_refused_by_the_cli(lab):
     code, out, err = cli_main("analyze", "p", "--json")
     assert code == 0 and "Traceback" not in err, err
     warnings = strict_json(out)["warnings"]
-    assert any("cohort changed after the assignment was drawn" in w and "cohort.salt" in w for w in warnings), warnings
+    assert any(
+        "cohort changed after the assignment was drawn" in w and "cohort.salt" in w for w in warnings
+    ), warnings
     assert lab.state() == before

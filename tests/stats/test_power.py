@@ -154,9 +154,16 @@ def _h(n, n_tuning, alpha):
 
 @pytest.mark.parametrize(
     ("sd", "mde", "alpha", "power", "cap"),
-    [(1.0, 0.1, 0.05, 0.8, 4000), (1.0, 0.1, 0.05, 0.8, 40_000), (3.0, 0.5, 0.1, 0.9, 1000), (0.3, 0.01, 0.01, 0.8, 10**6)],
+    [
+        (1.0, 0.1, 0.05, 0.8, 4000),
+        (1.0, 0.1, 0.05, 0.8, 40_000),
+        (3.0, 0.5, 0.1, 0.9, 1000),
+        (0.3, 0.01, 0.01, 0.8, 10**6),
+    ],
 )
-def test_sequential_sample_size_is_the_smallest_n_reaching_power_at_the_final_look(sd, mde, alpha, power, cap):
+def test_sequential_sample_size_is_the_smallest_n_reaching_power_at_the_final_look(
+    sd, mde, alpha, power, cap
+):
     from labkit.stats.power import sample_size_per_arm_sequential
 
     n = sample_size_per_arm_sequential(sd=sd, mde_abs=mde, alpha=alpha, power=power, n_tuning=cap)
