@@ -822,12 +822,14 @@ def _run_papermill(
 
 
 def _never_started(outcome: _Outcome, state) -> bool:
-    """The kernel died before it replied to kernel_info: no cell ran, so starting it again is safe."""
+    """The kernel died, or never answered, before its first reply to kernel_info: no cell ran, so
+    starting another is safe. (A port drawn twice shows either way: the loser dies on bind, or its client
+    talks to the other kernel, which drops the foreign messages, until the start timeout.)"""
     return (
         outcome.kind == "crash"
         and outcome.cell_index is None
         and not state.signal
-        and "before replying to kernel_info" in outcome.evalue
+        and ("before replying to kernel_info" in outcome.evalue or "didn't respond in" in outcome.evalue)
     )
 
 

@@ -304,6 +304,33 @@ def test_a_kernel_that_dies_while_starting_is_started_again(tmp_path, monkeypatc
     assert "Address already in use" in (tmp_path / "out" / "ok.kernel.log").read_text()
 
 
+def test_a_kernel_that_never_answers_while_starting_is_started_again(tmp_path, monkeypatch):
+    """The other face of a port drawn twice: no reply to kernel_info until the start timeout."""
+    import labkit.runner
+
+    monkeypatch.setattr(labkit.runner, "_KERNEL_START_TIMEOUT_S", 5)
+    spec = tmp_path / "jupyter" / "kernels" / "mute"
+    spec.mkdir(parents=True)
+    marker = tmp_path / "first-start-hung"
+    launcher = (
+        "import pathlib, runpy, sys, time\n"
+        f"marker = pathlib.Path({str(marker)!r})\n"
+        "if not marker.exists():\n"
+        "    marker.touch()\n"
+        "    time.sleep(600)\n"
+        "sys.argv = ['ipykernel_launcher', '-f', sys.argv[1]]\n"
+        "runpy.run_module('ipykernel_launcher', run_name='__main__')\n"
+    )
+    (spec / "kernel.json").write_text(
+        json.dumps({"argv": [sys.executable, "-c", launcher, "{connection_file}"], "display_name": "mute",
+                    "language": "python"})
+    )  # fmt: skip
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    result = run("ok", tmp_path / "out", kernel_name="mute")
+    assert marker.exists()  # the first start did hang
+    assert result.status == "FINISHED", result.message
+
+
 def test_kernel_that_cannot_start_fails_the_run(tmp_path, monkeypatch):
     spec = tmp_path / "jupyter" / "kernels" / "broken"
     spec.mkdir(parents=True)
