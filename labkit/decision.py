@@ -64,6 +64,9 @@ class Verdict:
     code: str  # stable machine-readable reason: srm, cap_exceeded, <estimate reason>, significant, ...
     arms: list[str] = field(default_factory=list)  # the arms the verdict is about
     more_per_arm: int | None = None
+    # (arm, low, high) of every primary arm: the 1 − 2·alpha interval the equivalence rule judged, on the
+    # MDE's scale (lift for a relative MDE); empty when the verdict came before it (invalid)
+    equivalence: tuple[tuple[str, float | None, float | None], ...] = ()
 
     def to_dict(self) -> dict:
         return {
@@ -72,6 +75,7 @@ class Verdict:
             "code": self.code,
             "arms": list(self.arms),
             "more_per_arm": self.more_per_arm,
+            "equivalence": [{"arm": a, "low": lo, "high": hi} for a, lo, hi in self.equivalence],
         }
 
 
@@ -135,6 +139,9 @@ def decide(
             [a.arm for a in broken],
         )
 
+    # the intervals the equivalence rule judges, kept on every verdict past this point so a reader (or a
+    # test) can see what decided between no-effect and inconclusive
+    equivalence = tuple((a.arm, a.tost_low, a.tost_high) for a in primary)
     against = [a for a in primary if _against(a, direction, alpha, bayesian)]
     if against:
         a = against[0]
@@ -144,6 +151,7 @@ def decide(
             f"({_describe(a)}), and the move is significant.",
             "primary_against",
             [a.arm],
+            equivalence=equivalence,
         )
     for g in guardrails:
         for a in g.arms:
@@ -165,6 +173,7 @@ def decide(
                     f"Guardrail '{g.metric}' was breached in arm '{a.arm}' ({_describe(a)}: {why}).",
                     "guardrail",
                     [a.arm],
+                    equivalence=equivalence,
                 )
 
     winners = [a for a in primary if _moved(a, direction, alpha, bayesian)]
@@ -176,6 +185,7 @@ def decide(
             "significantly, with no guardrail breached.",
             "significant",
             [a.arm for a in winners],
+            equivalence=equivalence,
         )
 
     if primary and all(
@@ -190,6 +200,7 @@ def decide(
             f"(±{bound}): the channel does not move it enough to matter.",
             "equivalent",
             [a.arm for a in primary],
+            equivalence=equivalence,
         )
 
     more = None
@@ -206,6 +217,7 @@ def decide(
         "underpowered",
         [a.arm for a in primary],
         more,
+        equivalence=equivalence,
     )
 
 

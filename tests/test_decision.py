@@ -124,3 +124,19 @@ def test_bayesian_ship_needs_chance_to_beat_at_least_one_minus_alpha():
 
     assert decide(**BASE, primary=[b(0.96)], bayesian=True).decision == "ship"
     assert decide(**BASE, primary=[b(0.90)], bayesian=True).decision == "inconclusive"
+
+
+def test_every_verdict_past_the_data_checks_names_the_intervals_the_equivalence_rule_judged():
+    primary = [arm(-0.01, 0.6, low=-0.10, high=0.12, arm="a"), arm(-0.02, 0.5, low=-0.3, high=0.2, arm="b")]
+    v = decide(**BASE, primary=primary)
+    assert v.decision == "inconclusive"  # arm b's interval reaches past -0.15
+    assert v.equivalence == (("a", -0.10, 0.12), ("b", -0.3, 0.2))
+    assert v.to_dict()["equivalence"] == [
+        {"arm": "a", "low": -0.10, "high": 0.12},
+        {"arm": "b", "low": -0.3, "high": 0.2},
+    ]
+    assert decide(**BASE, primary=[arm(-0.05, 0.01, low=-0.4, high=-0.1)]).equivalence == (
+        ("fast", -0.4, -0.1),
+    )
+    broken = decide(**BASE, primary=[arm(None, None, reason="zero_variance")])
+    assert broken.decision == "invalid" and broken.equivalence == ()
