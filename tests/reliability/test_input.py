@@ -56,7 +56,7 @@ Case -> tests (RELIABILITY.md; cases 21-25, 27-30 and 33 are the faults helper's
 16 PG wrong password, down, timeout       test_postgres::test_a_failed_connection_is_one_line_without_the_secret,
                                           _preflight_reports_a_bad_connection_before_anything_runs,
                                           _a_statement_timeout_is_reported_without_the_url
-17 reordered / appended rows              test_input::test_appended_and_reordered_rows_keep_the_assignment_and_flag_the_data;
+17 reordered / appended rows              test_input::test_reordered_and_appended_rows_keep_the_assignment_and_flag_the_data_end_to_end;
                                           test_assign::test_reordered_source_rows_*, _new_customers_appended_*
 18 assign twice, race, SIGKILL            test_assign::test_a_rerun_returns_the_existing_files_unchanged,
                                           _two_processes_racing_*, _sigkill_mid_write_*, _ctrl_c_mid_write_*
@@ -832,3 +832,85 @@ def test_a_changed_salt_is_refused_by_the_cli(lab):
         "cohort changed after the assignment was drawn" in w and "cohort.salt" in w for w in warnings
     ), warnings
     assert lab.state() == before
+
+
+def latest_run(lab, pilot: str = "p"):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{lab.root / 'results' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tiny-pilots")
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`labkit.pilot` = '{pilot}' and tags.`labkit.latest` = 'true'",
+    )
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    return runs[0]
+
+
+def test_reordered_and_appended_rows_keep_the_assignment_and_flag_the_data_end_to_end(lab):
+    """Case 17 through the CLI: rows of the cohort source reordered, then new customers appended to it and
+    to the outcomes; `assign` keeps the drawn file byte for byte, each change moves the analysis' data
+    digest, and the next `labkit run` is tagged data_changed, which `labkit compare` shows."""
+    assignment = lab.root / "results" / "p" / "assignment.parquet"
+    drawn = assignment.read_bytes()
+    first = latest_run(lab)
+    assert (
+        first.data.tags["labkit.data_changed"] == "false"
+    )  # the pilot's first run has nothing to differ from
+    recorded = first.data.tags["labkit.data_digest"]
+
+    def digest() -> tuple[str, int]:
+        code, out, err = cli_main("analyze", "p", "--json")
+        assert code == 0, err
+        meta = strict_json(out)["meta"]
+        return meta["data_digest"], meta["exposed"]
+
+    unchanged, exposed = digest()
+    assert unchanged == recorded  # the digest the run recorded is the one analyze computes
+
+    customers = pd.read_parquet(lab.root / "data" / "customers.parquet")
+    customers.iloc[::-1].to_parquet(lab.root / "data" / "customers.parquet", index=False)  # rows reversed
+    code, out, err = cli_main("assign", "p")
+    assert code == 0 and "Traceback" not in err, err
+    assert assignment.read_bytes() == drawn
+    reordered, n = digest()
+    assert reordered != recorded and n == exposed
+
+    new = pd.DataFrame(
+        {
+            "customer_id": [f"CU-{9000 + i}-N" for i in range(40)],
+            "email": [f"new.{i}@example.net" for i in range(40)],
+            "twitter_handle": [f"@new{i}" for i in range(40)],
+            "has_twitter": True,  # eligible: only the assignment keeps them out
+            "segment": "smb",
+        }
+    )
+    pd.concat([customers.iloc[::-1], new]).to_parquet(lab.root / "data" / "customers.parquet", index=False)
+    outcomes = pd.read_csv(lab.root / "data" / "outcomes.csv")
+    added = pd.DataFrame({"customer_id": new["customer_id"], "churned": 1, "spend": 1.0, "const": 1.0})
+    pd.concat([outcomes, added.assign(tickets=0, zero=0)]).to_csv(
+        lab.root / "data" / "outcomes.csv", index=False
+    )
+    code, out, err = cli_main("assign", "p")
+    assert code == 0 and "Traceback" not in err, err
+    assert assignment.read_bytes() == drawn
+    appended, n = digest()
+    assert appended not in (recorded, reordered) and n == exposed  # the same customers are analysed
+
+    done = subprocess.run(
+        [sys.executable, "-m", "labkit.cli", "run", "p"], cwd=lab.root, env=cli_env(), capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert assignment.read_bytes() == drawn
+    second = latest_run(lab)
+    assert second.info.run_id != first.info.run_id and second.info.status == "FINISHED"
+    tags = second.data.tags
+    assert tags["labkit.data_digest"] == appended
+    assert tags["labkit.data_changed"] == "true"
+    assert tags["labkit.spec_changed"] == "false"  # the pilot file did not change: only the data
+    code, out, err = cli_main("compare", "--format", "json")
+    assert code == 0, err
+    (row,) = [r for r in json.loads(out)["pilots"] if r["pilot"] == "p"]
+    assert row["run_id"] == second.info.run_id
+    assert row["data_changed"] is True and row["spec_changed"] is False
