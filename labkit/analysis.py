@@ -238,6 +238,8 @@ def analyze(pilot: Pilot, *, engine=None, as_of=None) -> Analysis:
 
     ``as_of`` is the date of a look (ISO text or date): events from then on are left out of every event
     window, as if the analysis ran that day; per-customer tables are read as they are."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from labkit.data.aggregate import aggregate_pilot, units_table
     from labkit.data.sources import Engine
 
@@ -246,15 +248,20 @@ def analyze(pilot: Pilot, *, engine=None, as_of=None) -> Analysis:
     engine = engine or Engine.for_lab(pilot.lab)
     try:
         units = units_table(engine, pilot)
-        data = aggregate_pilot(engine, pilot, units, as_of=look)
         from labkit.assignment import load_assignment
 
         assignment = load_assignment(pilot)
+        # A lab of files is hashed while the engine aggregates (hashlib and DuckDB both release the GIL);
+        # a database table's digest is a query on the engine's one connection, so it waits its turn.
+        files = all(pilot.lab.source(n).format in ("csv", "parquet") for n in sources_used(pilot))
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="labkit-digest") as pool:
+            digest_job = pool.submit(_data_digest, engine, pilot, assignment.path) if files else None
+            data = aggregate_pilot(engine, pilot, units, as_of=look)
+            digest = digest_job.result() if digest_job else _data_digest(engine, pilot, assignment.path)
         from labkit.planning import make_plan
 
         baseline = data[pilot.primary.name].arms.get(pilot.control)
         plan = make_plan(pilot, baseline, "control arm") if baseline is not None else None
-        digest = _data_digest(engine, pilot, assignment.path)
         result = build_analysis(pilot, data, assignment_meta=assignment.meta, plan=plan, data_digest=digest)
         if look is not None:
             result.meta["as_of"] = look.isoformat()

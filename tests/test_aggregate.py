@@ -550,6 +550,53 @@ def test_duplicates_in_any_source_of_a_fused_query_are_refused(lab):
     )
 
 
+def test_duplicates_are_found_when_an_event_metric_counts_the_units(lab):
+    """With an event metric the units' count comes from the event query's rows (one per assigned
+    customer), not from a query of its own: a duplicate in a per-customer source is still refused."""
+    write_scores(lab, [1.0, 2.0, 3.0, 4.0], ids=[11, 12, 12, 13])
+    pilot = pilot_with(
+        lab,
+        "  - {name: spend, type: mean, source: outcomes, column: spend}\n"
+        "  - {name: v, type: mean, source: scores, column: v}\n"
+        + EVENT.format(type="mean", aggregate="count").replace("name: m", "name: replies"),
+    )
+    engine = Engine.for_lab(pilot.lab)
+    try:
+        with pytest.raises(DataError, match=r"source 'scores', column 'customer_id': 1 assigned customer"):
+            aggregate_pilot(engine, pilot, units_table(engine, pilot))
+    finally:
+        engine.close()
+
+
+def test_queries_run_together_on_duckdb_raise_the_first_failure_in_order(lab):
+    """aggregate_pilot's queries run at the same time on DuckDB cursors (labkit.data.aggregate._fetch):
+    the rows are those of one query after the other, a failing query raises its own error, as in order,
+    and a cursor is held by the same sandbox (it cannot read outside the lab either)."""
+    import duckdb
+    import ibis
+
+    from labkit.data.aggregate import _fetch
+
+    pilot = pilot_with(lab, "  - {name: spend, type: mean, source: outcomes, column: spend}")
+    engine = Engine.for_lab(pilot.lab)
+    try:
+        t = engine.table("outcomes")
+        queries = [
+            t.group_by("customer_id").aggregate(s=t.spend.sum()).order_by("customer_id"),
+            t.count().as_table(),
+        ]
+        assert _fetch(engine, queries) == [engine.con.to_pyarrow(q).to_pylist() for q in queries]
+        bad = t.select(x=ibis.literal("not a number").cast("float64")).aggregate(s=ibis._.x.sum())
+        with pytest.raises(duckdb.ConversionException):
+            _fetch(engine, [queries[1], bad])
+        cursor = engine.con.con.cursor()  # what _fetch runs each query on
+        with pytest.raises(duckdb.PermissionException):
+            cursor.sql("SELECT count(*) FROM read_csv('/etc/passwd')").fetchall()
+        cursor.close()
+    finally:
+        engine.close()
+
+
 # --------------------------------------------------------------------------------------------------
 # shape of the query, arms, units and baseline
 

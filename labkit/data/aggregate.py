@@ -126,16 +126,30 @@ def aggregate_pilot(engine: Engine, pilot: Pilot, units: ibis.Table, *, as_of=No
 
     The per-customer metrics (proportion, mean, quantile, ratio) run as ONE query: each source is read
     and left-joined to the units once, and one ``GROUP BY arm`` returns every metric's moments. Each event
-    metric is one more query (its window is per customer).
+    metric is one more query (its window is per customer). On DuckDB these queries run at the same time
+    (``_fetch``).
 
     ``as_of`` (a datetime, naive UTC) is the date of a look before the pilot's windows have closed:
-    events from ``as_of`` on have not happened yet and are left out of every window. Per-customer
+    events from ``as_of`` on have not happened yet and are left out of every event window. Per-customer
     tables are snapshots and are read as they are."""
+    u = _units(units)
     tables = [m for m in pilot.spec.metrics if m.event is None]
-    out = _aggregate_tables(engine, pilot, tables, units) if tables else {}
-    for m in pilot.spec.metrics:
-        if m.event is not None:
-            out[m.name] = _aggregate_events(engine, pilot, m, units, as_of=as_of)
+    events = [m for m in pilot.spec.metrics if m.event is not None]
+    built = [_build_tables(engine, pilot, tables, u)] if tables else []
+    built += [_build(engine, pilot, m, u, as_of=as_of) for m in events]
+    queries = [b.summary for b in built]
+    # The duplicate check compares the per-customer join's rows with the units' count: an event query's
+    # rows are the units, one each (events are grouped per customer before the units are joined); a pilot
+    # without event metrics counts them in one more query, run with the rest.
+    count = tables and not events
+    fetched = _fetch(engine, queries + ([u.aggregate(n=u.count())] if count else []))
+    out = {}
+    if tables:
+        rows = fetched[1] if events else fetched[-1]
+        units_n = sum(int(r["rows"]) for r in rows) if events else int(rows[0]["n"])
+        out.update(_tables_data(engine, pilot, built[0], u, fetched[0], units_n=units_n))
+    for m, b, rows in zip(events, built[1:] if tables else built, fetched[1 if tables else 0 :]):
+        out[m.name] = _events_data(pilot, m, b, rows)
     return {m.name: out[m.name] for m in pilot.spec.metrics}
 
 
@@ -205,8 +219,19 @@ def _aggregate_tables(
     """The per-customer metrics in one query; quantile values in one more query each."""
     u = _units(units)
     built = _build_tables(engine, pilot, metrics, u)
-    rows = engine.con.to_pyarrow(built.summary).to_pylist()
-    _raise_on_duplicates(engine, pilot, built, u, rows)
+    return _tables_data(engine, pilot, built, u, engine.con.to_pyarrow(built.summary).to_pylist())
+
+
+def _tables_data(
+    engine: Engine,
+    pilot: Pilot,
+    built: _Built,
+    u: ibis.Table,
+    rows: list[dict],
+    *,
+    units_n: int | None = None,
+) -> dict[str, MetricData]:
+    _raise_on_duplicates(engine, pilot, built, u, rows, units_n=units_n)
     _raise_on_checks(rows, built.checks)
     assigned = {str(r[_ARM]): int(r["rows"]) for r in rows}  # one joined row per customer, checked above
     order = _arm_order(pilot, assigned)
@@ -225,11 +250,54 @@ def _aggregate_events(
     engine: Engine, pilot: Pilot, metric: Metric, units: ibis.Table, *, as_of=None
 ) -> MetricData:
     built = _build(engine, pilot, metric, _units(units), as_of=as_of)
-    rows = engine.con.to_pyarrow(built.summary).to_pylist()
+    return _events_data(pilot, metric, built, engine.con.to_pyarrow(built.summary).to_pylist())
+
+
+def _events_data(pilot: Pilot, metric: Metric, built: _Built, rows: list[dict]) -> MetricData:
     _raise_on_checks(rows, built.checks)
     assigned = {str(r[_ARM]): int(r["rows"]) for r in rows}  # grouped by customer first: one row each
     order = _arm_order(pilot, assigned)
     return _metric_data(metric, "", rows, assigned, order, None, built.covariates[metric.name])
+
+
+def _fetch(engine: Engine, queries: list) -> list[list[dict]]:
+    """The rows of several small (per-arm) queries. On DuckDB they run at the same time, each on its own
+    cursor of the one sandboxed database: a scan of a file of one row group runs on one thread, so a
+    per-customer table read beside a parallel event scan fills the idle core. Elsewhere (PostgreSQL, Spark)
+    one after the other, on the pilot's one connection. The first failing query's error is raised, as if
+    they had run in order."""
+    if len(queries) < 2 or engine.kind != "duckdb" or any(_has_memtable(q) for q in queries):
+        return [engine.con.to_pyarrow(q).to_pylist() for q in queries]
+    from concurrent.futures import ThreadPoolExecutor
+
+    backend = engine.con
+    raw = backend.con
+    # the sources and the units are TEMP views of this connection, which a cursor does not see: replayed
+    views = [
+        ddl
+        for (ddl,) in raw.sql("SELECT sql FROM duckdb_views() WHERE temporary AND NOT internal").fetchall()
+    ]
+    jobs = [(str(backend.compile(q)), q.schema().to_pyarrow()) for q in queries]
+
+    def run(job):
+        sql, schema = job
+        cur = raw.cursor()
+        try:
+            for ddl in views:
+                cur.execute(ddl)
+            return cur.sql(sql).to_arrow_table().cast(schema).to_pylist()
+        finally:
+            cur.close()
+
+    with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="labkit-query") as pool:
+        futures = [pool.submit(run, job) for job in jobs]
+        return [f.result() for f in futures]
+
+
+def _has_memtable(expr) -> bool:
+    import ibis.expr.operations as ops
+
+    return bool(expr.op().find(ops.InMemoryTable))
 
 
 def _arm_order(pilot: Pilot, seen) -> list[str]:
@@ -538,7 +606,13 @@ def _key(left, right):
 
 
 def _raise_on_duplicates(
-    engine: Engine, pilot: Pilot, built: _Built, u: ibis.Table, rows: list[dict]
+    engine: Engine,
+    pilot: Pilot,
+    built: _Built,
+    u: ibis.Table,
+    rows: list[dict],
+    *,
+    units_n: int | None = None,
 ) -> None:
     """Each per-customer source must hold an assigned customer at most once. Counted cheaply — the joined
     rows against the units — and only when they differ is each source grouped by id, to name it with a
@@ -547,7 +621,11 @@ def _raise_on_duplicates(
     if not built.sources:
         return
     joined = sum(int(r["rows"]) for r in rows)
-    units = int(engine.con.to_pyarrow(u.aggregate(n=u.count())).to_pylist()[0]["n"])
+    units = (
+        units_n
+        if units_n is not None
+        else int(engine.con.to_pyarrow(u.aggregate(n=u.count())).to_pylist()[0]["n"])
+    )
     if joined == units:
         return
     idc = pilot.spec.cohort.id_column
