@@ -114,8 +114,8 @@ class Engine:
                     table = self.con.read_csv(str(path), table_name=f"src_{name}")
                 else:
                     table = self.con.read_parquet(str(path), table_name=f"src_{name}")
-            except Exception as exc:  # DuckDB's own errors: permission, parse
-                raise DataError(name, f"cannot read {self.lab.display(path)}: {_first_line(exc)}") from None
+            except Exception as exc:  # DuckDB's own errors: the sandbox, parse
+                raise DataError(name, _unreadable(self.lab, path, exc)) from None
         elif spec.format == "postgres":
             table = self._postgres_table(name, spec)
         elif spec.format == "spark":
@@ -136,7 +136,10 @@ class Engine:
 
             table = ibis.memtable(pq.read_table(path))
         elif self.kind == DUCKDB:
-            table = self.con.read_parquet(str(path), table_name=name)
+            try:
+                table = self.con.read_parquet(str(path), table_name=name)
+            except Exception as exc:  # the sandbox (results/ leads out of the lab), a damaged file
+                raise LabkitError(_unreadable(self.lab, path, exc)) from None
         elif self.kind == POSTGRES:
             import pyarrow.parquet as pq
 
@@ -363,6 +366,26 @@ def _files_digest(path: Path) -> str:
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         h.update(f"{file.relative_to(path).as_posix()}={file_digest(file)}\n".encode())
     return h.hexdigest()
+
+
+def _unreadable(lab: Lab, path: Path, exc: Exception) -> str:
+    """Why DuckDB could not read a file, in one line; its sandbox refusing a file gets the rule it enforces
+    (DuckDB follows symlinks: a file of the lab that leads elsewhere is outside it)."""
+    try:  # as the lab names it, before symlinks: results/p/assignment.parquet
+        shown = str(Path(path).relative_to(lab.root))
+    except ValueError:
+        shown = lab.display(path)
+    if type(exc).__name__ == "PermissionException":
+        allowed = f"the lab ({lab.root})" + (
+            f" and data_root ({Path(lab.spec.data_root).resolve()})" if lab.spec.data_root else ""
+        )
+        real = Path(path).resolve()
+        where = f" it resolves to {real}," if str(real) != str(path) else ""
+        return (
+            f"cannot read {shown}:{where} outside the folders labkit's DuckDB may read: {allowed}; "
+            "keep data and results/ inside them (not behind a symlink that leads elsewhere)"
+        )
+    return f"cannot read {shown}: {_first_line(exc)}"
 
 
 def _first_line(exc: Exception) -> str:

@@ -76,7 +76,9 @@ Case -> tests (RELIABILITY.md; cases 21-25, 27-30 and 33 are the faults helper's
                                           test_security::test_no_connection_string_or_key_in_mlflow_notebooks_or_logs;
                                           test_postgres::test_the_connection_string_appears_in_no_output_or_file
 34 a source reading /etc/passwd or ../    test_input::test_data_sources_outside_the_lab_are_refused_by_validate,
-                                          test_security::test_the_duckdb_sandbox_refuses_files_outside_the_lab
+                                          test_security::test_the_duckdb_sandbox_refuses_files_outside_the_lab,
+                                          test_security::test_a_source_outside_the_lab_is_one_line_naming_it_for_every_command,
+                                          test_security::test_results_led_out_of_the_lab_is_one_clear_error_not_a_duckdb_exception
 """
 
 from __future__ import annotations

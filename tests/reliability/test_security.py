@@ -1,5 +1,11 @@
 """Security and privacy: the DuckDB sandbox, literal notebook parameters, secrets kept out of every record.
 
+Case 34 (a source that resolves out of the lab): the engine's DuckDB refuses such files itself
+(``test_the_duckdb_sandbox_refuses_files_outside_the_lab``), and through the CLI the user sees one line,
+never DuckDB's exception: a lab source outside the lab is refused at its lab-file line by every command,
+and a ``results/`` that leads out of the lab (where DuckDB's sandbox refuses the assignment labkit wrote)
+is one error naming the file, where it leads and the folders DuckDB may read.
+
 One PostgreSQL-backed lab (tests/backend_lab.py's CRM on the session's real server, tests/pg_server.py)
 lives in a folder whose name holds quotes, ``;``, ``$(...)``, backticks and a right-to-left mark; its
 pilot's hypothesis is 10,000 characters of hostile text. ``python -m labkit.cli run`` executes the repo's
@@ -31,7 +37,7 @@ import labkit
 from labkit.data.sources import Engine
 from labkit.privacy import scan_for_identifiers
 
-from conftest import REPO
+from conftest import LAB_YAML, PILOT_YAML, REPO
 
 KEY = "security-test-key-fedcba9876543210"
 CANARY = "/tmp/labkit-security-canary"
@@ -60,6 +66,85 @@ def test_the_duckdb_sandbox_refuses_files_outside_the_lab(tiny_lab):
                 engine.con.raw_sql(query)
     finally:
         engine.close()
+
+
+SMALL_PILOT = PILOT_YAML.split("  - name: replies")[0]  # the churn metric alone: customers and outcomes
+
+
+def labkit_cli(*args: str, cwd) -> subprocess.CompletedProcess:
+    drop = {"LABKIT_LAB", "LABKIT_TRACKING_URI", "LABKIT_DEBUG", "COLUMNS", "LINES"}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env |= {"LABKIT_ID_KEY": KEY, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return subprocess.run(
+        [sys.executable, "-m", "labkit.cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+
+
+def one_clear_line(done: subprocess.CompletedProcess) -> str:
+    """Exit 1, nothing on stdout, one line on stderr without a traceback or DuckDB's own error: that line."""
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "Exception" not in done.stderr, done.stderr
+    assert done.stdout == "" and len(done.stderr.splitlines()) == 1, done.stdout + done.stderr
+    return done.stderr.strip()
+
+
+def small_lab(lab, n: int = 60) -> None:
+    """Customers and outcomes for ``SMALL_PILOT`` (the events source of the lab file is left unread)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(34)
+    ids = [f"SEC-{i:04d}" for i in range(n)]
+    (lab.root / "data").mkdir(exist_ok=True)
+    pd.DataFrame({"customer_id": ids, "has_twitter": True}).to_parquet(
+        lab.root / "data" / "customers.parquet"
+    )
+    pd.DataFrame({"customer_id": ids, "churned": (rng.random(n) < 0.3).astype(int)}).to_csv(
+        lab.root / "data" / "outcomes.csv", index=False
+    )
+    lab.pilot(SMALL_PILOT)
+    (lab.root / "notebooks").mkdir(exist_ok=True)
+    shutil.copy(REPO / "notebooks" / "pilot_analysis.ipynb", lab.root / "notebooks" / "pilot_analysis.ipynb")
+
+
+@pytest.mark.parametrize("path", ["../x.csv", "/etc/passwd"], ids=["dotdot", "absolute"])
+def test_a_source_outside_the_lab_is_one_line_naming_it_for_every_command(tiny_lab, path):
+    """A lab file whose source points out of the lab (a file that exists there) stops every command at the
+    lab file's line, naming the source; DuckDB is never asked to read it."""
+    small_lab(tiny_lab)
+    (tiny_lab.root.parent / "x.csv").write_text("customer_id,churned\nSEC-0000,1\n")
+    text = LAB_YAML.replace("path: data/outcomes.csv", f"path: {path}")
+    tiny_lab.write("configs/lab.yaml", text)
+    expected = (
+        f"configs/lab.yaml:7: sources.outcomes.path: '{path}' lies outside the lab; data files must be inside "
+        f"the lab ({tiny_lab.root}); a lab may name an absolute data_root folder for data kept elsewhere"
+    )
+    for command in (["assign", "p"], ["analyze", "p", "--json"]):
+        assert one_clear_line(labkit_cli(*command, cwd=tiny_lab.root)) == expected, command
+    assert not (tiny_lab.root / "results" / "p").exists()
+
+
+def test_results_led_out_of_the_lab_is_one_clear_error_not_a_duckdb_exception(tiny_lab, tmp_path_factory):
+    """results/ as a symlink to a folder outside the lab: labkit writes the assignment there, but the
+    sandboxed DuckDB follows the link and refuses to read it back (duckdb.PermissionException). Each
+    command that reads it says so in one line naming the file, where it leads and what DuckDB may read."""
+    small_lab(tiny_lab)
+    outside = tmp_path_factory.mktemp("outside").resolve() / "results"
+    outside.mkdir()
+    (tiny_lab.root / "results").symlink_to(outside)
+    done = labkit_cli("assign", "p", cwd=tiny_lab.root)
+    assert done.returncode == 0, done.stderr
+    real = outside / "p" / "assignment.parquet"
+    assert real.is_file()
+    expected = (
+        f"cannot read results/p/assignment.parquet: it resolves to {real}, outside the folders labkit's "
+        f"DuckDB may read: the lab ({tiny_lab.root}); keep data and results/ inside them (not behind a "
+        "symlink that leads elsewhere)"
+    )
+    for command in (["analyze", "p", "--json"], ["plan", "p"], ["run", "p"]):
+        assert one_clear_line(labkit_cli(*command, cwd=tiny_lab.root)) == expected, command
+    assert not (outside / "p" / "runs").exists()  # `run` stopped before it made a run folder
 
 
 # ----------------------------------------------------------------- 26, 31, 32: one hostile PG run
