@@ -14,8 +14,9 @@ import html
 import io
 import json
 from pathlib import Path
+from typing import NamedTuple
 
-from labkit.compare import PilotRow, Portfolio
+from labkit.compare import GroupSummary, PilotRow, Portfolio
 
 FORMATS = ("table", "json", "csv", "html")
 COLOURS = {"ship": "#1a7f37", "harm": "#cf222e", "no-effect": "#57606a", "inconclusive": "#bf8700",
@@ -185,8 +186,36 @@ def to_csv(p: Portfolio) -> str:
 # --------------------------------------------------------------------------- forest plot
 
 
+class ForestLine(NamedTuple):
+    """One row of the forest plot: ``kind`` is group (a heading), pilot (its gain and interval), pooled (the
+    group's diamond) or note; ``item`` is the ``GroupSummary`` or ``PilotRow`` it draws."""
+
+    kind: str
+    label: str
+    item: GroupSummary | PilotRow
+
+
+def forest_lines(p: Portfolio) -> list[ForestLine]:
+    """The forest plot's rows, top to bottom: per group (in the portfolio's order) its heading, its pilots
+    (in the portfolio's order), then its pooled diamond — or a note when the group has one pilot."""
+    lines: list[ForestLine] = []
+    for g in p.groups:
+        lines.append(ForestLine("group", g.group, g))
+        for r in p.pilots:
+            if r.pilot in g.pilot_ids:
+                flags = "".join(f" ({f})" for f in _flags(r))
+                lines.append(ForestLine("pilot", r.pilot + (f" [{r.arm}]" if r.arms > 1 else "") + flags, r))
+        if g.pooled_gain is not None:
+            i2 = "" if g.i2 is None else f", I² {g.i2:.0%}"
+            lines.append(ForestLine("pooled", f"pooled: {g.pooled_k} pilots{i2}", g))
+        elif g.pooled_k == 1:
+            lines.append(ForestLine("note", "one pilot: not pooled", g))
+    return lines
+
+
 def forest_png(p: Portfolio) -> bytes:
-    """Every pilot's gain with its interval, grouped as the portfolio is, a pooled diamond per group.
+    """Every pilot's gain with its interval, grouped as the portfolio is, a pooled diamond per group: the
+    rows of ``forest_lines``.
 
     Drawn with collections (one artist for all intervals, one per decision for the points) and a margin
     sized from the labels instead of ``tight_layout``: a hundred pilots stay well under a second.
@@ -197,18 +226,7 @@ def forest_png(p: Portfolio) -> bytes:
     from matplotlib.lines import Line2D
     from matplotlib.ticker import PercentFormatter
 
-    lines: list[tuple] = []  # (kind, label, payload), top to bottom
-    for g in p.groups:
-        lines.append(("group", g.group, g))
-        for r in p.pilots:
-            if r.pilot in g.pilot_ids:
-                flags = "".join(f" ({f})" for f in _flags(r))
-                lines.append(("pilot", r.pilot + (f" [{r.arm}]" if r.arms > 1 else "") + flags, r))
-        if g.pooled_gain is not None:
-            i2 = "" if g.i2 is None else f", I² {g.i2:.0%}"
-            lines.append(("pooled", f"pooled: {g.pooled_k} pilots{i2}", g))
-        elif g.pooled_k == 1:
-            lines.append(("note", "one pilot: not pooled", g))
+    lines = forest_lines(p)
     values = [0.0]
     for kind, _, item in lines:
         if kind == "pilot":
