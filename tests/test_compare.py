@@ -14,6 +14,7 @@ import math
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ from scipy.stats import norm
 from labkit.compare import GroupSummary, PilotRow, portfolio, summarize
 from labkit.errors import LabkitError
 from labkit.lab import load_lab
-from labkit.report import forest_png, render, to_csv, to_html
+from labkit.report import forest_lines, forest_png, render, to_csv, to_html
 from labkit.tracking import RunRecord, Tracker, flatten_params, metrics_from_results
 
 from conftest import LAB_YAML, REPO
@@ -131,9 +132,9 @@ def store_template(tmp_path_factory) -> Path:
     return path
 
 
-def new_lab(root: Path, template: Path | None):
+def new_lab(root: Path, template: Path | None, lab_yaml: str = LAB_YAML):
     (root / "configs").mkdir(parents=True, exist_ok=True)
-    (root / "configs" / "lab.yaml").write_text(LAB_YAML)
+    (root / "configs" / "lab.yaml").write_text(lab_yaml)
     if template is not None:
         (root / "results").mkdir(exist_ok=True)
         shutil.copyfile(template, root / "results" / "mlflow.db")
@@ -524,9 +525,62 @@ def test_html_is_one_self_contained_escaped_file(folio, tmp_path):
     assert base64.b64decode(png).startswith(b"\x89PNG")
 
 
-def test_forest_plot_draws_every_group(folio):
+def test_forest_plot_rows_are_every_pilot_under_its_function_then_the_pooled_diamond(folio):
+    """The figure is drawn from ``forest_lines``: per group (ranked by ROI) a heading, that group's pilots
+    and nothing else, then its pooled row (DerSimonian–Laird, checked above) or the one-pilot note."""
+    lines = forest_lines(folio)
+    blocks: dict[str, list] = {}
+    for line in lines:
+        if line.kind == "group":
+            assert line.label not in blocks, f"group {line.label} drawn twice"
+            blocks[line.label] = []
+        else:
+            blocks[list(blocks)[-1]].append(line)
+    assert list(blocks) == [g.group for g in folio.groups]
+    assert [line.item for line in lines if line.kind == "group"] == list(folio.groups)
+    order = [r.pilot for r in folio.pilots]
+    for group in folio.groups:
+        block = blocks[group.group]
+        drawn = [line.item.pilot for line in block if line.kind == "pilot"]
+        assert sorted(drawn) == sorted(p["id"] for p in PILOTS if p["function"] == group.group)
+        assert drawn == [pid for pid in order if pid in drawn]  # the portfolio's order, by gain
+        assert all(line.item.function == group.group for line in block if line.kind == "pilot")
+        tail = block[-1]
+        assert [line.kind for line in block] == ["pilot"] * len(drawn) + [tail.kind]
+        assert tail.item is group
+        if group.pooled_k >= 2:
+            assert (
+                tail.kind == "pooled" and tail.label == f"pooled: {group.pooled_k} pilots, I² {group.i2:.0%}"
+            )
+        else:
+            assert (tail.kind, tail.label) == ("note", "one pilot: not pooled")
+    assert {g: len([x for x in b if x.kind == "pilot"]) for g, b in blocks.items()} == {
+        "service": 3, "marketing": 2, "sales": 1,
+    }  # fmt: skip
+    labels = {line.item.pilot: line.label for line in lines if line.kind == "pilot"}
+    assert labels["mkt-linkedin-ads"] == "mkt-linkedin-ads [b] (spec changed)"  # its best arm, its flag
+    assert labels["svc-community"] == "svc-community (running)"
+    assert labels["sales-warm-intro"] == "sales-warm-intro (data changed)"
+    assert labels["svc-fast-reply"] == "svc-fast-reply"
+    # the PNG is that structure drawn: 0.22 inch a row (plus margins) at 100 dpi
     png = forest_png(folio)
     assert png.startswith(b"\x89PNG") and len(png) > 5000
+    width, height = struct.unpack(">II", png[16:24])
+    assert (width, height) == (900, round(100 * (1.3 + 0.22 * len(lines))))
+
+
+def test_html_lists_each_pilot_under_its_function(folio):
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(to_html(folio), "html.parser")
+    tables = {h.get_text(): h.find_next_sibling("table") for h in soup.find_all("h2")}
+    rows = [[td.get_text() for td in tr.find_all("td")] for tr in tables["Pilots"].find_all("tr")[1:]]
+    assert {r[0]: r[1] for r in rows} == {p["id"]: p["function"] for p in PILOTS}
+    groups = [tr.find("td").get_text() for tr in tables["By function"].find_all("tr")[1:]]
+    assert groups == [g.group for g in folio.groups]
+    # pilots appear grouped: one run of rows per function, in the groups' order
+    runs = [f for i, f in enumerate(r[1] for r in rows) if i == 0 or rows[i - 1][1] != f]
+    assert runs == groups
 
 
 def test_table_format_shows_pilots_groups_and_flags(folio):
@@ -570,6 +624,104 @@ def test_cli_formats_output_and_log_one_portfolio_run(lab, capsys, tmp_path, mon
     assert run.data.metrics["pilots"] == 6.0
     # the portfolio run never shows as a pilot
     assert {r.pilot for r in portfolio(lab).pilots} == set(BY_ID)
+
+
+def cli_outputs(*commands: list[str]) -> list[str]:
+    """Run `labkit ARGS...` for each argument list at once (subprocesses, as a shell would); their stdouts."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("LABKIT_LAB", "LABKIT_TRACKING_URI", "LABKIT_DEBUG")
+    }
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "labkit.cli", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for args in commands
+    ]  # fmt: skip
+    outs = []
+    for proc, args in zip(procs, commands):
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, (args, err)
+        outs.append(out)
+    return outs
+
+
+def _plain(value):
+    """A CSV cell as JSON would hold it: NaN (an empty cell) is None, numpy scalars are Python's."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+def test_cli_csv_reads_back_with_pandas_equal_to_the_cli_json(lab):
+    """`labkit compare --format csv` through the command line: one row per pilot, PilotRow's fields as
+    columns, every cell equal to `--format json`'s pilots (floats to the last bit, text with its quotes,
+    line breaks and markup intact)."""
+    import pandas as pd
+
+    csv_text, json_text = cli_outputs(
+        ["compare", "--lab", str(lab.root), "--format", "csv"],
+        ["compare", "--lab", str(lab.root), "--format", "json"],
+    )
+    frame = pd.read_csv(io.StringIO(csv_text), float_precision="round_trip", keep_default_na=False,
+                        na_values=[""])  # fmt: skip
+    pilots = json.loads(json_text)["pilots"]
+    assert list(frame.columns) == list(PilotRow.__dataclass_fields__) == list(pilots[0])
+    assert frame["pilot"].tolist() == [p["pilot"] for p in pilots]  # same rows, same order
+    assert set(frame["pilot"]) == set(BY_ID)
+    for i, want in enumerate(pilots):
+        got = {column: _plain(frame[column].iloc[i]) for column in frame.columns}
+        assert got == want, want["pilot"]
+    nudge = frame.loc[frame.pilot == "mkt-email-nudge"]
+    assert nudge["title"].item() == f"Nudge {SCRIPT} & co"
+    assert "\nDecision: harm." in nudge["description"].item()
+    assert frame.loc[frame.pilot == "mkt-linkedin-ads", "spec_changed"].item() is True
+
+
+def test_compare_against_an_mlflow_server_equals_the_same_runs_in_sqlite(
+    mlflow_server, tmp_path, store_template
+):
+    """A real `mlflow server` on 127.0.0.1 (compare reads it through MLflow's REST client) and a sqlite store
+    (read by labkit's direct SELECTs), each holding the same runs recorded by labkit's Tracker: finished
+    runs, an older run, a FAILED-only pilot. `labkit compare --format json` says the same of both, but for
+    the store's address and the run ids the stores gave."""
+    import uuid
+
+    experiment = (
+        f"compare-server-{uuid.uuid4().hex[:8]}"  # the session's server is shared: a fresh experiment
+    )
+    text = LAB_YAML.replace("mlflow_experiment: tiny-pilots", f"mlflow_experiment: {experiment}")
+    local = new_lab(tmp_path / "sqlite", store_template, text)
+    served = new_lab(tmp_path / "server", None, text.replace("sqlite:///results/mlflow.db", mlflow_server))
+    assert served.tracking_uri == mlflow_server and local.tracking_uri.startswith("sqlite:///")
+    failed = dict(
+        BY_ID["sales-warm-intro"], id="pr-press", function="pr", channel="email", started="2026-03-02"
+    )
+    records = [record_for(p) for p in PILOTS]
+    records.append(
+        record_for(BY_ID["svc-fast-reply"], started=epoch("2026-01-01"), decision="harm", key="old")
+    )
+    records.append(record_for(failed, status="FAILED", key="f1"))
+    for target in (local, served):
+        tracker = Tracker(target)
+        for record in records:
+            tracker.record(record)
+    from labkit.runstore import SqliteRuns, TrackerRuns, open_runs
+
+    assert isinstance(open_runs(served), TrackerRuns) and isinstance(open_runs(local), SqliteRuns)
+
+    by_function = [["compare", "--lab", str(t.root), "--format", "json"] for t in (local, served)]
+    by_stage = [
+        ["compare", "--lab", str(t.root), "--format", "json", "--by", "stage"] for t in (local, served)
+    ]
+    outs = [json.loads(out) for out in cli_outputs(*by_function, *by_stage)]
+    for sqlite_view, server_view in (outs[:2], outs[2:]):
+        assert sqlite_view.pop("store").startswith("sqlite:///") and server_view.pop("store") == mlflow_server
+        for view in (sqlite_view, server_view):
+            view.pop("generated_at")
+            ids = [p.pop("run_id") for p in view["pilots"]]
+            assert len(set(ids)) == len(BY_ID)
+        assert {p["pilot"] for p in server_view["pilots"]} == set(BY_ID)  # not the FAILED-only pilot
+        assert next(p for p in server_view["pilots"] if p["pilot"] == "svc-fast-reply")["decision"] == "ship"
+        assert server_view == sqlite_view
 
 
 def cli_errors(*cases: tuple[Path, str]) -> None:
