@@ -9,15 +9,18 @@ under ``results/browser/``: screenshots, the report and the UI's log.
    ``tags.`labkit.function``` filter into the search box, adds the decision column, and the table must
    hold exactly the runs of that function's pilots (read from the pilot files and the store, not pasted
    here), each with its decision; a run's page shows the hypothesis and the decision in its description.
-   Filtering by another function must swap the rows. A screenshot lands in ``results/browser/``.
+   Filtering by another function must swap the rows. A screenshot lands in the lab's ``results/browser/``
+   and is copied to the repository's ``results/browser/`` (git-ignored), where people look for it.
 2. ``labkit compare --format html`` opens from a ``file://`` URL: the forest plot decodes, every function
-   has its summary row, every pilot its hypothesis and decision, and no request leaves the machine.
+   has its summary row, every pilot its hypothesis and decision, and no request leaves the machine. Its
+   full-page screenshot is copied to the repository's ``results/browser/`` too.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import struct
 import subprocess
@@ -34,6 +37,8 @@ import labkit
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = "/usr/bin/chromium"
+REPO = Path(__file__).resolve().parents[1]
+PUBLISHED = REPO / "results" / "browser"  # the repository's results/ is git-ignored
 # --headless even where Playwright would add it; the rest keeps Chromium off the network (updates,
 # sync, field trials, QUIC probes) so the tests run the same on a closed CI runner.
 CHROMIUM_ARGS = [
@@ -218,6 +223,17 @@ def _set_column(page, name: str, shown: bool) -> None:
         expect(node).not_to_have_class(checked)
 
 
+def _publish(path: Path) -> Path:
+    """Copy a screenshot to the repository's ``results/browser/`` (temp file + rename: never half a PNG)."""
+    PUBLISHED.mkdir(parents=True, exist_ok=True)
+    target = PUBLISHED / path.name
+    partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    shutil.copyfile(path, partial)
+    os.replace(partial, target)
+    assert target.read_bytes() == path.read_bytes()
+    return target
+
+
 def _assert_png(path: Path, viewport: dict) -> None:
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
@@ -284,6 +300,7 @@ def test_mlflow_ui_filters_runs_by_function_and_shows_each_decision(demo_lab, ui
         shot = shots / f"mlflow-ui-{FUNCTION}.png"
         page.screenshot(path=shot)
         _assert_png(shot, VIEWPORT)
+        _assert_png(_publish(shot), VIEWPORT)
 
         # a run's page: its description holds the hypothesis and the decision in plain words
         run_id, (pilot, run_name, decision) = sorted(expected.items())[0]
@@ -351,6 +368,8 @@ def test_compare_html_report_renders_offline_in_chromium(demo_lab, browser, shot
             assert _words(pilot.spec.hypothesis.statement) in text, pid
             assert f"Decision: {decisions[pid]}" in text, pid
         page.screenshot(path=shots / "portfolio.png", full_page=True)
+        published = _publish(shots / "portfolio.png")
+        assert published.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         foreign = [url for url in requests if not url.startswith("file://")]
         assert foreign == [], f"the report asked for addresses off this machine: {foreign}"
         assert requests == [report.as_uri()], requests
