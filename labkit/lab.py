@@ -18,7 +18,16 @@ from typing import Literal
 
 from pydantic import Field
 
-from labkit._validation import COLUMN, NAME, Strict, loose, merge_problems, one_line_errors, validate_model
+from labkit._validation import (
+    COLUMN,
+    NAME,
+    Strict,
+    bad_text,
+    loose,
+    merge_problems,
+    one_line_errors,
+    validate_model,
+)
 from labkit.errors import LabkitError, SpecError, SpecErrors
 from labkit.yamlfile import YamlDoc, load_yaml
 
@@ -203,10 +212,17 @@ def check_lab(spec: LabSpec, doc: YamlDoc) -> list[SpecError]:
     def err(loc: tuple, message: str) -> None:
         errors.append(SpecError(doc.path, doc.line_of(loc), ".".join(map(str, loc)), message))
 
+    # fullmatch, not match: `$` also matches before a final newline, so match() lets "crm\n" through
+    for key in ("lab", "mlflow_experiment", "currency", "notebook", "data_root"):
+        value = getattr(spec, key)
+        if isinstance(value, str) and _not_one_line(value):
+            err((key,), _not_one_line(value))
     for name, src in spec.sources.items():
         loc = ("sources", name)
-        if not NAME.match(name):
+        if not NAME.fullmatch(name):
             err(loc, f"source name '{name}' must be lowercase letters, digits and _ (starting with a letter)")
+        if isinstance(src.path, str) and _not_one_line(src.path):
+            err((*loc, "path"), _not_one_line(src.path))
         if src.format in ("csv", "parquet") and not src.path:
             err(loc, f"a {src.format} source needs 'path'")
         if src.format == "postgres":
@@ -218,24 +234,32 @@ def check_lab(spec: LabSpec, doc: YamlDoc) -> list[SpecError]:
             err(loc, "a spark source needs 'path' or 'table'")
         for key in ("table", "timestamp"):
             value = getattr(src, key)
-            if value is not None and not COLUMN.match(value):
+            if value is not None and not COLUMN.fullmatch(value):
                 err((*loc, key), f"'{value}' is not a plain identifier (letters, digits, _)")
-        if src.url_env is not None and not COLUMN.match(src.url_env):
+        if src.url_env is not None and not COLUMN.fullmatch(src.url_env):
             err((*loc, "url_env"), f"'{src.url_env}' is not an environment variable name")
     for key in ("functions", "channels", "stages"):
         values = getattr(spec, key)
         for i, value in enumerate(values):
-            if not NAME.match(value):
+            if not NAME.fullmatch(value):
                 err((key, i), f"'{value}' must be lowercase letters, digits and _")
         if len(set(values)) != len(values):
             err((key,), "entries must be unique")
-    if not NAME.match(spec.privacy.key_env.lower()):
+    if not NAME.fullmatch(spec.privacy.key_env.lower()):
         err(("privacy", "key_env"), f"'{spec.privacy.key_env}' is not an environment variable name")
     if spec.data_root is not None and not Path(spec.data_root).is_absolute():
         err(
             ("data_root",), "data_root must be an absolute folder (relative paths already resolve in the lab)"
         )
     return errors
+
+
+def _not_one_line(value: str) -> str | None:
+    """Why a name, label or path of the lab file is refused (a line break, a control or bidi character), or
+    None: these reach messages, MLflow, reports and file names, where such characters split or disguise."""
+    if "\n" in value:
+        return "contains a line break; one line of plain text only"
+    return bad_text(value)
 
 
 def _dates_misplaced(doc: YamlDoc, allowed: set[tuple]) -> list[SpecError]:

@@ -36,7 +36,10 @@ Case -> tests (RELIABILITY.md; cases 21-25, 27-30 and 33 are the faults helper's
                                           test_input::test_data_sources_outside_the_lab_are_refused_by_validate,
                                           test_input::test_a_data_root_admits_its_folder_and_nothing_beside_it
 10 SQL/shell metacharacters              test_input::test_metacharacters_in_names_are_refused_on_one_line,
-                                          test_input::test_hostile_filter_values_are_literals_through_assign;
+                                          test_input::test_hostile_filter_values_are_literals_through_assign,
+                                          test_input::test_hostile_values_in_the_lab_file_are_one_line_each,
+                                          test_input::test_every_hostile_lab_value_is_reported_in_one_pass,
+                                          test_input::test_hostile_free_text_in_the_lab_file_is_a_literal_to_the_store;
                                           test_cohort::test_hostile_*; test_postgres::test_hostile_filter_values_*
                                           (PG table intact), test_security::test_hostile_strings_*
 11 broken notebooks                       test_input::test_broken_notebooks_are_refused_before_any_run;
@@ -647,6 +650,106 @@ def test_a_nul_in_a_filter_value_is_refused(lab):
         lab.pilot(hostile_pilot(["a\x00b"], pid="p")),
         [f"{P}:16: cohort.where.0.value: values must not contain NUL characters"],
     )
+
+
+PG_SOURCE = "  crm: {format: postgres, url_env: CRM_URL, table: customers}\n"
+LAB_PWN = "/tmp/labkit-lab-canary"
+
+
+def lab_with(old: str, new: str) -> str:
+    """LAB_YAML with a PostgreSQL source on line 6 (the file sources move to lines 7-9), one value replaced."""
+    return replaced(old, new, LAB_YAML.replace("sources:\n", "sources:\n" + PG_SOURCE))
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("  customers: {format: parquet", "  \"customers; DROP TABLE customers;--\": {format: parquet",
+         "7: sources.customers; DROP TABLE customers;--: source name 'customers; DROP TABLE customers;--' must be lowercase letters, digits and _ (starting with a letter)"),
+        ("  customers: {format: parquet", "  \"customers\\n\": {format: parquet",
+         "7: sources.customers\\n: source name 'customers\\n' must be lowercase letters, digits and _ (starting with a letter)"),
+        ("  customers: {format: parquet", "  \"cust\\u202eomers\": {format: parquet",
+         "7: sources.cust\\u202eomers: source name 'cust\\u202eomers' must be lowercase letters, digits and _ (starting with a letter)"),
+        ("table: customers}", "table: \"customers\\\"; DROP TABLE customers;--\"}",
+         "6: sources.crm.table: 'customers\"; DROP TABLE customers;--' is not a plain identifier (letters, digits, _)"),
+        ("table: customers}", "table: \"customers\\n\"}",
+         "6: sources.crm.table: 'customers\\n' is not a plain identifier (letters, digits, _)"),
+        ("table: customers}", "table: \"cust\\0omers\"}",
+         "6: sources.crm.table: 'cust\\x00omers' is not a plain identifier (letters, digits, _)"),
+        ("table: customers}", "table: \"$(touch " + LAB_PWN + ")\"}",
+         "6: sources.crm.table: '$(touch " + LAB_PWN + ")' is not a plain identifier (letters, digits, _)"),
+        ("timestamp: ts}", "timestamp: \"ts'); DROP TABLE events;--\"}",
+         "9: sources.events.timestamp: 'ts'); DROP TABLE events;--' is not a plain identifier (letters, digits, _)"),
+        ("timestamp: ts}", "timestamp: \"ts\\n\"}",
+         "9: sources.events.timestamp: 'ts\\n' is not a plain identifier (letters, digits, _)"),
+        ("timestamp: ts}", "timestamp: \"t\\u202es\"}",
+         "9: sources.events.timestamp: 't\\u202es' is not a plain identifier (letters, digits, _)"),
+        ("url_env: CRM_URL,", "url_env: \"CRM_URL$(touch " + LAB_PWN + ")\",",
+         "6: sources.crm.url_env: 'CRM_URL$(touch " + LAB_PWN + ")' is not an environment variable name"),
+        ("url_env: CRM_URL,", "url_env: \"CRM_URL\\n\",",
+         "6: sources.crm.url_env: 'CRM_URL\\n' is not an environment variable name"),
+        ("url_env: CRM_URL,", "url_env: \"CRM_URL\\0\",",
+         "6: sources.crm.url_env: 'CRM_URL\\x00' is not an environment variable name"),
+        ("path: data/outcomes.csv", "path: \"data/out\\0comes.csv\"",
+         "8: sources.outcomes.path: contains the control character U+0000; plain text only"),
+        ("path: data/outcomes.csv", "path: \"data/\\u202evsc.csv\"",
+         "8: sources.outcomes.path: contains the control character U+202E; plain text only"),
+        ("lab: tiny-lab", "lab: \"tiny\\nlab\"", "1: lab: contains a line break; one line of plain text only"),
+        ("mlflow_experiment: tiny-pilots", "mlflow_experiment: \"tiny-pilots\\u202e\"",
+         "3: mlflow_experiment: contains the control character U+202E; plain text only"),
+        ("currency: USD", "currency: \"USD\\n\"", "4: currency: contains a line break; one line of plain text only"),
+    ],
+    ids=["source-sql", "source-trailing-newline", "source-rlo", "table-sql", "table-trailing-newline", "table-nul",
+         "table-shell", "timestamp-sql", "timestamp-trailing-newline", "timestamp-rlo", "url-env-shell",
+         "url-env-trailing-newline", "url-env-nul", "path-nul", "path-rlo", "lab-newline", "experiment-rlo",
+         "currency-newline"],
+)  # fmt: skip
+def test_hostile_values_in_the_lab_file_are_one_line_each(lab, old, new, message):
+    """Case 10 for the lab file: source names, a PostgreSQL table, an event timestamp, url_env, paths and the
+    lab's labels refuse quotes, `;`, `$(...)`, line breaks (a final one too: `$` matches before it), NUL
+    and right-to-left marks; every command stops at the line, shown escaped, and nothing runs or is written."""
+    lab.write("configs/lab.yaml", lab_with(old, new))
+    lab.refused("p", [f"configs/lab.yaml:{message}"], validate="configs/lab.yaml")
+    assert not os.path.exists(LAB_PWN)
+
+
+def test_every_hostile_lab_value_is_reported_in_one_pass(lab):
+    text = lab_with("table: customers}", 'table: "c;--"}').replace("timestamp: ts}", 'timestamp: "ts\\n"}')
+    lab.write("configs/lab.yaml", text.replace("lab: tiny-lab", 'lab: "tiny\\0lab"'))
+    lab.refused(
+        "p",
+        [
+            "configs/lab.yaml:1: lab: contains the control character U+0000; plain text only",
+            "configs/lab.yaml:6: sources.crm.table: 'c;--' is not a plain identifier (letters, digits, _)",
+            "configs/lab.yaml:9: sources.events.timestamp: 'ts\\n' is not a plain identifier (letters, digits, _)",
+        ],
+        validate="configs/lab.yaml",
+    )
+
+
+def test_hostile_free_text_in_the_lab_file_is_a_literal_to_the_store(lab):
+    """Labels may hold quotes, `;` and `$(...)` (they are text): the experiment name reaches the sqlite store
+    as a bound parameter, so an always-true `OR` finds no experiment, the lab name comes back as written,
+    and the store is untouched."""
+    store = lab.root / "results" / "mlflow.db"
+    before = hashlib.sha256(store.read_bytes()).hexdigest()
+    name = f"x'; DROP TABLE runs;-- $(touch {LAB_PWN})"
+    text = replaced("lab: tiny-lab", f"lab: {json.dumps(name)}", LAB_YAML)
+    injected = replaced(
+        "mlflow_experiment: tiny-pilots", "mlflow_experiment: \"tiny-pilots' OR '1'='1\"", text
+    )
+    lab.write("configs/lab.yaml", injected)
+    code, out, err = cli_main("validate", "configs/lab.yaml")
+    assert code == 0, err
+    code, out, err = cli_main("compare", "--format", "json")
+    assert code == 1 and out == "" and "Traceback" not in err, err
+    assert err.startswith("no pilot runs in MLflow experiment 'tiny-pilots' OR '1'='1'"), err
+    lab.write("configs/lab.yaml", text)
+    code, out, err = cli_main("compare", "--format", "json")
+    assert code == 0, err  # the real experiment is still there, read by its exact name
+    assert json.loads(out)["lab"] == name
+    assert hashlib.sha256(store.read_bytes()).hexdigest() == before
+    assert not os.path.exists(LAB_PWN)
 
 
 # --------------------------------------------------------------------------- 11: broken notebooks
