@@ -6,6 +6,13 @@ never DuckDB's exception: a lab source outside the lab is refused at its lab-fil
 and a ``results/`` that leads out of the lab (where DuckDB's sandbox refuses the assignment labkit wrote)
 is one error naming the file, where it leads and the folders DuckDB may read.
 
+Small cells (RELIABILITY Facts: a median or maximum over a handful of customers is a person's value): a
+quantile pilot over ~8 customers per arm, analysed through ``labkit analyze --json`` with
+``privacy.min_cell_size`` at the smallest arm (the quantiles are reported and equal numpy's) and above it
+(they must be withheld with reason ``suppressed_small_cell``). Two tests are strict xfails that pin defects
+outside this module's files: the withholding itself crashes (its reason is not a known Estimate reason),
+and ``binned_distribution`` shows the exact minimum and maximum value as its outer bin edges.
+
 One PostgreSQL-backed lab (tests/backend_lab.py's CRM on the session's real server, tests/pg_server.py)
 lives in a folder whose name holds quotes, ``;``, ``$(...)``, backticks and a right-to-left mark; its
 pilot's hypothesis is 10,000 characters of hostile text. ``python -m labkit.cli run`` executes the repo's
@@ -145,6 +152,172 @@ def test_results_led_out_of_the_lab_is_one_clear_error_not_a_duckdb_exception(ti
     for command in (["analyze", "p", "--json"], ["plan", "p"], ["run", "p"]):
         assert one_clear_line(labkit_cli(*command, cwd=tiny_lab.root)) == expected, command
     assert not (outside / "p" / "runs").exists()  # `run` stopped before it made a run folder
+
+
+# -------------------------------------------------------- small cells: order statistics withheld
+
+QUANTILE_PILOT = """\
+id: q
+title: Median spend
+function: service
+channel: twitter
+stage: retention
+owner: lab@example.com
+hypothesis:
+  statement: Fast replies raise the median spend.
+  metric: median_spend
+  direction: increase
+  mde: {relative: 0.15}
+cohort:
+  source: customers
+  id_column: customer_id
+  where:
+    - {column: has_twitter, op: "==", value: true}
+  max_size: 2000
+  arms: {control: 0.5, fast: 0.5}
+  control: control
+  start: 2026-11-01
+metrics:
+  - {name: median_spend, type: quantile, quantile: 0.5, source: outcomes, column: spend}
+  - {name: top_spend, type: quantile, quantile: 0.99, source: outcomes, column: spend}
+  - {name: churned, type: proportion, source: outcomes, column: churned}
+"""
+QUANTILES = {"median_spend": 0.5, "top_spend": 0.99}
+WITHHELD = ("mean_control", "mean_treatment", "effect", "ci_low", "ci_high", "lift", "lift_ci_low",
+            "lift_ci_high", "p_value", "p_value_adjusted")  # fmt: skip
+
+
+@pytest.fixture
+def few_customers(tiny_lab, monkeypatch):
+    """A pilot over 16 customers (about 8 per arm), assigned: (lab, {arm: spend values}, smallest arm)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(6)
+    n = 16
+    ids = [f"SMALL-{i:03d}" for i in range(n)]
+    (tiny_lab.root / "data").mkdir()
+    pd.DataFrame({"customer_id": ids, "has_twitter": True}).to_parquet(
+        tiny_lab.root / "data" / "customers.parquet"
+    )
+    spend = np.round(rng.gamma(2.0, 40.0, n), 2) + np.arange(n) / 1000  # every customer's value distinct
+    outcomes = pd.DataFrame(
+        {"customer_id": ids, "spend": spend, "churned": (rng.random(n) < 0.3).astype(int)}
+    )
+    outcomes.to_csv(tiny_lab.root / "data" / "outcomes.csv", index=False)
+    tiny_lab.pilot(QUANTILE_PILOT, "q")
+    monkeypatch.setenv("LABKIT_ID_KEY", KEY)
+    code, _, err = in_process("assign", "q")
+    assert code == 0, err
+    drawn = pd.read_parquet(tiny_lab.root / "results" / "q" / "assignment.parquet")
+    merged = drawn.merge(outcomes, on="customer_id")
+    values = {arm: group["spend"].to_numpy() for arm, group in merged.groupby("arm")}
+    smallest = min(len(v) for v in values.values())
+    assert 2 <= smallest < 10  # below the default minimum cell size
+    return tiny_lab, values, smallest
+
+
+def in_process(*args: str) -> tuple[int, str, str]:
+    """``labkit ARGS`` through ``labkit.cli.main`` in this process; an escaping exception fails the test."""
+    import contextlib
+    import io
+
+    from labkit import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
+def with_min_cell_size(lab, size: int | None) -> None:
+    line = "privacy: {pseudonymize: true, key_env: LABKIT_ID_KEY}\n"
+    cell = "" if size is None else f", min_cell_size: {size}"
+    lab.write("configs/lab.yaml", LAB_YAML.replace(line, line.replace("}", cell + "}")))
+
+
+def quantile_rows(out: str) -> dict[str, dict]:
+    return {r["metric"]: r for r in json.loads(out)["metrics"] if r["metric"] in QUANTILES}
+
+
+def test_quantiles_of_arms_at_the_minimum_cell_size_are_reported(few_customers):
+    """With every arm at least ``privacy.min_cell_size`` customers, the quantiles are the arms' own."""
+    import numpy as np
+
+    lab, values, smallest = few_customers
+    with_min_cell_size(lab, smallest)
+    code, out, err = in_process("analyze", "q", "--json")
+    assert code == 0, err
+    for metric, row in quantile_rows(out).items():
+        q = QUANTILES[metric]
+        assert row["reason"] is None, row
+        assert row["mean_control"] == pytest.approx(float(np.quantile(values["control"], q)), rel=1e-12)
+        assert row["mean_treatment"] == pytest.approx(float(np.quantile(values["fast"], q)), rel=1e-12)
+        assert row["p_value"] is not None and row["ci_low"] is not None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="labkit.analysis._suppress builds an Estimate with reason 'suppressed_small_cell', which "
+    "labkit.stats.moments.REASONS does not list: Estimate.__post_init__ raises ValueError, so `labkit "
+    "analyze` dies with a traceback instead of withholding the statistic",
+)
+@pytest.mark.parametrize("floor", [None, "smallest+1"], ids=["default-10", "one-above-the-smallest-arm"])
+def test_quantiles_of_arms_below_the_minimum_cell_size_are_withheld_with_their_reason(few_customers, floor):
+    """RELIABILITY Facts: a median or maximum over a handful of customers is a person's value. Below
+    ``privacy.min_cell_size`` (default 10) the quantile rows carry no statistic, only the reason, and none of
+    the arms' quantiles appears anywhere in the JSON; a quantile primary makes the decision invalid."""
+    import numpy as np
+
+    lab, values, smallest = few_customers
+    with_min_cell_size(lab, None if floor is None else smallest + 1)
+    code, out, err = in_process("analyze", "q", "--json")
+    assert code == 0 and "Traceback" not in err, err
+    data = json.loads(out)
+    for metric, row in quantile_rows(out).items():
+        assert row["reason"] == "suppressed_small_cell", row
+        assert {k: row[k] for k in WITHHELD} == dict.fromkeys(WITHHELD), row
+        for arm_values in values.values():
+            exact = float(np.quantile(arm_values, QUANTILES[metric]))
+            assert repr(exact) not in out and f"{exact:.6g}" not in out, (metric, exact)
+    assert data["decision"] == "invalid" and data["decision_code"] == "suppressed_small_cell", data["reason"]
+    assert "minimum cell size" in data["reason"]
+    churned = next(r for r in data["metrics"] if r["metric"] == "churned")
+    assert (
+        churned["reason"] is None and churned["p_value"] is not None
+    )  # proportions are not order statistics
+
+
+def distribution(lab, metric: str):
+    lab_ = labkit.load_lab(lab.root)
+    return labkit.binned_distribution(labkit.load_pilot("q", lab=lab_), metric)
+
+
+def test_a_distribution_shows_no_bin_of_fewer_customers_than_the_minimum_cell_size(few_customers):
+    lab, values, _ = few_customers
+    with_min_cell_size(lab, 3)
+    bins = distribution(lab, "median_spend")
+    assert len(bins) and bins["suppressed"].any()
+    shown = bins.loc[bins["count"] > 0, "count"]
+    assert (shown >= 3).all(), bins
+    hidden = bins[bins["suppressed"]]
+    assert (hidden["count"] == 0).all() and (hidden["share"] == 0).all()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="labkit.analysis.binned_distribution spans its bins from the pooled minimum to the pooled maximum, "
+    "so the first bin_low and the last bin_high are two customers' exact values, whatever the counts",
+)
+def test_a_distribution_reveals_neither_the_smallest_nor_the_largest_customer_value(few_customers):
+    import numpy as np
+
+    lab, values, _ = few_customers
+    bins = distribution(lab, "median_spend")
+    pooled = np.concatenate(list(values.values()))
+    edges = set(bins["bin_low"]) | set(bins["bin_high"])
+    assert float(pooled.min()) not in edges and float(pooled.max()) not in edges
 
 
 # ----------------------------------------------------------------- 26, 31, 32: one hostile PG run
