@@ -20,6 +20,8 @@ delimited by a character that appears in no identifier (quotes, spaces, commas, 
 punctuation that identifiers contain (``. @ - : /``...), e.g. inside ``"mailto:ann.lee.7@example.com"``;
 it does not find one glued to letters or digits (``xCUST-0000001``, or inside a base64 blob). SQLite files (an
 MLflow store) are also read table by table, so a long value split across database pages is still found.
+``scan_for_patterns`` reads the same files for *shapes* (byte regexes: any email of the demo's form, any
+hex run to look up in a set of hashes), where the set of values is not known or too large to list.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import secrets
 import sqlite3
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -195,6 +197,24 @@ def scan_for_identifiers(paths: Iterable[str | os.PathLike], identifiers: set[st
             hits |= finder.find(_sqlite_text(file))
         found.update((file, ident) for ident in hits)
     return sorted(found, key=lambda pair: (str(pair[0]), pair[1]))
+
+
+def scan_for_patterns(
+    paths: Iterable[str | os.PathLike], patterns: Mapping[str, re.Pattern[bytes]]
+) -> list[tuple[Path, str, bytes]]:
+    """Every distinct (file, pattern name, matched bytes) of byte regexes in files; folders are walked and
+    SQLite files are also read table by table, as ``scan_for_identifiers`` reads them."""
+    found: set[tuple[Path, str, bytes]] = set()
+    for file in _files(paths):
+        try:
+            data = file.read_bytes()
+        except OSError:
+            continue
+        texts = [data, _sqlite_text(file)] if data.startswith(b"SQLite format 3\x00") else [data]
+        for name, pattern in patterns.items():
+            for text in texts:
+                found.update((file, name, m.group()) for m in pattern.finditer(text))
+    return sorted(found, key=lambda hit: (str(hit[0]), hit[1], hit[2]))
 
 
 def _files(paths: Iterable[str | os.PathLike]) -> Iterable[Path]:

@@ -4,25 +4,29 @@ The repo's configs/, experiments/ and notebooks/ are copied into a temporary fol
 labkit.cli demo`` runs there once for the session (the ``demo_lab`` fixture of tests/demo_lab.py, ~1-2 min
 on 2 cores, shared with the browser tests): it builds the synthetic CRM, assigns, plans, runs every pilot's
 notebook and records it in the lab's sqlite MLflow store. The tests then read that store and scan it, its
-artifact tree and the run folders for every demo customer's identifiers, for the lab's pseudonym key and
-for plain sha256 hashes of ids.
+artifact tree, the run folders and the demo command's own stdout and stderr for every demo customer's
+identifiers and the lab's pseudonym key (exact values), for a plain sha256 of any of the 80,000 ids (in
+full or cut to a pseudonym's 16 characters, even glued inside a longer hex run), and for anything shaped
+like a demo id, email, handle or LinkedIn profile URL (regexes of the forms labkit/demo.py writes), so
+that an identifier the exact sets miss — another customer's, or one rewritten on the way — is caught too.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 import labkit
-from labkit.privacy import key_path, scan_for_identifiers
+from labkit.privacy import key_path, scan_for_identifiers, scan_for_patterns
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-SHA_SAMPLE = 5000  # ids whose plain sha256 (full, and cut to a pseudonym's 16 characters) is looked for
+PREFIX = 16  # a plain sha256 cut to a pseudonym's length is as reversible as the full one
 
 
 @pytest.fixture
@@ -87,13 +91,60 @@ def test_every_demo_pilot_has_exactly_one_finished_latest_run_with_its_notebook(
     assert functions == {"sales", "marketing", "service", "pr"}
 
 
-def test_no_demo_customer_identifier_key_or_plain_hash_in_mlflow(demo):
-    root, lab, proc, _ = demo
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
-    customers = pd.read_parquet(
+def demo_shapes() -> dict[str, re.Pattern[bytes]]:
+    """Regexes of the identifiers labkit/demo.py writes (Population.customers_table): ``CUST-0000001``,
+    ``ada.berg.1@example.org``, ``@adaber1`` (first name, three letters of the last, hex) and
+    ``https://www.linkedin.com/in/ada-berg-1``; any hex run, for the plain-hash lookup."""
+    from labkit.demo import _FIRST, _LAST
+
+    first = b"|".join(sorted({f.encode() for f in _FIRST}, key=len, reverse=True))
+    last3 = b"|".join(sorted({name[:3].encode() for name in _LAST}, key=len, reverse=True))
+    return {
+        "customer id": re.compile(rb"CUST-[0-9]{7}"),
+        "email": re.compile(rb"[a-z]+\.[a-z]+\.[0-9]+@example\.(?:com|org|net)"),
+        "handle": re.compile(rb"@(?:" + first + rb")(?:" + last3 + rb")[0-9a-f]+"),
+        "linkedin url": re.compile(rb"linkedin\.com/in/[a-z]+-[a-z]+-[0-9a-f]+"),
+        "hex": re.compile(rb"[0-9a-fA-F]{16,}"),
+    }
+
+
+def plain_hashes(hits, prefixes: set[bytes]) -> list[tuple[Path, bytes]]:
+    """The hex runs holding, anywhere in them, the first 16 hex characters of a plain sha256 of an id."""
+    out = []
+    for path, name, run in hits:
+        if name != "hex":
+            continue
+        run = run.lower()
+        out += [(path, run) for i in range(len(run) - PREFIX + 1) if run[i : i + PREFIX] in prefixes]
+    return out
+
+
+@pytest.fixture
+def scanned(demo, tmp_path) -> list[Path]:
+    """What must hold no identifier: the store, the artifact tree, the run folders, and the demo's output."""
+    root, _, proc, _ = demo
+    demo.check()
+    results = root / "results"
+    paths = [results / "mlflow.db", results / "mlruns", *sorted(results.glob("*/runs"))]
+    assert all(p.exists() for p in paths)
+    assert len(list((results / "mlruns").rglob("*.ipynb"))) >= 8
+    for name, text in (("demo.stdout", proc.stdout), ("demo.stderr", proc.stderr)):
+        (tmp_path / name).write_text(text)
+        paths.append(tmp_path / name)
+    assert "labkit ui" in proc.stdout  # the captured output is the demo's, not empty
+    return paths
+
+
+def demo_customers(root: Path) -> pd.DataFrame:
+    return pd.read_parquet(
         root / "data" / "crm" / "customers.parquet",
         columns=["customer_id", "email", "twitter_handle", "linkedin_url"],
     )
+
+
+def test_no_demo_customer_identifier_key_or_plain_hash_in_mlflow(demo, scanned, tmp_path):
+    root, lab, _, _ = demo
+    customers = demo_customers(root)
     identifiers: set[str] = set()
     for column in customers.columns:
         identifiers |= {str(v) for v in customers[column].dropna() if str(v)}
@@ -101,15 +152,34 @@ def test_no_demo_customer_identifier_key_or_plain_hash_in_mlflow(demo):
     key = key_path(lab).read_text().strip()
     assert len(key) >= 16
     identifiers.add(key)
-    for cid in customers["customer_id"].astype(str).head(SHA_SAMPLE):
-        digest = hashlib.sha256(cid.encode()).hexdigest()
-        identifiers |= {digest, digest[:16]}
-
-    results = root / "results"
-    scanned = [results / "mlflow.db", results / "mlruns", *sorted(results.glob("*/runs"))]
-    assert all(p.exists() for p in scanned)
-    assert len(list((results / "mlruns").rglob("*.ipynb"))) >= 8
     # the scanner does find them where they belong: the lab's own CRM extract
     assert scan_for_identifiers([root / "data" / "crm" / "outcomes.csv"], identifiers)
     found = scan_for_identifiers(scanned, identifiers)
-    assert found == [], [(str(path.relative_to(root)), ident) for path, ident in found[:20]]
+    assert found == [], [(str(path), ident) for path, ident in found[:20]]
+
+    ids = customers["customer_id"].astype(str)
+    prefixes = {hashlib.sha256(c.encode()).hexdigest()[:PREFIX].encode() for c in ids}
+    assert len(prefixes) == len(ids) >= 80_000  # every id, not a sample
+    planted = tmp_path / "planted" / "x.json"  # a full digest glued inside a longer hex run is still found
+    planted.parent.mkdir()
+    planted.write_text('{"h": "00ff' + hashlib.sha256(ids.iloc[-1].encode()).hexdigest() + 'ab"}')
+    assert len(plain_hashes(scan_for_patterns([planted], demo_shapes()), prefixes)) == 1
+    hashed = plain_hashes(scan_for_patterns(scanned, {"hex": demo_shapes()["hex"]}), prefixes)
+    assert hashed == [], hashed[:20]
+
+
+def test_nothing_shaped_like_a_demo_identifier_in_mlflow_or_the_demo_output(demo, scanned, tmp_path):
+    root, _, _, _ = demo
+    shapes = {k: v for k, v in demo_shapes().items() if k != "hex"}
+    customers = demo_customers(root)
+    # the regexes match the demo's real values: every id, email, handle and profile URL of a sample
+    sample = customers.sample(2000, random_state=32)
+    (tmp_path / "sample.csv").write_text(sample.to_csv(index=False))
+    hits = scan_for_patterns([tmp_path / "sample.csv"], shapes)
+    matched = {name: {m.decode() for _, n, m in hits if n == name} for name in shapes}
+    assert matched["customer id"] == set(sample["customer_id"])
+    assert matched["email"] == set(sample["email"].dropna())
+    assert matched["handle"] == set(sample["twitter_handle"].dropna())
+    assert {f"https://www.{m}" for m in matched["linkedin url"]} == set(sample["linkedin_url"].dropna())
+    found = scan_for_patterns(scanned, shapes)
+    assert found == [], [(str(path), name, match) for path, name, match in found[:20]]

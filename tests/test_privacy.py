@@ -26,6 +26,7 @@ from labkit.privacy import (
     pseudonym,
     pseudonymize_series,
     scan_for_identifiers,
+    scan_for_patterns,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -220,3 +221,30 @@ def test_the_scanner_is_fast_for_sixty_thousand_identifiers(tmp_path):
     elapsed = time.perf_counter() - started
     assert found == [(f, handles[7]), (f, emails[19_999])]
     assert elapsed < 5, elapsed
+
+
+def test_the_pattern_scanner_finds_shapes_in_files_and_in_sqlite_values_split_across_pages(tmp_path):
+    import re
+
+    email = re.compile(rb"[a-z]+\.[a-z]+\.[0-9]+@example\.(?:com|org|net)")
+    hexrun = re.compile(rb"[0-9a-f]{16,}")
+    digest = hashlib.sha256(b"CUST-0000042").hexdigest()
+    f = tmp_path / "run" / "notes.html"
+    f.parent.mkdir()
+    f.write_text(f"<td>mailto:ada.berg.17@example.org</td> owner lab-team@example.com x{digest}y")
+    db = tmp_path / "mlflow.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE tags (key TEXT, value TEXT)")
+    for pad in range(0, 4200, 7):  # a long value spills into overflow pages, so the raw bytes split it
+        con.execute(
+            "INSERT INTO tags VALUES (?, ?)", (f"k{pad}", "." * pad + "mei.wang.9@example.net" + "." * 50)
+        )
+    con.commit()
+    con.close()
+    (tmp_path / "clean.txt").write_text("lab-team@example.com, run 0123456789abcde (15 hex)")
+    found = scan_for_patterns([tmp_path], {"email": email, "hex": hexrun})
+    assert found == [
+        (db, "email", b"mei.wang.9@example.net"),
+        (f, "email", b"ada.berg.17@example.org"),
+        (f, "hex", digest.encode()),
+    ]
