@@ -8,8 +8,11 @@ The only module that joins the runner (papermill) and tracking (MLflow). For eve
    figures — kept even when MLflow is down or the notebook fails. The folder is created before the MLflow
    run: a read-only or full results disk is then one line and no run (status NOT-RUN); a disk error later
    ends the run FAILED with the last complete save of the notebook, never a RUNNING run or a traceback;
-3. an MLflow run is started RUNNING (so leadership sees the pilot in progress), the notebook runs, and the
-   run is finished FINISHED, FAILED or KILLED with everything DESIGN.md lists. ``record.json`` beside the
+3. the notebook starts at once; beside it (``_Tracking``: importing MLflow and opening the store cost
+   seconds) an MLflow run is started RUNNING as soon as the store is open, dated from the pilot's start, so
+   leadership sees the pilot in progress; the run is finished FINISHED, FAILED or KILLED with everything
+   DESIGN.md lists. (A labkit killed with SIGKILL in those first seconds leaves no MLflow run, only its
+   folder under results/; killed later, it leaves a RUNNING run that the next ``labkit run`` sweeps.) ``record.json`` beside the
    outputs holds exactly what was (or should have been) recorded, so ``labkit run --record-only`` can
    record it later; recording is idempotent on the run key, so nothing is recorded twice.
 
@@ -40,7 +43,7 @@ from labkit.lab import Lab
 from labkit.spec import Pilot, list_pilots, load_pilot
 
 if TYPE_CHECKING:  # pragma: no cover
-    from labkit.tracking import RunRecord
+    from labkit.tracking import RunRecord, Tracker
 
 RECORDED = "recorded.json"  # written beside record.json once MLflow holds the run
 # One recorder at a time in this process: MLflow's log_inputs races when two runs log the same new dataset
@@ -204,18 +207,19 @@ def build_record(
 
 def run_one(
     pilot: Pilot,
-    tracker,
+    tracking: _Tracking | None,
     *,
     code_version: str,
     as_of: str | None = None,
     progress: bool = False,
     on_state=None,
-    tracking_error: str | None = None,
 ) -> Outcome:
     """Execute one pilot's notebook and record it; never raises for a failing notebook or tracker.
 
-    ``tracking_error``: why MLflow could not be opened for this batch; the notebook still runs, its outputs
-    are kept, and the outcome says it was not recorded (with the `--record-only` hint) instead of FINISHED.
+    ``tracking``: the batch's MLflow store, opening in the background. The pilot's run is created RUNNING
+    from another thread as soon as the store is open, while this one runs the notebook. When MLflow cannot
+    be opened the notebook still runs, its outputs are kept, and the outcome says it was not recorded
+    (with the `--record-only` hint) instead of FINISHED.
     """
     from labkit import runner
 
@@ -235,18 +239,7 @@ def run_one(
         )
         return outcome
 
-    spec_changed, run_id, previous_digest = False, None, None
-    if tracker is not None and tracking_error is None:
-        try:
-            first = tracker.first_prereg(pilot.id)
-            spec_changed = first is not None and first != pilot.prereg_sha256
-            previous_digest = tracker.latest_tag(pilot.id, "labkit.data_digest")
-            run_id = tracker.start(
-                pilot.id, run_name, run_key, {"labkit.function": pilot.spec.function}, started_at=started
-            )
-        except TrackingError as exc:
-            tracking_error = str(exc)
-    outcome.spec_changed = spec_changed
+    opening = tracking.start_run(pilot, run_name, run_key, started) if tracking is not None else None
     if on_state:
         on_state(pilot.id, "running notebook")
     params = {
@@ -268,28 +261,32 @@ def run_one(
         results = None
         if nb.results is not None:
             results = json.loads(Path(nb.results).read_text())
+        run = opening.result() if opening is not None else _Started(error=None)
         record = build_record(
             pilot,
             nb,
             run_key=run_key,
             run_name=run_name,
             results=results,
-            spec_changed=spec_changed,
+            spec_changed=run.spec_changed,
             code_version=code_version,
-            previous_digest=previous_digest,
+            previous_digest=run.previous_digest,
         )
     except BaseException as exc:
         # The run exists RUNNING in MLflow: whatever stopped us (a disk error, a bug), end it FAILED (KILLED on
         # an interrupt) rather than leave it for the next sweep, then report or re-raise.
         interrupted = isinstance(exc, KeyboardInterrupt | SystemExit)
         reason = _describe(exc)
-        if tracker is not None and run_id is not None:
-            tracker.abandon(run_id, "KILLED" if interrupted else "FAILED", reason)
+        run = opening.result() if opening is not None else _Started(error=None)  # never left RUNNING
+        if run.tracker is not None and run.run_id is not None:
+            run.tracker.abandon(run.run_id, "KILLED" if interrupted else "FAILED", reason)
         if interrupted or not isinstance(exc, Exception):
             raise
-        outcome.status, outcome.run_id, outcome.message = "FAILED", run_id, reason
+        outcome.status, outcome.run_id, outcome.message = "FAILED", run.run_id, reason
         outcome.seconds = time.time() - started
         return outcome
+    outcome.spec_changed = run.spec_changed
+    tracker, run_id, tracking_error = run.tracker, run.run_id, run.error
     outcome.status = nb.status
     outcome.decision = results.get("decision") if results else None
     outcome.message = nb.message
@@ -324,6 +321,77 @@ def run_one(
     outcome.run_id = run_id
     outcome.seconds = time.time() - started
     return outcome
+
+
+@dataclass
+class _Started:
+    """A pilot's MLflow run as created (or not) before its record: what the record needs to know."""
+
+    error: str | None  # why MLflow could not be used for this run, or None
+    tracker: Tracker | None = None
+    run_id: str | None = None
+    spec_changed: bool = False
+    previous_digest: str | None = None
+
+
+class _Tracking:
+    """The lab's MLflow store for one batch, opened in a background thread while the first kernels start.
+
+    Importing MLflow and opening a sqlite store cost seconds (benchmarks/README.md, runs) and a notebook's
+    kernel is another process, so the two proceed side by side. The store is opened (and stale RUNNING
+    runs swept) once; each pilot's run is then created RUNNING, started at the pilot's own start time, by
+    :meth:`start_run` — also in the background, so a notebook never waits for MLflow, and its outcome
+    waits only when it is to be recorded. A store that cannot be opened is reported once; every run of
+    the batch then keeps its outputs as NOT-RECORDED."""
+
+    def __init__(self, lab: Lab, console, workers: int):
+        self._pool = ThreadPoolExecutor(max_workers=workers + 1, thread_name_prefix="labkit-mlflow")
+        self._opened = self._pool.submit(self._open, lab, console)
+
+    @staticmethod
+    def _open(lab: Lab, console) -> tuple[Tracker | None, str | None]:
+        from rich.markup import escape
+
+        from labkit.tracking import Tracker
+
+        try:
+            tracker = Tracker(lab)
+            tracker.prepare()
+            swept = tracker.sweep_stale()
+        except Exception as exc:  # noqa: BLE001 — a TrackingError, or anything MLflow raised: one line
+            error = str(exc) if isinstance(exc, TrackingError) else _describe(exc)
+            # The notebooks still run and keep their outputs, but no run is FINISHED in MLflow: each outcome
+            # says so (NOT-RECORDED, exit 1) rather than passing for a recorded run.
+            console.print(
+                f"[yellow]warning:[/yellow] MLflow is not reachable ({escape(error)}); "
+                "outputs are kept in results/ and can be recorded later with `labkit run --record-only`"
+            )
+            return None, error
+        if swept:
+            console.print(f"swept {len(swept)} stale RUNNING run(s) to KILLED")
+        return tracker, None
+
+    def start_run(self, pilot: Pilot, run_name: str, run_key: str, started: float):
+        """A future of the pilot's :class:`_Started` run."""
+        return self._pool.submit(self._start, pilot, run_name, run_key, started)
+
+    def _start(self, pilot: Pilot, run_name: str, run_key: str, started: float) -> _Started:
+        tracker, error = self._opened.result()
+        if tracker is None:
+            return _Started(error=error)
+        try:
+            first = tracker.first_prereg(pilot.id)
+            previous_digest = tracker.latest_tag(pilot.id, "labkit.data_digest")
+            run_id = tracker.start(
+                pilot.id, run_name, run_key, {"labkit.function": pilot.spec.function}, started_at=started
+            )
+        except TrackingError as exc:
+            return _Started(error=str(exc))
+        changed = first is not None and first != pilot.prereg_sha256
+        return _Started(None, tracker, run_id, changed, previous_digest)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
 
 
 def _describe(exc: BaseException) -> str:
@@ -418,29 +486,10 @@ def run_batch(
     console = console or Console(stderr=True)
     for pilot in pilots:
         preflight(pilot)
-    tracker, tracking_error = None, None
-    if track:
-        from rich.markup import escape
-
-        from labkit.tracking import Tracker
-
-        tracker = Tracker(lab)
-        try:
-            tracker.prepare()
-            swept = tracker.sweep_stale()
-            if swept:
-                console.print(f"swept {len(swept)} stale RUNNING run(s) to KILLED")
-        except TrackingError as exc:
-            # The notebooks still run and keep their outputs, but no run is FINISHED in MLflow: each outcome
-            # says so (NOT-RECORDED, exit 1) rather than passing for a recorded run.
-            tracking_error = str(exc)
-            console.print(
-                f"[yellow]warning:[/yellow] MLflow is not reachable ({escape(tracking_error)}); "
-                "outputs are kept in results/ and can be recorded later with `labkit run --record-only`"
-            )
-            tracker = None
-    code_version = __version__ + (f"+{c}" if (c := _git_commit(lab.root)) else "")
     workers = workers or lab.spec.runner.workers or os.cpu_count() or 1
+    workers = min(workers, len(pilots))
+    tracking = _Tracking(lab, console, workers) if track else None
+    code_version = __version__ + (f"+{c}" if (c := _git_commit(lab.root)) else "")
     outcomes: dict[str, Outcome] = {}
     interrupted = None
     with (
@@ -461,19 +510,12 @@ def run_batch(
         def work(p: Pilot) -> Outcome:
             if signals.received or interrupted:
                 return Outcome(p.id, p.spec.function, "KILLED", message="not started: interrupted")
-            o = run_one(
-                p,
-                tracker,
-                code_version=code_version,
-                as_of=as_of,
-                on_state=state,
-                tracking_error=tracking_error,
-            )
+            o = run_one(p, tracking, code_version=code_version, as_of=as_of, on_state=state)
             state(p.id, f"{o.status.lower()}" + (f" · {o.decision}" if o.decision else ""))
             progress.update(tasks[p.id], total=1, completed=1)
             return o
 
-        pool = ThreadPoolExecutor(max_workers=min(workers, len(pilots)), thread_name_prefix="labkit-run")
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="labkit-run")
         futures = {p.id: pool.submit(work, p) for p in pilots}
         # After a signal, cancel_all is repeated while waiting: a run that was between its MLflow start and
         # its kernel's registration when the signal came would otherwise miss it and run on (for ever, if hung).
@@ -497,6 +539,8 @@ def run_batch(
                         continue
         finally:
             pool.shutdown(wait=True)
+            if tracking is not None:
+                tracking.close()
     signal_name = interrupted or signals.received
     ordered = [outcomes[p.id] for p in pilots]
     if signal_name:

@@ -317,6 +317,33 @@ def gone(pids: list[int], within_s: float) -> bool:
         time.sleep(0.05)
 
 
+def running_in_store(lab: PipelineLab, pid: str) -> bool:
+    """Whether the pilot has a RUNNING run, read from the sqlite file without MLflow: an MlflowClient opened
+    while labkit is still creating the store would race its migrations."""
+    import sqlite3
+
+    db = lab.root / "results" / "mlflow.db"
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as con:
+            rows = con.execute(
+                "SELECT 1 FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                "WHERE r.status = 'RUNNING' AND t.key = 'labkit.pilot' AND t.value = ?",
+                (pid,),
+            ).fetchall()
+    except sqlite3.Error:  # no store yet, or its tables not created yet
+        return False
+    return bool(rows)
+
+
+def wait_for(condition, what: str, timeout_s: float = 60):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if got := condition():
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not there after {timeout_s} s")
+
+
 def wait_for_sleep_cell(
     lab: PipelineLab, pid: str, proc: subprocess.Popen, timeout_s: float = 180
 ) -> list[int]:
@@ -428,6 +455,9 @@ def signals_scenario(lab: PipelineLab) -> dict:
     done = {}
     try:
         kernels = {pid: wait_for_sleep_cell(lab, pid, proc) for pid, proc in procs.items()}
+        # the MLflow run is created beside the notebook, once the store is open: the SIGKILL case is a
+        # labkit killed while its run is RUNNING
+        wait_for(lambda: running_in_store(lab, "k-kill"), "k-kill's RUNNING run")
         for pid, signum in pilots.items():
             procs[pid].send_signal(signum)
         for pid, proc in procs.items():
