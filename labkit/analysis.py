@@ -305,7 +305,9 @@ def binned_distribution(pilot: Pilot, metric: str, *, bins: int = 20, engine=Non
     pooled = np.concatenate([v for v in data.values.values() if len(v)]) if data.values else np.array([])
     if pooled.size == 0:
         return pd.DataFrame(columns=["arm", "bin_low", "bin_high", "count", "share", "suppressed"])
-    lo, hi = float(pooled.min()), float(pooled.max())
+    # The outer edges are rounded outwards to two significant digits, so they show no customer's exact
+    # minimum or maximum (zero stays zero: the floor of a non-negative metric is nobody's value).
+    lo, hi = _round_out(float(pooled.min()), down=True), _round_out(float(pooled.max()), down=False)
     if lo > 0 and hi > lo:
         edges = np.geomspace(lo, hi, bins + 1)
     else:
@@ -328,6 +330,17 @@ def binned_distribution(pilot: Pilot, metric: str, *, bins: int = 20, engine=Non
                 }
             )
     return pd.DataFrame(rows)
+
+
+def _round_out(x: float, *, down: bool) -> float:
+    """x rounded to two significant digits, strictly below (``down``) or above it; 0 stays 0."""
+    if x == 0 or not math.isfinite(x):
+        return x
+    step = 10.0 ** (math.floor(math.log10(abs(x))) - 1)
+    edge = (math.floor(x / step) if down else math.ceil(x / step)) * step
+    if edge == x:
+        edge += -step if down else step
+    return float(edge)
 
 
 def _data_digest(engine, pilot: Pilot, assignment_path: Path) -> str:

@@ -28,6 +28,7 @@ REASONS = (
     "zero_variance",  # no sampling variance at all (both arms constant): no interval, no p-value
     "zero_denominator",  # a ratio metric whose denominator sums to 0 in an arm
     "zero_control_mean",  # the control mean is 0: the relative lift is undefined
+    "suppressed_small_cell",  # a quantile over fewer customers than the lab's privacy.min_cell_size: withheld
 )
 
 

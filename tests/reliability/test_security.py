@@ -9,9 +9,9 @@ is one error naming the file, where it leads and the folders DuckDB may read.
 Small cells (RELIABILITY Facts: a median or maximum over a handful of customers is a person's value): a
 quantile pilot over ~8 customers per arm, analysed through ``labkit analyze --json`` with
 ``privacy.min_cell_size`` at the smallest arm (the quantiles are reported and equal numpy's) and above it
-(they must be withheld with reason ``suppressed_small_cell``). Two tests are strict xfails that pin defects
-outside this module's files: the withholding itself crashes (its reason is not a known Estimate reason),
-and ``binned_distribution`` shows the exact minimum and maximum value as its outer bin edges.
+(they are withheld with reason ``suppressed_small_cell``, and a quantile primary makes the pilot
+invalid); ``binned_distribution`` hides small bins and rounds its outer edges outwards, so neither the
+smallest nor the largest customer value appears.
 
 One PostgreSQL-backed lab (tests/backend_lab.py's CRM on the session's real server, tests/pg_server.py)
 lives in a folder whose name holds quotes, ``;``, ``$(...)``, backticks and a right-to-left mark; its
@@ -256,13 +256,6 @@ def test_quantiles_of_arms_at_the_minimum_cell_size_are_reported(few_customers):
         assert row["p_value"] is not None and row["ci_low"] is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="labkit.analysis._suppress builds an Estimate with reason 'suppressed_small_cell', which "
-    "labkit.stats.moments.REASONS does not list: Estimate.__post_init__ raises ValueError, so `labkit "
-    "analyze` dies with a traceback instead of withholding the statistic",
-)
 @pytest.mark.parametrize("floor", [None, "smallest+1"], ids=["default-10", "one-above-the-smallest-arm"])
 def test_quantiles_of_arms_below_the_minimum_cell_size_are_withheld_with_their_reason(few_customers, floor):
     """RELIABILITY Facts: a median or maximum over a handful of customers is a person's value. Below
@@ -305,11 +298,6 @@ def test_a_distribution_shows_no_bin_of_fewer_customers_than_the_minimum_cell_si
     assert (hidden["count"] == 0).all() and (hidden["share"] == 0).all()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="labkit.analysis.binned_distribution spans its bins from the pooled minimum to the pooled maximum, "
-    "so the first bin_low and the last bin_high are two customers' exact values, whatever the counts",
-)
 def test_a_distribution_reveals_neither_the_smallest_nor_the_largest_customer_value(few_customers):
     import numpy as np
 
