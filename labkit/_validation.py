@@ -18,9 +18,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from labkit.errors import SpecError
 from labkit.yamlfile import YamlDoc, one_line
 
-SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
-NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*\Z")
+NAME = re.compile(r"^[a-z][a-z0-9_]*\Z")
+COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 # Text shown to people may hold newlines and tabs, never other control or bidi-override characters.
 _BAD_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u202a-\u202e\u2066-\u2069\u200e\u200f]")
 

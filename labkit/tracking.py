@@ -116,8 +116,8 @@ LATEST_ATTEMPTS = 6
 STALE_AFTER_HOURS = 24.0  # a RUNNING run of another host older than this is considered abandoned
 
 FIGURE_SUFFIXES = {".png", ".svg", ".jpg", ".jpeg", ".gif", ".webp", ".pdf"}
-_NAME_OK = re.compile(r"^[/\w.\- :]*$")  # MLflow's rule for param, metric and tag names (POSIX)
-_FILTER_VALUE_OK = re.compile(r"^[\w.:/@+\- ]+$")  # what may sit between quotes in a search filter
+_NAME_OK = re.compile(r"^[/\w.\- :]*\Z")  # MLflow's rule for param, metric and tag names (POSIX)
+_FILTER_VALUE_OK = re.compile(r"^[\w.:/@+\- ]+\Z")  # what may sit between quotes in a search filter
 _SPLIT_PART = re.compile(r"^(?P<key>.+)\.part(?P<i>\d+)of(?P<n>\d+)$")
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)[^/@\s]+@")
 _env_set_by_us: set[str] = set()

@@ -195,6 +195,20 @@ def test_filter_column_is_an_identifier_not_sql(tiny_lab):
     )
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [
+        ("{column: has_twitter,", '{column: "has_twitter\\n",', "cohort.where.0.column"),
+        ("arms: {control: 0.5, fast: 0.5}", 'arms: {control: 0.5, "fast\\n": 0.5}', "cohort.arms"),
+    ],
+    ids=["column", "arm"],
+)
+def test_a_final_newline_does_not_pass_for_a_name(tiny_lab, old, new, field):
+    """`$` matches before a final newline: names are matched to their very end (RELIABILITY #10)."""
+    found = problems(tiny_lab, PILOT_YAML.replace(old, new, 1))
+    assert any(f": {field}" in m for m in found), found
+
+
 def test_list_where_a_mapping_belongs(tiny_lab):
     msg = one_problem(tiny_lab, "mde: {relative: 0.15}", "mde: [0.15]")
     assert msg == f"{F}:11: hypothesis.mde: expected a mapping, got a list"
