@@ -6,6 +6,8 @@ nothing here talks to MLflow (the runner records the notebook's outputs afterwar
 
 from __future__ import annotations
 
+from html import escape
+
 from labkit.spec import Pilot
 
 NEXT_STEP = {
@@ -20,8 +22,14 @@ NEXT_STEP = {
 }
 
 
+def _text(value) -> str:
+    """Free text of a pilot or lab file as Markdown text: HTML in it is shown, never run (nbconvert's HTML
+    export, attached to every MLflow run, keeps raw tags from Markdown)."""
+    return escape(str(value), quote=False)
+
+
 def pilot_card(pilot: Pilot) -> str:
-    """Markdown: hypothesis, cohort, arms, metrics and budget."""
+    """Markdown: hypothesis, cohort, arms, metrics and budget; the file's free text escaped."""
     s = pilot.spec
     h, c = s.hypothesis, s.cohort
     mde = f"{h.mde.relative:.0%} relative" if h.mde.relative is not None else f"{h.mde.absolute:g} absolute"
@@ -30,10 +38,10 @@ def pilot_card(pilot: Pilot) -> str:
         "; ".join(f"`{f.column} {f.op} {'' if f.value is None else f.value}`" for f in c.where) or "everyone"
     )
     lines = [
-        f"### {s.title}",
-        f"**{s.function}** · {s.channel} · {s.stage} · owner {s.owner} · pilot `{s.id}`",
+        f"### {_text(s.title)}",
+        f"**{s.function}** · {s.channel} · {s.stage} · owner {_text(s.owner)} · pilot `{s.id}`",
         "",
-        f"> {h.statement}",
+        f"> {_text(h.statement)}",
         "",
         f"- **Primary metric**: `{h.metric}`, predicted to **{h.direction}**; smallest effect worth acting on: {mde}",
         f"- **Cohort**: `{c.source}` where {where}; at most {c.max_size:,} customers from {c.start}",
@@ -47,7 +55,7 @@ def pilot_card(pilot: Pilot) -> str:
         )
     if s.budget:
         lines.append(
-            f"- **Budget**: {s.budget.cost:,.0f} {pilot.lab.spec.currency}; one unit of `{h.metric}` per "
+            f"- **Budget**: {s.budget.cost:,.0f} {_text(pilot.lab.spec.currency)}; one unit of `{h.metric}` per "
             f"customer is worth {s.budget.value_per_unit:,.0f}"
         )
     st = pilot.settings
@@ -130,7 +138,7 @@ def verdict_text(result, pilot: Pilot) -> str:
     ]
     roi = result.roi
     if roi and roi.get("value") is not None:
-        cur = pilot.lab.spec.currency
+        cur = _text(pilot.lab.spec.currency)
         lines += [
             "",
             f"**Value.** {roi['value']:,.0f} {cur} (interval {roi['value_ci_low']:,.0f} to "

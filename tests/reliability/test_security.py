@@ -411,3 +411,24 @@ def test_no_connection_string_or_key_in_mlflow_notebooks_or_logs(pg_run):
     run = pg_run["run"]
     for mapping in (run.data.params, run.data.tags):
         assert not any(s in v for v in mapping.values() for s in secrets)
+
+
+# ----------------------------------------------------------------- stored HTML in the notebook export
+
+
+def test_html_in_a_pilots_free_text_is_shown_not_run_in_the_exported_notebook(tiny_lab):
+    """The pilot card goes into a Markdown output; nbconvert's HTML export (attached to every MLflow run and
+    shown in its UI) keeps raw tags from Markdown, so title, hypothesis and owner are escaped first."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    from labkit.notebook import pilot_card
+
+    script, img = "<script>alert('t')</script>", '<img src=x onerror="alert(1)">'
+    text = PILOT_YAML.replace("title: Reply fast", f"title: {json.dumps('Reply ' + script)}")
+    text = text.replace("statement: Fast replies lower churn.", f"statement: {json.dumps('Fast ' + img)}")
+    pilot = labkit.load_pilot(tiny_lab.pilot(text), lab=labkit.load_lab(tiny_lab.root))
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(pilot_card(pilot))])
+    html, _ = HTMLExporter().from_notebook_node(nb)
+    assert "<script>alert(" not in html and "<img src=x" not in html
+    assert "&lt;script&gt;alert(" in html and "onerror=" in html  # shown as text
