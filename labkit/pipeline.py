@@ -489,6 +489,8 @@ def run_batch(
     workers = workers or lab.spec.runner.workers or os.cpu_count() or 1
     workers = min(workers, len(pilots))
     tracking = _Tracking(lab, console, workers) if track else None
+    # every pilot ends with an HTML export of its notebook: nbconvert's set-up is done while kernels run
+    threading.Thread(target=runner.warm_html_export, name="labkit-warm-html", daemon=True).start()
     code_version = __version__ + (f"+{c}" if (c := _git_commit(lab.root)) else "")
     outcomes: dict[str, Outcome] = {}
     interrupted = None
