@@ -37,6 +37,7 @@ from scipy import stats
 duckdb.connect().close()
 t = time.perf_counter()
 con = duckdb.connect()
+con.execute('SET enable_progress_bar=false')  # DuckDB prints its bar to stdout, which carries the JSON
 rows = con.execute('''
   WITH a AS (SELECT customer_id, arm, assigned_at FROM 'results/bench/assignment.parquet'),
   ev AS (

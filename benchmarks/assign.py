@@ -33,6 +33,7 @@ import duckdb
 duckdb.connect().close()
 t = time.perf_counter()
 con = duckdb.connect()
+con.execute('SET enable_progress_bar=false')  # DuckDB prints its bar to stdout, which carries the JSON
 con.execute('''
   COPY (
     WITH h AS (
@@ -61,7 +62,7 @@ def _same_arms(root) -> bool:
         root / "results" / "bench-assign" / "assignment.parquet",
         root / "results" / "baseline-assignment.parquet",
     )
-    con = duckdb.connect()
+    con = duckdb.connect(config={"enable_progress_bar": False})
     differ, total = con.execute(
         f"SELECT count(*) FILTER (WHERE x.arm IS DISTINCT FROM y.arm), count(*) "
         f"FROM '{a}' x FULL JOIN '{b}' y USING (customer_id)"

@@ -12,6 +12,7 @@ keep its CRM extracts in); anything else is refused, so a pilot cannot make labk
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -33,6 +34,7 @@ from labkit.yamlfile import YamlDoc, load_yaml
 
 LAB_FILE = Path("configs") / "lab.yaml"
 FORMATS = ("csv", "parquet", "postgres", "spark")
+MEMORY = re.compile(r"[1-9][0-9]*(\.[0-9]+)? ?(KB|MB|GB|TB|KiB|MiB|GiB|TiB)")
 
 
 class SourceSpec(Strict):
@@ -68,6 +70,12 @@ class Runner(Strict):
     kernel: str = "python3"
 
 
+class DuckDBSettings(Strict):
+    # DuckDB's buffer pool for a lab of files: past it, joins and aggregates spill to results/.duckdb-tmp,
+    # so an analysis's memory stays bounded whatever the number of customers (benchmarks/README.md).
+    memory_limit: str = "1GB"
+
+
 class LabSpec(Strict):
     lab: str
     tracking_uri: str = "sqlite:///results/mlflow.db"
@@ -90,6 +98,7 @@ class LabSpec(Strict):
     defaults: Defaults = Field(default_factory=Defaults)
     privacy: Privacy = Field(default_factory=Privacy)
     runner: Runner = Field(default_factory=Runner)
+    duckdb: DuckDBSettings = Field(default_factory=DuckDBSettings)
     notebook: str = "notebooks/pilot_analysis.ipynb"
 
 
@@ -245,6 +254,12 @@ def check_lab(spec: LabSpec, doc: YamlDoc) -> list[SpecError]:
                 err((key, i), f"'{value}' must be lowercase letters, digits and _")
         if len(set(values)) != len(values):
             err((key,), "entries must be unique")
+    if not MEMORY.fullmatch(spec.duckdb.memory_limit):
+        err(
+            ("duckdb", "memory_limit"),
+            f"'{spec.duckdb.memory_limit}' is not an amount of memory; give a number and a unit, e.g. 512MB, "
+            "1GB, 4GiB",
+        )
     if not NAME.fullmatch(spec.privacy.key_env.lower()):
         err(("privacy", "key_env"), f"'{spec.privacy.key_env}' is not an environment variable name")
     if spec.data_root is not None and not Path(spec.data_root).is_absolute():

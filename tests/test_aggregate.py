@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
+import threading
+import time
 
 import numpy as np
 import pandas as pd
@@ -745,3 +749,45 @@ def test_values_whose_squares_overflow_are_refused(lab):
         str(info.value)
         == "source 'scores', column 'v': the sums of squares overflow a double; rescale the column"
     )
+
+
+def test_a_query_past_the_memory_limit_spills_inside_the_sandbox_and_gives_the_same_sums(tiny_lab):
+    """`duckdb.memory_limit` of the lab file bounds DuckDB's memory: a hash aggregate over 2M distinct ids
+    that needs more spills to results/.duckdb-tmp (still behind the sandbox's lock) and returns the exact
+    per-group sums numpy computes."""
+    rng = np.random.default_rng(3)
+    n = 2_000_000
+    ids, v = rng.permutation(n), rng.integers(0, 1000, n)
+    (tiny_lab.root / "data").mkdir(exist_ok=True)
+    write_parquet(pd.DataFrame({"customer_id": ids, "v": v}), tiny_lab.root / "data" / "scores.parquet")
+    tiny_lab.write("configs/lab.yaml", LAB + "duckdb: {memory_limit: 64MB}\n")
+    (tiny_lab.root / "results").mkdir(exist_ok=True)
+    engine = Engine.for_lab(load_lab(tiny_lab.root))
+    try:
+        con = engine.con.con
+        limit, temp = con.sql(
+            "SELECT current_setting('memory_limit'), current_setting('temp_directory')"
+        ).fetchall()[0]
+        assert limit.endswith("B") and temp == str(tiny_lab.root / "results" / ".duckdb-tmp")
+        t = engine.table("scores")
+        per_id = t.group_by("customer_id").aggregate(s=t.v.sum(), k=t.count())
+        q = per_id.aggregate(groups=per_id.count(), total=per_id.s.sum(), sq=(per_id.s * per_id.s).sum())
+        spilled, done = set(), threading.Event()
+
+        def watch():  # DuckDB removes its spill files when the query ends: look while it runs
+            while not done.is_set():
+                with contextlib.suppress(FileNotFoundError):
+                    spilled.update(os.listdir(temp))
+                time.sleep(0.005)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            (row,) = engine.con.to_pyarrow(q).to_pylist()
+        finally:
+            done.set()
+            watcher.join()
+    finally:
+        engine.close()
+    assert spilled, "the query never spilled: raise n or lower the limit"
+    assert (row["groups"], row["total"], row["sq"]) == (n, int(v.sum()), int((v.astype(np.int64) ** 2).sum()))

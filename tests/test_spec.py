@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from labkit.errors import SpecErrors
@@ -315,3 +317,10 @@ def test_lab_source_outside_root_refused(tiny_lab):
     object.__setattr__(lab.spec.sources["customers"], "path", "../../etc/passwd")
     with pytest.raises(LabkitError, match="lies outside the lab"):
         lab.source_path("customers")
+
+
+@pytest.mark.parametrize("value", ["lots", "1GB; SET enable_external_access=true", "0GB", "512"])
+def test_lab_duckdb_memory_limit_is_an_amount(tiny_lab, value):
+    found = lab_problems(tiny_lab, LAB_YAML + f"duckdb: {{memory_limit: {json.dumps(value)}}}\n")
+    assert len(found) == 1 and found[0].startswith("configs/lab.yaml:"), found
+    assert f"duckdb.memory_limit: '{value}' is not an amount of memory; give a number and a unit" in found[0]

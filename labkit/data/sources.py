@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -343,6 +344,12 @@ def _connect_duckdb(lab: Lab):
         con.raw_sql("SET enable_progress_bar=false")
     except Exception:  # noqa: BLE001 — duckdb.InvalidInputException, imported lazily
         pass
+    # Bounded memory: past the limit DuckDB spills to the lab's results/ (it creates the folder only then,
+    # one level deep, and removes its files when the query ends; a lab without results/ yet spills to the
+    # system's temporary folder); the value was checked against lab.MEMORY.
+    con.raw_sql(f"SET memory_limit={_quote(lab.spec.duckdb.memory_limit)}")
+    spill = lab.results_dir if lab.results_dir.is_dir() else Path(tempfile.gettempdir())
+    con.raw_sql(f"SET temp_directory={_quote(str(spill / '.duckdb-tmp'))}")
     # Order matters (all at once fails): allow the folders, cut external access, then lock.
     con.raw_sql(f"SET allowed_directories=[{dirs}]")
     con.raw_sql("SET enable_external_access=false")
