@@ -241,7 +241,7 @@ def analyze(pilot: Pilot, *, engine=None, as_of=None) -> Analysis:
     from concurrent.futures import ThreadPoolExecutor
 
     from labkit.data.aggregate import aggregate_pilot, units_table
-    from labkit.data.sources import Engine
+    from labkit.data.sources import DigestCache, Engine
 
     look = _as_of(as_of)
     own = engine is None
@@ -254,10 +254,11 @@ def analyze(pilot: Pilot, *, engine=None, as_of=None) -> Analysis:
         # A lab of files is hashed while the engine aggregates (hashlib and DuckDB both release the GIL);
         # a database table's digest is a query on the engine's one connection, so it waits its turn.
         files = all(pilot.lab.source(n).format in ("csv", "parquet") for n in sources_used(pilot))
+        cache = DigestCache.load(pilot.lab)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="labkit-digest") as pool:
-            digest_job = pool.submit(_data_digest, engine, pilot, assignment.path) if files else None
+            job = pool.submit(_data_digest, engine, pilot, assignment.path, cache) if files else None
             data = aggregate_pilot(engine, pilot, units, as_of=look)
-            digest = digest_job.result() if digest_job else _data_digest(engine, pilot, assignment.path)
+            digest = job.result() if job else _data_digest(engine, pilot, assignment.path, cache)
         from labkit.planning import make_plan
 
         baseline = data[pilot.primary.name].arms.get(pilot.control)
@@ -265,6 +266,7 @@ def analyze(pilot: Pilot, *, engine=None, as_of=None) -> Analysis:
         result = build_analysis(pilot, data, assignment_meta=assignment.meta, plan=plan, data_digest=digest)
         if look is not None:
             result.meta["as_of"] = look.isoformat()
+        cache.save()
         changed = assignment.changes(pilot)
         if changed:  # `assign` refuses to redraw silently; the analysis says which cohort it analyses
             result.warnings.append(
@@ -343,14 +345,15 @@ def _round_out(x: float, *, down: bool) -> float:
     return float(edge)
 
 
-def _data_digest(engine, pilot: Pilot, assignment_path: Path) -> str:
+def _data_digest(engine, pilot: Pilot, assignment_path: Path, cache=None) -> str:
     from labkit.data.sources import file_digest
 
     names = sorted(sources_used(pilot))
     h = hashlib.sha256()
     for name in names:
-        h.update(f"{name}={engine.digest(name)}\n".encode())
-    h.update(f"assignment={file_digest(assignment_path)}\n".encode())
+        h.update(f"{name}={engine.digest(name, cache)}\n".encode())
+    assignment = cache.digest(assignment_path) if cache is not None else file_digest(assignment_path)
+    h.update(f"assignment={assignment}\n".encode())
     return h.hexdigest()
 
 

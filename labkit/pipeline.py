@@ -144,7 +144,7 @@ def build_record(
 
     ``labkit.data_changed`` is "true" when the data digest differs from the pilot's previous latest run
     (rows changed, reordered or appended since), so `labkit compare` can flag it."""
-    from labkit.data.sources import file_digest
+    from labkit.data.sources import DigestCache
     from labkit.tracking import RunRecord, flatten_params, metrics_from_results
 
     s = pilot.spec
@@ -189,13 +189,14 @@ def build_record(
             artifacts.append(str(path))
     artifacts += [str(f) for f in nb.figures]
     datasets = []
+    digests = DigestCache.load(pilot.lab)  # the notebook's analysis has just hashed these files
     for name in sorted(sources_used(pilot)):
         src = pilot.lab.source(name)
         if src.format in ("csv", "parquet"):
             path = pilot.lab.source_path(name)
             if path.is_file():
                 datasets.append(
-                    {"name": name, "digest": file_digest(path), "source": pilot.lab.display(path)}
+                    {"name": name, "digest": digests.digest(path), "source": pilot.lab.display(path)}
                 )
     return RunRecord(
         pilot=pilot.id, run_name=run_name, status=nb.status, run_key=run_key, tags=tags,

@@ -89,3 +89,13 @@ def tiny_lab(tmp_path, monkeypatch) -> TinyLab:
     monkeypatch.delenv("LABKIT_LAB", raising=False)
     monkeypatch.delenv("LABKIT_TRACKING_URI", raising=False)
     return lab
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _digest_cache(tmp_path_factory):
+    """labkit's file-digest cache (labkit.data.sources.DigestCache) of the whole session, and of every
+    labkit subprocess it starts, in a folder of the session instead of the user's ~/.cache."""
+    import os
+
+    os.environ["LABKIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("labkit-cache"))
+    yield

@@ -791,3 +791,27 @@ def test_a_query_past_the_memory_limit_spills_inside_the_sandbox_and_gives_the_s
         engine.close()
     assert spilled, "the query never spilled: raise n or lower the limit"
     assert (row["groups"], row["total"], row["sq"]) == (n, int(v.sum()), int((v.astype(np.int64) ** 2).sum()))
+
+
+def test_the_digest_cache_hashes_a_file_again_whenever_it_was_written(tmp_path, monkeypatch):
+    """The digest cache remembers a file's sha256 by size, mtime, ctime and inode: the same file is not
+    hashed again, and one rewritten with the same size and its old mtime put back still is (ctime)."""
+    import hashlib
+
+    from labkit.data.sources import DigestCache
+
+    monkeypatch.setenv("LABKIT_CACHE_DIR", str(tmp_path / "cache"))
+    f = tmp_path / "data.bin"
+    f.write_bytes(b"a" * 1000)
+    cache = DigestCache.load()
+    assert cache.digest(f) == hashlib.sha256(b"a" * 1000).hexdigest()
+    cache.save()
+    again = DigestCache.load()
+    assert again.digest(f) == hashlib.sha256(b"a" * 1000).hexdigest() and not again.changed  # remembered
+    st = f.stat()
+    time.sleep(0.01)
+    f.write_bytes(b"b" * 1000)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime: only ctime tells
+    assert DigestCache.load().digest(f) == hashlib.sha256(b"b" * 1000).hexdigest()
+    (tmp_path / "cache" / DigestCache.NAME).write_text("not json")
+    assert DigestCache.load().digest(f) == hashlib.sha256(b"b" * 1000).hexdigest()  # a broken cache is none

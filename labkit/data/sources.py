@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
 import tempfile
 from dataclasses import dataclass, field
@@ -176,13 +177,14 @@ class Engine:
             if col not in have:
                 raise DataError(name, f"no such column; columns: {', '.join(have)}", column=col)
 
-    def digest(self, name: str) -> str:
+    def digest(self, name: str, cache: DigestCache | None = None) -> str:
         """sha256 of a file source's bytes (the whole file, not a sample; a Spark path: its files); for a
         table in PostgreSQL or Spark's catalog, sha256 of an order-independent summary of its rows,
         computed in the engine (``labkit.data.backends.digest_expr``)."""
         spec = self.lab.source(name)
         if spec.format in ("csv", "parquet"):
-            return file_digest(self.lab.source_path(name))
+            path = self.lab.source_path(name)
+            return cache.digest(path) if cache is not None else file_digest(path)
         if spec.format == "spark" and spec.path:
             return _files_digest(self.lab.source_path(name))
         table = self.table(name)
@@ -355,6 +357,60 @@ def _connect_duckdb(lab: Lab):
     con.raw_sql("SET enable_external_access=false")
     con.raw_sql("SET lock_configuration=true")
     return con
+
+
+class DigestCache:
+    """sha256 of data files, remembered by each file's size, mtime, ctime and inode (git's index does the
+    same) in the user's cache folder (``$XDG_CACHE_HOME/labkit/digests.json``, else
+    ``~/.cache/labkit/``; ``LABKIT_CACHE_DIR`` overrides): hashing 1 GB of Parquet costs a second at every
+    analysis, and a file written again — even with its mtime set back — gets a new ctime, so its digest is
+    computed afresh. Outside the lab, so an analysis leaves results/ as it was; it holds file paths and
+    hashes, no data. Saving is best effort (an unwritable cache only costs the next analysis its hashing)."""
+
+    NAME = "digests.json"
+
+    def __init__(self, path: Path, entries: dict):
+        self.path, self.entries, self.changed = path, entries, False
+
+    @staticmethod
+    def folder() -> Path:
+        if os.environ.get("LABKIT_CACHE_DIR"):
+            return Path(os.environ["LABKIT_CACHE_DIR"])
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        return Path(base) / "labkit"
+
+    @classmethod
+    def load(cls, lab: Lab | None = None) -> DigestCache:
+        path = cls.folder() / cls.NAME
+        try:
+            entries = json.loads(path.read_text())
+            if not isinstance(entries, dict):
+                entries = {}
+        except (OSError, ValueError):
+            entries = {}
+        return cls(path, entries)
+
+    def digest(self, path: Path) -> str:
+        st = path.stat()
+        key, stamp = str(path.resolve()), [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        hit = self.entries.get(key)
+        if isinstance(hit, list) and len(hit) == 5 and hit[:4] == stamp and isinstance(hit[4], str):
+            return hit[4]
+        digest = file_digest(path)
+        self.entries[key], self.changed = [*stamp, digest], True
+        return digest
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        tmp = self.path.with_name(f"{self.NAME}.{secrets.token_hex(4)}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            kept = {k: v for k, v in self.entries.items() if os.path.exists(k)}  # files gone since: dropped
+            tmp.write_text(json.dumps(kept, sort_keys=True))
+            os.replace(tmp, self.path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
 
 
 def file_digest(path: Path) -> str:
