@@ -62,7 +62,8 @@ def _same_arms(root) -> bool:
         root / "results" / "bench-assign" / "assignment.parquet",
         root / "results" / "baseline-assignment.parquet",
     )
-    con = duckdb.connect(config={"enable_progress_bar": False})
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar=false")
     differ, total = con.execute(
         f"SELECT count(*) FILTER (WHERE x.arm IS DISTINCT FROM y.arm), count(*) "
         f"FROM '{a}' x FULL JOIN '{b}' y USING (customer_id)"

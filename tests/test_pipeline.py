@@ -455,9 +455,11 @@ def signals_scenario(lab: PipelineLab) -> dict:
     done = {}
     try:
         kernels = {pid: wait_for_sleep_cell(lab, pid, proc) for pid, proc in procs.items()}
-        # the MLflow run is created beside the notebook, once the store is open: the SIGKILL case is a
-        # labkit killed while its run is RUNNING
-        wait_for(lambda: running_in_store(lab, "k-kill"), "k-kill's RUNNING run")
+        # The MLflow run is created beside the notebook, once the store is open (and stale runs swept): the
+        # SIGKILL case is a labkit killed while its run is RUNNING, and the other two have swept already —
+        # else one of them, opening its store later, would sweep the killed run before the rerun does.
+        for pid in pilots:
+            wait_for(lambda pid=pid: running_in_store(lab, pid), f"{pid}'s RUNNING run")
         for pid, signum in pilots.items():
             procs[pid].send_signal(signum)
         for pid, proc in procs.items():
