@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: demo test lint format bench install clean
+.PHONY: demo test lint format bench install clean system-deps
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -23,7 +23,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/labkit demo
 
-test: $(STAMP)
+# PostgreSQL, a JRE and Chromium for the tests that use them: installed when missing (root or
+# passwordless sudo), else one line says what to install (tools/system-deps).
+system-deps:
+	@tools/system-deps
+
+test: system-deps $(STAMP)
 	$(BIN)/ruff check labkit tests benchmarks
 	$(BIN)/python -m pytest -q
 

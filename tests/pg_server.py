@@ -8,7 +8,7 @@ with a password (scram-sha-256) over TCP, so a wrong password is refused as it w
 
 PostgreSQL refuses to run as root. Under root (CI runs as root) the cluster is created and started as the
 ``postgres`` user (made by Debian's package; ``nobody`` otherwise), which owns the folder. Missing server
-binaries fail the session loudly with what to install: ``apt-get install -y postgresql`` (``.ci/run``
+binaries fail the session loudly with what to install: ``apt-get install -y postgresql`` (``make test``
 does it); Debian puts them in ``/usr/lib/postgresql/<version>/bin``, which is searched too.
 """
 
@@ -32,7 +32,7 @@ import pytest
 START_TIMEOUT = 60.0  # seconds; ~1 s is typical
 STOP_TIMEOUT = 15.0
 SUPERUSER = "labkit_admin"
-INSTALL_HINT = "install PostgreSQL's server: `apt-get install -y postgresql` (as .ci/run does)"
+INSTALL_HINT = "install PostgreSQL's server: `apt-get install -y postgresql` (as `make test` does, tools/system-deps)"
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The leadership view in a real browser: the MLflow UI on the demo lab's store, and the HTML report.
 
 Debian's Chromium (``/usr/bin/chromium``) is driven headless by Playwright's Python package; nothing is
-downloaded (``playwright install`` is never run). ``.ci/run`` installs both, and these tests fail rather
+downloaded (``playwright install`` is never run). ``make test`` installs both (tools/system-deps), and these tests fail rather
 than skip without them. They share the session's demo lab (tests/demo_lab.py) and add to it only files
 under ``results/browser/``: screenshots, the report and the UI's log.
 
@@ -46,7 +46,7 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
 INSTALL_HINT = (
-    "`.ci/run` installs them: `apt-get install -y --no-install-recommends chromium` (Debian's package; "
+    "`make test` installs them (tools/system-deps): `apt-get install -y --no-install-recommends chromium` (Debian's package; "
     "never `playwright install`) and `.venv/bin/pip install -e '.[test]'` (the playwright package)"
 )
 FUNCTION = "service"  # filtered for in the MLflow UI; another function of the demo is filtered second

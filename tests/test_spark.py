@@ -40,7 +40,7 @@ def spark():
     """The process's Spark session, made by labkit itself (labkit.data.backends.spark_session)."""
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         pytest.fail(
-            "Spark needs Java 17+: apt-get install -y default-jre-headless (as .ci/run does)", pytrace=False
+            "Spark needs Java 17+: apt-get install -y default-jre-headless (as `make test` does, tools/system-deps)", pytrace=False
         )
     try:
         import pyspark  # noqa: F401
