@@ -3,7 +3,9 @@
 labkit draws ``bench-assign`` (50/50, no cap, no strata) afresh each repetition: id checks, the eligible
 count, the keyed SHA-256 ranking and the streamed, fsynced Parquet write with its metadata. The baseline
 is the same draw written as one ``COPY (...) TO`` statement: SHA-256 of salt, pilot and id, ``ROW_NUMBER``
-over the hash, the block offset from the smallest hash, the arm, sorted by id, into zstd Parquet. Both
+over the hash, the largest-remainder count of control (n // 2, plus the odd customer when control wins the
+tie: the smaller SHA-256 of the stratum key, from the smallest id, and the arm), the arm by rank, sorted by
+id, into zstd Parquet. Both
 run in fresh interpreters with imports warmed; the parent then checks that both files give every
 customer the same arm (``same_arms``), so the baseline is doing the same work.
 """
@@ -37,11 +39,21 @@ con.execute('SET enable_progress_bar=false')  # DuckDB prints its bar to stdout,
 con.execute('''
   COPY (
     WITH h AS (
-      SELECT customer_id, sha256('bench-assign' || chr(31) || 'bench-assign' || chr(31) || customer_id::VARCHAR) AS h
+      SELECT customer_id, customer_id::VARCHAR AS k,
+             sha256('bench-assign' || chr(31) || 'bench-assign' || chr(31) || customer_id::VARCHAR) AS h
       FROM 'data/customers.parquet'),
-    r AS (SELECT customer_id, row_number() OVER (ORDER BY h, customer_id::VARCHAR) - 1 AS r, min(h) OVER () AS m FROM h)
+    s AS (
+      SELECT count(*) AS n,
+             sha256('stratum' || chr(31) || 'bench-assign' || chr(31) || 'bench-assign' || chr(31) || min(k)) AS key
+      FROM h),
+    c AS (
+      SELECT n // 2 + CASE WHEN n % 2 = 1
+                            AND sha256(key || chr(31) || 'control') < sha256(key || chr(31) || 'treatment')
+                           THEN 1 ELSE 0 END AS c0
+      FROM s),
+    r AS (SELECT customer_id, row_number() OVER (ORDER BY h, k) - 1 AS r FROM h)
     SELECT customer_id,
-           CASE WHEN (r + ('0x' || substr(m, 1, 8))::UBIGINT) % 2 < 1 THEN 'control' ELSE 'treatment' END AS arm,
+           CASE WHEN r < (SELECT c0 FROM c) THEN 'control' ELSE 'treatment' END AS arm,
            'all' AS stratum, TIMESTAMPTZ '2026-01-01 00:00:00+00' AS assigned_at
     FROM r ORDER BY customer_id
   ) TO 'results/baseline-assignment.parquet' (FORMAT parquet, COMPRESSION zstd)''')

@@ -1,39 +1,51 @@
 """Drawing a pilot's cohort and arms by keyed hashing: written once, atomically, never silently redrawn.
 
-The draw (``method: keyed-hash-blocks/1``)
------------------------------------------
+The draw (``method: keyed-hash-largest-remainder/1``)
+-----------------------------------------------------
 Let P be the pilot id, S the salt (``cohort.salt``, or P when unset), US the unit separator ``"\\x1f"``,
 and ``text(c)`` a customer id as text: a string as it is, an integer in decimal (ids must be text or
 integers, present, and unique in the whole cohort source). ``sha256_hex`` is the lowercase hex SHA-256
-of the UTF-8 bytes; hex digests are compared as text.
+of the UTF-8 bytes; hex digests and ids are compared as text, bytewise (by their UTF-8 bytes).
 
 1. Eligible: the rows of ``cohort.source`` passing every ``cohort.where`` condition (``labkit.cohort``).
 2. Cap: if more than ``max_size`` customers are eligible, keep the ``max_size`` with the smallest
    ``cap(c) = sha256_hex("cap" + US + S + US + P + US + text(c))`` (ties, which need a SHA-256
-   collision, by ``text(c)``). The eligible count is recorded, so the cap is visible.
+   collision, by ``text(c)``): a simple random sample, deterministic, proportional to the strata in
+   expectation. The eligible count is recorded, so the cap is visible. Everything below is about the
+   customers kept.
 3. Strata: customers with equal values in every ``stratify_by`` column (a missing value equals a missing
    value) form one stratum; all customers form one stratum without ``stratify_by``. A stratum's label is
    its values as text joined by ``|`` (``<null>`` for a missing value), or ``all``.
-4. The block: the arms in name order (sorted, so reordering them in YAML changes nothing) with integer
-   counts k_a over a block of D slots. Each weight becomes its nearest fraction with denominator <= 1000
-   (Python's ``Fraction(w).limit_denominator(1000)``); when those sum to 1 and their least common
-   denominator is <= 1000, D is that denominator and k_a = w_a * D; otherwise D = 1000 and k_a is
-   1000 * w_a rounded by largest remainder (ties to the arm earlier in name order). The k_a are then
-   divided by their greatest common divisor. Slots 0..k_1-1 belong to the first arm, the next k_2 to
-   the second, and so on. Examples: 0.5/0.5 -> D = 2, k = (1, 1); {a: 0.25, b: 0.25, control: 0.5}
-   -> D = 4, k = (1, 1, 2).
-5. Arms, within each stratum: ``h(c) = sha256_hex(S + US + P + US + text(c))``; order the stratum's
-   customers by h (ties by text(c)) and number them r = 0, 1, 2, ...; the stratum's offset o is the
-   first 8 hex digits of its smallest h read as a base-16 integer, modulo D; customer r gets the arm
-   of slot (r + o) mod D.
+4. Weights: the arms in name order (sorted, so reordering them in YAML changes nothing, as it changes
+   nothing in the cohort's hash) with their weights normalised exactly, w_a = v_a / sum(v) over the
+   exact values of the numbers written (``labkit.spec.arm_weights``: rational arithmetic, so 0.333 x 3,
+   0.3333333333333333 x 3 and 1, 1, 1 are all exactly 1/3).
+5. Stratum keys: a stratum's key is ``k = sha256_hex("stratum" + US + S + US + P + US + m)`` where m is
+   its smallest ``text(c)``; the strata are allocated one after the other in order of k (a keyed random
+   order that depends on no engine's text of the stratum values).
+6. Counts (largest remainder, with a running deficit; ``allocate``): a stratum of n customers gets
+   ``floor(w_a n)`` of each arm a, leaving ``L = n - sum_a floor(w_a n)`` extra customers and remainders
+   ``rho_a = w_a n - floor(w_a n)``. Each arm carries a deficit D_a, 0 before the first stratum. The L
+   extras go one each to the L arms with ``rho_a > 0`` that have the largest ``D_a + rho_a`` (ties: the
+   smaller ``sha256_hex(k + US + a)``); then ``D_a += rho_a - 1`` for an arm that got one and
+   ``D_a += rho_a`` for the others. All in exact arithmetic. Example: 0.499/0.501 over 1,000
+   one-customer strata gives 499/501, where plain largest remainder would give all 1,000 to the 0.501
+   arm (and a permuted block of 1,000 slots, the previous method, could give any split).
+7. Arms, within each stratum: ``h(c) = sha256_hex(S + US + P + US + text(c))``; order the stratum's
+   customers by h (ties by text(c)) and number them r = 0, 1, 2, ...; the first c_1 of them get the
+   first arm in name order, the next c_2 the second, and so on (c_a the stratum's count of arm a).
 
-So every run of D consecutive customers of a stratum holds exactly k_a of arm a: in every stratum each
-arm's count is within k_a of its share (within one of each other for two equal arms), and which arms
-receive the extra customers of a stratum's incomplete last block is itself random (without the offset,
-many one-customer strata would all land in the first arm). The draw depends on the set of eligible
-customers, S and P only — not on the order of the source's rows — and is computed in the engine
-(SHA-256, a window ``ROW_NUMBER``), so ten million customers never sit in Python's memory at once. The
-same draw runs on DuckDB (files), PostgreSQL and Spark and writes the same file from the same customers:
+So in every stratum each arm's count is ``floor(w_a n)`` or ``ceil(w_a n)`` — within one customer of its
+share, as close as integers allow, and exactly the share when that is whole — and which customers take
+which arm is a keyed random permutation. Over the strata, the deficit gives the extra customers to the
+arms that are short so far, which keeps each arm's total near ``w_a N`` (within 2 in every case the
+property tests try, tests/test_draw_property.py), so labkit's SRM check does not reject labkit's own
+draw however many small strata there are. The draw depends on the set of eligible customers, S and P
+only — not on the order of the source's rows. The engine computes the hashes, the window ``ROW_NUMBER``
+and, per stratum, its size and smallest id; only those per-stratum rows come to Python, which allocates
+the counts and joins each stratum's rank thresholds back (a small in-memory table), so ten million
+customers never sit in Python's memory at once. The same draw runs on DuckDB (files), PostgreSQL and
+Spark and writes the same file from the same customers:
 SHA-256 is spelled per backend (``labkit.data.backends``: DuckDB ``sha256(x)``, PostgreSQL
 ``encode(sha256(convert_to(x, 'UTF8')), 'hex')``, Spark ``sha2(x, 256)``), and text order is bytewise
 everywhere (PostgreSQL sorts text ids by their UTF-8 bytes, whatever the database's collation). A
@@ -46,14 +58,19 @@ so some of them may change arm — which is why labkit never redraws without bei
 
 Imported assignments (``cohort.assignment``, ``method: imported/1``)
 --------------------------------------------------------------------
-When a channel tool randomised, the cohort is exactly the customers of ``assignment.source``, with their
+When a channel tool randomised, the cohort is exactly the customers of ``assignment.source`` whose arm is
+not NULL (rows with a NULL arm are skipped, counted in ``imported.arm_null`` and warned about), with their
 arm from ``arm_column`` (ids from ``id_column``, default ``cohort.id_column``) and ``assigned_at`` from
 ``assigned_at_column`` (converted to UTC; a naive timestamp is UTC, a date is its midnight) or
-``cohort.start``. Every arm value must be one of the pilot's arms, and every id present and unique.
-``cohort.where`` is checked, not applied: the customers failing it (or absent from ``cohort.source``) are
-counted in the metadata with a warning. More customers than ``max_size`` are written, with
-``cap_exceeded: true`` in the metadata: the analysis marks such a pilot invalid, because the cap is a
-promise.
+``cohort.start``. Every arm value must be one of the pilot's arms — or, with a value map
+``assignment.arms: {'0': control, '1': voucher}``, a key of the map, compared in the column's type
+(``'1'`` matches 1 and 1.0; ``'Joke'`` matches text exactly) — and every id present and unique.
+``assignment.strata`` name the blocks the tool randomised within; they become the ``stratum`` label and
+the analysis post-stratifies. ``cohort.where`` is checked, not applied: the customers failing it (or
+absent from ``cohort.source``) are counted in the metadata with a warning. More customers than
+``max_size`` are written, with ``cap_exceeded: true`` in the metadata: the analysis marks such a pilot
+invalid, because the cap is a promise. Without ``max_size`` the cap is the imported count; without
+``cohort.start`` the start is the earliest ``assigned_at`` (its UTC date), recorded as ``start``.
 
 Files, in ``results/<id>/``
 ---------------------------
@@ -65,7 +82,8 @@ id column's type), ``arm`` (text), ``stratum`` (text), ``assigned_at`` (timestam
 
     format            1
     pilot             the pilot id
-    method            "keyed-hash-blocks/1" | "imported/1"
+    method            "keyed-hash-largest-remainder/1" | "imported/1" (earlier drawn assignments:
+                      "keyed-hash-blocks/1", the permuted-block draw; they stay as written)
     salt              the salt used (it is in the pilot file anyway; it is not a secret — the
                       pseudonym key of labkit.privacy is, and is never stored here)
     cohort            the pilot's cohort section as validated (a redraw is refused when it changes)
@@ -75,13 +93,15 @@ id column's type), ``arm`` (text), ``stratum`` (text), ``assigned_at`` (timestam
     assigned          customers written
     max_size, capped  the cap, and whether it removed eligible customers
     cap_exceeded      imported only: more customers than max_size (the pilot is invalid)
-    block             {"size": D, "counts": {arm: k_a}} (drawn only)
+    weights           {arm: w_a}, the normalised weights the draw allocated (drawn only)
     counts            {arm: customers}, every arm of the pilot
     strata            {stratum label: {arm: customers}}
     assigned_at       cohort.start at 00:00 UTC, ISO; imported with a column: null
-    imported          imported only: source, arm_column, id_column, assigned_at_column,
-                      where_failed (customers failing cohort.where, including those absent from
-                      the cohort source), not_in_cohort_source
+    start             imported only: the start date (cohort.start, or the earliest assigned_at)
+    imported          imported only: source, arm_column, id_column, assigned_at_column, arms (the
+                      value map or null), strata, rows (in the source), arm_null (rows skipped for a
+                      NULL arm), where_failed (customers failing cohort.where, including those absent
+                      from the cohort source), not_in_cohort_source, max_size_default, start_default
     warnings          sentences for people
     created_at        UTC, ISO 8601
     labkit_version    the version that drew it
@@ -99,12 +119,14 @@ Ctrl-C or SIGKILL leaves either no ``assignment.parquet`` or a complete one whos
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
 import os
 import socket
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -119,11 +141,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from labkit.data.sources import Engine
     from labkit.spec import Pilot
 
-METHOD = "keyed-hash-blocks/1"
+METHOD = "keyed-hash-largest-remainder/1"
 IMPORTED_METHOD = "imported/1"
 FORMAT = 1
 US = "\x1f"
-MAX_BLOCK = 1000
 ROW_GROUP = 1_000_000
 NULL_LABEL = "<null>"
 _P = "__labkit_"  # prefix of helper columns, so they cannot collide with a source's own columns
@@ -342,25 +363,51 @@ def _shown(value) -> str:
 # the draw, in the engine
 
 
-def block_counts(arms: dict[str, float]) -> dict[str, int]:
-    """Step 4 of the module docstring: integer slots per arm (in name order) of one block."""
-    names = sorted(arms)
-    fractions = {a: Fraction(arms[a]).limit_denominator(MAX_BLOCK) for a in names}
-    lcd = math.lcm(*(f.denominator for f in fractions.values()))
-    if lcd <= MAX_BLOCK and sum(fractions.values()) == 1 and all(f > 0 for f in fractions.values()):
-        counts = {a: int(fractions[a] * lcd) for a in names}
-    else:
-        raw = {a: arms[a] * MAX_BLOCK for a in names}
-        counts = {a: math.floor(raw[a]) for a in names}
-        left = MAX_BLOCK - sum(counts.values())
-        by_remainder = sorted(names, key=lambda a: (-(raw[a] - counts[a]), names.index(a)))
-        for a in by_remainder[: max(left, 0)]:
-            counts[a] += 1
-    if any(k <= 0 for k in counts.values()):
-        small = ", ".join(a for a, k in counts.items() if k <= 0)
-        raise ValueError(f"arm weight(s) of {small} are below 1/{MAX_BLOCK}, too small to allocate")
-    g = math.gcd(*counts.values())
-    return {a: k // g for a, k in counts.items()}
+def stratum_key(salt: str, pilot_id: str, smallest_id: str) -> str:
+    """Step 5 of the module docstring: a stratum's key, from its bytewise-smallest id (engine-independent)."""
+    return _sha256_text("stratum" + US + salt + US + pilot_id + US + smallest_id)
+
+
+def allocate(weights: Mapping[str, Fraction], sizes: Mapping[str, int]) -> dict[str, dict[str, int]]:
+    """Step 6 of the module docstring: each stratum's count per arm, {stratum key: {arm: count}}.
+
+    ``weights`` are exact and sum to 1 (``labkit.spec.arm_weights``); ``sizes`` maps each stratum's key
+    (``stratum_key``) to its number of customers. Strata are allocated in order of their keys; arms are in
+    name order. Every count is ``floor(w * n)`` or ``ceil(w * n)`` of its stratum, by construction; the
+    running deficit sends the extra customers of successive strata to the arms that are short so far.
+    All arithmetic is in integers (weights over their common denominator), so there is no rounding.
+    """
+    arms = sorted(weights)
+    if sum(weights.values()) != 1 or any(w <= 0 for w in weights.values()):
+        raise ValueError(f"weights must be positive and sum to exactly 1, got {dict(weights)}")
+    denominator = math.lcm(*(weights[a].denominator for a in arms))
+    units = {a: weights[a].numerator * (denominator // weights[a].denominator) for a in arms}
+    deficit = dict.fromkeys(arms, 0)  # D_a, in units of 1/denominator
+    out: dict[str, dict[str, int]] = {}
+    for key in sorted(sizes):
+        n = sizes[key]
+        base, rest = {}, {}
+        for a in arms:
+            base[a], rest[a] = divmod(units[a] * n, denominator)
+        extra = n - sum(base.values())
+        chosen: set[str] = set()
+        if extra:
+            candidates = sorted(
+                (a for a in arms if rest[a] > 0),
+                key=lambda a: (-(deficit[a] + rest[a]), _sha256_text(key + US + a)),
+            )
+            chosen = set(candidates[:extra])
+        counts = {}
+        for a in arms:
+            got = a in chosen
+            counts[a] = base[a] + got
+            deficit[a] += rest[a] - (denominator if got else 0)
+        out[key] = counts
+    return out
+
+
+def _sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _key(col) -> ibis.StringValue:
@@ -379,19 +426,6 @@ def _sha256(kind: str, *parts) -> ibis.StringValue:
         piece = ibis.literal(part, type="string") if isinstance(part, str) else part
         text = piece if text is None else text + piece
     return sha256_hex(kind, text)
-
-
-def _hex_int(hexdigest, digits: int = 8) -> ibis.IntegerValue:
-    """The first ``digits`` hex digits as an integer, portably (no backend-specific hex parsing)."""
-    import ibis
-
-    alphabet = ibis.literal("0123456789abcdef")
-    total = ibis.literal(0, type="int64")
-    for i in range(digits):
-        # Summed as DOUBLE (exact below 2^53): PostgreSQL's and Spark's position functions return a 32-bit
-        # integer, and 8 hex digits overflow 32-bit arithmetic.
-        total = total * 16 + alphabet.find(hexdigest.substr(i, 1)).cast("float64")
-    return total.cast("int64")
 
 
 def _check_ids(engine: Engine, pilot: Pilot, table, source: str, column: str, what: str) -> None:
@@ -438,49 +472,66 @@ def _rows(n: int) -> str:
 
 
 def _drawn(engine: Engine, pilot: Pilot) -> tuple[ibis.Table, dict]:
-    """The keyed-hash draw as one Ibis expression (customer_id, arm, stratum, assigned_at) and its metadata."""
+    """The keyed-hash draw as one Ibis expression (customer_id, arm, stratum, assigned_at) and its metadata.
+
+    The engine hashes and ranks every customer; only one row per stratum (its size and smallest id) comes
+    to Python, which allocates the counts (``allocate``) and sends each stratum's rank thresholds back."""
     import ibis
+    import pyarrow as pa
 
     from labkit.cohort import eligible
     from labkit.data.backends import sort_key
+    from labkit.spec import arm_weights
 
     c = pilot.spec.cohort
     engine.require_columns(c.source, [c.id_column, *c.stratify_by])
     source_table = engine.table(c.source)
     _check_ids(engine, pilot, source_table, c.source, c.id_column, f"source '{c.source}'")
     pool = eligible(engine, pilot)
-    n_eligible = int(engine.con.execute(pool.count()))
-    if n_eligible == 0:
-        _explain_empty(engine, pilot, source_table)
     S, P = pilot.salt, pilot.id
-    ID, K, H, R, M = (f"{_P}{name}" for name in ("id", "k", "h", "r", "min"))
+    ID, K, H, R, MK = (f"{_P}{name}" for name in ("id", "k", "h", "r", "mk"))
     strata = [f"{_P}s{i}" for i in range(len(c.stratify_by))]
     # Only the columns the draw needs travel through the sorts.
     t = pool.select(
         **{ID: pool[c.id_column], K: _key(pool[c.id_column])},
         **{name: pool[col] for name, col in zip(strata, c.stratify_by)},
     )
+    sizes = _strata_sizes(engine, t, strata)
+    n_eligible = sum(n for n, _, _ in sizes)
+    if n_eligible == 0:
+        _explain_empty(engine, pilot, source_table)
     capped = n_eligible > c.max_size
     if capped:
         cap = _sha256(engine.kind, "cap" + US + S + US + P + US, t[K])
         t = t.order_by([cap, sort_key(engine.kind, t[K])]).limit(c.max_size)
+        sizes = _strata_sizes(engine, t, strata)
+    weights = arm_weights(c.arms)
+    names = sorted(weights)
+    joined = {stratum_key(S, P, mk): raw for _, raw, mk in sizes}  # the engine's own value, to join on
+    counts = allocate(weights, {stratum_key(S, P, mk): n for n, _, mk in sizes})
+    # rank thresholds: arm names[i] takes the ranks below bounds[i] (and from the previous bound)
+    bounds = {key: _bounds([counts[key][a] for a in names]) for key in counts}
     t = t.mutate(**{H: _sha256(engine.kind, S + US + P + US, t[K])})
     group = [t[name] for name in strata] or None
-    t = t.mutate(
-        **{
-            R: ibis.row_number().over(group_by=group, order_by=[t[H], sort_key(engine.kind, t[K])]),
-            M: t[H].min().over(group_by=group),
-        }
-    )
-    block = block_counts(pilot.arms)
-    size = sum(block.values())
-    slot = (t[R] + _hex_int(t[M])) % size
-    branches, upto = [], 0
-    names = list(block)
-    for arm in names[:-1]:
-        upto += block[arm]
-        branches.append((slot < upto, arm))
-    arm_expr = ibis.cases(*branches, else_=names[-1]) if branches else ibis.literal(names[-1])
+    t = t.mutate(**{R: ibis.row_number().over(group_by=group, order_by=[t[H], sort_key(engine.kind, t[K])])})
+    B = [f"{_P}b{i}" for i in range(len(names) - 1)]
+    if strata:
+        t = t.mutate(**{MK: _smallest_id(engine.kind, t[K], group)})
+        keys = sorted(bounds)
+        table = pa.table(
+            {
+                f"{MK}2": pa.array([joined[k] for k in keys], pa.string()),
+                **{b: pa.array([bounds[k][i] for k in keys], pa.int64()) for i, b in enumerate(B)},
+            }
+        )
+        thresholds = ibis.memtable(table)
+        t = t.join(thresholds, t[MK] == thresholds[f"{MK}2"])
+        limits = [t[b] for b in B]
+    else:
+        (only,) = bounds.values()
+        limits = [ibis.literal(v, type="int64") for v in only]
+    branches = [(t[R] < limit, arm) for limit, arm in zip(limits, names)]
+    arm_expr = ibis.cases(*branches, else_=names[-1])
     if strata:
         parts = [t[name].cast("string").fill_null(NULL_LABEL) for name in strata]
         label = parts[0]
@@ -505,7 +556,7 @@ def _drawn(engine: Engine, pilot: Pilot) -> tuple[ibis.Table, dict]:
             "max_size": c.max_size,
             "capped": capped,
             "cap_exceeded": False,
-            "block": {"size": size, "counts": block},
+            "weights": {a: float(weights[a]) for a in names},
             "assigned_at": _iso(start),
             "warnings": (
                 [
@@ -518,6 +569,47 @@ def _drawn(engine: Engine, pilot: Pilot) -> tuple[ibis.Table, dict]:
         }
     )
     return out, meta
+
+
+def _bounds(counts: list[int]) -> list[int]:
+    """Cumulative counts of all arms but the last: the rank below which each arm ends."""
+    out, total = [], 0
+    for n in counts[:-1]:
+        total += n
+        out.append(total)
+    return out
+
+
+def _strata_sizes(engine: Engine, t, strata: list[str]) -> list[tuple[int, str, str]]:
+    """(customers, the engine's smallest-id value, the smallest text id) of every stratum of ``t``: one row
+    per stratum comes to Python."""
+    K = f"{_P}k"
+    n, mk = t.count(), _smallest_id(engine.kind, t[K])
+    agg = t.group_by(strata).aggregate(n=n, mk=mk) if strata else t.aggregate(n=n, mk=mk)
+    rows = engine.con.to_pyarrow(agg.select("n", "mk")).to_pylist()
+    return [(int(r["n"]), r["mk"], _id_text(engine.kind, r["mk"])) for r in rows if r["n"]]
+
+
+def _smallest_id(kind: str, k, group=None):
+    """The smallest text id in UTF-8 byte order (of each stratum, when ``group`` is given).
+
+    DuckDB and Spark compare text bytewise. PostgreSQL compares text by the database's collation and has
+    no min() of bytes, so there it is the smallest lowercase hex of the id's UTF-8 bytes — hex digits order
+    alike in every collation, and hex text orders as its bytes do — read back by ``_id_text``."""
+    from labkit.data.backends import POSTGRES, _pg_functions
+
+    if kind == POSTGRES:
+        convert_to, _, encode = _pg_functions()
+        k = encode(convert_to(k, "UTF8"), "hex")
+    key = k.min()
+    return key.over(group_by=group) if group is not None else key
+
+
+def _id_text(kind: str, value: str) -> str:
+    """``_smallest_id``'s value as the id's text."""
+    from labkit.data.backends import POSTGRES
+
+    return bytes.fromhex(value).decode("utf-8") if kind == POSTGRES else value
 
 
 def _explain_empty(engine: Engine, pilot: Pilot, table) -> None:
@@ -543,7 +635,12 @@ def _explain_empty(engine: Engine, pilot: Pilot, table) -> None:
 
 
 def _imported(engine: Engine, pilot: Pilot) -> tuple[ibis.Table, dict]:
-    """An assignment a channel tool drew: checked (ids, arms, where, cap) and copied."""
+    """An assignment a channel tool drew: checked (ids, arms, where, cap) and copied.
+
+    Rows whose arm is NULL are skipped (counted, with a warning): the tool did not assign them. The arm
+    column's values are mapped through ``assignment.arms`` when given (``_arm_of``), else they must be the
+    arm names. ``assignment.strata`` become the stratum label, as for a drawn stratified assignment. Without
+    ``max_size`` the cap is the imported count; without ``start``, the earliest ``assigned_at`` (UTC date)."""
     import ibis
 
     from labkit.cohort import eligible
@@ -552,29 +649,41 @@ def _imported(engine: Engine, pilot: Pilot) -> tuple[ibis.Table, dict]:
     c = pilot.spec.cohort
     a = c.assignment
     idc = a.id_column or c.id_column
-    wanted = [idc, a.arm_column] + ([a.assigned_at_column] if a.assigned_at_column else [])
+    wanted = [idc, a.arm_column, *a.strata] + ([a.assigned_at_column] if a.assigned_at_column else [])
     engine.require_columns(a.source, wanted)
     engine.require_columns(c.source, [c.id_column])
-    imp = engine.table(a.source)
-    _check_ids(engine, pilot, imp, a.source, idc, f"the imported assignment '{a.source}'")
+    raw = engine.table(a.source)
+    rows = int(engine.con.execute(raw.count()))
+    imp = raw.filter(raw[a.arm_column].notnull())
     n = int(engine.con.execute(imp.count()))
+    arm_null = rows - n
     if n == 0:
+        what = "has no rows" if rows == 0 else f"has no row with an arm ({rows} {_rows(rows)}, all NULL)"
         raise AssignmentError(
-            pilot.id, f"the imported assignment '{a.source}' has no rows; no customer to analyse"
+            pilot.id, f"the imported assignment '{a.source}' {what}; no customer to analyse"
         )
-    arm = imp[a.arm_column].cast("string")
+    _check_ids(engine, pilot, imp, a.source, idc, f"the imported assignment '{a.source}'")
+    arm = _arm_of(imp[a.arm_column], a.arms, a.source, a.arm_column).name("arm")
+    raw_value = imp[a.arm_column].cast("string").name("v")
     values = engine.con.to_pyarrow(
-        imp.group_by(arm.name("v")).aggregate(n=imp.count()).order_by("v")
+        imp.group_by(raw_value, arm).aggregate(n=imp.count()).order_by("v")
     ).to_pylist()
-    unknown = [(r["v"], int(r["n"])) for r in values if r["v"] not in pilot.arms]
+    unknown = [(r["v"], int(r["n"])) for r in values if r["arm"] not in pilot.arms]
     if unknown:
-        shown = ", ".join(f"{'null' if v is None else repr(v)} ({m} {_rows(m)})" for v, m in unknown[:10])
+        shown = ", ".join(f"{v!r} ({m} {_rows(m)})" for v, m in unknown[:10])
+        hint = (
+            "add them to cohort.assignment.arms"
+            if a.arms is not None
+            else "map the column's values to arms with cohort.assignment.arms, e.g. arms: {'0': control, "
+            "'1': treatment}"
+        )
         raise DataError(
             a.source,
-            f"arm value(s) that are not arms of the pilot: {shown}; arms: {', '.join(pilot.arms)}",
+            f"arm value(s) that are not arms of the pilot: {shown}; arms: {', '.join(pilot.arms)}; {hint}",
             column=a.arm_column,
             rows=sum(m for _, m in unknown),
         )
+    start_iso, start_date = None, c.start
     if a.assigned_at_column:
         at = _as_utc(imp[a.assigned_at_column], a.source, a.assigned_at_column)
         missing = int(engine.con.execute(imp.filter(at.isnull()).count()))
@@ -585,7 +694,9 @@ def _imported(engine: Engine, pilot: Pilot) -> tuple[ibis.Table, dict]:
                 column=a.assigned_at_column,
                 rows=missing,
             )
-        start_iso = None
+        if start_date is None:
+            earliest = engine.con.to_pyarrow(imp.aggregate(t=at.min())).to_pylist()[0]["t"]
+            start_date = earliest.astimezone(dt.UTC).date()
     else:
         start = _start(pilot)
         at = ibis.literal(start, type="timestamp('UTC')")
@@ -600,21 +711,28 @@ def _imported(engine: Engine, pilot: Pilot) -> tuple[ibis.Table, dict]:
     absent = int(engine.con.execute(ik.anti_join(sk, f"{_P}k").count()))
     out = imp.select(
         customer_id=imp[idc],
-        arm=arm,
-        stratum=ibis.literal("all"),
+        arm=arm.cast("string"),
+        stratum=_stratum_label(imp, a.strata),
         assigned_at=at,
     )
     out = out.order_by(sort_key(engine.kind, out.customer_id))
     warnings = []
+    if arm_null:
+        warnings.append(
+            f"{arm_null} of {rows} rows of the imported assignment '{a.source}' have no arm "
+            f"(NULL {a.arm_column}); they are skipped, not analysed"
+        )
     if where_failed:
         warnings.append(
             f"{where_failed} of {n} imported customers fail cohort.where"
             + (f" ({absent} of them are not in source '{c.source}')" if absent else "")
+            + "; they are analysed in their arms (intent-to-treat)"
         )
-    cap_exceeded = n > c.max_size
+    cap = c.max_size if c.max_size is not None else n
+    cap_exceeded = n > cap
     if cap_exceeded:
         warnings.append(
-            f"the imported assignment holds {n} customers, more than max_size {c.max_size}: the cap is a "
+            f"the imported assignment holds {n} customers, more than max_size {cap}: the cap is a "
             "promise, so the pilot is invalid"
         )
     meta = _meta_head(pilot, IMPORTED_METHOD, imp[idc].type())
@@ -623,22 +741,89 @@ def _imported(engine: Engine, pilot: Pilot) -> tuple[ibis.Table, dict]:
             "source": a.source,
             "id_column": idc,
             "eligible": n,
-            "max_size": c.max_size,
+            "max_size": cap,
             "capped": False,
             "cap_exceeded": cap_exceeded,
             "assigned_at": start_iso,
+            "start": start_date.isoformat(),
             "imported": {
                 "source": a.source,
                 "arm_column": a.arm_column,
                 "id_column": idc,
                 "assigned_at_column": a.assigned_at_column,
+                "arms": dict(a.arms) if a.arms is not None else None,
+                "strata": list(a.strata),
+                "rows": rows,
+                "arm_null": arm_null,
                 "where_failed": where_failed,
                 "not_in_cohort_source": absent,
+                "max_size_default": c.max_size is None,
+                "start_default": c.start is None,
             },
             "warnings": warnings,
         }
     )
     return out, meta
+
+
+def _arm_of(col, mapping: dict[str, str] | None, source: str, column: str):
+    """The arm of each row: the column's value as text, or its image under the value map.
+
+    Map keys are the column's values as text, compared in the column's own type, so ``'1'`` and ``'1.0'``
+    both match the float 1.0 and the integer 1, ``'true'`` matches a boolean true, and text matches
+    exactly (case included: ``'Joke'`` is not ``'joke'``). A value the map does not name has no arm
+    (NULL), which the caller reports with the value."""
+    import ibis
+
+    if mapping is None:
+        return col.cast("string")
+    dtype = col.type()
+    branches = []
+    for key, arm in mapping.items():
+        literal = _typed_key(key, dtype)
+        if literal is None:
+            raise DataError(
+                source,
+                f"cohort.assignment.arms key {key!r} cannot be a value of this {dtype} column",
+                column=column,
+            )
+        branches.append((col == literal, arm))
+    return ibis.cases(*branches, else_=ibis.null().cast("string"))
+
+
+def _typed_key(key: str, dtype):
+    """A value-map key read in the column's type; None when it cannot be such a value."""
+    import math
+
+    text = key.strip()
+    if dtype.is_string():
+        return key
+    if dtype.is_boolean():
+        return {"true": True, "false": False, "1": True, "0": False}.get(text.lower())
+    if dtype.is_numeric():
+        try:
+            number = float(text)
+        except ValueError:
+            return None
+        if not math.isfinite(number):
+            return None
+        if dtype.is_integer():
+            return int(number) if number.is_integer() else None
+        return number
+    return None
+
+
+def _stratum_label(table, columns: list[str]):
+    """The blocks' values as text joined by ``|`` (``<null>`` for a missing value), or ``all``."""
+    import ibis
+
+    if not columns:
+        return ibis.literal("all").cast("string")
+    parts = [table[col].cast("string").fill_null(NULL_LABEL) for col in columns]
+    label = parts[0]
+    for part in parts[1:]:
+        label = label + "|" + part
+    return label.cast("string")
 
 
 def _as_utc(col, source: str, column: str):
@@ -694,7 +879,9 @@ def _arrow_batches(engine: Engine, expr, rows: int):
     """A streaming reader over the expression's rows (bounded memory)."""
     con = engine.con
     if getattr(con, "name", "") == "duckdb":
-        # ibis 12's to_pyarrow_batches calls a cursor method DuckDB 2.0 no longer has; go through a relation.
+        # ibis 12's to_pyarrow_batches calls a cursor method DuckDB 2.0 no longer has; go through a relation
+        # (registering the expression's memtables first, as ibis would: the draw's stratum thresholds).
+        con._run_pre_execute_hooks(expr)
         return con.con.sql(con.compile(expr)).to_arrow_reader(rows)
     return con.to_pyarrow_batches(expr, chunk_size=rows)  # pragma: no cover - other backends
 
@@ -704,7 +891,10 @@ def _write_parquet(engine: Engine, expr, folder: Path, temporaries: list[str]) -
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    reader = _arrow_batches(engine, expr, 256_000)
+    try:
+        reader = _arrow_batches(engine, expr, 256_000)
+    except Exception as exc:  # the engine's text may quote a row: one labkit line instead
+        raise _engine_error(engine, exc) from None
     id_type = reader.schema.field("customer_id").type
     if pa.types.is_large_string(id_type) or pa.types.is_string_view(id_type):
         id_type = pa.string()
@@ -726,7 +916,7 @@ def _write_parquet(engine: Engine, expr, folder: Path, temporaries: list[str]) -
         # Fixed-size row groups make the bytes independent of how the engine happened to batch the rows.
         writer = pq.ParquetWriter(fh, schema, compression="zstd")
         try:
-            for batch in reader:
+            for batch in _guarded_batches(engine, reader):
                 part = pa.Table.from_batches([batch]).select(schema.names).cast(schema)
                 for row in part.group_by(["stratum", "arm"]).aggregate([("arm", "count")]).to_pylist():
                     k = (row["stratum"], row["arm"])
@@ -745,6 +935,28 @@ def _write_parquet(engine: Engine, expr, folder: Path, temporaries: list[str]) -
         fh.flush()
         os.fsync(fh.fileno())
     return tmp, strata
+
+
+def _guarded_batches(engine: Engine, reader):
+    """The reader's batches; a failure while the engine produces one (a row that fails to convert) is
+    labkit's one line, never the engine's text, which may quote the row. Writing errors are not caught."""
+    batches = iter(reader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as exc:
+            raise _engine_error(engine, exc) from None
+        yield batch
+
+
+def _engine_error(engine: Engine, exc: Exception) -> Exception:
+    """The engine's failure as labkit's one line (``Engine.error``); any other exception unchanged."""
+    translated = engine.error(exc)
+    if translated is exc:
+        raise exc
+    return translated
 
 
 def _write_temp(folder: Path, name: str, text: str) -> str:

@@ -33,7 +33,7 @@ def pilot_card(pilot: Pilot) -> str:
     s = pilot.spec
     h, c = s.hypothesis, s.cohort
     mde = f"{h.mde.relative:.0%} relative" if h.mde.relative is not None else f"{h.mde.absolute:g} absolute"
-    arms = ", ".join(f"`{a}` {w:.0%}" for a, w in c.arms.items())
+    arms = ", ".join(f"`{a}` {w:.0%}" for a, w in pilot.arms.items())  # normalised: ratios too
     where = (
         "; ".join(f"`{f.column} {f.op} {'' if f.value is None else f.value}`" for f in c.where) or "everyone"
     )
@@ -44,7 +44,7 @@ def pilot_card(pilot: Pilot) -> str:
         f"> {_text(h.statement)}",
         "",
         f"- **Primary metric**: `{h.metric}`, predicted to **{h.direction}**; smallest effect worth acting on: {mde}",
-        f"- **Cohort**: `{c.source}` where {where}; at most {c.max_size:,} customers from {c.start}",
+        f"- **Cohort**: `{c.source}` where {where}; at most {pilot.cap or 0:,} customers from {pilot.start}",
         f"- **Arms**: {arms} (control `{c.control}`)"
         + (f", stratified by {', '.join(c.stratify_by)}" if c.stratify_by else ""),
         f"- **Metrics**: {', '.join(f'`{m.name}` ({m.type})' for m in s.metrics)}",
@@ -88,7 +88,14 @@ def quality_table(result):
                     "arm": arm,
                     "assigned": n,
                     "missing": q["missing"].get(arm, 0),
-                    "note": q.get("covariate") or "",
+                    "note": "; ".join(
+                        x
+                        for x in (
+                            f"missing: {q['missing_policy']}" if q.get("missing_policy") else "",
+                            q.get("covariate"),
+                        )
+                        if x
+                    ),
                 }
             )
     return pd.DataFrame(rows)
