@@ -22,6 +22,10 @@ it does not find one glued to letters or digits (``xCUST-0000001``, or inside a 
 MLflow store) are also read table by table, so a long value split across database pages is still found.
 ``scan_for_patterns`` reads the same files for *shapes* (byte regexes: any email of the demo's form, any
 hex run to look up in a set of hashes), where the set of values is not known or too large to list.
+
+**Redaction** (``redactor``, ``cohort_redactor``): text that leaves the lab — a notebook's error output
+and a run's message, before they are saved or logged (``labkit.runner``) — has every id of the pilot's
+cohort, and every token of their shape (``id_shapes``), replaced by ``<customer id>``.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import secrets
 import sqlite3
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -301,3 +305,77 @@ class _Finder:
                     if candidate in lookup:
                         hits.add(lookup[candidate])
         return hits
+
+
+# ------------------------------------------------------------------------------------------ redaction
+
+REDACTED = "<customer id>"
+_ANSI = re.compile(r"(\x1b\[[0-9;]*[A-Za-z])")
+MAX_SHAPES = 64  # past it (uuids, emails: every id its own shape) only the identifiers themselves are matched
+
+
+def id_shapes(identifiers: Iterable[str]) -> list[re.Pattern[str]]:
+    """The shapes of a cohort's ids: each id with its runs of digits made ``\\d{n}`` (``CUST-0064243`` ->
+    ``CUST-\\d{7}``), so an id of the same kind that is not in the set (a customer the cap left out, a row
+    of another table) is matched too. Ids without a letter (plain numbers) give no shape — a shape of
+    digits alone would match every number of a traceback — and neither do more than MAX_SHAPES shapes."""
+    shapes: set[str] = set()
+    for ident in identifiers:
+        if not any(c.isalpha() for c in ident) or not any(c.isdigit() for c in ident):
+            continue
+        parts = re.split(r"(\d+)", ident)
+        shapes.add("".join(f"\\d{{{len(p)}}}" if p.isdigit() else re.escape(p) for p in parts))
+        if len(shapes) > MAX_SHAPES:
+            return []
+    edge = r"(?<![0-9A-Za-z_]){}(?![0-9A-Za-z_])"
+    return [re.compile(edge.format(shape)) for shape in sorted(shapes)]
+
+
+def redactor(identifiers: Iterable[str]) -> Callable[[str], str]:
+    """A function that replaces, in a text, every identifier of the set (found as the scanner finds
+    them, ``scan_for_identifiers``) and every token of their shapes (``id_shapes``) by ``<customer id>``:
+    the last line of defence for text that leaves the lab (a notebook's error output, a run's message)."""
+    ids = {i for i in identifiers if i}
+    finder = _Finder(ids)
+    shapes = id_shapes(ids)
+
+    def redact(text: str) -> str:
+        if not text:
+            return text
+        if "\x1b" in text:  # a traceback's colours: each escape sequence delimits, as a space would
+            parts = _ANSI.split(text)
+            return "".join(p if i % 2 else redact(p) for i, p in enumerate(parts))
+        for shape in shapes:
+            text = shape.sub(REDACTED, text)
+        for hit in sorted(finder.find(text.encode("utf-8", "surrogatepass")), key=len, reverse=True):
+            text = re.sub(rf"(?<![0-9A-Za-z]){re.escape(hit)}(?![0-9A-Za-z])", REDACTED, text)
+        return text
+
+    return redact
+
+
+def cohort_redactor(lab_path: str | os.PathLike, pilot_path: str | os.PathLike) -> Callable[[str], str]:
+    """``redactor`` over a pilot's cohort (the ids of ``results/<id>/assignment.parquet``), read on first
+    use: a run with no error output never reads them. Without an assignment it redacts nothing."""
+    cached: list[Callable[[str], str]] = []
+
+    def redact(text: str) -> str:
+        if not cached:
+            cached.append(redactor(_cohort_ids(lab_path, pilot_path)))
+        return cached[0](text)
+
+    return redact
+
+
+def _cohort_ids(lab_path, pilot_path) -> set[str]:
+    import pyarrow.parquet as pq
+
+    from labkit.lab import load_lab
+    from labkit.spec import load_pilot
+
+    try:
+        pilot = load_pilot(pilot_path, lab=load_lab(lab_path))
+        column = pq.read_table(pilot.results_dir / "assignment.parquet", columns=["customer_id"]).column(0)
+    except Exception:  # noqa: BLE001 - no cohort to read: nothing of it to redact
+        return set()
+    return {id_text(v) for v in column.to_pylist() if v is not None}

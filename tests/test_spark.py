@@ -118,3 +118,24 @@ def test_the_command_line_prints_only_json_on_spark(tmp_path, spark, capsys):
     result = json.loads(out)
     assert result["pilot"] == PILOT_ID and len(result["metrics"]) == 5
     assert err == ""
+
+
+def test_spark_analyses_in_utc_even_from_a_session_in_another_zone(tmp_path, spark):
+    """RELIABILITY.md case 36 on Spark: a session set to UTC+14 (a notebook's, say) is put to UTC by the
+    engine, and the events of tests/tz_lab.py (TIMESTAMPTZ and naive parquet) give the numbers of DuckDB."""
+    import tz_lab
+
+    files = tz_lab.write_lab(tmp_path / "files", events_=tz_lab.TABLE_SOURCES)
+    on_spark = tz_lab.write_lab(tmp_path / "spark", "spark")
+    pilots = {k: labkit.load_pilot("p", lab=labkit.load_lab(r)) for k, r in (("files", files), ("spark", on_spark))}
+    assign(pilots["files"])  # the draw on Spark is test_one_pilot_on_duckdb_postgres_and_spark's
+    shutil.copytree(files / "results", on_spark / "results")
+    spark.conf.set("spark.sql.session.timeZone", "Pacific/Kiritimati")
+    got = analysis_numbers(pilots["spark"])
+    assert spark.conf.get("spark.sql.session.timeZone") == "UTC"
+    assert_same_numbers(got, analysis_numbers(pilots["files"]), "spark")
+    ref = tz_lab.reference_counts(on_spark)
+    metrics = {m["metric"]: m for m in got["metrics"]}
+    for source in tz_lab.TABLE_SOURCES:
+        m = metrics[f"{source}_count"]
+        assert (m["mean_control"], m["mean_treatment"]) == pytest.approx((ref["control"], ref["fast"]))

@@ -435,13 +435,33 @@ def _stop_spark() -> None:
 
 
 def connect_spark() -> ibis.BaseBackend:
+    """An Ibis backend on the process's session, whose SQL time zone is UTC: a session labkit did not
+    make (a notebook's cluster session) may run in another zone, and Spark casts between naive and zoned
+    timestamps, and dates to timestamps, in the session zone. It is a runtime setting, set on the live
+    session (Ibis's connect sets it too; set here so the guarantee does not rest on Ibis); the notebook's
+    later queries on that session then run in UTC as well."""
     import ibis
 
-    return ibis.pyspark.connect(spark_session())
+    session = spark_session()
+    session.conf.set("spark.sql.session.timeZone", "UTC")
+    return ibis.pyspark.connect(session)
 
 
 def spark_error(exc: BaseException, source: str) -> DataError:
-    return DataError(source, f"Spark: the query failed: {type(exc).__name__}: {_first_line(exc)}")
+    """A Spark failure in one line: its class and first line, with every quoted or bracketed part masked —
+    a cast or parse error quotes the offending value (``The value 'n/a' …``, a malformed record in
+    brackets), and a value may be a customer's."""
+    shown = mask_values(_first_line(exc))
+    return DataError(source, f"Spark: the query failed: {type(exc).__name__}: {shown}")
+
+
+def mask_values(text: str) -> str:
+    """Quoted ('…', "…") and bracketed-record ([…] after a colon) parts replaced by …; Spark's error
+    class in brackets at the start of the line is kept."""
+    import re
+
+    text = re.sub(r"'[^']*'|\"[^\"]*\"", "…", text)
+    return re.sub(r"(:\s*)\[[^\]]*\]", r"\1[…]", text)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -454,22 +474,31 @@ def _first_line(exc: BaseException) -> str:
 
 
 def is_backend_error(exc: BaseException) -> bool:
-    """True for driver and engine failures (psycopg, py4j, Spark's captured exceptions)."""
+    """True for driver and engine failures (psycopg, py4j, Spark's captured exceptions, DuckDB's)."""
     module = type(exc).__module__ or ""
-    return module.startswith(("psycopg", "py4j", "pyspark"))
+    return module.startswith(("psycopg", "py4j", "pyspark", "duckdb", "_duckdb"))
 
 
 class Guarded:
-    """An Ibis backend whose execution methods report driver and engine failures as one DataError."""
+    """An Ibis backend whose execution methods report driver and engine failures as one LabkitError.
+
+    ``run`` names the methods guarded (by default also the ones that open tables); ``on_error`` turns an
+    engine failure into the error (by default PostgreSQL's or Spark's, by ``url_env``). DuckDB's backend
+    is guarded for running queries only, with ``labkit.data.sources.Engine.error`` (which knows the lab's
+    files), and opening its files keeps its own messages there."""
 
     _RUN = ("execute", "to_pyarrow", "to_pandas", "raw_sql", "table", "read_parquet", "read_csv")
 
-    def __init__(self, backend, source: str, url_env: str | None = None):
+    def __init__(self, backend, source: str, url_env: str | None = None, *, on_error=None, run=None):
         self.backend = backend
         self._source = source
         self._url_env = url_env
+        self._on_error = on_error
+        self._run = self._RUN if run is None else tuple(run)
 
-    def error(self, exc: BaseException) -> DataError:
+    def error(self, exc: BaseException) -> LabkitError:
+        if self._on_error is not None:
+            return self._on_error(exc)
         if self._url_env is not None:
             return postgres_error(exc, self._source, self._url_env)
         return spark_error(exc, self._source)
@@ -478,7 +507,7 @@ class Guarded:
         value = getattr(self.backend, name)
         if name == "to_pyarrow_batches":
             return self._batches
-        if name not in self._RUN or not callable(value):
+        if name not in self._run or not callable(value):
             return value
 
         def run(*args, **kwargs):
@@ -498,7 +527,12 @@ class Guarded:
         import pyarrow as pa
 
         try:
-            reader = self.backend.to_pyarrow_batches(expr, **kwargs)
+            if getattr(self.backend, "name", "") == "duckdb":
+                # ibis 12's to_pyarrow_batches calls a cursor method DuckDB 2.0 no longer has: a relation's
+                sql = str(self.backend.compile(expr))
+                reader = self.backend.con.sql(sql).to_arrow_reader(kwargs.get("chunk_size", 1_000_000))
+            else:
+                reader = self.backend.to_pyarrow_batches(expr, **kwargs)
         except Exception as exc:
             if is_backend_error(exc):
                 raise self.error(exc) from None
@@ -508,8 +542,8 @@ class Guarded:
             try:
                 yield from reader
             except Exception as exc:
-                if is_backend_error(exc):
-                    raise self.error(exc) from None
+                if is_backend_error(exc) or (self._on_error is not None and isinstance(exc, OSError)):
+                    raise self.error(exc) from None  # (a reader's failure is pyarrow's OSError)
                 raise
 
         return pa.RecordBatchReader.from_batches(reader.schema, batches())

@@ -13,6 +13,12 @@ pilot whose sources live in different places is refused with a message naming th
 (``read_file``) goes to the data, not the other way round: DuckDB and Spark read the parquet in place;
 PostgreSQL gets it as a TEMPORARY table (COPY), joined there with the CRM tables. PostgreSQL and Spark
 specifics (connections, secrets, errors, the per-backend hash) live in ``labkit.data.backends``.
+
+Every engine runs in UTC (DuckDB: ``SET GLOBAL TimeZone``, so its cursors too). A failure while a query
+runs — on any engine, compiled, executed or while its rows are read — is one LabkitError built by
+``Engine.error``, never the engine's own text where it may quote a row (DuckDB's CSV errors quote the
+whole line): the source, and where known the column and the count of bad rows. A CSV file that is a
+header and no rows is zero rows (``Engine.no_rows``).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from labkit.data.backends import (
     digest_expr,
     is_backend_error,
     kind_of,
+    mask_values,
     upload,
 )
 from labkit.errors import DataError, LabkitError
@@ -49,12 +56,16 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 @dataclass
 class Engine:
     """One connection to where the lab's data lives, with each source opened at most once."""
 
     lab: Lab
-    _cons: dict = field(default_factory=dict, repr=False)  # place -> backend (the DuckDB one unwrapped)
+    _cons: dict = field(default_factory=dict, repr=False)  # place -> its backend, Guarded
     _place: str | None = field(default=None, repr=False)  # where this command's queries run
     _tables: dict = field(default_factory=dict, repr=False)
     _views: list = field(default_factory=list, repr=False)  # Spark temporary views to drop on close
@@ -65,7 +76,7 @@ class Engine:
         engine = cls(lab=lab)
         places = {_place_of(spec) for spec in lab.spec.sources.values()} or {DUCKDB}
         if places == {DUCKDB}:  # a lab of files: DuckDB from the start, as always
-            engine._cons[DUCKDB] = _connect_duckdb(lab)
+            engine._cons[DUCKDB] = engine._connect_duckdb()
             engine._place = DUCKDB
         elif len(places) == 1:
             engine._place = places.pop()  # connected on first use
@@ -165,6 +176,21 @@ class Engine:
         self._tables[key] = table
         return table
 
+    def no_rows(self, name: str) -> bool:
+        """True for a CSV source whose file is a header and nothing else (no events yet, say).
+
+        Such a file means zero rows, not an error; but with no value to infer types from, every column
+        comes out as text (DuckDB and Spark alike), so the metric that reads it declares the types it
+        needs (``labkit.data.aggregate``): a column without values contradicts no type. Read from the
+        file's first lines (no query); a compressed or missing file is not taken to be empty."""
+        spec = self.lab.source(name)
+        if spec.format not in ("csv", "spark") or not (spec.path or "").lower().endswith(".csv"):
+            return False
+        try:
+            return _header_only(self.lab.source_path(name))
+        except OSError:
+            return False
+
     def columns(self, name: str) -> dict[str, str]:
         """Column name -> type name of a source."""
         schema = self.table(name).schema()
@@ -235,7 +261,7 @@ class Engine:
         if place not in self._cons:
             kind = kind_of(place)
             if kind == DUCKDB:
-                self._cons[place] = _connect_duckdb(self.lab)
+                self._cons[place] = self._connect_duckdb()
             elif kind == POSTGRES:
                 url_env = place.split(":", 1)[1]
                 source = self._first_source(place)
@@ -243,6 +269,144 @@ class Engine:
             else:
                 self._cons[place] = Guarded(connect_spark(), self._first_source(place))
         return self._cons[place]
+
+    def _connect_duckdb(self) -> Guarded:
+        """The sandboxed DuckDB, its queries guarded by ``error`` (opening files keeps its own messages)."""
+        return Guarded(
+            _connect_duckdb(self.lab),
+            DUCKDB,
+            on_error=self.error,
+            run=("execute", "to_pyarrow", "to_pandas"),
+        )
+
+    def error(self, exc: BaseException) -> BaseException:
+        """A failure raised while a query ran (compiled, executed, or its rows fetched) as one LabkitError
+        naming the source — and, where they can be known, the column and the number of bad rows — and
+        never the engine's own text where it may quote a row: DuckDB's CSV errors quote the whole line
+        (``Original Line: …``), and a customer id must not reach a terminal, a notebook or MLflow.
+        An exception that is not the engine's is returned as it is."""
+        if isinstance(exc, LabkitError):
+            return exc
+        # DuckDB's arrow readers fail as pyarrow's OSError (e.g. "Invalid Error: ..."), quoting the same text
+        if not (is_backend_error(exc) or (self.kind == DUCKDB and isinstance(exc, OSError))):
+            return exc
+        if self.kind != DUCKDB:
+            return self.con.error(exc)
+        try:
+            return self._duckdb_error(exc)
+        except LabkitError as error:
+            return error
+        except Exception:  # noqa: BLE001 - explaining must never fail worse than the failure
+            return LabkitError(f"files (DuckDB): the query failed: {type(exc).__name__}")
+
+    def _duckdb_error(self, exc: BaseException) -> LabkitError:
+        import re
+
+        text = str(exc)
+        kind = type(exc).__name__
+        found = re.search(r"^\s*file = (.+?)\s*$", text, re.M)
+        source = self._source_of(Path(found.group(1))) if found else None
+        if source is not None:  # a CSV file: DuckDB names it, the line, and for a conversion the column
+            path = self.lab.source_path(source)
+            line = re.search(r"CSV Error on Line: (\d+)", text)
+            where = f" (line {line.group(1)} of the file is one)" if line else ""  # DuckDB reads in parallel
+            column = re.search(r'converting column "(.+?)"\. ', text)
+            if column and column.group(1) in self.table(source).columns:
+                name = column.group(1)
+                dtype = self.table(source).schema()[name]
+                bad = self._bad_csv_values(path, name, dtype)
+                what = "a number" if dtype.is_numeric() else f"of type {dtype}"
+                shown = "rows hold" if bad is None else ("1 row holds" if bad == 1 else f"{bad} rows hold")
+                return DataError(
+                    source,
+                    f"{shown} a value that is not {what}{where}, past the first rows DuckDB reads to "
+                    "detect the column's type; correct or empty them (the values are not shown: they may "
+                    "be personal data)",
+                    column=name,
+                    rows=bad,
+                )
+            return DataError(
+                source,
+                f"{self.lab.display(path)} is malformed{where} ({kind}); the row is not shown, as it may "
+                "hold personal data",
+            )
+        damaged = self._damaged_parquet()
+        if damaged is not None:
+            source, path, column = damaged
+            return DataError(
+                source,
+                f"{self.lab.display(path)} cannot be read: a page of the file is damaged ({kind}); "
+                "write the file again",
+                column=column,
+            )
+        if kind in ("OutOfMemoryException",):
+            return LabkitError(
+                f"files (DuckDB): out of memory ({self.lab.spec.duckdb.memory_limit}, duckdb.memory_limit "
+                "in the lab file); raise it, or free disk space under results/ for DuckDB to spill"
+            )
+        read = ", ".join(sorted(n for n in self._tables if not n.startswith("file:"))) or "the lab's files"
+        return LabkitError(
+            f"files (DuckDB): a query over {read} failed ({kind}); its message is not shown, as it may "
+            "quote a row"
+        )
+
+    def _paths(self) -> dict[str, Path]:
+        """Each opened file source (and file labkit wrote, e.g. an assignment) -> its path."""
+        out = {}
+        for key in self._tables:
+            if key.startswith("file:"):
+                out[key] = Path(key[5:])
+            elif self.lab.source(key).format in ("csv", "parquet"):
+                out[key] = self.lab.source_path(key)
+        return out
+
+    def _source_of(self, path: Path) -> str | None:
+        real = path.resolve()
+        for name, known in self._paths().items():
+            if known.resolve() == real and not name.startswith("file:"):
+                return name
+        return None
+
+    def _bad_csv_values(self, path: Path, column: str, dtype) -> int | None:
+        """How many rows of a CSV column are not of the type DuckDB detected from its first rows: a
+        TRY_CAST count over the file read as text (counted in the engine; no row leaves it)."""
+        from ibis.backends.sql.datatypes import DuckDBType
+
+        ident = _ident(column)
+        sql = (
+            f"SELECT count(*) FROM read_csv({_quote(str(path))}, header=true, auto_detect=true, "
+            f"all_varchar=true) WHERE {ident} IS NOT NULL "
+            f"AND TRY_CAST({ident} AS {DuckDBType.to_string(dtype)}) IS NULL"
+        )
+        try:
+            return int(self._cons[DUCKDB].backend.con.execute(sql).fetchone()[0])
+        except Exception:  # noqa: BLE001 - the count is a courtesy; the error stands without it
+            return None
+
+    def _damaged_parquet(self) -> tuple[str, Path, str | None] | None:
+        """The first opened parquet file that fails a scan of every value — (source, path, column) — after
+        a DuckDB error that names no file (a damaged page): the cheap way to say which file it is."""
+        raw = self._cons[DUCKDB].backend.con
+        for name, path in self._paths().items():
+            if path.suffix.lower() != ".parquet":
+                continue
+            scan = f"read_parquet({_quote(str(path))})"
+            columns = [r[0] for r in raw.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()]
+            every = ", ".join(f"bit_xor(hash({_ident(c)}))" for c in columns)  # every value decoded
+            try:
+                raw.execute(f"SELECT {every} FROM {scan}").fetchall()
+                continue
+            except Exception:  # noqa: BLE001 - this file is the damaged one; which column?
+                pass
+            column = None
+            for c in columns:
+                try:
+                    raw.execute(f"SELECT bit_xor(hash({_ident(c)})) FROM {scan}").fetchall()
+                except Exception:  # noqa: BLE001
+                    column = c
+                    break
+            return ("assignment" if name.startswith("file:") else name), path, column
+        return None
 
     def _first_source(self, place: str) -> str:
         return next((n for n, s in self.lab.spec.sources.items() if _place_of(s) == place), place)
@@ -283,7 +447,8 @@ class Engine:
         except LabkitError:
             raise
         except Exception as exc:
-            raise DataError(name, f"Spark cannot read {self.lab.display(path)}: {_first_line(exc)}") from None
+            shown = mask_values(_first_line(exc))  # quoted values masked, as in every Spark error
+            raise DataError(name, f"Spark cannot read {self.lab.display(path)}: {shown}") from None
         self._views.append(view)
         return table
 
@@ -352,6 +517,12 @@ def _connect_duckdb(lab: Lab):
     con.raw_sql(f"SET memory_limit={_quote(lab.spec.duckdb.memory_limit)}")
     spill = lab.results_dir if lab.results_dir.is_dir() else Path(tempfile.gettempdir())
     con.raw_sql(f"SET temp_directory={_quote(str(spill / '.duckdb-tmp'))}")
+    # Every timestamp is UTC, whatever the host's TZ (DuckDB's default session zone is the host's): a
+    # TIMESTAMPTZ cast to naive, a naive one cast to TIMESTAMPTZ and whole days added to a TIMESTAMPTZ all
+    # depend on it. GLOBAL, so the cursors of aggregate._fetch (new sessions of this database) get it too;
+    # Ibis sets only this connection's own session.
+    con.raw_sql("SET GLOBAL TimeZone='UTC'")
+    con.raw_sql("SET TimeZone='UTC'")
     # Order matters (all at once fails): allow the folders, cut external access, then lock.
     con.raw_sql(f"SET allowed_directories=[{dirs}]")
     con.raw_sql("SET enable_external_access=false")
@@ -411,6 +582,20 @@ class DigestCache:
             os.replace(tmp, self.path)
         except OSError:
             tmp.unlink(missing_ok=True)
+
+
+def _header_only(path: Path, max_lines: int = 1000) -> bool:
+    """A text file of one non-blank line (the header) followed by blank lines only."""
+    with open(path, "rb") as fh:
+        if not fh.readline().strip():
+            return False  # no header either: left to the engine's own error
+        for _ in range(max_lines):
+            line = fh.readline(1 << 16)
+            if not line:
+                return True
+            if line.strip():
+                return False
+    return False
 
 
 def file_digest(path: Path) -> str:
