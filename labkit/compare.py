@@ -16,11 +16,13 @@
   verdict. Inconclusive and invalid pilots have not been decided yet and are left out of the ratio (they
   are in the tally); with no decided pilot the win rate is None.
 - **Pooled gain.** DerSimonian–Laird random effects (``labkit.stats.meta``, τ² truncated at 0) over the
-  gains of the group's pilots that have a finite interval. Each pilot's variance comes from its lift
-  interval: ``((hi − lo) / (2·z))²``, ``z = Φ⁻¹(1 − alpha/2)`` at the pilot's own alpha (the param
-  ``analysis.alpha``, else the lab default). This assumes a symmetric normal interval (the delta-method
-  lift interval is one); a sequential (always-valid) interval is wider than a fixed-n one, so such a pilot
-  enters with a larger variance — conservative. The pooled interval is at the lab's default alpha; τ², I²
+  gains of the group's pilots that have a standard error. Each pilot's variance is ``lift_se²``, the
+  delta-method variance of its lift that the analysis logs (``<primary>.<arm>.lift_se``): the lift is
+  effect / |control mean|, so the gain's sign is right for negative-mean metrics too. The reported lift
+  interval is Fieller's (asymmetric, agreeing with the test), so its width is no longer a normal se; only
+  for runs logged before ``lift_se`` existed is the variance read off a finite lift interval,
+  ``((hi − lo) / (2·z))²``, ``z = Φ⁻¹(1 − alpha/2)`` at the pilot's own alpha (the param
+  ``analysis.alpha``, else the lab default). The pooled interval is at the lab's default alpha; τ², I²
   and Cochran's Q are reported. A group with one such pilot is shown as that pilot, not pooled
   (``pooled_k`` = 1, pooled fields None, a ``note`` says so).
 - **Value and ROI.** A pilot's value is the analysis' (effect per customer × ``value_per_unit`` × customers
@@ -104,9 +106,21 @@ class PilotRow:
     run_name: str | None
     started_at: str | None
     description: str | None
+    lift_se: float | None = None  # delta-method se of the lift: the pooled gain's variance is its square
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def gain_variance(self) -> float | None:
+        """The sampling variance the meta-analysis gives this pilot's gain (module docstring), or None."""
+        if self.gain is None:
+            return None
+        if self.lift_se is not None and math.isfinite(self.lift_se) and self.lift_se > 0:
+            return self.lift_se * self.lift_se
+        lo, hi = self.gain_ci_low, self.gain_ci_high
+        if lo is None or hi is None or not hi > lo or max(abs(lo), abs(hi)) >= FLOAT_LIMIT:
+            return None
+        return ((hi - lo) / (2 * _z(self.alpha))) ** 2
 
 
 @dataclass(frozen=True)
@@ -339,6 +353,7 @@ def pilot_row(run: dict, *, default_alpha: float, results_meta=None) -> PilotRow
         run_name=run.get("run_name"),
         started_at=_iso(run.get("start_time")),
         description=tags.get("mlflow.note.content"),
+        lift_se=chosen.get("lift_se"),
     )
 
 
@@ -357,14 +372,10 @@ def summarize(name: str, rows: list[PilotRow], *, alpha: float = 0.05) -> GroupS
     decided = sum(decisions[d] for d in DECIDED)
     win_rate = decisions["ship"] / decided if decided else None
 
-    usable = [
-        r for r in rows
-        if r.gain is not None and r.gain_ci_low is not None and r.gain_ci_high is not None
-        and r.gain_ci_high > r.gain_ci_low
-    ]  # fmt: skip
+    usable = [r for r in rows if r.gain_variance() is not None]
     pooled = None
     if len(usable) >= 2:
-        variances = [((r.gain_ci_high - r.gain_ci_low) / (2 * _z(r.alpha))) ** 2 for r in usable]
+        variances = [r.gain_variance() for r in usable]
         pooled = dersimonian_laird([r.gain for r in usable], variances, alpha=alpha)
         note = None
     elif len(usable) == 1:

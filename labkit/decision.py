@@ -14,6 +14,11 @@ Rules (DESIGN.md, "Decision"), checked in this order:
    lies inside ±MDE (on the lift scale for a relative MDE).
 5. ``inconclusive`` — otherwise, with how many more customers per arm the plan says would settle it.
 
+Relative quantities are on the lift scale, lift = effect / |control mean| (`labkit.stats.moments.Estimate`),
+so a lift always has the effect's sign: the relative MDE, the equivalence interval (a Fieller interval,
+which agrees with the test; None when unbounded, and then equivalence cannot be shown) and a relative
+``max_harm`` are judged the same way for metrics with negative means (net revenue) as for positive ones.
+
 In the Bayesian engine "significant in a direction" reads "chance to beat control ≥ 1 − alpha" (or
 ≤ alpha for the opposite direction), and the equivalence interval is the 1 − 2·alpha credible interval.
 """

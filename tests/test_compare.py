@@ -852,3 +852,28 @@ def test_five_hundred_runs_compare_correctly(tmp_path, store_template):
         assert group.pooled_gain == pytest.approx(expected, rel=1e-6)
         assert group.value == pytest.approx(sum(results_for(p)["roi"]["value"] for p in members))
     assert all(pilot in html_text for pilot in latest)
+
+
+def test_pooled_gain_weighs_pilots_by_their_logged_lift_se_not_the_asymmetric_interval():
+    # lift intervals are Fieller's (asymmetric, issue 12 item 4): their width is not 2·z·se, so a pilot
+    # enters the meta-analysis with lift_se² when its run logged lift_se (older runs: the width, as before)
+    from statsmodels.stats.meta_analysis import combine_effects
+
+    base = dict(
+        function="service", channel="email", stage="retention", title=None, hypothesis=None, primary_metric="m",
+        direction="increase", arm="t", arms=1, effect=None, effect_ci_low=None, effect_ci_high=None, lift=None,
+        lift_ci_low=None, lift_ci_high=None, p_value_adjusted=None, decision="ship", exposed=None, cost=None,
+        value=None, value_ci_low=None, value_ci_high=None, roi=None, roi_ci_low=None, roi_ci_high=None,
+        spec_changed=False, data_changed=False, running=False, alpha=0.05, run_id="r", run_name=None,
+        started_at=None, description=None,
+    )  # fmt: skip
+    gains, ses = [0.10, 0.30, -0.05], [0.05, 0.08, 0.04]
+    rows = [PilotRow(pilot=f"p{i}", gain=g, gain_ci_low=g - s, gain_ci_high=g + 3 * s, lift_se=s, **base)
+            for i, (g, s) in enumerate(zip(gains, ses))]  # fmt: skip
+    group = summarize("service", rows)
+    ref = combine_effects(np.array(gains), np.array(ses) ** 2, method_re="dl")
+    assert group.pooled_k == 3
+    assert group.pooled_gain == pytest.approx(ref.mean_effect_re, rel=1e-9)
+    # an unbounded lift interval (None) does not keep a pilot with a standard error out of the pooling
+    unbounded = [PilotRow(pilot="u", gain=0.2, gain_ci_low=None, gain_ci_high=None, lift_se=0.1, **base)]
+    assert summarize("service", rows + unbounded).pooled_k == 4

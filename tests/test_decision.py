@@ -140,3 +140,41 @@ def test_every_verdict_past_the_data_checks_names_the_intervals_the_equivalence_
     )
     broken = decide(**BASE, primary=[arm(None, None, reason="zero_variance")])
     assert broken.decision == "invalid" and broken.equivalence == ()
+
+
+def _net_revenue_estimate(shift: float):
+    """Welch on a net-revenue metric around −10 (negative means), treatment moved by ``shift``."""
+    import numpy as np
+
+    from labkit.stats import ArmMoments, welch
+
+    rng = np.random.default_rng(7)
+    return welch(
+        ArmMoments.from_values(rng.normal(-10, 2, 400)),
+        ArmMoments.from_values(rng.normal(-10 + shift, 2, 400)),
+    )
+
+
+def test_a_relative_guardrail_on_a_negative_metric_that_improved_is_not_breached():
+    # net revenue is a guardrail against a decrease, max_harm 5 % relative; it went from −10 to −9: lift
+    # +10 % (effect / |control mean|). Divided by the signed mean it read −10 %, "past the allowed harm".
+    est = _net_revenue_estimate(+1.0)
+    guard = ArmResult(arm="fast", effect=est.effect, lift=est.lift, p_value=est.p_value)
+    assert est.lift > 0.05
+    g = GuardrailCheck("net_revenue", "decrease", 0.05, True, [guard])
+    v = decide(**{**BASE, "guardrails": [g]}, primary=[arm(-0.05, 0.01)])
+    assert (v.decision, v.code) == ("ship", "significant")
+
+
+def test_a_relative_guardrail_on_a_negative_metric_that_fell_is_breached():
+    est = _net_revenue_estimate(-1.0)  # −10 to −11: lift −10 %, past a 5 % harm in the harmful direction
+    guard = ArmResult(arm="fast", effect=est.effect, lift=est.lift, p_value=est.p_value)
+    g = GuardrailCheck("net_revenue", "decrease", 0.05, True, [guard])
+    v = decide(**{**BASE, "guardrails": [g]}, primary=[arm(-0.05, 0.01)])
+    assert (v.decision, v.code) == ("harm", "guardrail") and est.lift < -0.05
+
+
+def test_equivalence_needs_a_bounded_lift_interval():
+    # an unbounded Fieller set (control mean not significantly ≠ 0) is reported as None: never "no-effect"
+    v = decide(**BASE, primary=[arm(-0.01, 0.6, low=None, high=None)])
+    assert v.decision == "inconclusive"

@@ -32,7 +32,8 @@ import pandas as pd
 import pytest
 from scipy import optimize, stats
 from statsmodels.stats.power import NormalIndPower
-from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
+from statsmodels.stats.proportion import confint_proportions_2indep
+from statsmodels.stats.proportion import test_proportions_2indep as sm_test_2indep
 from statsmodels.stats.weightstats import ttost_ind
 
 import labkit
@@ -117,12 +118,13 @@ class Lab:
 
 
 def lift_interval(yc: np.ndarray, yt: np.ndarray, crit: float) -> tuple[float, float, float]:
-    """(lift, low, high): delta-method lift (m_t − m_c)/m_c, Var = v_t/m_c² + m_t²·v_c/m_c⁴, v = p(1 − p)/n."""
+    """(lift, low, high): lift (m_t − m_c)/|m_c| with Fieller's interval, the textbook quadratic in ρ = m_t/m_c,
+    (m_t − ρ·m_c)² ≤ crit²·(v_t + ρ²·v_c), v = p(1 − p)/n, solved by numpy.roots (labkit: issue 12, item 4)."""
     mc, mt = yc.mean(), yt.mean()
     vc, vt = mc * (1 - mc) / len(yc), mt * (1 - mt) / len(yt)
-    se = math.sqrt(vt / mc**2 + mt**2 * vc / mc**4)
-    lift = (mt - mc) / mc
-    return lift, lift - crit * se, lift + crit * se
+    rho = np.sort(np.real(np.roots([mc * mc - crit * crit * vc, -2 * mt * mc, mt * mt - crit * crit * vt])))
+    lift = (mt - mc) / abs(mc)
+    return lift, float(np.sign(mc) * (rho[0] - 1)), float(np.sign(mc) * (rho[1] - 1))
 
 
 def equivalence(result) -> dict[str, tuple[float, float]]:
@@ -156,7 +158,7 @@ def null_lab(tmp_path_factory) -> Lab:
 
 
 def test_zero_true_effect_is_no_effect_on_the_lift_scale(null_lab):
-    """Relative MDE: the 1 − 2α interval judged is the delta-method lift interval at z_{1−α}, inside ±MDE."""
+    """Relative MDE: the 1 − 2α interval judged is the Fieller lift interval at z_{1−α}, inside ±MDE."""
     pilot = null_lab.pilot(pilot_yaml("null-rate", mde="{relative: 0.2}"))
     result = labkit.analyze(pilot)
     alpha, mde = pilot.settings.alpha, pilot.spec.hypothesis.mde.relative
@@ -236,7 +238,8 @@ def test_one_more_converted_customer_reaches_the_mde_and_is_not_no_effect(edge):
     """The near miss: the point estimate is well inside ±MDE, the 1 − 2α interval just reaches it."""
     lift, low, high = edge.bounds(edge.k_edge)
     assert 0 < lift < edge.mde <= high
-    _, p_value = proportions_ztest([edge.k_edge, edge.k_c], [edge.n_t, edge.n_c])
+    # the unpooled (Wald) z-test, dual to the Wald interval (issue 12, item 4)
+    p_value = sm_test_2indep(edge.k_edge, edge.n_t, edge.k_c, edge.n_c, method="wald").pvalue
     assert p_value >= edge.alpha  # not significant either: the verdict is left to the power rule
     result = edge.analyse(edge.k_edge)
     assert result.decision == "inconclusive" and result.verdict.code == "underpowered"

@@ -1,7 +1,8 @@
 """Pure statistics on per-arm sufficient statistics: numpy and scipy only, no I/O.
 
-Every comparison returns an `Estimate` (effect = treatment − control, lift = effect / control mean,
-intervals at level 1 − alpha, a stable ``reason`` instead of NaN for degenerate data).
+Every comparison returns an `Estimate` (effect = treatment − control, lift = effect / |control mean|,
+intervals at level 1 − alpha that exclude 0 exactly when p < alpha, a stable ``reason`` instead of NaN for
+degenerate data).
 """
 
 import importlib

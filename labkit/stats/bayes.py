@@ -1,7 +1,9 @@
 """Bayesian engine: a normal–normal model on the relative lift (as GrowthBook's effect-based engine).
 
 Likelihood: the observed lift is normal around the true lift with the delta-method standard error
-(``Estimate.lift``, ``Estimate.lift_se``). Prior: lift ~ N(prior_mean, prior_sd²). Conjugacy gives
+(``Estimate.lift``, ``Estimate.lift_se``). The lift is effect / |control mean|, so its sign is the effect's
+also for metrics with negative means (net revenue from −10 to −5 is lift +0.5, chance to beat ≈ 1 for an
+``increase`` hypothesis, not 0). Prior: lift ~ N(prior_mean, prior_sd²). Conjugacy gives
 
     post_var  = 1 / (1/se² + 1/prior_sd²),
     post_mean = post_var · (lift/se² + prior_mean/prior_sd²).
@@ -14,7 +16,10 @@ lifts that small pilots on rare events produce (2% vs 5% conversion on 400 custo
   for a decrease.
 - ``expected_loss`` = E[max(0, −lift)] for an increase (E[max(0, lift)] for a decrease): the relative
   loss expected from shipping, σ·φ(μ/σ) − μ·Φ(−μ/σ) for the increase case (μ, σ posterior).
-- ``ci_low`` / ``ci_high``: the equal-tailed 1 − alpha credible interval.
+- ``ci_low`` / ``ci_high``: the equal-tailed 1 − alpha credible interval. It agrees with the chance to
+  beat by construction (both are the same normal posterior): it excludes 0 exactly when
+  min(chance_to_beat, 1 − chance_to_beat) < alpha/2. The decision's one-sided rule (chance ≥ 1 − alpha,
+  `labkit.decision`) matches the 1 − 2·alpha credible interval instead, the one it judges equivalence on.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ gbstats). When x has no within-arm variance θ is 0 and the result equals plain 
 
 The reported ``mean_control`` / ``mean_treatment`` are the *adjusted* means (on the metric's scale, since
 the covariate is centred at its overall mean), so effect = mean_treatment − mean_control and
-lift = effect / mean_control hold as for every other method. ``variance_reduction`` is
+lift = effect / |mean_control| (Fieller interval at the same t critical value) hold as for every other method. ``variance_reduction`` is
 1 − Var(adjusted effect) / Var(unadjusted effect) = 1 − se_cuped² / se_welch², a fraction (≈ ρ² for a
 balanced pilot; it can be slightly negative when the covariate is useless).
 """
@@ -37,6 +37,7 @@ def _adjusted_var(arm: ArmMoments, theta: float) -> float | None:
     if arm.n < 2:
         return None
     ss = arm.ss - 2 * theta * arm.sp_xy + theta * theta * arm.ss_x
+    # ≥ 0 for possible sums (`ArmMoments` enforces Cauchy–Schwarz): only rounding noise is read as 0
     if ss <= CANCELLATION_TOL * (arm.ss + theta * theta * arm.ss_x):
         ss = 0.0
     return ss / (arm.n - 1)

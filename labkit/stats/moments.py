@@ -5,8 +5,10 @@ The data layer reduces a metric to n, Σy, Σy², Σx, Σx², Σxy per arm where
 leave the engine. ``y`` is the metric value (or a ratio's numerator), ``x`` the CUPED covariate (or a
 ratio's denominator).
 
-Bad input raises `ValueError` (a negative n, a non-finite sum); degenerate data (an empty arm, one
-customer, no variance) is not an error: the methods return an `Estimate` with a stable ``reason`` and
+Bad input raises `ValueError` (a negative n, a non-finite sum); sums no data set can have (Σy² < (Σy)²/n,
+or Σxy² > Σ(x − x̄)²·Σ(y − ȳ)², beyond rounding noise) raise `MomentsError`, a `ValueError` that is also a
+`labkit.errors.LabkitError`, so the CLI prints it as one line instead of analysing a clamped zero variance.
+Degenerate data (an empty arm, one customer, no variance) is not an error: the methods return an `Estimate` with a stable ``reason`` and
 ``None`` for what cannot be computed, so no NaN or inf ever reaches the JSON.
 """
 
@@ -17,9 +19,21 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from labkit.errors import LabkitError
+
 # Centred sums computed as Σa² − (Σa)²/n lose about log10(mean²/var) digits to cancellation; anything
 # smaller than this fraction of Σa² is rounding noise, so it is read as exactly zero variance.
 CANCELLATION_TOL = 1e-12
+#: A centred sum of squares below −IMPOSSIBLE_TOL·Σa² (or a Cauchy–Schwarz excess beyond IMPOSSIBLE_TOL·Σx²·Σy²)
+#: is not rounding: the engine's sums come from different rows or a broken query. Naive summation of n doubles
+#: is off by at most about n·2⁻⁵³ relatively, so 1e-8 tolerates ~10⁸ rows of worst-case rounding, while any
+#: real inconsistency (a sum of squares over other customers than the sum) is far larger.
+IMPOSSIBLE_TOL = 1e-8
+
+
+class MomentsError(LabkitError, ValueError):
+    """Sufficient statistics that no data set can produce (a negative variance beyond rounding noise)."""
+
 
 #: The reason codes an `Estimate` can carry; `decision.py` maps them to `invalid` or `inconclusive`.
 REASONS = (
@@ -38,9 +52,39 @@ def _centred(sum_ab: float, sum_a: float, sum_b: float, n: int) -> float:
 
 
 def _centred_sq(sum_sq: float, total: float, n: int) -> float:
-    """Σ(a − ā)² from raw sums, clamped to 0 where cancellation leaves only rounding noise."""
+    """Σ(a − ā)² from raw sums, read as 0 where cancellation leaves only rounding noise.
+
+    Only noise is ever read as 0: `ArmMoments` refuses sums whose centred value is negative beyond
+    ``IMPOSSIBLE_TOL`` (`MomentsError`), so nothing impossible is clamped silently."""
     value = sum_sq - total * total / n
     return 0.0 if value <= CANCELLATION_TOL * sum_sq else value
+
+
+def _check_possible(arm: ArmMoments) -> None:
+    """Raise `MomentsError` for sums no data can have: Σ(y − ȳ)² < 0 or Σ(x − x̄)² < 0 beyond rounding noise,
+    or a cross-product past Cauchy–Schwarz, (Σ(x − x̄)(y − ȳ))² > Σ(x − x̄)²·Σ(y − ȳ)² (tolerance relative to the
+    raw sums' magnitude, `IMPOSSIBLE_TOL`)."""
+    if arm.n == 0:
+        if arm.sum or arm.sum_sq or arm.sum_x or arm.sum_x_sq or arm.sum_xy:
+            raise MomentsError("inconsistent sufficient statistics: an arm with n = 0 has non-zero sums")
+        return
+    for label, sq, total in (("y", arm.sum_sq, arm.sum), ("x", arm.sum_x_sq, arm.sum_x)):
+        centred = sq - total * total / arm.n
+        if centred < -IMPOSSIBLE_TOL * sq:
+            raise MomentsError(
+                f"inconsistent sufficient statistics: Σ{label}² = {sq:.10g} is below (Σ{label})²/n = "
+                f"{total * total / arm.n:.10g} (n = {arm.n}), a negative variance; the sums must come from the "
+                "same rows"
+            )
+    ss_y = max(arm.sum_sq - arm.sum * arm.sum / arm.n, 0.0)
+    ss_x = max(arm.sum_x_sq - arm.sum_x * arm.sum_x / arm.n, 0.0)
+    sp = arm.sum_xy - arm.sum_x * arm.sum / arm.n
+    if sp * sp - ss_x * ss_y > IMPOSSIBLE_TOL * arm.sum_sq * arm.sum_x_sq:
+        raise MomentsError(
+            "inconsistent sufficient statistics: the cross-product Σxy is past the Cauchy–Schwarz bound "
+            f"(|Σ(x − x̄)(y − ȳ)| = {abs(sp):.10g} > √(Σ(x − x̄)²·Σ(y − ȳ)²) = {math.sqrt(ss_x * ss_y):.10g}); "
+            "the sums must come from the same rows"
+        )
 
 
 @dataclass(frozen=True)
@@ -69,6 +113,7 @@ class ArmMoments:
         for name in ("sum_sq", "sum_x_sq"):
             if getattr(self, name) < 0:
                 raise ValueError(f"ArmMoments.{name} is a sum of squares and cannot be negative")
+        _check_possible(self)
 
     @classmethod
     def from_values(cls, y, x=None) -> ArmMoments:
@@ -160,16 +205,27 @@ _FLOAT_FIELDS = (
     "p_value",
     "variance_reduction",
     "lift_se",
+    "var_mean_control",
+    "var_mean_treatment",
 )
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """Treatment vs control on one metric: effect = treatment − control, lift = effect / mean_control.
+    """Treatment vs control on one metric: effect = treatment − control, lift = effect / |mean_control|.
 
-    Intervals are at level 1 − alpha. ``reason`` is None for a complete result, else one of `REASONS`,
-    with None in every field that could not be computed. ``lift_se`` is the delta-method standard error
-    of the lift, kept so that sequential and Bayesian analyses can reuse it.
+    The lift divides by the *absolute* control mean (GrowthBook's convention), so its sign is always the
+    effect's: a net-revenue metric going from −10 to −5 has effect +5 and lift +50 %.
+
+    Intervals are at level 1 − alpha, and each agrees with the p-value: it excludes 0 exactly when
+    p < alpha (the effect interval inverts the same statistic; the lift interval is Fieller's, see
+    `labkit.stats.means.lift_interval`). ``lift_ci_low``/``lift_ci_high`` are both None when the lift's
+    confidence set is unbounded (the control mean is not significantly different from 0 at this level): a
+    finite lift interval would then be a lie, and JSON has no infinity. ``reason`` is None for a complete
+    result, else one of `REASONS`, with None in every field that could not be computed. ``lift_se`` is the
+    delta-method standard error of the lift (for the Bayesian model and meta-analysis);
+    ``var_mean_control``/``var_mean_treatment`` are the variances of the two arm estimates the test used,
+    kept so that the sequential widening can rebuild the same Fieller interval at its own critical value.
     """
 
     method: str
@@ -188,6 +244,8 @@ class Estimate:
     variance_reduction: float | None = None
     reason: str | None = None
     lift_se: float | None = None
+    var_mean_control: float | None = None
+    var_mean_treatment: float | None = None
 
     def __post_init__(self) -> None:
         # The contract is "never NaN or inf in any field": enforce it here so a slip in any method

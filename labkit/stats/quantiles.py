@@ -10,13 +10,21 @@ interpolation (Hyndman & Fan type 7), for the point estimate and for every repli
 
 - ``mean_control`` / ``mean_treatment`` hold the arms' sample q-quantiles (the metric's value; the
   field names are shared with every other method), effect = q_t − q_c.
-- Interval: percentile bootstrap, the alpha/2 and 1 − alpha/2 quantiles of the replicated differences.
-- ``se``: standard deviation of the replicated differences.
-- ``p_value``: the percentile-interval inversion, 2 · (1 + min(#{d* ≤ 0}, #{d* ≥ 0})) / (n_boot + 1),
-  capped at 1 — the smallest level whose percentile interval excludes 0, with the +1 so a finite
+- ``p_value``: 2 · (1 + min(#{d* ≤ 0}, #{d* ≥ 0})) / (n_boot + 1), capped at 1, with the +1 so a finite
   bootstrap never claims p = 0 (Davison & Hinkley 1997, §4.4).
-- Lift: the shared delta-method helper (`labkit.stats.means.lift_interval`) with the bootstrap variances
-  of the two arm quantiles and the normal critical value, so it is built like every other method's.
+- Interval: the percentile interval that inverts exactly that p-value, the order statistics
+  [d*_(k), d*_(B+1−k)] of the B = n_boot replicated differences with k = ⌈alpha·(B + 1)/2⌉ − 1 (the
+  (B + 1)·alpha/2-th order statistic of Davison & Hinkley, rounded inwards). d*_(k) > 0 exactly when
+  #{d* ≤ 0} ≤ k − 1, i.e. when 2·(1 + #{d* ≤ 0})/(B + 1) < alpha: the interval excludes 0 exactly when
+  p < alpha (numpy's interpolated quantiles, used before, did not quite). When k < 1 (too few replicates
+  for the level: 2/(B + 1) ≥ alpha, so p ≥ alpha anyway) the interval is unbounded and reported as None.
+- Lift: the same order statistics of the replicated lifts (q*_t − q*_c)/|q*_c|, whose signs are the
+  differences' signs, so the lift interval agrees with the same p-value; None when some replicate's
+  control quantile is 0 (a lift undefined in part of the bootstrap distribution). ``lift_se`` is the
+  delta-method standard error from the bootstrap variances of the two arm quantiles (for the Bayesian model).
+- ``se`` = sqrt(Var*(q_c) + Var*(q_t)), the arms being resampled independently; those two bootstrap
+  variances are kept as ``var_mean_control``/``var_mean_treatment``, from which the sequential mode builds
+  its effect and Fieller lift confidence sequences (consistent with its always-valid p-value).
 """
 
 from __future__ import annotations
@@ -97,15 +105,22 @@ def bootstrap_quantile(
     boot_c = bootstrap_quantiles(np.sort(control), q, n_boot, rng)
     boot_t = bootstrap_quantiles(np.sort(treatment), q, n_boot, rng)
     diffs = boot_t - boot_c
-    se = float(np.std(diffs, ddof=1))
-    if not se > 0:
+    v_c, v_t = float(np.var(boot_c, ddof=1)), float(np.var(boot_t, ddof=1))
+    se = math.sqrt(v_c + v_t)
+    if not float(np.ptp(diffs)) > 0 or not se > 0:
         # every replicate gave the same difference (e.g. a median stuck on a mass of zeros)
         return point_only(method, n_c, n_t, q_c, q_t, "zero_variance")
-    ci_low, ci_high = np.quantile(diffs, [alpha / 2, 1 - alpha / 2])
     tail = min(np.count_nonzero(diffs <= 0), np.count_nonzero(diffs >= 0))
     p_value = min(1.0, 2 * (1 + tail) / (n_boot + 1))
+    ci_low, ci_high = percentile_bounds(diffs, alpha)
     z = float(special.ndtri(1 - alpha / 2))
-    lift = lift_interval(q_c, q_t, float(np.var(boot_c, ddof=1)), float(np.var(boot_t, ddof=1)), z)
+    lift = lift_interval(q_c, q_t, v_c, v_t, z)
+    lift_low = lift_high = None
+    if lift is not None and np.all(boot_c != 0):
+        with np.errstate(over="ignore"):
+            lifts = diffs / np.abs(boot_c)
+        if np.all(np.isfinite(lifts)):  # a denormal control replicate would overflow: no lift interval
+            lift_low, lift_high = percentile_bounds(lifts, alpha)
     return Estimate(
         method=method,
         n_control=n_c,
@@ -114,12 +129,24 @@ def bootstrap_quantile(
         mean_treatment=q_t,
         effect=q_t - q_c,
         se=se,
-        ci_low=float(ci_low),
-        ci_high=float(ci_high),
+        ci_low=ci_low,
+        ci_high=ci_high,
         lift=lift.lift if lift else None,
-        lift_ci_low=lift.ci_low if lift else None,
-        lift_ci_high=lift.ci_high if lift else None,
+        lift_ci_low=lift_low,
+        lift_ci_high=lift_high,
         p_value=p_value,
         reason=None if lift else "zero_control_mean",
         lift_se=lift.se if lift else None,
+        var_mean_control=v_c,
+        var_mean_treatment=v_t,
     )
+
+
+def percentile_bounds(replicates: np.ndarray, alpha: float) -> tuple[float | None, float | None]:
+    """[d_(k), d_(B+1−k)], k = ⌈alpha·(B + 1)/2⌉ − 1: excludes 0 exactly when 2(1 + tail)/(B + 1) < alpha."""
+    b = replicates.size
+    k = math.ceil(alpha * (b + 1) / 2) - 1
+    if k < 1:
+        return None, None
+    ordered = np.sort(replicates)
+    return float(ordered[k - 1]), float(ordered[b - k])

@@ -7,8 +7,9 @@ Lu 2018, "Applying the Delta Method in Metric Analytics"):
     Var(R̂) ≈ (s_y² − 2R·s_xy + R²·s_x²) / (n · x̄²),
 
 with s² and s_xy the per-customer sample (co)variances (ddof=1). The difference R_t − R_c is then tested
-like a Welch t on the linearised variances (Welch–Satterthwaite df, as gbstats does); the lift uses the
-shared delta-method helper `labkit.stats.means.lift_interval`. An arm whose denominator sums to 0 has no
+like a Welch t on the linearised variances (Welch–Satterthwaite df, as gbstats does); the lift
+(R_t − R_c)/|R_c| gets Fieller's interval from the same variances and critical value
+(`labkit.stats.means.lift_interval`), so it excludes 0 exactly when the test rejects. An arm whose denominator sums to 0 has no
 ratio: reason ``zero_denominator``.
 """
 
@@ -24,7 +25,8 @@ def ratio_variance(arm: ArmMoments) -> float | None:
         return None
     ratio = arm.sum / arm.sum_x
     ss = arm.ss - 2 * ratio * arm.sp_xy + ratio * ratio * arm.ss_x
-    # Σ(y − R·x)² is never negative; what cancellation leaves below the tolerance is noise
+    # Σ(y − R·x)² is never negative for possible sums (`ArmMoments` refuses a cross-product past
+    # Cauchy–Schwarz): what cancellation leaves below the tolerance is rounding noise, read as 0
     if ss <= CANCELLATION_TOL * (arm.ss + ratio * ratio * arm.ss_x):
         ss = 0.0
     mean_x = arm.sum_x / arm.n

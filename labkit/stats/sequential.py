@@ -15,6 +15,13 @@ sequence is tightest around n = n_tuning (h ≈ 3.04 at alpha = 0.05, against 1.
 The always-valid p-value is the smallest alpha whose sequence excludes 0. Because alpha enters both
 ``u`` and the log term it has no closed form; h decreases monotonically in alpha (to sqrt(1 + n_tuning/(2n))
 as alpha → 1), so it is the root of se · h(alpha) = |effect| in log alpha, found with Brent's method.
+
+The lift's confidence sequence is Fieller's interval (`labkit.stats.means.lift_interval`) at the same
+multiplier h in place of the fixed-horizon critical value, from the arm variances the estimate kept: at
+lift 0 its boundary is |effect| = h·se, the effect's own boundary, so the effect sequence, the lift
+sequence and the always-valid p-value all agree on whether 0 is excluded (p < alpha). When the estimate
+carries no arm variances (an exact small-count path has no single variance to widen), the lift sequence
+is reported as None rather than one that could disagree with the p-value.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from dataclasses import replace
 
 from scipy import optimize
 
+from labkit.stats.means import lift_interval
 from labkit.stats.moments import Estimate, check_alpha
 
 # log(alpha) range searched for the always-valid p-value: below e^-700 doubles underflow, and just
@@ -80,8 +88,11 @@ def always_valid(estimate: Estimate, *, n: float, n_tuning: float, alpha: float)
         )
     half = h * estimate.se
     lift_low = lift_high = None
-    if estimate.lift is not None and estimate.lift_se is not None:
-        lift_low, lift_high = estimate.lift - h * estimate.lift_se, estimate.lift + h * estimate.lift_se
+    v_c, v_t = estimate.var_mean_control, estimate.var_mean_treatment
+    if estimate.lift is not None and v_c is not None and v_t is not None:
+        lift = lift_interval(estimate.mean_control, estimate.mean_treatment, v_c, v_t, h)
+        if lift is not None:
+            lift_low, lift_high = lift.ci_low, lift.ci_high
     return replace(
         estimate,
         method=method,

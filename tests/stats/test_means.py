@@ -1,9 +1,11 @@
-"""Welch's t-test and the shared delta-method lift, against scipy, statsmodels, gbstats and tea-tasting."""
+"""Welch's t-test and the shared lift (Fieller interval, delta-method se), against scipy, statsmodels,
+gbstats, tea-tasting and an independent Fieller implementation."""
 
 import math
 
 import numpy as np
 import pytest
+from fieller_ref import fieller_lift
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
@@ -59,10 +61,18 @@ def test_welch_matches_scipy_and_statsmodels(name, alpha):
     assert est.ci_low == pytest.approx(ci_low, rel=1e-6)
     assert est.ci_high == pytest.approx(ci_high, rel=1e-6)
     assert est.se == pytest.approx(abs(est.effect / ref.statistic), rel=1e-6)
-    # the lift interval uses the same t critical value as the effect interval
+    # the lift interval is Fieller's at the same t critical value as the effect interval
     crit = stats.t.ppf(1 - alpha / 2, df)
     assert (est.ci_high - est.ci_low) / (2 * est.se) == pytest.approx(crit, rel=1e-6)
-    assert (est.lift_ci_high - est.lift_ci_low) / (2 * est.lift_se) == pytest.approx(crit, rel=1e-6)
+    vc, vt = control.var(ddof=1) / control.size, treatment.var(ddof=1) / treatment.size
+    ref_lift = fieller_lift(control.mean(), treatment.mean(), vc, vt, crit)
+    if ref_lift is None:
+        assert (est.lift_ci_low, est.lift_ci_high) == (None, None)
+    else:
+        assert (est.lift_ci_low, est.lift_ci_high) == (
+            pytest.approx(ref_lift[0], rel=1e-6, abs=1e-12),
+            pytest.approx(ref_lift[1], rel=1e-6, abs=1e-12),
+        )
 
 
 @pytest.mark.parametrize("name", sorted(DATASETS))
@@ -73,9 +83,11 @@ def test_lift_is_the_growthbook_delta_method(name):
     vc, vt = control.var(ddof=1) / control.size, treatment.var(ddof=1) / treatment.size
     # written out from Var(lift) ≈ v_t/m_c² + m_t²·v_c/m_c⁴ (gbstats frequentist_variance, relative)
     se = math.sqrt(vt / mc**2 + mt**2 * vc / mc**4)
-    assert est.lift == pytest.approx(mt / mc - 1, rel=1e-9)
+    assert est.lift == pytest.approx((mt - mc) / abs(mc), rel=1e-9)
     assert est.lift_se == pytest.approx(se, rel=1e-9)
-    assert est.lift == pytest.approx((est.mean_treatment - est.mean_control) / est.mean_control, rel=1e-12)
+    assert est.lift == pytest.approx(
+        (est.mean_treatment - est.mean_control) / abs(est.mean_control), rel=1e-12
+    )
 
 
 @pytest.mark.parametrize("alpha", [0.05, 0.2])
@@ -94,10 +106,14 @@ def test_welch_lift_matches_gbstats(name, alpha):
     }.items():
         config = FrequentistConfig(alpha=alpha, difference_type=difference)
         ref = TwoSidedTTest(stat(c), stat(t), config).compute_result()
-        assert value == pytest.approx(ref.expected, rel=1e-6)
-        assert low == pytest.approx(ref.ci[0], rel=1e-6)
-        assert high == pytest.approx(ref.ci[1], rel=1e-6)
+        # gbstats 0.8's frequentist lift divides by the signed control mean, ours by |control mean| (the
+        # GrowthBook app's convention), so the points agree up to the sign of the control mean; its relative
+        # interval is the symmetric delta-method one, ours Fieller's (checked independently above)
+        sign = math.copysign(1.0, c.mean) if difference == "relative" else 1.0
+        assert value == pytest.approx(sign * ref.expected, rel=1e-6)
         if difference == "absolute":  # gbstats' relative p-value tests the lift, ours the effect
+            assert low == pytest.approx(ref.ci[0], rel=1e-6)
+            assert high == pytest.approx(ref.ci[1], rel=1e-6)
             assert est.p_value == pytest.approx(ref.p_value, rel=1e-6, abs=1e-12)
 
 
@@ -115,8 +131,9 @@ def test_welch_matches_tea_tasting(name):
     assert est.ci_low == pytest.approx(res.effect_size_ci_lower, rel=1e-6)
     assert est.ci_high == pytest.approx(res.effect_size_ci_upper, rel=1e-6)
     assert est.p_value == pytest.approx(res.pvalue, rel=1e-6)
-    # tea-tasting's lift interval is the log-ratio form: same point, different (asymmetric) bounds
-    assert est.lift == pytest.approx(res.rel_effect_size, rel=1e-9)
+    # tea-tasting's lift is m_t/m_c − 1 (signed control mean) with a log-ratio interval: the same point up to
+    # the sign of the control mean (ours divides by |m_c|), different bounds
+    assert est.lift == pytest.approx(math.copysign(1.0, c.mean) * res.rel_effect_size, rel=1e-9)
 
 
 def test_lift_interval_helper_is_none_at_zero_control_mean_and_bare_at_zero_se():
@@ -224,6 +241,7 @@ def test_welch_intervals_cover_the_true_effect_and_lift():
     treatments = _moments_batch(rng.normal(mu_t, 3, (reps, 120)))
     estimates = [welch(c, t, alpha=1 - level) for c, t in zip(controls, treatments)]
     effect_hits = sum(e.ci_low <= mu_t - mu_c <= e.ci_high for e in estimates)
+    assert all(e.lift_ci_low is not None for e in estimates)  # control means far from 0: bounded
     lift_hits = sum(e.lift_ci_low <= mu_t / mu_c - 1 <= e.lift_ci_high for e in estimates)
     low, high = _binomial_bounds(reps, level)
     assert low <= effect_hits <= high, f"effect coverage {effect_hits}/{reps}; 99.99% bound [{low}, {high}]"

@@ -126,3 +126,62 @@ def test_estimate_reason_must_be_a_known_code():
     with pytest.raises(ValueError, match="unknown reason 'weird'"):
         _estimate(reason="weird")
     assert all(code == code.lower() and " " not in code for code in REASONS)
+
+
+# --- impossible sums are refused, not clamped (issue 12, item 5) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "what"),
+    [
+        # Σy² = 20 < (Σy)²/n = 25: a variance of −5/3, which used to be read silently as 0
+        ({"n": 4, "sum": 10.0, "sum_sq": 20.0}, r"Σy² = 20 is below \(Σy\)²/n = 25"),
+        # the same for the covariate / ratio denominator
+        ({"n": 4, "sum": 1.0, "sum_sq": 1.0, "sum_x": 10.0, "sum_x_sq": 24.0}, r"Σx² = 24 is below"),
+        # a cross-product past Cauchy–Schwarz: |Σ(x − x̄)(y − ȳ)| = 3 > √(2·2)
+        (
+            {"n": 3, "sum": 0.0, "sum_sq": 2.0, "sum_x": 0.0, "sum_x_sq": 2.0, "sum_xy": 3.0},
+            r"the cross-product Σxy is past the Cauchy–Schwarz bound",
+        ),
+        # an empty arm with sums
+        ({"n": 0, "sum": 1.0, "sum_sq": 1.0}, r"an arm with n = 0 has non-zero sums"),
+    ],
+)
+def test_impossible_sums_raise_a_clear_data_error(kwargs, what):
+    from labkit.errors import LabkitError
+    from labkit.stats.moments import MomentsError
+
+    with pytest.raises(MomentsError, match=r"inconsistent sufficient statistics: " + what) as info:
+        ArmMoments(**kwargs)
+    # a LabkitError: the CLI prints its one line instead of a traceback; a ValueError for stats callers
+    assert isinstance(info.value, LabkitError) and isinstance(info.value, ValueError)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e6, 1e-6])
+def test_rounding_noise_below_the_tolerance_is_still_read_as_zero_variance(scale):
+    # a constant column whose engine sums disagree in the last digits, either way: zero variance, no error
+    n, value = 1000, 3.7 * scale
+    total = n * value
+    for wobble in (1 - 1e-12, 1 + 1e-12, 1 - 5e-10):
+        arm = ArmMoments(n=n, sum=total, sum_sq=total * total / n * wobble)
+        assert arm.var == 0.0 or arm.var == pytest.approx(0.0, abs=1e-9 * value * value)
+
+
+def test_the_tolerance_is_relative_to_the_sums_magnitude():
+    from labkit.stats.moments import IMPOSSIBLE_TOL, MomentsError
+
+    n, total = 10, 1e8
+    square = total * total / n
+    ArmMoments(n=n, sum=total, sum_sq=square * (1 - 0.5 * IMPOSSIBLE_TOL))  # noise at this magnitude
+    with pytest.raises(MomentsError):
+        ArmMoments(n=n, sum=total, sum_sq=square * (1 - 2 * IMPOSSIBLE_TOL))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_real_data_with_covariates_never_trips_the_check(seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(1e5, 1.0, 5000)
+    y = 3 * x + rng.normal(0, 1e-3, 5000)  # nearly collinear, large means: the hardest honest case
+    arm = ArmMoments.from_values(y, x)
+    assert arm.cov_xy == pytest.approx(np.cov(x, y)[0, 1], rel=1e-3)
