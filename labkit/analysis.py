@@ -7,13 +7,20 @@ notebook writes as results.json.
 
 Families (DESIGN.md): the primary metric over the treatment arms is one family (Holm when there are
 several arms); the secondary metrics x arms form another, corrected by the pilot's ``correction``;
-guardrails are not corrected. Methods by metric type: proportions — z-test, or an exact test with
-Newcombe interval for small counts; means — Welch, or CUPED when the metric has a covariate or
+guardrails are not corrected. Methods by metric type: proportions — unpooled z-test, or Barnard's exact
+test with its inverted intervals for small counts; means — Welch, or CUPED when the metric has a covariate or
 ``cuped: true``; ratios — delta method; quantiles — seeded bootstrap (seed derived from the pilot id
 and metric name, so a re-run gives the same numbers). In sequential mode each interval and p-value is
 made always-valid with the asymptotic confidence sequence tuned to the cap (``max_size``). Quantile
 statistics of an arm smaller than the lab's ``privacy.min_cell_size`` are suppressed: a median of a
 handful of customers is a person's value.
+
+Imported assignments: a proportion with a ``covariate`` is a 0/1 mean and gets CUPED like any mean (a
+field that is accepted is applied); with ``cohort.assignment.strata`` proportions and means are
+post-stratified over the tool's blocks (``labkit.stats.poststrat``). The assignment's data warnings
+(customers failing ``where``, NULL arms skipped, the cap) join ``warnings`` with the analysis' own
+(differential missingness, blocks left out, a changed cohort), so the JSON, the notebook and the run
+description say everything the terminal said.
 """
 
 from __future__ import annotations
@@ -145,9 +152,27 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def usual_file_mode() -> int:
+    """The mode any new file gets here: 0666 less the umask (0644 under the usual 022), labkit's file-mode
+    policy for everything it writes under results/ (README, Guarantees). The umask is read from /proc: the
+    only portable way, ``os.umask``, sets it for a moment, and a file another thread creates then misses it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):  # pragma: no cover - not Linux
+        pass
+    mask = os.umask(0o022)  # pragma: no cover
+    os.umask(mask)  # pragma: no cover
+    return 0o666 & ~mask  # pragma: no cover
+
+
 def write_atomic(target: Path, text: str) -> None:
+    """Write ``text`` to ``target`` through a temporary file and a rename, with the usual file mode (not
+    mkstemp's 0600, which would stick to the file)."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, usual_file_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
@@ -168,7 +193,14 @@ def estimate(pilot: Pilot, data, arm: str, *, alpha: float):
     from labkit import stats
 
     c, t = data.arms[pilot.control], data.arms[arm]
-    if data.kind == "proportion":
+    if getattr(data, "strata", None) is not None and data.kind in ("proportion", "mean"):
+        from labkit.stats.poststrat import post_stratified
+
+        est, _ = post_stratified(data.strata.get(pilot.control, {}), data.strata.get(arm, {}), alpha=alpha)
+    elif data.kind == "proportion" and data.covariate is not None:
+        # a 0/1 outcome is a mean: regression adjustment (CUPED) applies to it as to any mean
+        est = stats.cuped(c, t, alpha=alpha)
+    elif data.kind == "proportion":
         est = stats.compare_proportions(c, t, alpha=alpha)
     elif data.kind == "ratio":
         est = stats.delta_ratio(c, t, alpha=alpha)
@@ -187,7 +219,7 @@ def estimate(pilot: Pilot, data, arm: str, *, alpha: float):
     else:
         est = stats.welch(c, t, alpha=alpha)
     if pilot.settings.sequential and est.reason is None:
-        est = stats.always_valid(est, n=c.n + t.n, n_tuning=pilot.spec.cohort.max_size, alpha=alpha)
+        est = stats.always_valid(est, n=c.n + t.n, n_tuning=pilot.cap or c.n + t.n, alpha=alpha)
     return est
 
 
@@ -212,6 +244,8 @@ def _suppress(est, data, pilot: Pilot, arm: str):
         lift_ci_low=None,
         lift_ci_high=None,
         lift_se=None,
+        var_mean_control=None,
+        var_mean_treatment=None,
         p_value=None,
         reason="suppressed_small_cell",
     )
@@ -385,6 +419,9 @@ def build_analysis(
         counts = {arm: int(primary_data.assigned.get(arm, 0)) for arm in pilot.arms}
     srm = stats.srm_test(counts, pilot.arms)
     warnings: list[str] = list(plan.warnings) if plan else []
+    # the assignment's own data warnings (customers failing `where`, NULL arms skipped, the cap) travel
+    # with every analysis of it: the JSON, the notebook and the run description say what the terminal said
+    warnings += [str(w) for w in assignment_meta.get("warnings", [])]
 
     rows: list[dict] = []
     estimates: dict[tuple[str, str], object] = {}
@@ -411,9 +448,16 @@ def build_analysis(
                 missing_treatment=int(md.missing.get(arm, 0)),
                 assigned_control=int(md.assigned.get(control, 0)),
                 assigned_treatment=int(md.assigned.get(arm, 0)),
+                missing_policy=m.missing_policy,
             )
             row["covariate"] = md.covariate
             rows.append(row)
+            _flag_dropped_strata(md, pilot, arm, warnings)
+            if est.reason == "suppressed_small_cell":  # a withheld number is said, not just missing
+                warnings.append(
+                    f"metric '{m.name}', arm '{arm}': fewer than {pilot.lab.spec.privacy.min_cell_size} "
+                    "customers in an arm, so the quantile is withheld (privacy.min_cell_size)"
+                )
         _flag_missingness(md, pilot, warnings)
 
     # multiplicity: primary over arms (Holm), secondaries by the pilot's correction, guardrails raw
@@ -426,11 +470,13 @@ def build_analysis(
     family(lambda r: r["role"] == "primary", "holm")
     family(lambda r: r["role"] == "secondary", s.correction)
     family(lambda r: r["role"] == "guardrail", "none")
+    _adjusted_intervals(pilot, data, rows, s.alpha)
 
     bayes_by_arm = {}
     if s.engine == "bayesian":
         for r in rows:
-            if r["lift"] is None or r["lift_ci_low"] is None or r.get("lift_se") is None:
+            # an unbounded (None) Fieller lift interval does not stop the Bayesian model: it needs lift_se only
+            if r["lift"] is None or r.get("lift_se") is None:
                 continue
             direction = pilot.spec.hypothesis.direction if r["role"] == "primary" else "increase"
             # the likelihood's se is the estimate's delta-method lift_se (labkit.stats.bayes), not the
@@ -474,7 +520,12 @@ def build_analysis(
         "method": srm.method,
     }
     quality = {
-        name: {"assigned": dict(md.assigned), "missing": dict(md.missing), "covariate": md.covariate}
+        name: {
+            "assigned": dict(md.assigned),
+            "missing": dict(md.missing),
+            "missing_policy": pilot.metric(name).missing_policy,
+            "covariate": md.covariate,
+        }
         for name, md in data.items()
     }
     meta = {
@@ -493,9 +544,9 @@ def build_analysis(
         "primary_metric": primary_name,
         "direction": pilot.spec.hypothesis.direction,
         "exposed": int(sum(counts.values())),
-        "cap": pilot.spec.cohort.max_size,
+        "cap": pilot.cap,
     }
-    if assignment_meta.get("cap_exceeded"):
+    if assignment_meta.get("cap_exceeded") and not any("the cap is a promise" in w for w in warnings):
         warnings.append("more customers are in the imported assignment than the pilot's cap allows")
     plan_dict = plan.to_dict() if plan else {"required_per_arm": None, "mde_at_cap": None, "powered": None}
     return Analysis(
@@ -511,6 +562,55 @@ def build_analysis(
         data_quality=quality,
         meta=meta,
     )
+
+
+def _flag_dropped_strata(md, pilot: Pilot, arm: str, warnings: list[str]) -> None:
+    """Blocks the post-stratified estimate could not use (an arm with fewer than two customers) are said."""
+    if getattr(md, "strata", None) is None or md.kind not in ("proportion", "mean"):
+        return
+    from labkit.stats.poststrat import post_stratified
+
+    _, dropped = post_stratified(md.strata.get(pilot.control, {}), md.strata.get(arm, {}))
+    if dropped:
+        warnings.append(
+            f"metric '{md.metric}', arm '{arm}': {dropped} of the imported blocks have fewer than two "
+            f"customers in '{pilot.control}' or '{arm}' and are left out of the post-stratified estimate"
+        )
+
+
+ADJUSTED_FIELDS = ("ci_low_adjusted", "ci_high_adjusted", "lift_ci_low_adjusted", "lift_ci_high_adjusted")
+
+
+def _adjusted_intervals(pilot: Pilot, data: dict, rows: list[dict], alpha: float) -> None:
+    """Intervals at the level that matches each row's multiplicity-adjusted p-value (``*_adjusted`` fields).
+
+    For a hypothesis with raw p and adjusted p_adj (Holm or Benjamini–Hochberg), the interval at level
+    1 − alpha·p/p_adj excludes 0 exactly when p < alpha·p/p_adj, i.e. when p_adj < alpha: the adjusted
+    interval and the adjusted p-value agree, as ``ci_low``/``ci_high`` (level 1 − alpha, unadjusted) agree
+    with the raw p-value (for Holm and BH alike: the level is read off the adjusted p-value, not a
+    simultaneous-coverage claim for BH, which controls the false discovery rate). Where p_adj = p
+    (guardrails, one-member families) or p = 0 the adjusted interval is the unadjusted one; where there is no
+    p-value it is None. The estimate is recomputed at that level by the same method (bootstraps with the
+    same seed, so the same replicates)."""
+    for r in rows:
+        p, p_adj = r.get("p_value"), r.get("p_value_adjusted")
+        r.update(dict.fromkeys(ADJUSTED_FIELDS))
+        if p is None or p_adj is None:
+            continue
+        if p_adj <= p or p == 0:
+            level = alpha
+            est = None
+        else:
+            level = alpha * p / p_adj
+            md = data[r["metric"]]
+            est = _suppress(estimate(pilot, md, r["arm"], alpha=level), md, pilot, r["arm"])
+        src = est.to_dict() if est is not None else r
+        r.update(
+            ci_low_adjusted=src["ci_low"],
+            ci_high_adjusted=src["ci_high"],
+            lift_ci_low_adjusted=src["lift_ci_low"],
+            lift_ci_high_adjusted=src["lift_ci_high"],
+        )
 
 
 def _flag_missingness(md, pilot: Pilot, warnings: list[str]) -> None:

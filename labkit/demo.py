@@ -3,8 +3,9 @@
 A real lab sees its CRM in two moments, and so does the demo:
 
 1. ``build_base(root)`` writes what exists *before* any pilot: the customer table (a snapshot as of
-   ``SNAPSHOT``), every channel's engagement history up to the first pilot on that channel, and the email
-   tool's send list for the newsletter test, randomised by the tool itself.
+   ``SNAPSHOT``), every channel's engagement history up to the first pilot on that channel, the email
+   tool's send list for the newsletter test, randomised by the tool itself, and the renewal tool's send
+   log of its voucher test (0/1 arms drawn within segment blocks, a few NULL arms).
 2. The lab draws each pilot's cohort and arms (``labkit assign``, keyed hashing; not this module).
 3. ``simulate_outcomes(root, assignments)`` writes the pilot period, which depends on the arms: each
    assigned customer's events from ``assigned_at`` on, the per-customer outcome tables, and
@@ -19,15 +20,18 @@ Pilots and eligibility. ``PILOTS`` mirrors ``experiments/*.yaml`` (ids, channels
 metrics; a test keeps them in step). Each pilot's effects act on its own columns and on its own channel,
 so a customer in two pilots (possible: e.g. a consumer community member who also got the newsletter) sees
 additive, non-interacting effects. Within one channel the demo pilots' eligibility is disjoint (by
-lifecycle stage or segment); should two pilots on one channel ever share a customer, the earlier pilot
-owns that customer's events on the channel.
+lifecycle stage or segment) — except the renewal voucher test, which shares the email channel with the
+newsletter test but acts on an outcome column only, never on email events; a customer two pilots on one
+channel share has the events of the earlier pilot.
 
 What the truth means. ``truth.json`` states, per pilot, the primary metric's true control mean and the
 true effect of each treatment arm on the scale DESIGN.md's intent-to-treat analysis estimates: the mean
 over the *assigned cohort* of each customer's expected outcome under each arm (expectations over the
 outcome noise, conditional on the cohort and on which rows of the per-customer tables exist). Missing
 rows (a few % per table, at random, hence equal across arms) count as 0 for proportions and are left out
-of means, exactly as the analysis treats them; event metrics have no missing rows.
+of means, exactly as the analysis treats them; event metrics have no missing rows. A NULL value inside a
+table (the renewal status the CRM export lacks, ``renewed_60d``) is excluded, as DESIGN.md's default
+``missing`` policy does; the renewal truth is over the assigned customers whose status is not NULL.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ PATHS = {
     "customers": CRM / "customers.parquet",
     "engagement_events": CRM / "engagement_events.parquet",
     "email_sends": CRM / "email_sends.parquet",
+    "renewal_sends": CRM / "renewal_sends.parquet",
     "outcomes": CRM / "outcomes.csv",
     "pipeline": CRM / "pipeline.parquet",
     "media_coverage": CRM / "media_coverage.csv",
@@ -107,6 +112,12 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "variant": "VARCHAR",
         "sent_at": "TIMESTAMP",
     },
+    "renewal_sends": {
+        "customer_id": "VARCHAR",
+        "treat": "BIGINT",
+        "block": "VARCHAR",
+        "sent_at": "TIMESTAMP",
+    },
     "outcomes": {
         "customer_id": "VARCHAR",
         "pre_spend": "DOUBLE",
@@ -123,6 +134,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "spend_90d": "DOUBLE",
         "unsubscribed": "BIGINT",
         "referrals_90d": "BIGINT",
+        "renewed_60d": "BIGINT",
     },
     "pipeline": {
         "customer_id": "VARCHAR",
@@ -297,6 +309,18 @@ PILOTS: dict[str, DemoPilot] = {
             direction="increase",
             expected={"ugc_gallery": "harmful"},
         ),
+        DemoPilot(  # imported: the renewal tool's 0/1 arms, drawn within segment blocks (see _renewal_sends)
+            id="sales-email-renewal-voucher",
+            function="sales",
+            channel="email",
+            stage="retention",
+            start=date(2026, 10, 5),
+            arms=("control", "voucher"),
+            primary="renewed_60d",
+            metric_type="proportion",
+            direction="increase",
+            expected={"voucher": "positive"},
+        ),
         DemoPilot(
             id="pr-blogger-early-access",
             function="pr",
@@ -334,11 +358,23 @@ EMAIL_CONSENT_DRIFT = 40  # customers on the tool's list whose CRM marketing con
 EMAIL_CLICK_MULT = 0.70  # the newsletter's click chance under ugc_gallery, relative to control
 EMAIL_UNSUBSCRIBE = (0.004, 0.011)  # the newsletter's unsubscribe chance: control, ugc_gallery
 BLOG_WINDOW_DAYS = 60  # media_coverage counts the 60 days after each blogger's assigned_at
+# The renewal tool's voucher test, a finished experiment the lab imports (no max_size, no start in its file):
+# it randomised half of each segment (its blocks) to the voucher and writes the arm as 0/1; its suppression
+# list held back a few listed customers (treat NULL). The CRM export lacks the renewal status of some rows
+# (renewed_60d NULL), which the analysis excludes, while customers absent from the export count as 0.
+RENEWAL_PILOT = "sales-email-renewal-voucher"
+RENEWAL_SEND_SIZE = 8_000
+RENEWAL_NULL_ARMS = 45  # rows of the send log with treat NULL
+RENEWAL_NULL_SHARE = 0.05  # share of outcome rows whose renewed_60d is NULL (status unknown)
+RENEWAL_BASE = np.array([0.55, 0.68, 0.82])  # chance to renew within 60 days by segment, under control
+RENEWAL_UPLIFT = np.array([0.08, 0.06, 0.05])  # the voucher's absolute increase by segment
+IMPORTED_PILOTS = (IMPORTED_PILOT, RENEWAL_PILOT)
 
 DAY_US = 86_400 * 1_000_000
 HOUR_US = 3_600 * 1_000_000
 
 _STREAM_POPULATION, _STREAM_HISTORY, _STREAM_SENDS, _STREAM_MISSING = 1, 2, 3, 4
+_STREAM_RENEWAL_SENDS = 5
 _STREAM_EVENTS, _STREAM_OUTCOMES = 100, 200
 
 
@@ -763,6 +799,34 @@ def _email_sends(pop: Population, seed: int):
     )
 
 
+def _renewal_sends(pop: Population, seed: int):
+    """The renewal tool's voucher test: its list, half of each segment block to the voucher (0/1), and a
+    few rows its suppression list held back (treat NULL)."""
+    import pyarrow as pa
+
+    rng = _rng(seed, _STREAM_RENEWAL_SENDS)
+    listed = np.flatnonzero(pop.has_email & pop.consent_marketing & np.isin(pop.stage, [ACTIVE, AT_RISK]))
+    chosen = np.sort(rng.choice(listed, RENEWAL_SEND_SIZE, replace=False))
+    treat = np.zeros(chosen.size, np.int64)
+    # complete randomisation within each block: half of it, the odd customer to a random arm
+    for block in range(len(SEGMENTS)):
+        members = np.flatnonzero(pop.segment[chosen] == block)
+        k = members.size // 2 + (members.size % 2) * int(rng.random() < 0.5)
+        treat[rng.choice(members, k, replace=False)] = 1
+    held = np.zeros(chosen.size, bool)
+    held[rng.choice(chosen.size, RENEWAL_NULL_ARMS, replace=False)] = True
+    start = _us(PILOTS[RENEWAL_PILOT].start) + 8 * HOUR_US  # a 3-hour batch from 8:00 on the start date
+    sent = start + np.floor(rng.random(chosen.size) * 3 * 3600).astype(np.int64) * 1_000_000
+    return pa.table(
+        {
+            "customer_id": pa.array(pop.ids[chosen], pa.string()),
+            "treat": pa.array(treat, pa.int64(), mask=held),
+            "block": pa.array(SEGMENTS[pop.segment[chosen]], pa.string()),
+            "sent_at": pa.array(sent, pa.int64()).cast(pa.timestamp("us")),
+        }
+    )
+
+
 def build_base(root: Path, seed: int = DEMO_SEED) -> dict:
     """Write the CRM as it was before the pilots under ``root/data/crm``; returns counts and paths.
 
@@ -786,9 +850,11 @@ def build_base(root: Path, seed: int = DEMO_SEED) -> dict:
     customers = pop.customers_table(complaints_90d)
     events = _events_table(arrays, pop.ids)
     sends = _email_sends(pop, seed)
+    renewal = _renewal_sends(pop, seed)
     _write_parquet(root / PATHS["customers"], customers)
     _write_parquet(root / PATHS["engagement_events"], events)
     _write_parquet(root / PATHS["email_sends"], sends)
+    _write_parquet(root / PATHS["renewal_sends"], renewal)
     for stale in ("outcomes", "pipeline", "media_coverage"):  # outcomes of an earlier pilot period
         (root / PATHS[stale]).unlink(missing_ok=True)
     (root / TRUTH).unlink(missing_ok=True)
@@ -801,13 +867,17 @@ def build_base(root: Path, seed: int = DEMO_SEED) -> dict:
             "customers": customers.num_rows,
             "engagement_events": events.num_rows,
             "email_sends": sends.num_rows,
+            "renewal_sends": renewal.num_rows,
         },
     }
     _write_json(root / MANIFEST, manifest)
     return {
         "seed": int(seed),
         "rows": dict(manifest["rows"]),
-        "paths": {name: str(PATHS[name]) for name in ("customers", "engagement_events", "email_sends")},
+        "paths": {
+            name: str(PATHS[name])
+            for name in ("customers", "engagement_events", "email_sends", "renewal_sends")
+        },
     }
 
 
@@ -823,6 +893,26 @@ def email_sends_assignment(root: Path) -> pd.DataFrame:
             "assigned_at": sends["sent_at"],
         }
     )
+
+
+def renewal_sends_assignment(root: Path) -> pd.DataFrame:
+    """The renewal pilot's assignment as ``labkit assign`` imports it: NULL arms skipped, 0/1 mapped."""
+    import pandas as pd
+
+    sends = pd.read_parquet(Path(root) / PATHS["renewal_sends"])
+    sends = sends[sends["treat"].notna()]
+    return pd.DataFrame(
+        {
+            "customer_id": sends["customer_id"].astype(object).to_numpy(),
+            "arm": np.where(sends["treat"].to_numpy() == 1, "voucher", "control").astype(object),
+            "assigned_at": sends["sent_at"].to_numpy(),
+        }
+    )
+
+
+def imported_assignment(root: Path, pilot_id: str) -> pd.DataFrame:
+    """An imported demo pilot's assignment (``IMPORTED_PILOTS``) in the shape ``simulate_outcomes`` takes."""
+    return {IMPORTED_PILOT: email_sends_assignment, RENEWAL_PILOT: renewal_sends_assignment}[pilot_id](root)
 
 
 # ------------------------------------------------------------------------------------------ stage two
@@ -1039,6 +1129,26 @@ def _block_cocreation(rng, pop, rates, arm):
     }
 
 
+def _block_renewal(rng, pop, rates, arm):
+    """Renewal within 60 days: the segment's base chance (lower at risk), raised by the voucher; the CRM
+    export leaves some statuses NULL at random (``_nulls``: excluded by the analysis, and by the truth)."""
+    n = pop.n
+    u = rng.random((n, 2))
+    p0 = np.clip(RENEWAL_BASE[pop.segment] - 0.12 * (pop.stage == AT_RISK), 0.02, 0.98)
+    p1 = np.clip(p0 + RENEWAL_UPLIFT[pop.segment], 0.02, 0.99)
+    renewed = (u[:, 0] < np.where(arm == 1, p1, p0)).astype(np.int64)
+    nulls = u[:, 1] < RENEWAL_NULL_SHARE
+    column = _integer_array(renewed, nulls)
+    return {"renewed_60d": column}, {"renewed_60d": [p0, p1], "_nulls": nulls}
+
+
+def _integer_array(values: np.ndarray, nulls: np.ndarray):
+    """A nullable integer column (written as an empty CSV cell where NULL, read back as BIGINT)."""
+    import pandas as pd
+
+    return pd.arrays.IntegerArray(values.astype(np.int64), nulls.copy())
+
+
 def _block_advocates(rng, pop, rates, arm):
     n = pop.n
     u = rng.random(n)
@@ -1056,6 +1166,7 @@ _BLOCKS = {
     "pr-facebook-advocate-stories": ("outcomes", _block_advocates),
     "sales-linkedin-social-selling": ("pipeline", _block_social_selling),
     "sales-community-expert-answers": ("pipeline", _block_expert_answers),
+    RENEWAL_PILOT: ("outcomes", _block_renewal),
 }
 # The guardrail metric the truth reports besides the primary: pilot -> (metric, type).
 _GUARDRAILS = {
@@ -1229,6 +1340,9 @@ def _truth(seed, pop, rates, parsed: dict[str, _Assigned], expected, bursts, pre
         if pilot_id in _BLOCKS:
             table = _BLOCKS[pilot_id][0]
             mask = present[table] if table != "outcomes" else present[table] & (pop.stage != PROSPECT)
+            nulls = expected[pilot_id].get("_nulls")
+            if nulls is not None:  # a NULL value inside the table is excluded (DESIGN.md's default)
+                cohort = cohort[~(nulls[cohort] & mask[cohort])]
             values = _arm_values(p.metric_type, expected[pilot_id][p.primary], cohort, mask)
             if pilot_id in _GUARDRAILS:
                 name, kind = _GUARDRAILS[pilot_id]

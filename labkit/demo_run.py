@@ -62,7 +62,7 @@ def run_demo(lab: Lab, seed: int | None = None) -> int:
             pilot.spec.stage,
             pilot.primary.name,
             f"{p.required_per_arm:,}" if p.required_per_arm else "–",
-            f"{pilot.spec.cohort.max_size:,}",
+            f"{pilot.cap or 0:,}",
             "yes" if p.powered else "no",
         )
     console.print(table)

@@ -13,10 +13,11 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from labkit._validation import (
     COLUMN,
@@ -46,11 +47,21 @@ class Amount(Strict):
     absolute: float | None = Field(None, gt=0, allow_inf_nan=False)
 
 
+class Baseline(Strict):
+    """An assumed baseline for planning before data exists (``labkit.planning``): ``{rate: p}`` for a
+    proportion, ``{mean: m, sd: s}`` for a mean. Measured data, when there is some, takes precedence."""
+
+    rate: float | None = Field(None, gt=0, lt=1, allow_inf_nan=False)
+    mean: float | None = Field(None, allow_inf_nan=False)
+    sd: float | None = Field(None, gt=0, allow_inf_nan=False)
+
+
 class Hypothesis(Strict):
     statement: str = Field(min_length=1)
     metric: str
     direction: Literal["increase", "decrease"]
     mde: Amount
+    baseline: Baseline | None = None  # an assumption for planning; never used by the analysis
 
 
 class Filter(Strict):
@@ -60,22 +71,47 @@ class Filter(Strict):
 
 
 class ImportedAssignment(Strict):
+    """A channel tool's randomisation (``labkit.assignment``, "Imported assignments").
+
+    ``arms`` maps the arm column's values, as text, to the pilot's arms (``{'0': control, '1': voucher}``);
+    unquoted YAML numbers and true/false are accepted as keys and read as their text. Without it the
+    column's values must be the arm names themselves. ``strata`` names the blocks the tool randomised
+    within: the analysis then post-stratifies (``labkit.stats.poststrat``)."""
+
     source: str
     arm_column: str
     id_column: str | None = None  # default: cohort.id_column
     assigned_at_column: str | None = None  # default: cohort.start for every customer
+    arms: dict[str, str] | None = None
+    strata: list[str] = Field(default_factory=list)
+
+    @field_validator("arms", mode="before")
+    @classmethod
+    def _keys_as_text(cls, value):
+        """YAML reads ``{0: control}`` with an integer key; the map's keys are the column's values as text."""
+        if not isinstance(value, dict):
+            return value
+        out = {}
+        for key, arm in value.items():
+            if isinstance(key, bool):
+                key = str(key).lower()
+            elif isinstance(key, int | float):
+                key = repr(key) if isinstance(key, float) else str(key)
+            out[key] = arm
+        return out
 
 
 class Cohort(Strict):
     source: str
     id_column: str
     where: list[Filter] = Field(default_factory=list)
-    max_size: int = Field(gt=0)
+    max_size: int | None = Field(None, gt=0)  # required unless imported: then the imported count
     arms: dict[str, Annotated[float, Field(allow_inf_nan=False)]]
     control: str
     stratify_by: list[str] = Field(default_factory=list)
     salt: str | None = None
-    start: Annotated[dt.date, Field(strict=False)]
+    # required unless imported with an assigned_at_column: then the earliest assignment
+    start: Annotated[dt.date | None, Field(strict=False)] = None
     assignment: ImportedAssignment | None = None
 
 
@@ -102,6 +138,20 @@ class Metric(Strict):
     numerator: ColumnRef | None = None
     denominator: ColumnRef | None = None
     quantile: float | None = Field(None, gt=0, lt=1)
+    # what a missing value means: None is the default of DESIGN.md (see `missing_policy`)
+    missing: Literal["zero", "exclude"] | None = None
+
+    @property
+    def missing_policy(self) -> str:
+        """The effective policy: ``zero``, ``exclude``, or ``zero-if-absent`` — the default for a
+        per-customer proportion, where a customer absent from the table counts as 0 and a NULL value
+        inside it is excluded (DESIGN.md, "Conventions"). Event count/sum/any metrics default to ``zero``
+        (no event is a zero), every other metric to ``exclude``."""
+        if self.missing is not None:
+            return self.missing
+        if self.event is not None:
+            return "zero" if self.aggregate in ("count", "sum", "any") else "exclude"
+        return "zero-if-absent" if self.type == "proportion" else "exclude"
 
     @property
     def is_event(self) -> bool:
@@ -184,7 +234,10 @@ class Pilot:
 
     @property
     def arms(self) -> dict[str, float]:
-        return dict(self.spec.cohort.arms)
+        """The arms (in the order written) with their weights normalised to sum to 1 (``arm_weights``): what
+        the SRM check, planning and the analysis use, so ``{a: 1, b: 1, c: 1}`` means thirds everywhere (the
+        draw uses the exact ``arm_weights``)."""
+        return {arm: float(w) for arm, w in arm_weights(self.spec.cohort.arms).items()}
 
     @property
     def control(self) -> str:
@@ -199,24 +252,99 @@ class Pilot:
         return self.lab.results_dir / self.spec.id
 
     @property
+    def cap(self) -> int | None:
+        """``cohort.max_size``; an imported assignment without one is capped at the customers it holds
+        (read from the written ``assignment.json``; None before `labkit assign`)."""
+        c = self.spec.cohort
+        if c.max_size is not None or c.assignment is None:
+            return c.max_size
+        value = self._assigned_meta().get("max_size")
+        return int(value) if isinstance(value, int) else None
+
+    @property
+    def start(self) -> dt.date | None:
+        """``cohort.start``; an imported assignment without one starts on its earliest ``assigned_at``
+        (UTC date, from the written ``assignment.json``; None before `labkit assign`)."""
+        c = self.spec.cohort
+        if c.start is not None or c.assignment is None:
+            return c.start
+        value = self._assigned_meta().get("start")
+        try:
+            return dt.date.fromisoformat(value) if isinstance(value, str) else None
+        except ValueError:
+            return None
+
+    def _assigned_meta(self) -> dict:
+        """The written assignment's metadata when it belongs to this cohort, else {} (never raises)."""
+        try:
+            meta = json.loads((self.results_dir / "assignment.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return meta if isinstance(meta, dict) and meta.get("cohort_sha256") == self.cohort_sha256 else {}
+
+    @property
     def notebook_path(self) -> Path:
         return resolve_inside(self.lab, self.spec.notebook or self.lab.spec.notebook, what="notebook")
 
     @property
     def spec_sha256(self) -> str:
         """Hash of the whole spec's meaning: comments and formatting do not change it."""
-        return _sha(self.spec.model_dump(mode="json"))
+        return _sha(_hashed(self.spec.model_dump(mode="json")))
 
     @property
     def prereg_sha256(self) -> str:
         """Hash of what pre-registration fixes: the hypothesis, the metrics and the cohort."""
-        s = self.spec.model_dump(mode="json")
+        s = _hashed(self.spec.model_dump(mode="json"))
+        s["hypothesis"].pop("baseline", None)  # a planning assumption: the analysis never reads it
         return _sha({k: s[k] for k in ("hypothesis", "metrics", "guardrails", "cohort")})
 
     @property
     def cohort_sha256(self) -> str:
         """Hash of the cohort definition; an assignment drawn under another hash is stale."""
-        return _sha(self.spec.cohort.model_dump(mode="json"))
+        return _sha(_hashed({"cohort": self.spec.cohort.model_dump(mode="json")})["cohort"])
+
+
+#: Weights whose sum is this close to 1 are fractions (normalised, so 0.333 x 3 is thirds); further from 1,
+#: they are ratios when some weight is at least 1 ({a: 1, b: 2}), and refused when all are below 1 (0.5 and
+#: 0.4 are fractions that do not add up: normalising them silently would change what was written).
+WEIGHT_TOLERANCE = 1e-3
+
+
+def arm_weights(arms: dict[str, float]) -> dict[str, Fraction]:
+    """The weights normalised to sum to exactly 1: w_a = v_a / sum(v), in exact rational arithmetic over the
+    exact values of the numbers written (``Fraction(v)``), so every engine and re-implementation gets the
+    same allocation. Fractions summing to 1 within ``WEIGHT_TOLERANCE`` and ratios are both normalised this
+    way (validation refuses the ambiguous rest)."""
+    exact = {arm: Fraction(v) for arm, v in arms.items()}
+    total = sum(exact.values())
+    if total <= 0 or any(v <= 0 for v in exact.values()):
+        raise ValueError(f"weights must be positive, got {dict(arms)}")
+    return {arm: v / total for arm, v in exact.items()}
+
+
+#: Fields added to the pilot file after pilots were pre-registered and assigned, left out of the hashes while
+#: unset: a labkit upgrade must not make every existing pilot look changed (pre-registration, `assign`).
+_LATER_FIELDS = {
+    "metric": {"missing": None},
+    "assignment": {"arms": None, "strata": []},
+    "hypothesis": {"baseline": None},
+}
+
+
+def _hashed(dump: dict) -> dict:
+    """A spec dump (``model_dump(mode="json")``) without the `_LATER_FIELDS` that hold their default."""
+
+    def drop(part, fields: dict):
+        if isinstance(part, dict):
+            for key, default in fields.items():
+                if key in part and part[key] == default:
+                    del part[key]
+
+    for metric in dump.get("metrics") or []:
+        drop(metric, _LATER_FIELDS["metric"])
+    drop((dump.get("cohort") or {}).get("assignment"), _LATER_FIELDS["assignment"])
+    drop(dump.get("hypothesis"), _LATER_FIELDS["hypothesis"])
+    return dump
 
 
 def _sha(obj) -> str:
@@ -260,8 +388,12 @@ def check_pilot(spec: PilotSpec, doc: YamlDoc, lab: Lab, stem: str | None) -> li
             )
 
     def identity():
+        from labkit._validation import RESERVED_IDS
+
         if not SLUG.match(spec.id):
             err(("id",), f"'{spec.id}' is not a slug; use lowercase letters, digits and single dashes")
+        elif spec.id in RESERVED_IDS:
+            err(("id",), f"'{spec.id}' is reserved: {RESERVED_IDS[spec.id]}; choose another id")
         elif stem is not None and spec.id != stem:
             err(("id",), f"'{spec.id}' must equal the file name '{stem}'")
 
@@ -301,6 +433,21 @@ def check_pilot(spec: PilotSpec, doc: YamlDoc, lab: Lab, stem: str | None) -> li
         if (mde.relative is None) == (mde.absolute is None):
             err(("hypothesis", "mde"), "give the MDE one way: {relative: x} or {absolute: x}")
 
+    def assumed_baseline():
+        b = spec.hypothesis.baseline
+        if b is None or spec.hypothesis.metric not in names:
+            return
+        kind = next(m.type for m in spec.metrics if m.name == spec.hypothesis.metric)
+        loc = ("hypothesis", "baseline")
+        given = [k for k in ("rate", "mean", "sd") if getattr(b, k) is not None]
+        if kind == "proportion" and given != ["rate"]:
+            err(loc, f"the primary metric is a proportion: give {{rate: p}} with p in (0, 1), not {', '.join(given) or 'nothing'}")
+        elif kind == "mean" and given != ["mean", "sd"]:
+            err(loc, f"the primary metric is a mean: give {{mean: m, sd: s}} (both), not {', '.join(given) or 'nothing'}")
+        elif kind in ("ratio", "quantile"):
+            err(loc, f"an assumed baseline is not available for a {kind} metric; plan from data "
+                "(allowed: {rate: p} for a proportion, {mean: m, sd: s} for a mean)")
+
     def references():
         if spec.hypothesis.metric not in names:
             err(
@@ -331,12 +478,17 @@ def check_pilot(spec: PilotSpec, doc: YamlDoc, lab: Lab, stem: str | None) -> li
             err(("cohort", "arms"), "a pilot needs at least two arms (a control and a treatment)")
         for arm, weight in c.arms.items():
             if not NAME.match(arm):
-                err(("cohort", "arms", arm), f"arm name '{arm}' must be lowercase letters, digits and _")
+                err(("cohort", "arms", arm), _arm_name_problem(arm))
             if weight <= 0:
                 err(("cohort", "arms", arm), f"weight {weight} must be > 0")
         total = sum(c.arms.values())
-        if c.arms and abs(total - 1) > 1e-9:
-            err(("cohort", "arms"), f"weights sum to {total:g}; they must sum to 1")
+        # (1e-12: 0.333 * 3 is 0.999 in decimal but not quite in binary)
+        if c.arms and abs(total - 1) > WEIGHT_TOLERANCE + 1e-12 and max(c.arms.values()) < 1:
+            err(
+                ("cohort", "arms"),
+                f"weights sum to {total:g}; fractions must sum to 1 (within {WEIGHT_TOLERANCE:g}), or give "
+                "ratios with a weight of at least 1, e.g. {control: 1, a: 1, b: 1}, which are normalised",
+            )
 
     def control():
         if c.control not in c.arms:
@@ -346,19 +498,79 @@ def check_pilot(spec: PilotSpec, doc: YamlDoc, lab: Lab, stem: str | None) -> li
         for i, f in enumerate(c.where):
             _guarded(lambda f=f, i=i: errors.extend(_check_filter(f, ("cohort", "where", i), doc, column)))
 
+    def drawn_needs():
+        if c.assignment is not None:
+            return
+        for key, what in (("max_size", "the exposure cap"), ("start", "the assignment date, YYYY-MM-DD")):
+            if getattr(c, key) is None:
+                err(
+                    ("cohort", key),
+                    f"required field is missing ({what}; optional only with cohort.assignment)",
+                )
+
     def imported():
         if c.assignment is None:
             return
         a = c.assignment
-        source(("cohort", "assignment", "source"), a.source)
-        column(("cohort", "assignment", "arm_column"), a.arm_column)
-        column(("cohort", "assignment", "id_column"), a.id_column)
-        column(("cohort", "assignment", "assigned_at_column"), a.assigned_at_column)
+        loc = ("cohort", "assignment")
+        source((*loc, "source"), a.source)
+        column((*loc, "arm_column"), a.arm_column)
+        column((*loc, "id_column"), a.id_column)
+        column((*loc, "assigned_at_column"), a.assigned_at_column)
+        for i, name in enumerate(a.strata):
+            column((*loc, "strata", i), name)
         if c.stratify_by:
             err(
                 ("cohort", "stratify_by"),
-                "an imported assignment was stratified by its tool; remove stratify_by",
+                "an imported assignment was randomised by its tool; name its blocks in "
+                "cohort.assignment.strata instead of stratify_by",
             )
+        if c.salt is not None:
+            err(
+                ("cohort", "salt"),
+                "an imported assignment is not drawn by labkit, so a salt has no effect; remove it",
+            )
+        if c.start is None and a.assigned_at_column is None:
+            err(
+                ("cohort", "start"),
+                "required field is missing: without assignment.assigned_at_column the start cannot come "
+                "from the imported assignment; give cohort.start (YYYY-MM-DD) or an assigned_at_column",
+            )
+        if a.arms is not None:
+            _imported_map(a.arms, loc)
+        if a.strata:
+            _imported_strata(loc)
+
+    def _imported_map(mapping: dict[str, str], loc: tuple):
+        if not mapping:
+            err((*loc, "arms"), "the value map is empty; map each arm column value to an arm")
+        for key, arm in mapping.items():
+            if not key.strip() or "\x00" in key:
+                err((*loc, "arms", key), "a map key must be a value of the arm column, as text")
+            elif arm not in c.arms:
+                err(
+                    (*loc, "arms", key),
+                    f"'{arm}' is not an arm; {_close(arm, c.arms)}arms: {', '.join(c.arms)}",
+                )
+        unmapped = [arm for arm in c.arms if arm not in mapping.values()]
+        if mapping and unmapped and all(arm in c.arms for arm in mapping.values()):
+            err((*loc, "arms"), f"no column value maps to arm(s) {', '.join(unmapped)}; every arm needs one")
+
+    def _imported_strata(loc: tuple):
+        # the post-stratified estimator covers differences in means and proportions; refuse what it does not
+        for i, m in enumerate(spec.metrics):
+            if m.type in ("ratio", "quantile"):
+                err(
+                    ("metrics", i, "type"),
+                    f"a {m.type} metric cannot be post-stratified (cohort.assignment.strata); "
+                    "use a proportion or mean metric",
+                )
+            elif m.cuped or m.covariate:
+                err(
+                    ("metrics", i, "cuped" if m.cuped else "covariate"),
+                    "variance reduction is not combined with post-stratification (cohort.assignment.strata); "
+                    "remove it, or the strata",
+                )
 
     def notebook():
         if spec.notebook is None:
@@ -382,16 +594,31 @@ def check_pilot(spec: PilotSpec, doc: YamlDoc, lab: Lab, stem: str | None) -> li
         metrics,
         mde,
         references,
+        assumed_baseline,
         guardrails,
         cohort_refs,
         arms,
         control,
         where,
+        drawn_needs,
         imported,
         notebook,
     ):
         _guarded(check)
     return errors
+
+
+def _arm_name_problem(arm: str) -> str:
+    """An arm name starts with a lowercase letter; a tool's 0/1 or 'Control' values are mapped to names."""
+    import re
+
+    if re.fullmatch(r"[A-Za-z0-9_.]{1,40}", arm):  # a tool's value (0, 1.0, Control): say how to map it
+        return (
+            f"arm name '{arm}' must start with a lowercase letter (then lowercase letters, digits and _); "
+            "map an imported arm column's values to arm names with cohort.assignment.arms, e.g. "
+            "{'0': control, '1': treatment}"
+        )
+    return f"arm name '{arm}' must be lowercase letters, digits and _"
 
 
 def _guarded(check) -> None:
@@ -476,6 +703,12 @@ def _check_metric(m: Metric, loc: tuple, doc: YamlDoc, lab: Lab, source, column)
             )
     if m.type == "quantile" and (m.cuped or m.covariate):
         err(("cuped",), "variance reduction is not available for quantile metrics")
+    if m.event is not None and m.aggregate in ("count", "sum", "any") and m.missing == "exclude":
+        err(
+            ("missing",),
+            f"aggregate '{m.aggregate}' over events: a customer without events has 0, not a missing value; "
+            "allowed: zero (the default)",
+        )
     return errors
 
 

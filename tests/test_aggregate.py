@@ -237,21 +237,44 @@ def per_customer_aggregate(tiny_lab, events: pd.DataFrame, aggregate: str) -> pd
 # per-customer metrics
 
 
-def test_proportion_counts_missing_customers_as_zero(lab):
+def _no_row(tiny_lab, frame: pd.DataFrame) -> pd.Series:
+    return ~frame["customer_id"].isin(tiny_lab.outcomes["customer_id"])
+
+
+def test_proportion_counts_absent_customers_as_zero_and_excludes_null_values(lab):
+    """The default policy (DESIGN.md): no row is a 0, a NULL inside the table is not measured."""
     data = run(lab, "  - {name: churned, type: proportion, source: outcomes, column: churned}")
     f = per_customer(lab, lab.outcomes, "churned")
-    absent = f["churned"].isna()
-    assert absent.sum() == 10 + 3  # no row, or a null value
-    assert_matches(data, f.assign(y=f["churned"].fillna(0)), missing_by_arm(f, absent))
+    missing = f["churned"].isna()
+    assert missing.sum() == 10 + 3  # no row, or a null value
+    y = f["churned"].where(~_no_row(lab, f), 0.0)  # absent -> 0, NULL stays NaN (excluded)
+    assert_matches(data, f.assign(y=y), missing_by_arm(f, missing))
     assert data.kind == "proportion" and data.values is None and data.covariate is None
-    assert all(m.n == data.assigned[a] for a, m in data.arms.items())  # intent-to-treat: nobody dropped
+    assert sum(data.assigned.values()) - sum(m.n for m in data.arms.values()) == 3  # the NULLs only
+
+
+@pytest.mark.parametrize("policy", ["zero", "exclude"])
+def test_proportion_missing_policy_is_applied(lab, policy):
+    data = run(
+        lab, f"  - {{name: churned, type: proportion, source: outcomes, column: churned, missing: {policy}}}"
+    )
+    f = per_customer(lab, lab.outcomes, "churned")
+    y = f["churned"].fillna(0) if policy == "zero" else f["churned"]
+    assert_matches(data, f.assign(y=y), missing_by_arm(f, f["churned"].isna()))
+
+
+def test_mean_missing_zero_counts_absent_and_null_as_zero(lab):
+    data = run(lab, "  - {name: spend, type: mean, source: outcomes, column: spend, missing: zero}")
+    f = per_customer(lab, lab.outcomes, "spend")
+    assert_matches(data, f.assign(y=f["spend"].fillna(0)), missing_by_arm(f, f["spend"].isna()))
 
 
 def test_boolean_proportion_is_cast_to_zero_one(lab):
     data = run(lab, "  - {name: flagged, type: proportion, source: outcomes, column: flag}")
     f = per_customer(lab, lab.outcomes, "flag")
-    absent = f["flag"].isna()
-    assert_matches(data, f.assign(y=f["flag"].astype(float).fillna(0)), missing_by_arm(f, absent))
+    missing = f["flag"].isna()
+    y = f["flag"].astype(float).where(~_no_row(lab, f), 0.0)
+    assert_matches(data, f.assign(y=y), missing_by_arm(f, missing))
 
 
 def test_mean_excludes_missing_customers(lab):
@@ -580,6 +603,7 @@ def test_queries_run_together_on_duckdb_raise_the_first_failure_in_order(lab):
     import ibis
 
     from labkit.data.aggregate import _fetch
+    from labkit.errors import LabkitError
 
     pilot = pilot_with(lab, "  - {name: spend, type: mean, source: outcomes, column: spend}")
     engine = Engine.for_lab(pilot.lab)
@@ -591,8 +615,10 @@ def test_queries_run_together_on_duckdb_raise_the_first_failure_in_order(lab):
         ]
         assert _fetch(engine, queries) == [engine.con.to_pyarrow(q).to_pylist() for q in queries]
         bad = t.select(x=ibis.literal("not a number").cast("float64")).aggregate(s=ibis._.x.sum())
-        with pytest.raises(duckdb.ConversionException):
+        # the engine's error, as one labkit line that names the failure but never quotes DuckDB's text
+        with pytest.raises(LabkitError, match=r"\(ConversionException\)") as failed:
             _fetch(engine, [queries[1], bad])
+        assert "not a number" not in str(failed.value)
         cursor = engine.con.con.cursor()  # what _fetch runs each query on
         with pytest.raises(duckdb.PermissionException):
             cursor.sql("SELECT count(*) FROM read_csv('/etc/passwd')").fetchall()

@@ -92,7 +92,10 @@ def test_text_where_a_number_belongs(tiny_lab):
 
 def test_arms_must_sum_to_one(tiny_lab):
     msg = one_problem(tiny_lab, "arms: {control: 0.5, fast: 0.5}", "arms: {control: 0.5, fast: 0.4}")
-    assert msg == f"{F}:18: cohort.arms: weights sum to 0.9; they must sum to 1"
+    assert msg == (
+        f"{F}:18: cohort.arms: weights sum to 0.9; fractions must sum to 1 (within 0.001), or give ratios "
+        "with a weight of at least 1, e.g. {control: 1, a: 1, b: 1}, which are normalised"
+    )
 
 
 def test_negative_weight(tiny_lab):
@@ -229,6 +232,43 @@ def test_cuped_needs_an_event_metric(tiny_lab):
     assert msg.startswith(f"{F}:26: metrics.0.cuped: 'cuped: true' needs an event metric")
 
 
+def test_missing_must_be_zero_or_exclude(tiny_lab):
+    msg = one_problem(tiny_lab, "    column: churned\n", "    column: churned\n    missing: drop\n")
+    assert msg == f"{F}:26: metrics.0.missing: 'drop' (text) is not allowed; allowed: zero or exclude"
+
+
+def test_missing_defaults_follow_design(tiny_lab):
+    pilot = load_pilot(tiny_lab.pilot(), lab=load_lab(tiny_lab.root))
+    assert pilot.metric("churned").missing is None  # not declared: the default of DESIGN.md
+    assert pilot.metric("churned").missing_policy == "zero-if-absent"  # per-customer proportion
+    assert pilot.metric("replies").missing_policy == "zero"  # event count: no event is a zero
+
+
+def test_a_drawn_pilot_needs_max_size(tiny_lab):
+    msg = one_problem(tiny_lab, "  max_size: 2000\n", "")
+    assert msg == (
+        f"{F}:12: cohort.max_size: required field is missing (the exposure cap; optional only with "
+        "cohort.assignment)"
+    )
+
+
+IMPORTED = "  start: 2026-11-01\n  assignment: {source: customers, arm_column: variant, arms: %s}\n"
+
+
+def test_an_imported_value_map_accepts_unquoted_numbers_as_text(tiny_lab):
+    text = PILOT_YAML.replace("  start: 2026-11-01\n", IMPORTED % "{0: control, 1.0: fast, true: fast}")
+    pilot = load_pilot(tiny_lab.pilot(text), lab=load_lab(tiny_lab.root))
+    assert pilot.spec.cohort.assignment.arms == {"0": "control", "1.0": "fast", "true": "fast"}
+
+
+def test_an_imported_value_map_must_name_arms(tiny_lab):
+    msg = one_problem(tiny_lab, "  start: 2026-11-01\n", IMPORTED % "{'0': control, '1': fats}")
+    assert (
+        msg.startswith(f"{F}:21: cohort.assignment.arms")
+        and "'fats' is not an arm; did you mean 'fast'?" in msg
+    )
+
+
 def test_yaml11_boolean_where_text_belongs(tiny_lab):
     found = problems(tiny_lab, PILOT_YAML.replace("channel: twitter", "channel: no"))
     assert len(found) == 1 and found[0].startswith(f"{F}:4")
@@ -324,3 +364,31 @@ def test_lab_duckdb_memory_limit_is_an_amount(tiny_lab, value):
     found = lab_problems(tiny_lab, LAB_YAML + f"duckdb: {{memory_limit: {json.dumps(value)}}}\n")
     assert len(found) == 1 and found[0].startswith("configs/lab.yaml:"), found
     assert f"duckdb.memory_limit: '{value}' is not an amount of memory; give a number and a unit" in found[0]
+
+
+def test_a_numeric_arm_name_says_how_to_map_a_tools_values(tiny_lab):
+    msg = one_problem(tiny_lab, "arms: {control: 0.5, fast: 0.5}", "arms: {control: 0.5, '1': 0.5}")
+    assert msg == (
+        f"{F}:18: cohort.arms.1: arm name '1' must start with a lowercase letter (then lowercase letters, "
+        "digits and _); map an imported arm column's values to arm names with cohort.assignment.arms, e.g. "
+        "{'0': control, '1': treatment}"
+    )
+
+
+def test_fields_added_later_leave_the_hashes_of_existing_pilots_as_they_were(tiny_lab):
+    """`missing`, `assignment.arms` and `assignment.strata` unset: the hashes of a pilot file written before
+    they existed are unchanged (pre-registration and `assign` do not see a change that did not happen)."""
+    import hashlib
+
+    pilot = load_pilot(tiny_lab.pilot(), lab=load_lab(tiny_lab.root))
+    dump = pilot.spec.model_dump(mode="json")
+    for m in dump["metrics"]:
+        assert m.pop("missing") is None
+
+    def sha(obj):
+        return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+    assert pilot.spec_sha256 == sha(dump)
+    assert pilot.cohort_sha256 == sha(dump["cohort"])
+    declared = PILOT_YAML.replace("    column: churned\n", "    column: churned\n    missing: exclude\n")
+    assert load_pilot(tiny_lab.pilot(declared), lab=load_lab(tiny_lab.root)).spec_sha256 != pilot.spec_sha256

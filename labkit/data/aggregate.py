@@ -15,13 +15,15 @@ left-joined to each metric source on the pilot's ``cohort.id_column`` (ids of di
 against numbers, are compared as text). The units are taken to hold each customer once, as
 ``labkit assign`` writes them. Quantile values come back sorted, so a seeded bootstrap repeats exactly.
 
-Per-customer tables (``source`` + ``column``):
-- proportion: a customer with no row, or a null value, counts as 0 (and in ``missing``); values must be
-  0/1 or true/false.
-- mean, quantile: such a customer is excluded from ``n`` (and counted in ``missing``).
+Per-customer tables (``source`` + ``column``). A customer with no row, or a NULL value, is counted in
+``missing`` and treated by the metric's ``missing`` policy (``Metric.missing_policy``, ``_apply_missing``):
+- proportion (default ``zero-if-absent``): a customer with no row counts as 0, a NULL value inside the
+  table is excluded from ``n``; ``missing: zero`` counts both as 0, ``missing: exclude`` excludes both.
+  Values must be 0/1 or true/false.
+- mean, quantile (default ``exclude``): such a customer is excluded from ``n``; ``missing: zero`` counts 0.
 - ratio: y is the numerator column and x the denominator column, each from its own source; a customer
-  missing either is excluded (and counted). Per-customer zero denominators are fine: the delta method
-  works on the arm sums.
+  missing either is excluded (and counted), or with ``missing: zero`` has 0 for what is missing.
+  Per-customer zero denominators are fine: the delta method works on the arm sums.
 - ``covariate: COLUMN`` gives x. A customer whose covariate is missing (no row, or null) gets x = 0
   rather than being dropped: CUPED stays unbiased for any fixed function of pre-treatment data, and
   dropping would break intent-to-treat and make the adjusted and unadjusted analyses count different
@@ -33,8 +35,9 @@ matching events of a customer whose timestamp lies in the half-open window
 ``[assigned_at, assigned_at + window_days)`` are aggregated per customer:
 - count: the number of events; sum / mean / max: of the event value ``column`` (events whose value is
   null are ignored); any: 1 if there is at least one event, else 0.
-- a customer without events counts as 0 for count, sum and any (never dropped); for mean and max there
-  is no value, so the customer is excluded and counted in ``missing``.
+- a customer without events counts as 0 for count, sum and any (never dropped; ``missing: exclude`` is
+  refused for them); for mean and max there is no value, so the customer is counted in ``missing`` and
+  excluded (the default) or, with ``missing: zero``, counted as 0.
 - ``cuped: true``: x is the same aggregate over the pre-period ``[assigned_at - window_days,
   assigned_at)``; a mean/max customer with no pre-period events gets x = 0 (as for covariates above).
 
@@ -88,6 +91,8 @@ class MetricData:
     missing: dict[str, int]  # assigned customers with no row / null value in the source, per arm
     values: dict[str, numpy.ndarray] | None  # raw per-customer values per arm (sorted), quantiles only
     covariate: str | None  # "pre-period <aggregate> over <window> days", the covariate column, or None
+    # imported blocks (cohort.assignment.strata) only: per arm, per stratum label, the moments
+    strata: dict[str, dict[str, ArmMoments]] | None = None
 
 
 @dataclass(frozen=True)
@@ -132,7 +137,8 @@ def aggregate_pilot(engine: Engine, pilot: Pilot, units: ibis.Table, *, as_of=No
     ``as_of`` (a datetime, naive UTC) is the date of a look before the pilot's windows have closed:
     events from ``as_of`` on have not happened yet and are left out of every event window. Per-customer
     tables are snapshots and are read as they are."""
-    u = _units(units)
+    by_stratum = _post_stratified(pilot)
+    u = _units(units, by_stratum=by_stratum)
     tables = [m for m in pilot.spec.metrics if m.event is None]
     events = [m for m in pilot.spec.metrics if m.event is not None]
     built = [_build_tables(engine, pilot, tables, u)] if tables else []
@@ -150,7 +156,57 @@ def aggregate_pilot(engine: Engine, pilot: Pilot, units: ibis.Table, *, as_of=No
         out.update(_tables_data(engine, pilot, built[0], u, fetched[0], units_n=units_n))
     for m, b, rows in zip(events, built[1:] if tables else built, fetched[1 if tables else 0 :]):
         out[m.name] = _events_data(pilot, m, b, rows)
+    if by_stratum:
+        out = {name: _by_arm(pilot, md) for name, md in out.items()}
     return {m.name: out[m.name] for m in pilot.spec.metrics}
+
+
+def _post_stratified(pilot: Pilot) -> bool:
+    """An imported assignment randomised within blocks is aggregated per (arm, stratum) cell."""
+    a = pilot.spec.cohort.assignment
+    return a is not None and bool(a.strata)
+
+
+# An (arm, stratum) cell's key in the per-cell query: arm names are [a-z0-9_], so the separator is unambiguous.
+_CELL = "\x1f"
+
+
+def _by_arm(pilot: Pilot, md: MetricData) -> MetricData:
+    """Per-cell statistics (keys ``arm<US>stratum``) pooled into arms, the cells kept in ``strata``."""
+    from dataclasses import replace
+
+    from labkit.stats.moments import ArmMoments
+
+    empty = ArmMoments(n=0, sum=0.0, sum_sq=0.0)
+    cells: dict[str, dict[str, ArmMoments]] = {}
+    assigned: dict[str, int] = {}
+    missing: dict[str, int] = {}
+    for key, moments in md.arms.items():
+        if _CELL not in key:  # the pilot's arms, listed (empty) before the cells the query returned
+            continue
+        arm, _, stratum = key.partition(_CELL)
+        cells.setdefault(arm, {})[stratum] = moments
+        assigned[arm] = assigned.get(arm, 0) + md.assigned.get(key, 0)
+        missing[arm] = missing.get(arm, 0) + md.missing.get(key, 0)
+    order = _arm_order(pilot, cells)
+    values = None
+    if md.values is not None:  # the spec refuses quantiles with strata; kept whole for other callers
+        import numpy as np
+
+        values = {
+            a: np.sort(
+                np.concatenate([v for k, v in md.values.items() if k.partition(_CELL)[0] == a] or [[]])
+            )
+            for a in order
+        }
+    return replace(
+        md,
+        arms={a: sum(cells.get(a, {}).values(), empty) for a in order},
+        assigned={a: assigned.get(a, 0) for a in order},
+        missing={a: missing.get(a, 0) for a in order},
+        values=values,
+        strata={a: dict(sorted(cells.get(a, {}).items())) for a in order},
+    )
 
 
 def aggregate_metric(
@@ -265,7 +321,7 @@ def _fetch(engine: Engine, queries: list) -> list[list[dict]]:
     cursor of the one sandboxed database: a scan of a file of one row group runs on one thread, so a
     per-customer table read beside a parallel event scan fills the idle core. Elsewhere (PostgreSQL, Spark)
     one after the other, on the pilot's one connection. The first failing query's error is raised, as if
-    they had run in order."""
+    they had run in order, as the engine's one-line error (``Engine.error``: never a row's content)."""
     if len(queries) < 2 or engine.kind != "duckdb" or any(_has_memtable(q) for q in queries):
         return [engine.con.to_pyarrow(q).to_pylist() for q in queries]
     from concurrent.futures import ThreadPoolExecutor
@@ -291,7 +347,10 @@ def _fetch(engine: Engine, queries: list) -> list[list[dict]]:
 
     with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="labkit-query") as pool:
         futures = [pool.submit(run, job) for job in jobs]
-        return [f.result() for f in futures]
+        try:
+            return [f.result() for f in futures]
+        except Exception as exc:  # raw cursors are not the guarded backend: the engine explains the failure
+            raise engine.error(exc) from None
 
 
 def _has_memtable(expr) -> bool:
@@ -335,13 +394,17 @@ class _Built:
     sources: dict[str, list[str]]  # per-customer sources joined -> their value columns (duplicate check)
 
 
-def _units(units: ibis.Table) -> ibis.Table:
+def _units(units: ibis.Table, *, by_stratum: bool = False) -> ibis.Table:
+    """The units with private column names; ``by_stratum`` makes the group key the (arm, stratum) cell."""
     import ibis.expr.datatypes as dt
 
+    arm = units["arm"].cast(dt.string)
+    if by_stratum:
+        arm = arm + _CELL + units["stratum"].cast(dt.string)
     return units.select(
         **{
             _UNIT: units["customer_id"],
-            _ARM: units["arm"].cast(dt.string),
+            _ARM: arm,
             _AT: _as_timestamp(units["assigned_at"], "assignment", "assigned_at"),
         }
     )
@@ -388,10 +451,12 @@ def _build_tables(engine: Engine, pilot: Pilot, metrics: list[Metric], u: ibis.T
 
     j = u
     place: dict[tuple[str, str], str] = {}  # (source, column) -> its column in the joined table
+    present: dict[str, str] = {}  # source -> its joined id column
     for k, (source, columns) in enumerate(needed.items()):
         engine.require_columns(source, [idc, *columns])
-        t = engine.table(source)
+        t = _declared(engine, source, engine.table(source), dict.fromkeys(columns, "float64"))
         side = {f"_lk_s{k}_id": t[idc]}
+        present[source] = f"_lk_s{k}_id"  # NULL after the left join: the customer has no row there
         for i, c in enumerate(columns):
             place[(source, c)] = f"_lk_s{k}_v{i}"
             side[place[(source, c)]] = _numeric(t[c], source, c)
@@ -416,11 +481,14 @@ def _build_tables(engine: Engine, pilot: Pilot, metrics: list[Metric], u: ibis.T
             yv = j[place[(m.numerator.source, m.numerator.column)]]
             xv = j[place[(m.denominator.source, m.denominator.column)]]
             missing = yv.isnull() | xv.isnull()
-            out[p + _Y], out[p + _X] = ibis.ifelse(missing, null, yv), ibis.ifelse(missing, null, xv)
+            if m.missing_policy == "zero":  # a missing numerator or denominator is a 0 of it
+                out[p + _Y], out[p + _X] = yv.fill_null(0.0), xv.fill_null(0.0)
+            else:
+                out[p + _Y], out[p + _X] = ibis.ifelse(missing, null, yv), ibis.ifelse(missing, null, xv)
         else:
             v = j[place[(m.source, m.column)]]
             missing = v.isnull()
-            out[p + _Y] = v.fill_null(0.0) if m.type == "proportion" else v
+            out[p + _Y] = _apply_missing(m.missing_policy, v, j[present[m.source]].isnull())
             if m.covariate:
                 out[p + _X] = j[place[(m.source, m.covariate)]].fill_null(0.0)
         out[p + _MISS] = _flag(missing, "int64")
@@ -429,6 +497,20 @@ def _build_tables(engine: Engine, pilot: Pilot, metrics: list[Metric], u: ibis.T
         has_x.append((p, m.type == "ratio" or bool(m.covariate)))
     pc = j.select(**out)
     return _Built(pc, _summarise(pc, checks, has_x), checks, parts, covariates, needed)
+
+
+def _apply_missing(policy: str, value, absent):
+    """A per-customer value under the metric's ``missing`` policy (``Metric.missing_policy``): ``zero``
+    counts a customer absent from the table, or with a NULL value, as 0; ``exclude`` leaves both out of
+    ``n``; ``zero-if-absent`` (a proportion's default) counts the absent as 0 and excludes a NULL inside
+    the table — a row that exists but was not measured says nothing about the outcome."""
+    import ibis
+
+    if policy == "zero":
+        return value.fill_null(0.0)
+    if policy == "zero-if-absent":
+        return ibis.ifelse(absent, 0.0, value)
+    return value
 
 
 def _summarise(pc: ibis.Table, checks: list[_Check], parts: list[tuple[str, bool]]) -> ibis.Table:
@@ -465,7 +547,8 @@ def _events(engine: Engine, pilot: Pilot, metric: Metric, u: ibis.Table, *, as_o
         raise DataError(source, "not an event table: the lab file gives it no 'timestamp'")
     needed = [idc, ts, metric.event.column] + ([metric.column] if metric.column else [])
     engine.require_columns(source, needed)
-    t = engine.table(source)
+    types = {ts: "timestamp", metric.event.column: _literal_type(metric.event.equals)}
+    t = _declared(engine, source, engine.table(source), types | dict.fromkeys(needed[3:], "float64"))
     match = _equals(t[metric.event.column], metric.event.equals, source, metric.event.column)
     event_ts, at = _aligned(_as_timestamp(t[ts], source, ts), u[_AT])
     u = u.mutate(**{_AT: at})
@@ -495,8 +578,10 @@ def _events(engine: Engine, pilot: Pilot, metric: Metric, u: ibis.Table, *, as_o
         checks.append(_Check("e_nf", source, metric.column, "nonfinite"))
     per = j.group_by(e_unit=j[_UNIT]).aggregate(**aggs)
     pc = u.left_join(per, u[_UNIT] == per["e_unit"])
-    y = pc["e_y"].fill_null(0.0) if agg in ("count", "sum", "any") else pc["e_y"]
-    out = {_ARM: pc[_ARM], _Y: y, _MISS: _flag(y.isnull(), "int64")}
+    # no event is a 0 for count/sum/any (not missing); mean/max have no value: missing, excluded or 0
+    y = pc["e_y"].fill_null(0.0) if metric.missing_policy == "zero" else pc["e_y"]
+    no_value = pc["e_y"].isnull() if agg in ("mean", "max") else y.isnull()
+    out = {_ARM: pc[_ARM], _Y: y, _MISS: _flag(no_value, "int64")}
     if metric.cuped:
         out[_X] = pc["e_x"].fill_null(0.0)
     out.update({c.name: pc[c.name].fill_null(0) for c in checks})
@@ -521,6 +606,23 @@ def _event_aggregate(j: ibis.Table, agg: str, where):
 
 # --------------------------------------------------------------------------------------------------
 # types
+
+
+def _declared(engine: Engine, source: str, t: ibis.Table, types: dict[str, str]) -> ibis.Table:
+    """A CSV source that is a header and no rows (``Engine.no_rows``: no events yet, say) has text
+    columns only, as nothing could be inferred; the columns a metric reads are given the types it needs
+    (no value contradicts them), so it reads zero rows instead of refusing "type string is not a
+    timestamp". Any other source is returned as it is."""
+    if not engine.no_rows(source):
+        return t
+    return t.mutate(**{c: t[c].cast(to) for c, to in types.items()})
+
+
+def _literal_type(value) -> str:
+    """The column type that an ``event.equals`` value compares with (see ``_equals``)."""
+    if isinstance(value, bool):
+        return "boolean"
+    return "float64" if isinstance(value, int | float) else "string"
 
 
 def _numeric(col, source: str, column: str):
