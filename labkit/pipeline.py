@@ -4,8 +4,9 @@ The only module that joins the runner (papermill) and tracking (MLflow). For eve
 
 1. before anything is created: the pilot validates, its notebook is a notebook with a ``parameters`` cell
    and a known kernel, and its assignment exists;
-2. ``results/<id>/runs/<UTC stamp>/`` receives the executed notebook (.ipynb and .html), results.json and
-   figures — kept even when MLflow is down or the notebook fails. The folder is created before the MLflow
+2. ``results/<id>/runs/<UTC stamp>/`` receives first a copy of the pilot file (``<id>.yaml``: the run
+   analyses, logs and hashes this snapshot, so an edit while the run is in flight changes nothing in it),
+   then the executed notebook (.ipynb and .html), results.json and figures — kept even when MLflow is down or the notebook fails. The folder is created before the MLflow
    run: a read-only or full results disk is then one line and no run (status NOT-RUN); a disk error later
    ends the run FAILED with the last complete save of the notebook, never a RUNNING run or a traceback;
 3. the notebook starts at once; beside it (``_Tracking``: importing MLflow and opening the store cost
@@ -16,8 +17,9 @@ The only module that joins the runner (papermill) and tracking (MLflow). For eve
    outputs holds exactly what was (or should have been) recorded, so ``labkit run --record-only`` can
    record it later; recording is idempotent on the run key, so nothing is recorded twice.
 
-Pilots run in parallel worker threads (each notebook has its own kernel process); SIGINT/SIGTERM cancel
-every kernel in flight, the runs end KILLED and the exit code is 130/143. Stale RUNNING runs left by a
+Pilots run in parallel worker threads (each notebook has its own kernel process); SIGINT, SIGTERM and SIGHUP
+(a closed terminal) cancel every kernel in flight, the runs end KILLED and the exit code is 128 + the signal's
+number: 130, 143 and 129. Stale RUNNING runs left by a
 killed labkit are swept to KILLED at the start of every ``labkit run``.
 """
 
@@ -181,6 +183,10 @@ def build_record(
     ]
     if results:
         lines += ["", f"**Decision: {decision}.** {results.get('reason', '')}"]
+        # every data warning of the analysis (DESIGN.md): in results.json, the notebook and here
+        warned = [str(w) for w in results.get("warnings") or []]
+        if warned:
+            lines += ["", "**Warnings.**", *(f"- {w}" for w in warned)]
     else:
         lines += ["", f"**Run {nb.status.lower()}.** {nb.message or ''}"]
     artifacts = [str(pilot.path)]
@@ -204,6 +210,26 @@ def build_record(
         description="\n".join(lines), artifacts=artifacts, datasets=datasets, started_at=nb.started_at,
         ended_at=nb.ended_at,
     )  # fmt: skip
+
+
+def snapshot_pilot(pilot: Pilot, folder: Path) -> Pilot:
+    """Copy the pilot file into the run folder, once, at the start of the run, and load the copy.
+
+    The notebook analyses the copy (its ``pilot_path`` parameter), MLflow logs and hashes the copy
+    (``pilot/<id>.yaml``, ``labkit.spec_sha256``, ``labkit.prereg_sha256``, ``labkit.spec_changed``, the
+    params), so editing the pilot while its run is in flight -- in a batch, for minutes -- changes nothing
+    in that run: the next run picks the edit up and, if the pre-registration changed, flags it. The copy is
+    validated again (the file may have been edited since the batch began) and must keep the pilot's id."""
+    data = pilot.path.read_bytes()
+    copy = folder / pilot.path.name
+    with open(copy, "xb") as fh:  # a new file in a new folder: the usual mode, never a temp file's 0600
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    snap = load_pilot(copy, lab=pilot.lab)
+    if snap.id != pilot.id:
+        raise LabkitError(f"the pilot's id changed from '{pilot.id}' to '{snap.id}' since the batch began")
+    return snap
 
 
 def run_one(
@@ -238,6 +264,12 @@ def run_one(
         outcome.message = (
             f"cannot create the run folder {pilot.lab.display(out)}: {exc.strerror}; nothing was run"
         )
+        return outcome
+    try:
+        pilot = snapshot_pilot(pilot, out)  # from here the run knows only the copy taken at its start
+    except (OSError, LabkitError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "; ".join(str(exc).splitlines())
+        outcome.message = f"cannot take the pilot's snapshot for this run: {why}; nothing was run"
         return outcome
 
     opening = tracking.start_run(pilot, run_name, run_key, started) if tracking is not None else None
@@ -402,7 +434,9 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         where = f" {exc.filename}" if exc.filename else ""
         return f"labkit could not finish the run: {exc.strerror}{where}"
-    return f"labkit could not finish the run: {type(exc).__name__}: {exc}"
+    from labkit.tracking import redact  # an MLflow or driver error may quote a URI with its password
+
+    return redact(f"labkit could not finish the run: {type(exc).__name__}: {exc}")
 
 
 def _write_kept(path: Path, text: str, pilot: Pilot) -> str | None:
@@ -446,26 +480,35 @@ def record_only(lab: Lab, pilots: list[Pilot]) -> list[Outcome]:
 
 
 class _Signals:
-    """SIGTERM in the main thread cancels every kernel in flight; the exit code says which signal."""
+    """SIGTERM or SIGHUP in the main thread cancels every kernel in flight; the exit code says which signal.
+
+    SIGHUP is what a closed terminal (or an ended ssh session) sends: it is a request to stop like SIGTERM,
+    so the runs in flight end KILLED the same way and ``labkit run`` exits 129 (128 + SIGHUP; SIGTERM 143).
+    Under ``nohup`` (SIGHUP ignored when labkit starts) it stays ignored."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
     def __init__(self):
         self.received: str | None = None
-        self._old = None
+        self._old: dict[int, object] = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGTERM, self._term)
+            for signum in self.SIGNALS:
+                if signum == signal.SIGHUP and signal.getsignal(signum) is signal.SIG_IGN:
+                    continue  # started under nohup: the user asked to outlive the terminal
+                self._old[signum] = signal.signal(signum, self._term)
         return self
 
     def _term(self, signum, frame):
         from labkit import runner
 
-        self.received = "SIGTERM"
-        runner.cancel_all("SIGTERM")
+        self.received = self.received or signal.Signals(signum).name
+        runner.cancel_all(self.received)
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
+        for signum, old in self._old.items():
+            signal.signal(signum, old)
         return False
 
 

@@ -19,10 +19,10 @@ This module is papermill only: it knows nothing of MLflow (``tracking.py``) or o
     a segfault, SIGKILL, the OOM killer), a cell ran longer than ``timeout_s`` (``CellTimeoutError``),
     the kernel could not start, or the notebook ended without writing the sentinel.
 ``KILLED``
-    SIGINT (KeyboardInterrupt) or SIGTERM arrived during the run, or :func:`cancel_all` was
+    SIGINT (KeyboardInterrupt), SIGTERM or SIGHUP arrived during the run, or :func:`cancel_all` was
     called. The kernel is killed (its whole process group), the partial notebook kept, and the run
-    is *returned*, not raised: ``ename`` is ``"SIGINT"`` or ``"SIGTERM"`` so the caller records the
-    run as KILLED and then exits 130 or 143 (``128 + signal.Signals[run.ename]``).
+    is *returned*, not raised: ``ename`` is ``"SIGINT"``, ``"SIGTERM"`` or ``"SIGHUP"`` so the caller
+    records the run as KILLED and then exits 130, 143 or 129 (``128 + signal.Signals[run.ename]``).
 
 Files in ``output_dir`` (an earlier run's copies of the first three are removed first):
 
@@ -43,7 +43,7 @@ Cell numbers are 0-based indices into the notebook *as stored* — the cell pape
 the ``parameters`` cell is not counted — so ``cell 2`` is the third cell an analyst sees in Jupyter.
 
 Signals: while :func:`execute` runs in the main thread it owns SIGINT (only when Python's default
-handler is installed) and SIGTERM, restoring the previous handlers when it returns. A caller that
+handler is installed), SIGTERM and SIGHUP, restoring the previous handlers when it returns. A caller that
 runs notebooks in worker threads handles signals itself and calls :func:`cancel_all`, which kills
 every in-flight kernel and makes those runs return KILLED.
 
@@ -424,7 +424,8 @@ def cancel_all(reason: str = "SIGTERM") -> int:
 
 
 class _SignalGuard:
-    """In the main thread: SIGTERM (and SIGINT if Python's default handler is set) end the run as KILLED."""
+    """In the main thread: SIGTERM, SIGHUP (and SIGINT if Python's default handler is set) end the run as
+    KILLED."""
 
     def __init__(self, state: _RunState) -> None:
         self.state = state
@@ -445,10 +446,12 @@ class _SignalGuard:
     def __enter__(self):
         if threading.current_thread() is not threading.main_thread():
             return self
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal was closed
             current = signal.getsignal(signum)
             if signum == signal.SIGINT and current is not signal.default_int_handler:
                 continue  # the caller handles Ctrl-C its own way
+            if signum == signal.SIGHUP and current is signal.SIG_IGN:
+                continue  # started under nohup: the user asked to outlive the terminal
             self.previous[signum] = current
             signal.signal(signum, self._handler)
         return self
@@ -671,6 +674,7 @@ def execute(
     kernel_name: str = "python3",
     progress: bool = False,
     max_output_bytes: int = MAX_OUTPUT_BYTES,
+    redact=None,
 ) -> NotebookRun:
     """Run ``notebook`` with ``parameters`` in a fresh ``kernel_name`` kernel whose working directory
     is ``cwd``, writing into ``output_dir``; never raises because the notebook failed.
@@ -679,6 +683,11 @@ def execute(
     caller values of those names. ``timeout_s`` bounds each cell. Raises LabkitError only for bad
     input: the checks of :func:`check_notebook` and :func:`check_parameters`, an empty token, a
     missing ``cwd`` or an ``output_dir`` that cannot be created.
+
+    ``redact`` (text -> text) is applied to the error outputs of the executed notebook and to the run's
+    message before either is saved for good (and so before MLflow logs them): the last line of defence
+    against a customer id quoted in a traceback. By default, for a labkit notebook (``pilot_path`` and
+    ``lab_path`` among the parameters), ``labkit.privacy.cohort_redactor`` of its pilot.
     """
     notebook = Path(notebook)
     _, language = _load_notebook(notebook, kernel_name)  # papermill reads the file again itself
@@ -751,6 +760,7 @@ def execute(
                 before,
                 started_at,
                 ended_at,
+                redact=redact or _cohort_redactor(clean),
             )
         if state.signal and run.status != "KILLED":
             # the signal came while the run was being saved: every file is complete, but the caller
@@ -850,6 +860,7 @@ def _finish(
     before,
     started_at,
     ended_at,
+    redact=None,
 ):
     results, sentinel_problem = _sentinel(output_dir / RESULTS_FILE, run_token)
     nb = state.nb
@@ -890,8 +901,12 @@ def _finish(
         else:
             message = f"the run stopped in {place}: {outcome.ename}: {outcome.evalue}"
 
+    if redact is not None and message:
+        message = redact(message)
     if status != "FINISHED" and not outcome.marked:
         _save_partial(executed, nb, status, message)
+    if redact is not None:
+        _redact_errors(executed, redact)
     exported = None
     if executed.is_file():
         exported, export_error = _export_html(executed, html_path)
@@ -979,6 +994,41 @@ def _sentinel(path: Path, run_token: str) -> tuple[Path | None, str | None]:
             "an earlier run's file, or a notebook that does not pass run_token on?)"
         )
     return path, None
+
+
+def _cohort_redactor(params: dict):
+    if params.get("pilot_path") and params.get("lab_path"):
+        from labkit.privacy import cohort_redactor
+
+        return cohort_redactor(params["lab_path"], params["pilot_path"])
+    return None
+
+
+def _redact_errors(executed: Path, redact) -> None:
+    """The executed notebook's error outputs (and the banner of a failed run) through ``redact``, written
+    back only when something changed; cells that ran cleanly are not read for ids."""
+    if not executed.is_file():
+        return
+    import nbformat
+
+    nb = nbformat.reads(executed.read_text(encoding="utf-8"), as_version=4)
+    changed = False
+    for cell in nb.cells:
+        texts = [out for out in cell.get("outputs", []) if out.get("output_type") == "error"]
+        for out in texts:
+            for key in ("ename", "evalue"):
+                new = redact(out.get(key) or "")
+                changed |= new != (out.get(key) or "")
+                out[key] = new
+            lines = [redact(line) for line in out.get("traceback", [])]
+            changed |= lines != list(out.get("traceback", []))
+            out["traceback"] = lines
+        if _BANNER_TAG in _tags(cell):  # papermill's banner and labkit's quote the error
+            new = redact(cell.get("source", ""))
+            changed |= new != cell.get("source", "")
+            cell["source"] = new
+    if changed:
+        _atomic_write(executed, nbformat.writes(nb).encode("utf-8"))
 
 
 def _save_partial(executed: Path, nb, status: str, message: str) -> None:

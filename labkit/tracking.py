@@ -10,7 +10,12 @@ What it settles, and why (RELIABILITY.md, "Facts"):
   (``mlflow-artifacts:/``). Any other URI (the default ``sqlite:///results/mlflow.db``) is a store this
   process writes straight to: ``prepare()`` creates and migrates it once, under an exclusive ``fcntl`` lock
   on ``results/.mlflow.lock`` (several processes opening a *fresh* sqlite store race in MLflow's table
-  creation; opening a complete one is safe in parallel and happens outside the lock), and creates the
+  creation; opening a complete one is safe in parallel and happens outside the lock). A sqlite store is
+  built aside (``results/.mlflow.db.<pid>.<random>.building``, migrated fully) and renamed into place, so
+  a kill at any moment leaves no store or a complete one (RELIABILITY #38: built in place, a kill mid-way
+  left "duplicate column" / "table already exists" for good); a half-built store (no schema version, made
+  by an older labkit or another tool) is rebuilt when it holds no run and refused in one line otherwise. It
+  also creates the
   experiment, under the lock, with an explicit absolute ``file://`` artifact location under
   ``results/mlruns/``. An experiment made through a server (``mlflow-artifacts:/``) or with a relative
   artifact location is refused for direct writes: mixing access modes loses artifacts. An out-of-date
@@ -19,7 +24,12 @@ What it settles, and why (RELIABILITY.md, "Facts"):
   ``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT=true`` (the "View run" line corrupts JSON output); for an http
   store with ``fail_fast`` it lowers ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` (2), ``..._BACKOFF_FACTOR`` (1) and
   ``..._TIMEOUT`` (5 s) unless the environment already sets them, so an unreachable server is a
-  ``TrackingError`` within seconds instead of minutes of retries. Messages never show URL credentials.
+  ``TrackingError`` within seconds instead of minutes of retries; a database server (``postgresql://``,
+  ``mysql://``, ``mssql://``) gets one connection attempt with a 5 s timeout before MLflow's own engine,
+  which retries for ~100 s. A URI is shown only through :func:`display_uri` and any other text through
+  :func:`redact`: no credential of any shape reaches a message. MLflow's, alembic's and SQLAlchemy's log
+  records go to ``results/mlflow.log``, not the terminal (on a read-only store MLflow logs a traceback
+  before it raises; labkit's one line says it).
 - **Statuses.** A run is created RUNNING and always ends FINISHED, FAILED or KILLED: any exception while
   finishing sets it FAILED (KILLED for KeyboardInterrupt/SystemExit) before the ``TrackingError`` is raised
   (an unreachable server cannot take that status either: the message says so). Runs carry ``labkit.pid``,
@@ -61,6 +71,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import math
@@ -71,9 +82,10 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from labkit.errors import TrackingError
 
@@ -111,6 +123,15 @@ FAIL_FAST_ENV = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
 }
+# Connecting to a database server: a short timeout per driver (seconds), checked before MLflow's retry loop
+SQL_CONNECT_ARGS: dict[str, dict] = {
+    "postgresql": {"connect_timeout": 5},
+    "mysql": {"connect_timeout": 5},
+    "mssql": {"timeout": 5},
+}
+MLFLOW_LOG = "mlflow.log"  # MLflow's own log lines, in results/
+BUILDING = ".building"  # suffix of a sqlite store being built beside its final name
+SQLITE_SIDE_FILES = ("-journal", "-wal", "-shm")
 LOCK_TIMEOUT = 120.0  # seconds to wait for another process holding the store lock
 LATEST_ATTEMPTS = 6
 STALE_AFTER_HOURS = 24.0  # a RUNNING run of another host older than this is considered abandoned
@@ -119,7 +140,14 @@ FIGURE_SUFFIXES = {".png", ".svg", ".jpg", ".jpeg", ".gif", ".webp", ".pdf"}
 _NAME_OK = re.compile(r"^[/\w.\- :]*\Z")  # MLflow's rule for param, metric and tag names (POSIX)
 _FILTER_VALUE_OK = re.compile(r"^[\w.:/@+\- ]+\Z")  # what may sit between quotes in a search filter
 _SPLIT_PART = re.compile(r"^(?P<key>.+)\.part(?P<i>\d+)of(?P<n>\d+)$")
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)[^/@\s]+@")
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)[^\s/?#]*@")  # greedy: the last @ ends it
+# A credential given as a name=value pair: in a query string (?password=, &token=, X-Amz-Signature=, sig=),
+# or in a libpq-style DSN (password='…'). Any name holding one of these words is masked, even if harmless.
+_CREDENTIAL_PAIR = re.compile(
+    r"(?i)(?<![\w.-])(?P<name>[\w.-]*(?:pass|pwd|token|secret|key|sig|auth|credential|session)[\w.-]*=)"
+    r"(?P<value>'[^']*'|\"[^\"]*\"|[^\s&#;'\"]*)"
+)
+_QUERY = re.compile(r"[?#].*\Z", re.S)
 _env_set_by_us: set[str] = set()
 _LOCKS: dict[str, list] = {}  # lock path -> [RLock, depth, open file holding the flock]
 _LOCKS_GUARD = threading.Lock()
@@ -299,18 +327,19 @@ def _metric_value(value) -> float | None:
 
 
 def redact(text: str) -> str:
-    """Mask ``user:password@`` in any URL inside ``text``."""
-    return _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
+    """Mask every credential shape in ``text``: ``user:password@`` of any URL (the whole user part goes),
+    and the value of any ``name=value`` pair whose name says password, token, key, secret, sig(nature),
+    auth, credential or session (query strings, DSNs). Over-masking a harmless value is the accepted cost."""
+    text = _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
+    return _CREDENTIAL_PAIR.sub(r"\g<name>***", text)
 
 
 def display_uri(uri: str) -> str:
-    """A tracking URI fit for messages: no credentials, no query string."""
-    parts = urlsplit(uri)
-    if parts.scheme in ("http", "https"):
-        host = parts.hostname or ""
-        netloc = f"{host}:{parts.port}" if parts.port else host
-        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-    return redact(uri)
+    """A tracking URI fit for messages, whatever its scheme: no user part, no query string or fragment (a
+    SQL URI may carry ``?password=``), then :func:`redact` for anything left. Every message of labkit that
+    shows a tracking URI shows it through this function."""
+    shown = _URL_CREDENTIALS.sub(r"\g<scheme>", uri.strip())
+    return redact(_QUERY.sub("", shown))
 
 
 def _bad_name(name: str) -> str | None:
@@ -378,6 +407,84 @@ def _artifact_dir(path: Path) -> str | None:
     return None
 
 
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line, credentials masked, driver prefixes and links dropped, capped."""
+    text = " ".join(str(exc).split())
+    text = text.split(" [SQL: ", 1)[0]  # the statement and its parameters: long, and not for a terminal
+    text = re.sub(r"\(raised as a result of [^)]*\) ?", "", text)  # SQLAlchemy's autoflush preamble
+    text = re.sub(r"\((?:\w+\.)+\w+\) ", "", text)  # driver prefixes: "(sqlite3.OperationalError) "
+    text = re.sub(r" ?\(Background on this error at: [^)]*\)", "", text)
+    text = redact(text.strip()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:300] + "…"
+
+
+def _sqlite_state(path: Path) -> tuple[str, int]:
+    """``(state, runs)`` of a sqlite store: ``missing``, ``ready`` (MLflow's tables at this MLflow's schema
+    revision), ``old`` (another revision), ``half`` (no schema version) or ``unknown`` (unreadable),
+    with the number of rows in its ``runs`` table (0 where there is none)."""
+    import sqlite3
+
+    if not path.is_file():
+        return "missing", 0
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        ) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            runs = db.execute("SELECT count(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+            versions = (
+                [row[0] for row in db.execute("SELECT version_num FROM alembic_version")]
+                if "alembic_version" in tables
+                else []
+            )
+    except sqlite3.Error:
+        return "unknown", 0  # locked, or not a database: never replaced; MLflow's own error will say
+    if len(versions) != 1 or not {"experiments", "runs"} <= tables:
+        return "half", runs
+    return ("ready" if versions[0] == _schema_head() else "old"), runs
+
+
+@functools.cache
+def _schema_head() -> str:
+    """The schema revision this MLflow creates (~0.5 s to compute: once per process)."""
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    return _get_latest_schema_revision()
+
+
+def _remove_builds(path: Path) -> None:
+    """Files of a store being built beside ``path`` by a process that died (only called under the lock)."""
+    for leftover in path.parent.glob(f".{path.name}.*{BUILDING}*"):
+        with contextlib.suppress(OSError):
+            leftover.unlink()
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class _MlflowLog(logging.Handler):
+    """Appends log records (with their tracebacks), credentials masked, to a file; never raises."""
+
+    def __init__(self, path: Path):
+        super().__init__(logging.WARNING)
+        self.path = path
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = redact(self.format(record))
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(text + "\n")
+        except Exception:  # noqa: BLE001 -- a read-only or full results/ loses MLflow's log, nothing else
+            pass
+
+
 # --------------------------------------------------------------------------- the tracker
 
 
@@ -396,9 +503,7 @@ class Tracker:
         self._client = None
         os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
-        # MLflow's INFO lines (store creation, migrations) are noise in a CLI; its warnings still show.
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+        self._quiet_mlflow()
         for key, value in FAIL_FAST_ENV.items():
             if self.is_http and fail_fast:
                 if key not in os.environ:
@@ -419,65 +524,145 @@ class Tracker:
     def lock_path(self) -> Path:
         return self.lab.results_dir / ".mlflow.lock"
 
+    @property
+    def log_path(self) -> Path:
+        """Where MLflow's own log lines go (``results/mlflow.log``) instead of the terminal."""
+        return self.lab.results_dir / MLFLOW_LOG
+
+    def _quiet_mlflow(self) -> None:
+        """Send the log records of MLflow, alembic and SQLAlchemy to ``results/mlflow.log``, not stderr.
+
+        On a read-only store or a full disk MLflow logs an ERROR with a whole traceback (and the SQL with
+        its parameters) before raising; labkit then says the same thing in one line. So their stream
+        handlers are removed and records of WARNING and above are appended, credentials masked, to the log
+        file (best effort: a read-only results/ just loses them). Importing mlflow installs its handler and
+        resets its level, so this runs again after every import (``prepare``, ``_new_client``)."""
+        handler = _MlflowLog(self.log_path)
+        with _LOCKS_GUARD:  # the batch's MLflow threads open clients at once: one handler each, not two
+            for name in ("mlflow", "alembic", "sqlalchemy"):
+                logger = logging.getLogger(name)
+                for old in list(logger.handlers):
+                    if isinstance(old, _MlflowLog) or type(old) is logging.StreamHandler:
+                        logger.removeHandler(old)
+                logger.addHandler(handler)
+                logger.setLevel(logging.WARNING)
+                logger.propagate = False
+
     def prepare(self) -> None:
-        """Open the store (creating and migrating a local one once, under the lock) and the experiment."""
+        """Open the store (creating a local one once, aside and under the lock) and the experiment."""
         if self.experiment_id is not None:
             return
         if self.is_http:
             self._client = self._call("connecting", self._new_client)
             self.experiment_id = self._experiment(artifact_location=None)
             return
+        if self.fail_fast and self.sql_dialect is not None:
+            self._probe_database()  # before MLflow's own connection loop (~100 s of retries)
         import mlflow  # noqa: F401 -- seconds of import, better spent before taking the lock
 
+        self._quiet_mlflow()
         # Creating a store is the racy part: one process does it while holding the lock, so any other
         # process that gets the lock sees no store or a complete one. Opening a complete store (~1-2 s
         # of schema checks) is safe in parallel and happens outside the lock.
         with self._locked():
-            if not self._store_ready():
-                self._client = self._call("creating the store", self._create_store)
+            if self.sqlite_path is not None:
+                self._ensure_sqlite_store(self.sqlite_path)
+            else:
+                self._client = self._call("creating the store", self._new_client)
         if self._client is None:
             self._client = self._call("opening the store", self._new_client)
         with self._locked():
             self.experiment_id = self._experiment(artifact_location=self.artifact_root.resolve().as_uri())
 
-    def _store_ready(self) -> bool:
-        """Whether a sqlite store exists with MLflow's tables and a schema version (other stores: unknown)."""
-        import sqlite3
-
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The file of a ``sqlite:///`` store, else None."""
         prefix = "sqlite:///"
         if not self.uri.startswith(prefix):
-            return False
-        path = Path(self.uri[len(prefix) :].split("?", 1)[0])
-        if not path.is_file():
-            return False
-        try:
-            with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30)) as db:
-                tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-                if not {"experiments", "runs", "alembic_version"} <= tables:
-                    return False
-                return db.execute("SELECT count(*) FROM alembic_version").fetchone()[0] > 0
-        except sqlite3.Error:
-            return False
+            return None
+        return Path(unquote(self.uri[len(prefix) :].split("?", 1)[0]))
 
-    def _create_store(self):
-        """Create and migrate a sqlite store with an explicit, percent-encoded default artifact root.
+    @property
+    def sql_dialect(self) -> str | None:
+        """``postgresql``, ``mysql`` or ``mssql`` for a database server URI (``postgresql+psycopg://`` …)."""
+        dialect = urlsplit(self.uri).scheme.split("+", 1)[0].lower()
+        return dialect if dialect in SQL_CONNECT_ARGS else None
+
+    def _probe_database(self) -> None:
+        """One connection attempt with a short timeout, so an unreachable database or a refused login is
+        one line within seconds. MLflow's own engine retries a failing connection about 15 times with
+        exponential back-off (~100 s) and cannot be told otherwise."""
+        try:
+            import sqlalchemy
+            from sqlalchemy.pool import NullPool
+
+            engine = sqlalchemy.create_engine(
+                self.uri, poolclass=NullPool, connect_args=SQL_CONNECT_ARGS[self.sql_dialect]
+            )
+        except Exception as exc:  # an unknown driver, a malformed URI
+            raise TrackingError(
+                f"cannot use the MLflow tracking database {self.display_uri}: {_one_line(exc)}"
+            ) from None
+        try:
+            with engine.connect():
+                pass
+        except Exception as exc:
+            raise TrackingError(
+                f"cannot reach the MLflow tracking database at {self.display_uri} ({_one_line(exc)}); start "
+                "it or check its address and login, or point tracking_uri in configs/lab.yaml (or "
+                "LABKIT_TRACKING_URI) at a running one"
+            ) from None
+        finally:
+            engine.dispose()
+
+    def _ensure_sqlite_store(self, path: Path) -> None:
+        """Under the lock: a missing store is built aside and renamed into place; a half-built one
+        (interrupted by an older labkit or another tool) is rebuilt when it holds no run, else refused in
+        one line. A store that is complete, or an older MLflow's with runs, is left as it is (MLflow says
+        when it needs ``mlflow db upgrade``)."""
+        state, runs = _sqlite_state(path)
+        _remove_builds(path)  # a builder killed mid-way left its file: it is not any store
+        if state in ("ready", "unknown"):
+            return
+        if runs:
+            if state == "old":
+                return  # MLflow's schema check names the upgrade
+            raise TrackingError(
+                f"the MLflow store {self.display_uri} is half-built (it has no schema version: its creation "
+                f"or an upgrade was interrupted) and holds {runs} run(s), so labkit will not rebuild it; move "
+                f"it aside (mv {path} {path}.broken) and run again to start a new store, or restore it from a "
+                "backup"
+            )
+        self._client = self._call("creating the store", self._build_store, path)
+
+    def _build_store(self, path: Path):
+        """Create and migrate a sqlite store beside ``path``, then rename it into place (atomic: a kill at
+        any point leaves no store or a complete one), with an explicit, percent-encoded artifact root.
 
         Left to itself MLflow inserts its Default experiment with ``./mlruns`` of the working directory as a
         raw path quoted with a backslash, which is invalid SQL in sqlite when the path holds a ``'``."""
-        if self.uri.startswith("sqlite:"):
-            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-            logging.getLogger("mlflow").setLevel(logging.WARNING)
-            logging.getLogger("alembic").setLevel(logging.WARNING)
-            SqlAlchemyStore(self.uri, self.artifact_root.resolve().as_uri()).engine.dispose()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        aside = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{BUILDING}")
+        try:
+            SqlAlchemyStore(f"sqlite:///{aside}", self.artifact_root.resolve().as_uri()).engine.dispose()
+            self._quiet_mlflow()
+            with open(aside, "rb+") as fh:
+                os.fsync(fh.fileno())
+            for suffix in SQLITE_SIDE_FILES:  # a broken store's journal must not be replayed into the new one
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            os.replace(aside, path)
+            _fsync_dir(path.parent)
+        finally:
+            for leftover in (aside, *(Path(f"{aside}{suffix}") for suffix in SQLITE_SIDE_FILES)):
+                leftover.unlink(missing_ok=True)
         return self._new_client()
 
     def _new_client(self):
         from mlflow import MlflowClient
 
-        # importing mlflow resets its logger to INFO: quiet it again (store creation, migrations)
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+        self._quiet_mlflow()  # importing mlflow installs its own stderr handler
         return MlflowClient(tracking_uri=self.uri)  # opening a fresh store creates and migrates it
 
     def _experiment(self, *, artifact_location: str | None) -> str:
@@ -591,12 +776,7 @@ class Tracker:
                 f"the MLflow store {self.display_uri} was made by an older MLflow; back it up, then run "
                 f"`mlflow db upgrade {self.display_uri}`"
             )
-        reason = redact(text)
-        if len(reason) > 300:
-            reason = reason[:300] + "…"
-        return TrackingError(
-            f"MLflow store {self.display_uri}: {what} failed: {reason or type(exc).__name__}"
-        )
+        return TrackingError(f"MLflow store {self.display_uri}: {what} failed: {_one_line(exc)}")
 
     def _call(self, what: str, fn, *args, **kwargs):
         try:

@@ -250,6 +250,7 @@ def _cli_env(env: dict[str, str]) -> dict[str, str]:
 
 def _default_signals() -> None:  # in the child: Ctrl-C works even if this process was started ignoring it
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)  # and SIGHUP, even if the tests run under nohup
 
 
 def labkit_cli(lab: PipelineLab, *args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:

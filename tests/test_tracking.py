@@ -16,8 +16,11 @@ import textwrap
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mlflow_server import free_port, mlflow_server  # noqa: F401 -- the session fixture
 
 from labkit.errors import TrackingError
@@ -27,8 +30,10 @@ from labkit.tracking import (
     MAX_PARAM_VALUE,
     RunRecord,
     Tracker,
+    display_uri,
     flatten_params,
     metrics_from_results,
+    redact,
 )
 
 from conftest import LAB_YAML, PILOT_YAML
@@ -417,6 +422,75 @@ def test_an_unreachable_server_fails_fast_without_credentials(tiny_lab, monkeypa
     assert f"cannot reach the MLflow tracking server at http://127.0.0.1:{port}" in message
     assert "s3cret" not in message and "analyst" not in message
     assert "\n" not in message
+
+
+# RELIABILITY #42: every credential shape of a tracking URI, wherever labkit prints one
+_LOWER = "abcdefghijklmnopqrstuvwxyz"
+CREDENTIAL_NAMES = (
+    "password", "PASSWORD", "passwd", "pwd", "token", "access_token", "key", "api_key", "AccountKey",
+    "secret", "client_secret", "sig", "X-Amz-Signature", "sas_token", "auth", "credential",
+)  # fmt: skip
+
+
+@st.composite
+def uris_with_a_secret(draw) -> tuple[str, str]:
+    """A tracking URI holding one secret (as user:secret@ or name=secret in its query), and the secret.
+
+    Hosts, users and paths are lowercase letters; every secret starts with "Z9~", so finding it in the
+    output can only mean it leaked. The secret is percent-encoded as a URI requires."""
+    scheme = draw(st.sampled_from(
+        ["postgresql", "postgresql+psycopg", "mysql+pymysql", "mssql+pyodbc", "http", "https", "sqlite"]
+    ))  # fmt: skip
+    word = st.text(_LOWER, min_size=1, max_size=8)
+    secret = "Z9~" + draw(st.text(st.characters(exclude_categories=("Cs",)), min_size=3, max_size=20))
+    encoded = quote(secret, safe="")
+    host, path, user = draw(word), draw(word), draw(word)
+    port = draw(st.sampled_from(["", ":5432", ":5000"]))
+    others = draw(st.lists(st.sampled_from(["sslmode=require", "connect_timeout=10", "a=b"]), max_size=2))
+    if draw(st.booleans()):
+        query = [*others, f"{draw(st.sampled_from(CREDENTIAL_NAMES))}={encoded}"]
+        query = draw(st.permutations(query))
+        who = draw(st.sampled_from(["", f"{user}@"]))
+        return f"{scheme}://{who}{host}{port}/{path}?{'&'.join(query)}", encoded
+    query = f"?{'&'.join(others)}" if others else ""
+    return f"{scheme}://{user}:{encoded}@{host}{port}/{path}{query}", encoded
+
+
+@settings(max_examples=300, deadline=None)
+@given(uris_with_a_secret())
+def test_no_credential_of_a_tracking_uri_is_ever_printed(uri_secret):
+    uri, secret = uri_secret
+    shown = display_uri(uri)
+    in_text = redact(f"could not connect to {uri}: connection refused (retrying {uri})")
+    for text in (shown, in_text):
+        assert secret not in text and unquote(secret) not in text, text
+    assert "?" not in shown and "@" not in shown
+    assert shown.split("://")[0] == uri.split("://")[0]
+
+
+def test_an_unreachable_sql_store_fails_fast_in_one_line_without_the_password(tiny_lab):
+    """`labkit compare` and `labkit run --record-only` on a PostgreSQL URI nobody answers: one line within
+    seconds (MLflow alone retries ~100 s and prints the URI with its ?password=)."""
+    tiny_lab.pilot()
+    port = free_port()  # nobody listens there
+    uri = f"postgresql://bob@127.0.0.1:{port}/mlflow?password=hunter2-s3cret&sslmode=disable"
+    env = {k: v for k, v in os.environ.items() if k != "LABKIT_LAB"} | {"LABKIT_TRACKING_URI": uri}
+    for args in (["compare"], ["run", "--record-only", "p"]):
+        began = time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, "-m", "labkit.cli", *args], cwd=tiny_lab.root, capture_output=True, text=True,
+            env=env, timeout=120,
+        )  # fmt: skip
+        assert time.monotonic() - began < 15, args
+        text = proc.stdout + proc.stderr
+        assert proc.returncode == 1, text
+        assert "hunter2" not in text and "s3cret" not in text and "Traceback" not in text
+        assert proc.stderr.strip() == (
+            f"cannot reach the MLflow tracking database at postgresql://127.0.0.1:{port}/mlflow (connection "
+            f'failed: connection to server at "127.0.0.1", port {port} failed: Connection refused Is the server '
+            "running on that host and accepting TCP/IP connections?); start it or check its address and login, "
+            "or point tracking_uri in configs/lab.yaml (or LABKIT_TRACKING_URI) at a running one"
+        ), args
 
 
 # ------------------------------------------------------------------------- processes

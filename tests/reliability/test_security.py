@@ -377,7 +377,7 @@ def test_hostile_strings_reach_the_notebook_as_literals(pg_run):
     for node in tree.body:  # nothing but `name = literal` statements
         assert isinstance(node, ast.Assign) and len(node.targets) == 1, ast.dump(node)
         values[node.targets[0].id] = ast.literal_eval(node.value)
-    assert values["pilot_path"] == str(root / "experiments" / f"{PILOT_ID}.yaml")
+    assert values["pilot_path"] == str(folder / f"{PILOT_ID}.yaml")  # the run's snapshot of the pilot file
     assert values["lab_path"] == str(root / "configs" / "lab.yaml")
     assert not any(p.startswith(os.path.basename(pg_run["canary"])) for p in os.listdir("/tmp"))
 

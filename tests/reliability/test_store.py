@@ -1,0 +1,199 @@
+"""The MLflow store itself under faults (RELIABILITY.md case 38): a kill -9 while a fresh lab's store is
+being created, and a store left half-built by an older labkit or another tool.
+
+Real processes get a real SIGKILL at several points of the creation; no mock of MLflow or sqlite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from test_tracking import _restore_mlflow_env, empty_store, make_record, use_store  # noqa: F401 -- fixtures
+
+from labkit.compare import portfolio
+from labkit.errors import TrackingError
+from labkit.lab import load_lab
+from labkit.tracking import Tracker
+
+CREATOR = textwrap.dedent(
+    """
+    import sys
+    from labkit.lab import load_lab
+    from labkit.tracking import Tracker
+
+    Tracker(load_lab(sys.argv[1])).prepare()  # a fresh lab: this creates the store
+    """
+)
+# When each try is killed, one after the other on the same lab: ``(after, seconds)`` -- that many seconds
+# after the try first writes a store file ("file": MLflow is creating its tables) or a store file that
+# holds alembic's version table ("migrating": MLflow runs its ~60 schema migrations).
+KILLS = (("file", 0.0), ("migrating", 0.0), ("migrating", 0.25), ("migrating", 0.6))
+
+
+def _store_files(results: Path) -> list[Path]:
+    """Any file of a sqlite store being made in results/ (the store itself, or one built beside it)."""
+    return [p for p in results.glob("*mlflow.db*") if not p.name.endswith(("-journal", "-wal", "-shm"))]
+
+
+def _state(results: Path) -> dict[Path, tuple[int, int]]:
+    return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in _store_files(results) if p.exists()}
+
+
+def _written(results: Path, before: dict, *, migrating: bool) -> bool:
+    """Whether a store file was created or changed since ``before`` (and, with ``migrating``, holds
+    alembic's version table): this try's own process has got that far."""
+    for path, state in _state(results).items():
+        if before.get(path) == state:
+            continue
+        if not migrating:
+            return True
+        try:
+            with contextlib.closing(
+                sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=0.05)
+            ) as db:
+                if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'alembic_version'").fetchone():
+                    return True
+        except sqlite3.Error:
+            pass
+    return False
+
+
+def _complete(db: Path) -> bool:
+    """Whether ``db`` is a store at this MLflow's schema revision (what a finished creation leaves)."""
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    if not db.is_file():
+        return False
+    with sqlite3.connect(db) as con:
+        try:
+            versions = [v for (v,) in con.execute("SELECT version_num FROM alembic_version")]
+        except sqlite3.Error:
+            return False
+    return versions == [_get_latest_schema_revision()]
+
+
+def _kill_while_creating(root: Path, after: str, delay: float) -> dict:
+    """Start a process that opens the lab's store (creating it if needed); SIGKILL it ``delay`` s after
+    ``after`` (see KILLS) -- unless it has finished by then."""
+    before = _state(root / "results")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CREATOR, str(root)], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if k not in ("LABKIT_TRACKING_URI", "LABKIT_LAB")},
+    )  # fmt: skip
+    results = root / "results"
+    deadline = time.monotonic() + 60
+    while (
+        not _written(results, before, migrating=after == "migrating")
+        and proc.poll() is None
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.005)
+    time.sleep(delay)
+    killed = proc.poll() is None
+    if killed:
+        proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=30)
+    return {
+        "after": (after, delay),
+        "killed": killed,
+        "code": proc.returncode,
+        "stderr": err.decode(errors="replace"),
+    }
+
+
+def test_a_kill_during_the_first_store_creation_leaves_a_usable_store(tiny_lab):
+    """Each try finds what the one before left (a half-built store, or files of one built aside) and is
+    killed in turn; a try that is not killed must succeed, and the lab must record and compare after."""
+    results = tiny_lab.root / "results"
+    kills = []
+    for after, delay in KILLS:
+        if _complete(results / "mlflow.db"):  # a try that was not killed: the next one creates it again
+            (results / "mlflow.db").unlink()
+        kills.append(_kill_while_creating(tiny_lab.root, after, delay))
+        assert kills[-1]["killed"] or kills[-1]["code"] == 0, kills[-1]["stderr"][-2000:]
+    assert sum(k["killed"] for k in kills) >= 2, kills  # the tries died mid-creation, not after it
+    lab = load_lab(tiny_lab.root)
+    tracker = Tracker(lab)
+    run_id = tracker.record(make_record(tiny_lab.root))  # the next run records ...
+    (row,) = tracker.latest_runs()
+    assert (row["run_id"], row["status"]) == (run_id, "FINISHED")
+    assert [p.pilot for p in portfolio(lab).pilots] == ["p"]  # ... and compare reads it
+    leftovers = sorted(p.name for p in results.iterdir() if "mlflow.db" in p.name)
+    assert leftovers == ["mlflow.db"], leftovers  # no half-built store left beside it
+
+
+@pytest.fixture
+def stored_lab(tiny_lab, empty_store):  # noqa: F811 -- the fixture imported above
+    """The tiny lab on a complete, empty store."""
+    use_store(tiny_lab.root, empty_store)
+    tiny_lab.lab = load_lab(tiny_lab.root)
+    return tiny_lab
+
+
+def test_a_half_built_store_without_runs_is_rebuilt(stored_lab):
+    """A store an older labkit left half-built (tables, no schema version): no run is lost by rebuilding."""
+    db = stored_lab.root / "results" / "mlflow.db"
+    with sqlite3.connect(db) as con:
+        con.execute("DROP TABLE alembic_version")
+    tracker = Tracker(stored_lab.lab)
+    run_id = tracker.record(make_record(stored_lab.root))
+    assert tracker.latest_runs()[0]["run_id"] == run_id
+
+
+def test_a_half_built_store_holding_runs_is_one_line_saying_what_to_do(stored_lab):
+    Tracker(stored_lab.lab).record(make_record(stored_lab.root))
+    db = stored_lab.root / "results" / "mlflow.db"
+    with sqlite3.connect(db) as con:
+        con.execute("DELETE FROM alembic_version")
+    before = db.read_bytes()
+    with pytest.raises(TrackingError) as caught:
+        Tracker(load_lab(stored_lab.root)).prepare()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "half-built" in message and "holds 1 run" in message and "move it aside" in message, message
+    assert db.read_bytes() == before  # runs are never thrown away
+
+
+# ------------------------------------------------------------------------------------------ case 45
+
+
+def test_a_read_only_store_is_one_line_on_stderr_and_mlflows_traceback_goes_to_its_log(stored_lab):
+    """MLflow logs an ERROR with a whole traceback on a read-only store before raising; labkit's one line
+    must be all the terminal shows, the detail kept in results/mlflow.log."""
+    root = stored_lab.root
+    stored_lab.pilot()
+    Tracker(stored_lab.lab).prepare()  # the lab's experiment exists: the store has been used
+    record = make_record(root)
+    folder = root / "results" / "p" / "runs" / "20261206T000000000000Z"
+    folder.mkdir(parents=True)
+    (folder / "record.json").write_text(record.to_json())
+    db = root / "results" / "mlflow.db"
+    mounted = subprocess.run(["mount", "--bind", str(db), str(db)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.fail(
+            f"`mount --bind` failed ({mounted.stderr.strip()}): a read-only store needs a mount (root)"
+        )
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(db)], check=True, capture_output=True)
+        env = {k: v for k, v in os.environ.items() if k not in ("LABKIT_TRACKING_URI", "LABKIT_LAB")}
+        proc = subprocess.run(
+            [sys.executable, "-m", "labkit.cli", "run", "--record-only", "p"],
+            cwd=root, capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+    finally:
+        subprocess.run(["umount", "-l", str(db)], capture_output=True)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert proc.stderr.strip() == (
+        f"MLflow store sqlite:///{db}: creating a run failed: attempt to write a readonly database"
+    ), proc.stderr
+    assert "Traceback" in (root / "results" / "mlflow.log").read_text()  # the detail is kept
