@@ -16,9 +16,19 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from labkit.errors import SpecError
-from labkit.yamlfile import YamlDoc, one_line
+from labkit.yamlfile import YamlDoc, one_line, shorten
 
 SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*\Z")
+# Each pilot writes into its own folder results/<id>/, beside what labkit, MLflow and the lab's tools keep
+# in results/: a pilot named like one of those would write into it (RELIABILITY.md case 47). Only these can
+# collide: the other names there hold a dot (mlflow.db, mlflow.log, mlflow-ui-<port>.log, .mlflow.lock,
+# .labkit-id-key, .duckdb-tmp), and an id is a slug, which has none.
+# (results/browser and results/bench are the test suite's and `make bench`'s folders in this repository's
+# own lab, not in a user's lab: a pilot may be called `bench`, and the benchmark lab's pilot is.)
+RESERVED_IDS = {
+    "mlruns": "MLflow keeps every run's artifacts in results/mlruns",
+    "mlartifacts": "an MLflow server keeps artifacts in mlartifacts by default",
+}
 NAME = re.compile(r"^[a-z][a-z0-9_]*\Z")
 COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 # Text shown to people may hold newlines and tabs, never other control or bidi-override characters.
@@ -53,8 +63,7 @@ def _describe(value: Any) -> str:
     if value is None:
         return "nothing (null)"
     if isinstance(value, str):
-        shown = value if len(value) <= 40 else value[:37] + "..."
-        return f"'{shown}' (text)"
+        return f"'{shorten(value)}' (text)"
     return f"{value!r} (a number)"
 
 
@@ -83,9 +92,9 @@ def _message(err: dict, model: type[BaseModel] | None, loc: tuple) -> str:
     if kind == "extra_forbidden":
         allowed = _allowed_fields(model, loc[:-1])
         name = str(loc[-1])
-        guess = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+        guess = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6) if len(name) <= 100 else []
         hint = f"; did you mean '{guess[0]}'?" if guess else ""
-        return f"unknown field '{name}'{hint} allowed: {', '.join(allowed)}"
+        return f"unknown field '{shorten(name)}'{hint} allowed: {', '.join(allowed)}"
     if kind in _EXPECTED:
         return f"expected {_EXPECTED[kind]}, got {_describe(value)}"
     if kind == "literal_error":
@@ -195,12 +204,32 @@ def loose(model: type[BaseModel], data: Any) -> Any:
     return model.model_construct(**values)
 
 
+MAX_DETAIL = 1_000  # characters of one problem's message, past which it is cut (a last guard)
+# A quoted span with no blank in it is a name, value or path the message quotes, never prose; past
+# MAX_QUOTED characters it is shortened. One shortened already holds a blank ('kkk… (900,000 characters)').
+MAX_QUOTED = 200  # a path is quoted whole up to here; a key or value is shortened at QUOTE_LIMIT already
+_QUOTED = re.compile(rf"'([^'\s]{{{MAX_QUOTED + 1},}})'")
+_FIELD_PART_LIMIT = 80  # characters of one part of a field path (a key: an arm, a source, a metric)
+MAX_FIELD = 300  # characters of a field path (a spec's own paths are a few parts of a few words)
+
+
+def capped(message: str) -> str:
+    """``message`` with each quoted name or value shortened (``yamlfile.shorten``), then cut at MAX_DETAIL."""
+    message = _QUOTED.sub(lambda m: f"'{shorten(m.group(1), MAX_QUOTED)}'", message)
+    return shorten(message, MAX_DETAIL)
+
+
 def one_line_errors(errors: list[SpecError]) -> list[SpecError]:
-    """Each problem as one printable line: values quoted in a message (a column name, an arm, a key) may hold
-    line breaks, NUL or bidi marks, which are shown escaped (``yamlfile.one_line``), never raw."""
+    """Each problem as one short printable line, the one place every problem of a pilot or lab file passes
+    before it is shown: values quoted in a message (a column name, an arm, a key) may hold line breaks, NUL
+    or bidi marks, which are shown escaped (``yamlfile.one_line``), never raw; and they may be a megabyte
+    long, so each quoted value and each part of the field path (shortened here only) is cut to its start,
+    '…' and its length (``yamlfile.shorten``, RELIABILITY.md case 48)."""
     out = []
     for e in errors:
-        parts = (one_line(e.file), one_line(e.field), one_line(e.detail))
+        field = ".".join(shorten(part, _FIELD_PART_LIMIT) for part in e.field.split("."))
+        field = shorten(field, MAX_FIELD)  # a key of 450,000 dots has parts that are all short
+        parts = (one_line(e.file), field, capped(one_line(e.detail)))
         same = parts == (e.file, e.field, e.detail)
         out.append(e if same else SpecError(parts[0], e.line, parts[1], parts[2], e.column))
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import sys
 from pathlib import Path
@@ -147,16 +148,84 @@ def main(argv: list[str] | None = None) -> int:
     debug = args.debug or os.environ.get("LABKIT_DEBUG") == "1"
     try:
         with _without_pydantic_plugins():
+            _check_names(args)  # imports labkit._validation, whose import builds pydantic models
             import labkit.spec  # noqa: F401 - every command reads the lab; its models are built here
         return COMMANDS[args.command](args) or 0
     except LabkitError as exc:
         if debug:
             raise
-        print(str(exc), file=sys.stderr)
+        print(_capped(str(exc)), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # A full or read-only disk is the machine's state, not a bug: one line, whichever command met it.
+        if debug or exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        # the folder, not the file: the file is often a temporary one, removed by now
+        where = (
+            f"cannot write in {_shown_path(Path(os.fsdecode(exc.filename)).parent)}: " if exc.filename else ""
+        )
+        print(_capped(f"labkit {args.command}: {where}{exc.strerror}"), file=sys.stderr)
+        return 1
+
+
+MAX_ERROR_LINE = 1_000  # characters; past it a line of an error is cut (see _capped)
+
+
+def _capped(message: str) -> str:
+    """An error's lines, each cut to MAX_ERROR_LINE characters with its length shown: the last guard for a
+    message quoting a value the user gave (a column name, an argument) that may be many kilobytes long."""
+    from labkit.yamlfile import shorten
+
+    lines = message.split("\n")
+    return "\n".join(line if len(line) <= MAX_ERROR_LINE else shorten(line, MAX_ERROR_LINE) for line in lines)
+
+
+def _shown_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
+
+
+def _name_max() -> int:
+    try:
+        return os.pathconf(".", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+# argument -> (how a message names it, whether it may be a pilot id that becomes the file ``<id>.yaml``)
+_PATH_ARGUMENTS = {
+    "lab": ("--lab", False),
+    "paths": ("PATH", False),
+    "pilot": ("PILOT", True),
+    "pilots": ("PILOT", True),
+    "id": ("the pilot id", True),
+    "output": ("--output", False),
+}
+
+
+def _check_names(args) -> None:
+    """Refuse, in one line and before anything is read or created, a path argument the file system cannot
+    name: one part longer than NAME_MAX bytes (255 on Linux) makes ``Path.exists()`` raise ENAMETOOLONG. A
+    pilot id counts with the ``.yaml`` it becomes."""
+    from labkit._validation import SLUG
+    from labkit.yamlfile import shorten
+
+    limit = _name_max()
+    for attribute, (label, is_id) in _PATH_ARGUMENTS.items():
+        value = getattr(args, attribute, None)
+        for text in [value] if isinstance(value, str) else value or []:
+            names = [text, f"{text}.yaml"] if is_id and SLUG.match(text) else [text]
+            longest = max(len(part) for name in names for part in os.fsencode(name).split(b"/"))
+            if longest > limit:
+                raise LabkitError(
+                    f"{label}: '{shorten(text)}' is too long for a file name ({longest:,} bytes in one part; "
+                    f"the limit is {limit})"
+                )
 
 
 def _lab(args):
@@ -226,7 +295,14 @@ def cmd_assign(args) -> int:
     from labkit.render import render_assignment
 
     pilot = _pilot(args)
-    render_assignment(pilot, assign(pilot, force=args.force))
+    try:
+        result = assign(pilot, force=args.force)
+    except OSError as exc:  # a full or read-only disk: assign removed its temporary files and wrote nothing
+        folder = pilot.lab.display(pilot.results_dir)
+        raise LabkitError(
+            f"{pilot.id}: cannot write the assignment in {folder}: {exc.strerror or exc}; nothing was written"
+        ) from None
+    render_assignment(pilot, result)
     return 0
 
 
@@ -242,9 +318,31 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def _check_run_args(args) -> None:
+    """`labkit run`'s options, checked before a kernel starts or a run is created (RELIABILITY.md case 43):
+    a bad one found later would leave a FAILED run behind for a typo."""
+    from labkit.yamlfile import shorten
+
+    if args.workers is not None and args.workers < 1:
+        raise LabkitError(
+            f"--workers: {args.workers} is not allowed; give a whole number of 1 or more "
+            "(default: the number of cores)"
+        )
+    if args.as_of:
+        import datetime as dt
+
+        try:
+            dt.datetime.fromisoformat(args.as_of)  # what the analysis accepts (labkit.analysis._as_of)
+        except ValueError:
+            raise LabkitError(
+                f"--as-of: '{shorten(args.as_of)}' is not an ISO date (YYYY-MM-DD, e.g. 2026-11-15)"
+            ) from None
+
+
 def cmd_run(args) -> int:
     from labkit.pipeline import record_only, render_outcomes, resolve_pilots, run_batch
 
+    _check_run_args(args)
     lab = _lab(args)
     pilots = resolve_pilots(lab, args.pilots)
     if args.record_only:
@@ -265,15 +363,35 @@ def cmd_ui(args) -> int:
     return serve(_lab(args), host=args.host, port=args.port)
 
 
+def _check_output(output: str | None) -> None:
+    """``--output`` must name a file: a folder (or a file inside a file) is refused before the report is
+    built or anything is recorded."""
+    if output is None:
+        return
+    path = Path(output)
+    if output.endswith(("/", os.sep)) or path.is_dir():
+        raise LabkitError(f"--output: {output} is a folder; give a file name, e.g. {path / 'report.html'}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise LabkitError(f"--output: {parent} is a file, not a folder; give another path")
+            break
+
+
 def cmd_compare(args) -> int:
     from labkit.compare import portfolio
     from labkit.report import log_portfolio, render, render_table, to_html, write_output
 
+    _check_output(args.output)
     lab = _lab(args)
     result = portfolio(lab, by=args.by, function=args.function, since=args.since, decision=args.decision)
     text = None if args.format == "table" and not args.output else render(result, args.format)
     if args.output:
-        print(f"wrote {write_output(text, args.output)}", file=sys.stderr)
+        try:
+            written = write_output(text, args.output)
+        except OSError as exc:
+            raise LabkitError(f"--output: cannot write {args.output}: {exc.strerror or exc}") from None
+        print(f"wrote {written}", file=sys.stderr)
     elif text is None:
         render_table(result)
     else:

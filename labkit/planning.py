@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from labkit.errors import SpecError
 from labkit.spec import Pilot
 
 
@@ -84,8 +85,22 @@ def per_customer_sd(kind: str, moments) -> float | None:
     return sd
 
 
+# Customers per arm past which an MDE is no pilot's to detect (the sequential search stops here too): the
+# plan refuses it rather than print a 300-digit number or overflow (RELIABILITY.md case 44).
+MAX_PER_ARM = 10**15
+
+
 def make_plan(pilot: Pilot, baseline, baseline_from: str) -> Plan:
-    """Pure planning arithmetic over a measured baseline (an ArmMoments of the primary metric)."""
+    """Pure planning arithmetic over a measured baseline (an ArmMoments of the primary metric).
+
+    Never raises for a pilot that validated: an MDE no number of customers reaches, or a cap too small
+    to put 2 customers in every arm, is a plan without the missing numbers whose warnings say why (the
+    analysis carries this plan in its JSON). :func:`plan` refuses the same pilot in one line instead."""
+    return _make_plan(pilot, baseline, baseline_from)[0]
+
+
+def _make_plan(pilot: Pilot, baseline, baseline_from: str) -> tuple[Plan, SpecError | None]:
+    """The plan, and the problem that makes the pilot impossible to plan as written (or None)."""
     from labkit.stats import power as pw
 
     s = pilot.settings
@@ -106,9 +121,13 @@ def make_plan(pilot: Pilot, baseline, baseline_from: str) -> Plan:
         mde_abs = hyp.mde.absolute
     if baseline.n < 30:
         warnings.append(f"the baseline rests on only {baseline.n} customers")
+    # a relative MDE of 1e-320 is 0 on the metric's scale (float underflow): as unreachable as 1e-300
+    problem = _unreachable_mde(pilot, mde_abs) if (mde_abs == 0 and hyp.mde.relative) else None
     if sd is None or sd == 0 or not mde_abs:
-        warnings.append("no usable baseline variance: the sample size cannot be planned")
-        return Plan(
+        warnings.append(
+            problem.detail if problem else "no usable baseline variance: the sample size cannot be planned"
+        )
+        plan = Plan(
             pilot.id,
             m.name,
             mean,
@@ -126,34 +145,46 @@ def make_plan(pilot: Pilot, baseline, baseline_from: str) -> Plan:
             None,
             warnings,
         )
+        return plan, problem
     weights = pilot.arms
     w_c = weights[pilot.control]
     w_t = min(weights[a] for a in pilot.treatments) if pilot.treatments else w_c
-    cap = pilot.spec.cohort.max_size
+    cap = _cap(pilot)
     n_c, n_t = cap * w_c, cap * w_t
     n_eff = 2 / (1 / n_c + 1 / n_t) if n_c > 0 and n_t > 0 else 0
-    if s.sequential:  # always-valid intervals are wider: plan with their boundary, tuned to the cap
-        required = pw.sample_size_per_arm_sequential(
-            sd=sd, mde_abs=mde_abs, alpha=alpha, power=s.power, n_tuning=cap
-        )
+    try:
+        if s.sequential:  # always-valid intervals are wider: plan with their boundary, tuned to the cap
+            required = pw.sample_size_per_arm_sequential(
+                sd=sd, mde_abs=mde_abs, alpha=alpha, power=s.power, n_tuning=cap
+            )
+        else:
+            required = pw.sample_size_per_arm(sd_control=sd, mde_abs=mde_abs, alpha=alpha, power=s.power)
+    except ValueError:  # sd > 0, a finite non-zero MDE, alpha and power validated: the MDE is out of reach
+        required = None
+    if required is None or required > MAX_PER_ARM:
+        required, problem = None, _unreachable_mde(pilot, mde_abs)
+    if s.sequential:
         mde_cap = (
             pw.mde_at_n_sequential(sd=sd, n_per_arm=n_eff, n_analysed=n_c + n_t, n_tuning=cap, alpha=alpha,
                                    power=s.power)
             if n_eff >= 2 else None
         )  # fmt: skip
     else:
-        required = pw.sample_size_per_arm(sd_control=sd, mde_abs=mde_abs, alpha=alpha, power=s.power)
         mde_cap = pw.mde_at_n(sd=sd, n_per_arm=n_eff, alpha=alpha, power=s.power) if n_eff >= 2 else None
+    if n_eff < 2 and problem is None:
+        problem = _cap_too_small(pilot, cap, w_c, w_t)
     # total so that the smallest arm reaches `required` under the planned weights
     required_total = math.ceil(required / min(w_c, w_t)) if required else None
     powered = mde_cap is not None and mde_cap <= mde_abs * (1 + 1e-12)
-    if not powered:
+    if problem is not None:
+        warnings.append(problem.detail)
+    elif not powered:
         warnings.append(
             f"underpowered: at the cap of {cap:,} customers the smallest detectable effect is "
             f"{mde_cap:.4g}, above the MDE {mde_abs:.4g}; about {required_total:,} customers would be needed"
         )
     rel = mde_cap / abs(mean) if (mde_cap is not None and mean) else None
-    return Plan(
+    plan = Plan(
         pilot.id,
         m.name,
         mean,
@@ -171,6 +202,33 @@ def make_plan(pilot: Pilot, baseline, baseline_from: str) -> Plan:
         powered,
         warnings,
     )
+    return plan, problem
+
+
+def _unreachable_mde(pilot: Pilot, mde_abs: float | None) -> SpecError:
+    mde = pilot.spec.hypothesis.mde
+    field = "hypothesis.mde.relative" if mde.relative is not None else "hypothesis.mde.absolute"
+    given = mde.relative if mde.relative is not None else mde.absolute
+    scale = f" ({mde_abs:.3g} on the metric's scale)" if mde.relative is not None else ""
+    return SpecError(
+        pilot.doc.path,
+        pilot.doc.line_of(tuple(field.split("."))),
+        field,
+        f"an MDE of {given:g}{scale} needs more than 10^15 customers per arm, which no pilot "
+        "reaches; give the smallest effect worth detecting",
+    )
+
+
+def _cap_too_small(pilot: Pilot, cap: int, w_control: float, w_treatment: float) -> SpecError:
+    # n_eff = cap / (1/w_c + 1/w_t) * 2 must reach 2 customers per arm (Welch needs a variance in each)
+    smallest = math.ceil((1 / w_control + 1 / w_treatment) * (1 - 1e-12))
+    return SpecError(
+        pilot.doc.path,
+        pilot.doc.line_of(("cohort", "max_size")),
+        "cohort.max_size",
+        f"a cap of {cap:,} leaves fewer than 2 customers per arm, so no effect is detectable; "
+        f"plan with a cap of at least {smallest:,}",
+    )
 
 
 def plan(pilot: Pilot, *, engine=None) -> Plan:
@@ -183,7 +241,10 @@ def plan(pilot: Pilot, *, engine=None) -> Plan:
     try:
         population, origin = _population(engine, pilot)
         moments = measure(engine, pilot, pilot.primary, population)
-        return make_plan(pilot, moments, origin)
+        result, problem = _make_plan(pilot, moments, origin)
+        if problem is not None:  # the command and the API refuse what cannot be planned (case 44)
+            raise problem
+        return result
     finally:
         if own:
             engine.close()
@@ -196,7 +257,7 @@ def _population(engine, pilot: Pilot):
     from labkit.assignment import assignment_path
     from labkit.cohort import eligible
 
-    start = ibis.literal(pilot.spec.cohort.start).cast("timestamp")
+    start = ibis.literal(_known(pilot, pilot.start, "cohort.start")).cast("timestamp")
     path = assignment_path(pilot)
     if path.is_file():
         units = engine.read_file(path, f"assignment_{pilot.id.replace('-', '_')}")
@@ -204,3 +265,19 @@ def _population(engine, pilot: Pilot):
     idc = pilot.spec.cohort.id_column
     pop = eligible(engine, pilot)
     return pop.select(customer_id=pop[idc], arm=ibis.literal("all"), assigned_at=start), "eligible"
+
+
+def _cap(pilot: Pilot) -> int:
+    return _known(pilot, pilot.cap, "cohort.max_size")
+
+
+def _known(pilot: Pilot, value, field: str):
+    """An imported assignment may leave the cap and the start to its data: known once it is assigned."""
+    if value is None:
+        from labkit.errors import LabkitError
+
+        raise LabkitError(
+            f"{pilot.id}: {field} is not set, so it comes from the imported assignment; run "
+            f"`labkit assign {pilot.id}` first"
+        )
+    return value

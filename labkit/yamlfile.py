@@ -313,7 +313,7 @@ class _Composer:
         self.parser.get_event()
         if event.tag is not None:
             self.error(path, event.start_mark, f"tag '{_shown_tag(event.tag)}' not allowed; use plain values")
-        elif not event.style:
+        elif not event.style and path not in VALUE_KEYS:
             problem = _plain_key_problem(event.value)
             if problem:
                 self.error(path, event.start_mark, problem)
@@ -432,6 +432,12 @@ def _plain_key_problem(raw: str) -> str | None:
     return None
 
 
+#: Mappings whose keys are data values, read as their text exactly as written: an imported assignment's
+#: value map (``arms: {0: control, 1: voucher}``) names a column's values, so an unquoted 0, 1.0 or true
+#: is the text '0', '1.0' or 'true' there — there is no other reading to warn about.
+VALUE_KEYS = frozenset({("cohort", "assignment", "arms")})
+
+
 def _same(a: Any, b: Any) -> bool:
     if type(a) is not type(b):
         return False
@@ -499,9 +505,20 @@ def one_line(text: str) -> str:
     )
 
 
+QUOTE_LIMIT = 40  # characters of a key or value that an error quotes
+
+
+def shorten(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """``text`` as an error quotes it: one line (:func:`one_line`) and, past ``limit`` characters, its start,
+    '…' and its length. A key or a value may be a megabyte long; the message about it stays a line a person
+    reads (RELIABILITY.md case 48). Every quote of a key or value in a spec error goes through here."""
+    if len(text) <= limit:
+        return one_line(text)
+    return f"{one_line(text[: limit - 1])}… ({len(text):,} characters)"
+
+
 def _shown(raw: str) -> str:
-    raw = one_line(raw)
-    return raw if len(raw) <= 40 else raw[:37] + "..."
+    return shorten(raw)
 
 
 def _shown_tag(tag: str) -> str:
@@ -509,4 +526,5 @@ def _shown_tag(tag: str) -> str:
 
 
 def _field(path: tuple) -> str:
+    # shortened where every problem passes: labkit._validation.one_line_errors
     return one_line(".".join(str(part) for part in path))

@@ -135,15 +135,15 @@ def ui(demo_lab, shots):
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + UI_START_TIMEOUT
-        while not _healthy(base):
+        runs_line = re.compile(r"^runs of experiment '.*': (http://\S+)$", re.MULTILINE)
+        # labkit ui prints its links once the server answers: wait for the line, not only for /health
+        while not (_healthy(base) and (found := runs_line.search(log_path.read_text()))):
             assert proc.poll() is None, f"labkit ui exited with {proc.returncode}:\n{_tail(log_path)}"
             assert time.monotonic() < deadline, (
-                f"no /health within {UI_START_TIMEOUT:.0f} s:\n{_tail(log_path)}"
+                f"no /health and runs link within {UI_START_TIMEOUT:.0f} s:\n{_tail(log_path)}"
             )
             time.sleep(0.25)
         servers = _children(proc.pid)
-        found = re.search(r"^runs of experiment '.*': (http://\S+)$", log_path.read_text(), re.MULTILINE)
-        assert found, f"labkit ui did not print the runs table's address:\n{_tail(log_path)}"
         assert found.group(1).startswith(f"{base}/#/experiments/"), found.group(1)
         yield found.group(1)
     finally:

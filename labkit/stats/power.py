@@ -55,7 +55,10 @@ def sample_size_per_arm(
         raise ValueError(f"mde_abs must be a non-zero finite number, got {mde_abs}")
     z_alpha = special.ndtri(1 - alpha / 2) if two_sided else special.ndtri(1 - alpha)
     z_power = special.ndtri(power)
-    n = (z_alpha + z_power) ** 2 * (sd_control**2 + sd_treatment**2) / mde_abs**2
+    ratio = float(z_alpha + z_power) / abs(mde_abs)  # squared by multiplying: overflow is inf, not an error
+    n = ratio * ratio * (sd_control**2 + sd_treatment**2)
+    if not math.isfinite(n):  # an mde of ~1e-160 or less: no number of customers reaches it
+        raise ValueError(f"no sample size reaches mde_abs={mde_abs:g}")
     # Welch needs two customers per arm to estimate a variance at all
     return max(2, math.ceil(n * (1 - _CEIL_TOL)))
 

@@ -447,7 +447,8 @@ def test_every_shape_and_reference_problem_in_one_pass_sorted(lab):
             f"{P}:7: hypotesis: unknown field 'hypotesis'; did you mean 'hypothesis'? allowed: id, title, "
             "function, channel, stage, owner, hypothesis, cohort, metrics, guardrails, analysis, budget, notebook",
             f"{P}:15: cohort.where: expected a list, got a mapping",
-            f"{P}:17: cohort.arms: weights sum to 0.8; they must sum to 1",
+            f"{P}:17: cohort.arms: weights sum to 0.8; fractions must sum to 1 (within 0.001), or give ratios "
+            "with a weight of at least 1, e.g. {control: 1, a: 1, b: 1}, which are normalised",
             f"{P}:17: cohort.arms.fast: weight -0.2 must be > 0",
             f"{P}:18: cohort.control: 'ctl' is not an arm; arms: control, fast, slow",
             f"{P}:24: metrics.0.column: expected text, got a list",
