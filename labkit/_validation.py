@@ -98,7 +98,9 @@ def _message(err: dict, model: type[BaseModel] | None, loc: tuple) -> str:
     if kind in _EXPECTED:
         return f"expected {_EXPECTED[kind]}, got {_describe(value)}"
     if kind == "literal_error":
-        return f"{_describe(value)} is not allowed; allowed: {ctx.get('expected', '').replace(chr(39), '')}"
+        expected = str(ctx.get("expected", ""))
+        hint = did_you_mean(value, re.findall(r"'([^']*)'", expected))
+        return f"{_describe(value)} is not allowed; {hint}allowed: {expected.replace(chr(39), '')}"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         sign = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[
             kind
@@ -113,6 +115,22 @@ def _message(err: dict, model: type[BaseModel] | None, loc: tuple) -> str:
         return str(ctx.get("error", err["msg"]))
     msg = err["msg"]
     return msg[0].lower() + msg[1:]
+
+
+def did_you_mean(value: Any, allowed: list[str]) -> str:
+    """``"did you mean 'x'? "`` for the allowed value closest to a misspelt one (difflib, cutoff 0.6), else
+    ``""``: every enumerated value's message offers it (a metric type 'proprtion' -> 'proportion')."""
+    if not isinstance(value, str) or len(value) > 100:
+        return ""
+    guess = difflib.get_close_matches(value, list(allowed), n=len(allowed), cutoff=0.6)
+    if guess:  # of equally close values, the first allowed ('=' -> '==', not '>=')
+        best = difflib.SequenceMatcher(None, value, guess[0]).ratio()
+        guess = [
+            a for a in allowed if a in guess and difflib.SequenceMatcher(None, value, a).ratio() == best
+        ][:1]
+    else:  # a case slip ('Proportion') is closer than difflib's ratio says
+        guess = [a for a in allowed if a.lower() == value.lower()][:1]
+    return f"did you mean '{guess[0]}'? " if guess else ""
 
 
 def _allowed_fields(model: type[BaseModel] | None, loc: tuple) -> list[str]:

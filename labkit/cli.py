@@ -13,11 +13,12 @@ from labkit.errors import LabkitError
 
 EPILOG = {
     "validate": "example: labkit validate experiments/service-twitter-fast-reply.yaml",
-    "new": "example: labkit new sales-linkedin-warm-intro --function sales --channel linkedin",
+    "new": "example: labkit new sales-linkedin-warm-intro --function sales --channel linkedin "
+    "--metric outcomes.converted",
     "list": "example: labkit list",
     "plan": "example: labkit plan service-twitter-fast-reply",
     "assign": "example: labkit assign service-twitter-fast-reply",
-    "analyze": "example: labkit analyze service-twitter-fast-reply --json",
+    "analyze": "example: labkit analyze service-twitter-fast-reply --json  (also spelt: labkit analyse)",
     "run": "example: labkit run experiments/",
     "compare": "example: labkit compare --by function --format html > report.html",
     "ui": "example: labkit ui --port 5000",
@@ -44,11 +45,19 @@ def _parser() -> argparse.ArgumentParser:
         epilog="example: labkit validate && labkit plan service-twitter-fast-reply",
         parents=[common(None)],
     )
+    parser.add_argument("--version", action=_Version, help="print labkit's version and exit")
     sub_common = common(argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def add(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=help, epilog=EPILOG[name], parents=[sub_common])
+    def add(name: str, help: str, aliases: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=help,
+            description=help,
+            epilog=EPILOG[name],
+            parents=[sub_common],
+            aliases=list(aliases),
+        )
 
     p = add("validate", "check pilot and lab files; every problem as file:line: field: message")
     p.add_argument("paths", nargs="*", metavar="PATH", help="files or folders (default: the lab's)")
@@ -58,6 +67,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--channel", required=True, help="a channel of the lab's registry")
     p.add_argument("--stage", default=None, help="a lifecycle stage (default: the lab's first)")
     p.add_argument("--owner", default="lab-team@example.com", help="who answers for the pilot")
+    p.add_argument(
+        "--source", default=None, help="the cohort's per-customer source (default: the lab's first)"
+    )
+    p.add_argument(
+        "--metric",
+        default=None,
+        metavar="[SOURCE.]COLUMN",
+        help="the primary metric's per-customer column, checked against the source's columns",
+    )
+    p.add_argument(
+        "--type", dest="kind", choices=("proportion", "mean"), default="proportion", help="the metric's type"
+    )
     add("list", "the pilots with function, channel, stage, owner, status and latest decision")
     p = add("plan", "power analysis: customers needed per arm for the MDE, and the MDE reachable at the cap")
     p.add_argument("pilot", metavar="PILOT", help="a pilot file or a pilot id of the lab")
@@ -65,7 +86,12 @@ def _parser() -> argparse.ArgumentParser:
     p = add("assign", "draw the cohort and assign arms; written once, never silently redrawn")
     p.add_argument("pilot", metavar="PILOT", help="a pilot file or a pilot id of the lab")
     p.add_argument("--force", action="store_true", help="redraw; the old assignment is archived beside it")
-    p = add("analyze", "the statistics alone (no notebook, no tracking): a table, or the JSON contract")
+    p = add(
+        "analyze",
+        "the statistics alone (no notebook, no tracking): a table, or the JSON contract; before the outcome "
+        "window closes, the pilot's status in one line",
+        aliases=("analyse",),
+    )
     p.add_argument("pilot", metavar="PILOT", help="a pilot file or a pilot id of the lab")
     p.add_argument("--json", action="store_true", help="print the JSON contract of DESIGN.md")
     p = add("run", "execute each pilot's notebook with papermill and record the run in MLflow")
@@ -139,12 +165,39 @@ def _without_pydantic_plugins():
         os.environ.pop(key, None)
 
 
+def _version() -> str:
+    """The installed distribution's version, else the package's own (a source checkout)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("labkit")
+    except metadata.PackageNotFoundError:
+        from labkit import __version__
+
+        return __version__
+
+
+class _Version(argparse.Action):
+    """``--version``: the version is looked up only when asked (importlib.metadata is not free)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"labkit {_version()}")
+        parser.exit()
+
+
+ALIASES = {"analyse": "analyze"}  # British spelling: the same command
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    args.command = ALIASES.get(args.command, args.command)
     debug = args.debug or os.environ.get("LABKIT_DEBUG") == "1"
     try:
         with _without_pydantic_plugins():
@@ -252,11 +305,24 @@ def cmd_new(args) -> int:
 
     lab = _lab(args)
     path = new_pilot(
-        lab, args.id, function=args.function, channel=args.channel, stage=args.stage, owner=args.owner
+        lab,
+        args.id,
+        function=args.function,
+        channel=args.channel,
+        stage=args.stage,
+        owner=args.owner,
+        source=args.source,
+        metric=args.metric,
+        kind=args.kind,
     )
     print(
         f"wrote {lab.display(path)}; edit the hypothesis, cohort and metrics, then: labkit validate {lab.display(path)}"
     )
+    if args.metric is None:
+        print(
+            "its metric column 'converted' is a placeholder: name yours with --metric [SOURCE.]COLUMN "
+            "(the file lists the columns of the lab's sources)"
+        )
     return 0
 
 
@@ -295,6 +361,7 @@ def cmd_assign(args) -> int:
     from labkit.render import render_assignment
 
     pilot = _pilot(args)
+    kept = not args.force and (pilot.results_dir / "assignment.parquet").is_file()
     try:
         result = assign(pilot, force=args.force)
     except OSError as exc:  # a full or read-only disk: assign removed its temporary files and wrote nothing
@@ -302,15 +369,34 @@ def cmd_assign(args) -> int:
         raise LabkitError(
             f"{pilot.id}: cannot write the assignment in {folder}: {exc.strerror or exc}; nothing was written"
         ) from None
+    if kept:  # assign never redraws silently: say that nothing was drawn, and which file stands
+        drawn = str(result.meta.get("created_at") or "?")[:10]
+        print(
+            f"{pilot.id}: kept the existing assignment {pilot.lab.display(result.path)} (drawn {drawn}, "
+            f"{result.assigned:,} customers); `labkit assign {pilot.id} --force` archives it and draws anew"
+        )
+        return 0
     render_assignment(pilot, result)
     return 0
 
 
 def cmd_analyze(args) -> int:
+    """Before the start or while the outcome window is open there is no verdict to give: one line (or, with
+    --json, ``{"pilot", "status", "detail", ..., "decision": null}`` — ``labkit.listing.Status.to_dict``
+    plus a null decision) and exit 0, instead of an `invalid` verdict on data that does not exist yet."""
     from labkit.analysis import analyze
+    from labkit.listing import pilot_status
     from labkit.render import print_json, render_analysis
 
-    result = analyze(_pilot(args))
+    pilot = _pilot(args)
+    status = pilot_status(pilot)
+    if status.status in ("assigned", "running"):
+        if args.json:
+            print_json(status.to_dict())
+        else:
+            print(f"{pilot.id}: {status.line}")
+        return 0
+    result = analyze(pilot)
     if args.json:
         print_json(result.to_dict())
     else:
@@ -418,6 +504,7 @@ COMMANDS = {
     "plan": cmd_plan,
     "assign": cmd_assign,
     "analyze": cmd_analyze,
+    "analyse": cmd_analyze,  # an alias (ALIASES): the same command, spelt the British way
     "run": cmd_run,
     "ui": cmd_ui,
     "compare": cmd_compare,

@@ -2,25 +2,127 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from labkit.lab import Lab
-from labkit.spec import list_pilots, parse_pilot
+from labkit.spec import Pilot, list_pilots, parse_pilot
 
 
-def _status(results: Path) -> tuple[str, str]:
-    """(status, latest decision) from results/<id>/: draft, assigned, or analysed."""
+@dataclass(frozen=True)
+class Status:
+    """Where a pilot stands, derived from its files and the date alone (no data source is read):
+
+    - ``drafted``: a valid pilot file, no assignment yet (nothing records a plan, so there is no "planned");
+    - ``assigned``: an assignment exists and the start (``cohort.start``) is in the future;
+    - ``running``: day N of the outcome window, with the customers exposed (assigned) against the cap;
+    - ``ready``: the outcome window has closed — ready to analyse;
+    - ``decided``: a recorded run exists (``results/<id>/runs/*/results.json``) with its decision.
+
+    The outcome window is the longest ``window_days`` of the pilot's metrics, counted from the start: the
+    last customer's events are all in by then (0 days when no metric reads events: a per-customer table is
+    read as it stands, so such a pilot is ready to analyse from its start). ``analyse_after`` is the last
+    day of that window; ``line`` is the one line `labkit analyze` prints instead of a verdict before then.
+    """
+
+    pilot: str
+    status: str  # drafted | assigned | running | ready | decided
+    line: str
+    start: dt.date | None = None
+    window_days: int = 0
+    day: int | None = None
+    analyse_after: dt.date | None = None
+    exposed: int | None = None
+    target: int | None = None
+    decision: str | None = None
+
+    @property
+    def analysable(self) -> bool:
+        """Whether `labkit analyze` gives a verdict: the outcome window has closed (or a run decided)."""
+        return self.status in ("ready", "decided")
+
+    @property
+    def short(self) -> str:
+        """The status as `labkit list` shows it: the state, and the day of the window while running."""
+        if self.status == "running":
+            return f"running (day {self.day} of {self.window_days})"
+        return {"ready": "ready to analyse", "assigned": f"assigned (starts {self.start})"}.get(
+            self.status, self.status
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "pilot": self.pilot,
+            "status": self.status,
+            "detail": self.line,
+            "start": self.start.isoformat() if self.start else None,
+            "window_days": self.window_days,
+            "day": self.day,
+            "analyse_after": self.analyse_after.isoformat() if self.analyse_after else None,
+            "exposed": self.exposed,
+            "target": self.target,
+            "decision": self.decision,
+        }
+
+
+def today_utc() -> dt.date:
+    return dt.datetime.now(dt.UTC).date()
+
+
+def outcome_window(pilot: Pilot) -> int:
+    """The longest ``window_days`` of the pilot's metrics (0 when none reads events)."""
+    return max((m.window_days or 0 for m in pilot.spec.metrics), default=0)
+
+
+def _latest_decision(results: Path) -> str | None:
     runs = sorted((results / "runs").glob("*/results.json")) if results.is_dir() else []
-    if runs:
-        try:
-            return "analysed", json.loads(runs[-1].read_text()).get("decision", "?")
-        except (OSError, ValueError):
-            return "analysed", "?"
-    if (results / "assignment.parquet").is_file():
-        return "assigned", "-"
-    return "draft", "-"
+    if not runs:
+        return None
+    try:
+        return str(json.loads(runs[-1].read_text()).get("decision", "?"))
+    except (OSError, ValueError, AttributeError):
+        return "?"
+
+
+def _assigned(pilot: Pilot) -> int | None:
+    """Customers in the written assignment (its assignment.json), or None when there is none."""
+    try:
+        meta = json.loads((pilot.results_dir / "assignment.json").read_text(encoding="utf-8"))
+        return int(meta["assigned"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None if not (pilot.results_dir / "assignment.parquet").is_file() else 0
+
+
+def pilot_status(pilot: Pilot, today: dt.date | None = None) -> Status:
+    """The pilot's status on ``today`` (default: today in UTC), from its files (see :class:`Status`)."""
+    today = today or today_utc()
+    window = outcome_window(pilot)
+    decision = _latest_decision(pilot.results_dir)
+    start = pilot.start
+    base = dict(pilot=pilot.id, start=start, window_days=window, target=pilot.cap)
+    if decision is not None:
+        return Status(status="decided", line=f"decided: {decision}", decision=decision, **base)
+    assigned = (pilot.results_dir / "assignment.parquet").is_file()
+    if not assigned:
+        line = f"drafted: not assigned yet; run `labkit assign {pilot.id}`"
+        return Status(status="drafted", line=line, **base)
+    exposed = _assigned(pilot)
+    if start is None:  # an imported assignment without a start date: its data decides, nothing to wait for
+        return Status(status="ready", line="ready to analyse", exposed=exposed, **base)
+    last = start + dt.timedelta(days=max(window, 1) - 1)
+    base.update(exposed=exposed, analyse_after=last if window else None)
+    if today < start:
+        return Status(status="assigned", line=f"starts {start}; no outcome data yet", **base)
+    day = (today - start).days + 1
+    if day <= window:
+        target = f" of {pilot.cap:,}" if pilot.cap else ""
+        shown = f"{exposed:,}" if exposed is not None else "?"
+        line = f"running, day {day} of {window}; analyse after {last} ({shown}{target} customers exposed)"
+        return Status(status="running", line=line, day=day, **base)
+    return Status(status="ready", line="ready to analyse", **base)
 
 
 def pilot_rows(lab: Lab) -> tuple[list[dict], list[str]]:
@@ -30,7 +132,7 @@ def pilot_rows(lab: Lab) -> tuple[list[dict], list[str]]:
         if pilot is None:
             problems.append(f"{lab.display(path)}: invalid ({len(errors)} problem(s)); run labkit validate")
             continue
-        status, decision = _status(pilot.results_dir)
+        status = pilot_status(pilot)
         s = pilot.spec
         rows.append(
             dict(
@@ -39,8 +141,8 @@ def pilot_rows(lab: Lab) -> tuple[list[dict], list[str]]:
                 channel=s.channel,
                 stage=s.stage,
                 owner=s.owner,
-                status=status,
-                decision=decision,
+                status=status.short,
+                decision=status.decision or "-",
             )
         )
     return rows, problems

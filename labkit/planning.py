@@ -11,17 +11,34 @@ conservative stand-in, reported as such).
 In sequential mode the always-valid boundary h·se replaces z_{1−α/2}·se (``labkit.stats.power``,
 sequential part), tuned to the cap as the analysis is: the plan then asks for more customers, honestly.
 
-With several treatment arms the primary family is corrected (Holm), so the plan uses alpha / (number of
-treatment arms), Holm's worst case. Unequal allocations use the effective per-arm size
-2 / (1/n_control + 1/n_treatment) of the smallest treatment arm.
+Where the baseline comes from, in order (``Plan.baseline_from``):
+
+1. ``control arm`` — once the pilot has started (``cohort.start`` <= today, UTC) and is assigned: the
+   primary metric over the control arm, exactly what ``labkit analyze`` measures for its ``plan`` block, so
+   `plan` and `analyze` give the same numbers on the same data (both call :func:`make_plan` on those moments);
+2. ``assignment`` / ``eligible`` — before the start: the pre-period of the assigned (else eligible) customers;
+3. ``assumption`` — ``hypothesis.baseline`` ({rate: p} or {mean: m, sd: s}), when the data above holds no
+   usable variance (no outcome rows yet, a constant column) or the metric's source file does not exist
+   yet. The plan then says so in a warning. Without an assumption such a pilot gets no sample size.
+
+With several treatment arms the primary family is corrected (Holm over the treatment arms), so the plan uses
+alpha / (number of treatment arms): Holm's first step, i.e. Bonferroni, its worst case. Arms are sized for the
+planned allocation: with k = w_treatment / w_control for the smallest treatment arm, the control arm needs
+n_c = (z_{1−α/2} + z_{power})² σ² (1 + 1/k) / mde² (statsmodels ``NormalIndPower`` with ``ratio=k``), and
+each arm a gets ceil(n_c · w_a / w_control) (``Plan.required_by_arm``); ``required_per_arm`` is the
+smallest arm's number (the one whose shortfall "how many more" counts; with equal arms every arm's), and
+``required_total`` their sum. In sequential mode the equal-arm size n of the always-valid test is
+translated to the allocation by equal variance, n_c = n (1 + 1/k) / 2 (exact for the fixed horizon, a close
+approximation for the boundary, which depends on the customers analysed). An MDE is out of reach when two
+equal arms would need more than 10^15 customers each.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from labkit.errors import SpecError
+from labkit.errors import LabkitError, SpecError
 from labkit.spec import Pilot
 
 
@@ -32,7 +49,7 @@ class Plan:
     baseline_mean: float | None
     baseline_sd: float | None
     baseline_n: int
-    baseline_from: str  # "assignment" | "eligible"
+    baseline_from: str  # "control arm" | "assignment" | "eligible" | "assumption" (module docstring)
     mde_abs: float | None
     mde_relative: float | None
     alpha: float
@@ -43,11 +60,13 @@ class Plan:
     mde_at_cap_relative: float | None
     powered: bool | None
     warnings: list[str] = field(default_factory=list)
+    required_by_arm: dict[str, int] | None = None  # every arm's size under the planned allocation
 
     def to_dict(self) -> dict:
         """The `plan` block of the JSON contract, plus the baseline it rests on."""
         return {
             "required_per_arm": self.required_per_arm,
+            "required_by_arm": dict(self.required_by_arm) if self.required_by_arm else None,
             "required_total": self.required_total,
             "mde_at_cap": self.mde_at_cap,
             "mde_at_cap_relative": self.mde_at_cap_relative,
@@ -99,8 +118,39 @@ def make_plan(pilot: Pilot, baseline, baseline_from: str) -> Plan:
     return _make_plan(pilot, baseline, baseline_from)[0]
 
 
-def _make_plan(pilot: Pilot, baseline, baseline_from: str) -> tuple[Plan, SpecError | None]:
-    """The plan, and the problem that makes the pilot impossible to plan as written (or None)."""
+def assumed_baseline(pilot: Pilot) -> tuple[float, float] | None:
+    """(mean, per-customer SD) of ``hypothesis.baseline``, or None: sqrt(p(1 − p)) for an assumed rate."""
+    b = pilot.spec.hypothesis.baseline
+    if b is None:
+        return None
+    if b.rate is not None:
+        return b.rate, math.sqrt(b.rate * (1 - b.rate))
+    if b.mean is not None and b.sd is not None:
+        return b.mean, b.sd
+    return None
+
+
+def _measured(pilot: Pilot, baseline) -> tuple[float | None, float | None]:
+    """(mean, per-customer SD) of a measured baseline (an ArmMoments of the primary metric)."""
+    m = pilot.primary
+    mean = baseline.mean if baseline.n else None
+    if m.type == "ratio" and baseline.n and baseline.sum_x:
+        mean = baseline.sum / baseline.sum_x
+    return mean, per_customer_sd(m.type, baseline)
+
+
+def _usable(pilot: Pilot, mean: float | None, sd: float | None) -> bool:
+    needs_mean = pilot.spec.hypothesis.mde.relative is not None
+    return bool(sd) and (mean is not None and mean != 0 or not needs_mean)
+
+
+def _make_plan(
+    pilot: Pilot, baseline, baseline_from: str, *, missing: str | None = None
+) -> tuple[Plan, SpecError | None]:
+    """The plan, and the problem that makes the pilot impossible to plan as written (or None).
+
+    ``baseline`` is the measured ArmMoments (None when nothing could be measured, ``missing`` saying why);
+    where it has no usable variance, ``hypothesis.baseline`` stands in (module docstring)."""
     from labkit.stats import power as pw
 
     s = pilot.settings
@@ -109,60 +159,75 @@ def _make_plan(pilot: Pilot, baseline, baseline_from: str) -> tuple[Plan, SpecEr
     k = max(len(pilot.treatments), 1)
     alpha = s.alpha / k
     warnings: list[str] = []
-    mean = baseline.mean if baseline.n else None
-    if m.type == "ratio" and baseline.n and baseline.sum_x:
-        mean = baseline.sum / baseline.sum_x
-    sd = per_customer_sd(m.type, baseline)
+    n_measured = baseline.n if baseline is not None else 0
+    mean, sd = _measured(pilot, baseline) if baseline is not None else (None, None)
+    assumed = assumed_baseline(pilot)
+    if not _usable(pilot, mean, sd) and assumed is not None:
+        why = missing or f"the {baseline_from} data holds no usable baseline for '{m.name}' yet"
+        warnings.append(f"{why}: planned from the assumed baseline (hypothesis.baseline)")
+        mean, sd, n_measured, baseline_from = assumed[0], assumed[1], 0, "assumption"
+    elif missing is not None:
+        warnings.append(missing)
     if m.type == "quantile":
         warnings.append("quantile metric: the plan uses the metric's SD, a rough stand-in for the bootstrap")
     if hyp.mde.relative is not None:
         mde_abs = abs(mean) * hyp.mde.relative if mean else None
     else:
         mde_abs = hyp.mde.absolute
-    if baseline.n < 30:
-        warnings.append(f"the baseline rests on only {baseline.n} customers")
+    if baseline_from != "assumption" and n_measured < 30:
+        warnings.append(f"the baseline rests on only {n_measured} customers")
     # a relative MDE of 1e-320 is 0 on the metric's scale (float underflow): as unreachable as 1e-300
     problem = _unreachable_mde(pilot, mde_abs) if (mde_abs == 0 and hyp.mde.relative) else None
-    if sd is None or sd == 0 or not mde_abs:
-        warnings.append(
-            problem.detail if problem else "no usable baseline variance: the sample size cannot be planned"
-        )
-        plan = Plan(
+
+    def partial(required=None, total=None, by_arm=None, mde_cap=None, rel=None, powered=None) -> Plan:
+        return Plan(
             pilot.id,
             m.name,
             mean,
             sd,
-            baseline.n,
+            n_measured,
             baseline_from,
             mde_abs,
             hyp.mde.relative,
             s.alpha,
             s.power,
-            None,
-            None,
-            None,
-            None,
-            None,
+            required,
+            total,
+            mde_cap,
+            rel,
+            powered,
             warnings,
+            by_arm,
         )
-        return plan, problem
+
+    if sd is None or sd == 0 or not mde_abs:
+        if problem:
+            warnings.append(problem.detail)
+        else:
+            hint = "" if assumed is not None else "; give an assumed one in hypothesis.baseline"
+            warnings.append(f"no usable baseline variance: the sample size cannot be planned{hint}")
+        return partial(), problem
     weights = pilot.arms
     w_c = weights[pilot.control]
     w_t = min(weights[a] for a in pilot.treatments) if pilot.treatments else w_c
+    ratio = w_t / w_c  # k = n_treatment / n_control for the smallest treatment arm
     cap = _cap(pilot)
     n_c, n_t = cap * w_c, cap * w_t
     n_eff = 2 / (1 / n_c + 1 / n_t) if n_c > 0 and n_t > 0 else 0
     try:
         if s.sequential:  # always-valid intervals are wider: plan with their boundary, tuned to the cap
-            required = pw.sample_size_per_arm_sequential(
+            equal = pw.sample_size_per_arm_sequential(
                 sd=sd, mde_abs=mde_abs, alpha=alpha, power=s.power, n_tuning=cap
             )
         else:
-            required = pw.sample_size_per_arm(sd_control=sd, mde_abs=mde_abs, alpha=alpha, power=s.power)
+            equal = pw.sample_size_per_arm(sd_control=sd, mde_abs=mde_abs, alpha=alpha, power=s.power)
     except ValueError:  # sd > 0, a finite non-zero MDE, alpha and power validated: the MDE is out of reach
-        required = None
-    if required is None or required > MAX_PER_ARM:
-        required, problem = None, _unreachable_mde(pilot, mde_abs)
+        equal = None
+    by_arm = None
+    if equal is None or equal > MAX_PER_ARM:
+        equal, problem = None, _unreachable_mde(pilot, mde_abs)
+    else:
+        by_arm = _sized_arms(pilot, equal, sd=sd, mde_abs=mde_abs, alpha=alpha, ratio=ratio)
     if s.sequential:
         mde_cap = (
             pw.mde_at_n_sequential(sd=sd, n_per_arm=n_eff, n_analysed=n_c + n_t, n_tuning=cap, alpha=alpha,
@@ -173,8 +238,8 @@ def _make_plan(pilot: Pilot, baseline, baseline_from: str) -> tuple[Plan, SpecEr
         mde_cap = pw.mde_at_n(sd=sd, n_per_arm=n_eff, alpha=alpha, power=s.power) if n_eff >= 2 else None
     if n_eff < 2 and problem is None:
         problem = _cap_too_small(pilot, cap, w_c, w_t)
-    # total so that the smallest arm reaches `required` under the planned weights
-    required_total = math.ceil(required / min(w_c, w_t)) if required else None
+    required = min(by_arm.values()) if by_arm else None
+    required_total = sum(by_arm.values()) if by_arm else None
     powered = mde_cap is not None and mde_cap <= mde_abs * (1 + 1e-12)
     if problem is not None:
         warnings.append(problem.detail)
@@ -184,25 +249,24 @@ def _make_plan(pilot: Pilot, baseline, baseline_from: str) -> tuple[Plan, SpecEr
             f"{mde_cap:.4g}, above the MDE {mde_abs:.4g}; about {required_total:,} customers would be needed"
         )
     rel = mde_cap / abs(mean) if (mde_cap is not None and mean) else None
-    plan = Plan(
-        pilot.id,
-        m.name,
-        mean,
-        sd,
-        baseline.n,
-        baseline_from,
-        mde_abs,
-        hyp.mde.relative,
-        s.alpha,
-        s.power,
-        required,
-        required_total,
-        mde_cap,
-        rel,
-        powered,
-        warnings,
-    )
-    return plan, problem
+    return partial(required, required_total, by_arm, mde_cap, rel, powered), problem
+
+
+def _sized_arms(pilot: Pilot, equal: int, *, sd: float, mde_abs: float, alpha: float, ratio: float) -> dict:
+    """Every arm's size for the planned allocation (module docstring): the control arm's n_c for the ratio
+    k of the smallest treatment arm, each arm ceil(n_c · w_a / w_control), at least 2."""
+    from labkit.stats import power as pw
+
+    weights = pilot.arms
+    w_c = weights[pilot.control]
+    if pilot.settings.sequential:
+        n_control = equal * (1 + 1 / ratio) / 2
+    else:  # the equal-arm formula with σ_t² = σ²/k is n_c = z²σ²(1 + 1/k)/mde², rounded up once
+        n_control = pw.sample_size_per_arm(
+            sd_control=sd, sd_treatment=sd / math.sqrt(ratio), mde_abs=mde_abs, alpha=alpha,
+            power=pilot.settings.power,
+        )  # fmt: skip
+    return {arm: max(2, math.ceil(n_control * w / w_c * (1 - 1e-12))) for arm, w in weights.items()}
 
 
 def _unreachable_mde(pilot: Pilot, mde_abs: float | None) -> SpecError:
@@ -231,23 +295,68 @@ def _cap_too_small(pilot: Pilot, cap: int, w_control: float, w_treatment: float)
     )
 
 
-def plan(pilot: Pilot, *, engine=None) -> Plan:
-    """Measure the baseline in the lab's data and plan the pilot (DESIGN.md, Power)."""
-    from labkit.data.aggregate import baseline as measure
+def plan(pilot: Pilot, *, engine=None, today=None) -> Plan:
+    """Measure the baseline in the lab's data and plan the pilot (DESIGN.md, Power; module docstring for
+    where the baseline comes from). ``today`` (a date, default today in UTC) decides whether the pilot has
+    started, i.e. whether its control arm's outcomes are the baseline, as in ``labkit analyze``."""
     from labkit.data.sources import Engine
 
     own = engine is None
     engine = engine or Engine.for_lab(pilot.lab)
     try:
-        population, origin = _population(engine, pilot)
-        moments = measure(engine, pilot, pilot.primary, population)
-        result, problem = _make_plan(pilot, moments, origin)
+        moments, origin, missing = _baseline(engine, pilot, today)
+        result, problem = _make_plan(pilot, moments, origin, missing=missing)
         if problem is not None:  # the command and the API refuse what cannot be planned (case 44)
             raise problem
         return result
     finally:
         if own:
             engine.close()
+
+
+def _baseline(engine, pilot: Pilot, today):
+    """(moments or None, origin, why nothing was measured or None): see the module docstring."""
+    import datetime as dt
+
+    from labkit.assignment import assignment_path
+    from labkit.data.aggregate import aggregate_pilot, units_table
+    from labkit.data.aggregate import baseline as measure
+    from labkit.errors import DataError
+
+    today = today or dt.datetime.now(dt.UTC).date()
+    started = pilot.start is not None and pilot.start <= today
+    try:
+        if started and assignment_path(pilot).is_file():  # what `labkit analyze` plans from
+            # the primary metric alone: its moments do not depend on the other metrics, whose sources
+            # (a missing event log, say) are no business of the plan
+            alone = replace(
+                pilot, spec=pilot.spec.model_copy(update={"metrics": [pilot.primary], "guardrails": []})
+            )
+            data = aggregate_pilot(engine, alone, units_table(engine, alone))
+            return data[pilot.primary.name].arms.get(pilot.control), "control arm", None
+        population, origin = _population(engine, pilot)
+        return measure(engine, pilot, pilot.primary, population), origin, None
+    except DataError as exc:
+        absent = _not_there_yet(pilot, exc)
+        if assumed_baseline(pilot) is None or absent is None:
+            raise
+        return None, "assumption", f"no data yet ({absent} does not exist)"
+
+
+def _not_there_yet(pilot: Pilot, exc) -> str | None:
+    """The primary metric's (or the cohort's) source file, as shown, when the data error is that it does not
+    exist yet (an assumed baseline stands in: a pilot is planned before any data exists), else None: a
+    misspelt column or a broken file is still an error."""
+    m = pilot.primary
+    sources = {m.source, pilot.spec.cohort.source}
+    sources |= {r.source for r in (m.numerator, m.denominator) if r is not None}
+    if exc.source not in sources or exc.column is not None:
+        return None
+    try:
+        path = pilot.lab.source_path(exc.source)
+    except LabkitError:
+        return None
+    return None if path.exists() else pilot.lab.display(path)
 
 
 def _population(engine, pilot: Pilot):
@@ -274,8 +383,6 @@ def _cap(pilot: Pilot) -> int:
 def _known(pilot: Pilot, value, field: str):
     """An imported assignment may leave the cap and the start to its data: known once it is assigned."""
     if value is None:
-        from labkit.errors import LabkitError
-
         raise LabkitError(
             f"{pilot.id}: {field} is not set, so it comes from the imported assignment; run "
             f"`labkit assign {pilot.id}` first"

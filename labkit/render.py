@@ -21,7 +21,7 @@ def _f(v, spec: str = ".4g") -> str:
         return "–"
     if isinstance(v, bool):
         return "yes" if v else "no"
-    if isinstance(v, float):
+    if isinstance(v, float) or (isinstance(v, int) and spec == ","):  # a count reads with its thousands
         return format(v, spec)
     return str(v)
 
@@ -35,10 +35,10 @@ def render_plan(plan) -> None:
     for label, value in [
         ("baseline mean", _f(plan.baseline_mean)),
         ("baseline SD per customer", _f(plan.baseline_sd)),
-        ("baseline measured on", f"{plan.baseline_n:,} customers ({plan.baseline_from})"),
+        ("baseline from", _baseline_source(plan)),
         ("MDE (absolute)", _f(plan.mde_abs)),
         ("alpha / power", f"{plan.alpha:g} / {plan.power:g}"),
-        ("customers needed per arm", _f(plan.required_per_arm, ",")),
+        ("customers needed per arm", _per_arm(plan)),
         ("customers needed in all", _f(plan.required_total, ",")),
         (
             "MDE reachable at the cap",
@@ -51,6 +51,21 @@ def render_plan(plan) -> None:
     console.print(table)
     for w in plan.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}")
+
+
+def _baseline_source(plan) -> str:
+    """Which baseline the plan rests on: data (and how many customers) or the pilot's assumption."""
+    if plan.baseline_from == "assumption":
+        return "assumed (hypothesis.baseline): no usable data yet"
+    return f"data: {plan.baseline_n:,} customers ({plan.baseline_from})"
+
+
+def _per_arm(plan) -> str:
+    """One number when the arms are equal, else each arm's: the planned allocation sizes them apart."""
+    by_arm = plan.required_by_arm or {}
+    if len(set(by_arm.values())) > 1:
+        return ", ".join(f"{arm} {n:,}" for arm, n in by_arm.items())
+    return _f(plan.required_per_arm, ",")
 
 
 def render_assignment(pilot, assignment) -> None:
@@ -121,5 +136,11 @@ def render_analysis(result) -> None:
             f"value {roi['value']:,.0f} [{roi['value_ci_low']:,.0f}, {roi['value_ci_high']:,.0f}] "
             f"for a cost of {roi['cost']:,.0f}: ROI {_f(roi['roi'], '+.1%')}"
         )
+    advice = getattr(result, "advice", None)
+    if advice is not None:  # the decision weighed with the ROI: what to do next
+        from rich.markup import escape
+
+        arm = f" (arm {escape(advice.arm)})" if advice.arm else ""
+        console.print(f"recommendation: [bold]{advice.recommendation}[/bold]{arm} — {escape(advice.reason)}")
     for w in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}")

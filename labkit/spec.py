@@ -439,14 +439,17 @@ def check_pilot(spec: PilotSpec, doc: YamlDoc, lab: Lab, stem: str | None) -> li
             return
         kind = next(m.type for m in spec.metrics if m.name == spec.hypothesis.metric)
         loc = ("hypothesis", "baseline")
-        given = [k for k in ("rate", "mean", "sd") if getattr(b, k) is not None]
-        if kind == "proportion" and given != ["rate"]:
-            err(loc, f"the primary metric is a proportion: give {{rate: p}} with p in (0, 1), not {', '.join(given) or 'nothing'}")
-        elif kind == "mean" and given != ["mean", "sd"]:
-            err(loc, f"the primary metric is a mean: give {{mean: m, sd: s}} (both), not {', '.join(given) or 'nothing'}")
+        given = ", ".join(k for k in ("rate", "mean", "sd") if getattr(b, k) is not None) or "nothing"
+        if kind == "proportion" and given != "rate":
+            err(loc, f"the primary metric is a proportion: give {{rate: p}} with p in (0, 1), not {given}")
+        elif kind == "mean" and given != "mean, sd":
+            err(loc, f"the primary metric is a mean: give {{mean: m, sd: s}} (both), not {given}")
         elif kind in ("ratio", "quantile"):
-            err(loc, f"an assumed baseline is not available for a {kind} metric; plan from data "
-                "(allowed: {rate: p} for a proportion, {mean: m, sd: s} for a mean)")
+            err(
+                loc,
+                f"an assumed baseline is not available for a {kind} metric; plan from data "
+                "(allowed: {rate: p} for a proportion, {mean: m, sd: s} for a mean)",
+            )
 
     def references():
         if spec.hypothesis.metric not in names:
@@ -459,7 +462,10 @@ def check_pilot(spec: PilotSpec, doc: YamlDoc, lab: Lab, stem: str | None) -> li
     def guardrails():
         for i, g in enumerate(spec.guardrails):
             if g.metric not in names:
-                err(("guardrails", i, "metric"), f"unknown metric '{g.metric}'; defined: {', '.join(names)}")
+                err(
+                    ("guardrails", i, "metric"),
+                    f"unknown metric '{g.metric}'; {_close(g.metric, names)}defined: {', '.join(names)}",
+                )
             if (g.max_harm.relative is None) == (g.max_harm.absolute is None):
                 err(("guardrails", i, "max_harm"), "give max_harm one way: {relative: x} or {absolute: x}")
 
@@ -492,7 +498,10 @@ def check_pilot(spec: PilotSpec, doc: YamlDoc, lab: Lab, stem: str | None) -> li
 
     def control():
         if c.control not in c.arms:
-            err(("cohort", "control"), f"'{c.control}' is not an arm; arms: {', '.join(c.arms)}")
+            err(
+                ("cohort", "control"),
+                f"'{c.control}' is not an arm; {_close(c.control, c.arms)}arms: {', '.join(c.arms)}",
+            )
 
     def where():
         for i, f in enumerate(c.where):
@@ -743,13 +752,14 @@ def parse_pilot(path: Path, lab: Lab, display: str | None = None) -> tuple[Pilot
         doc = load_yaml(path, display=display or str(path))
     except SpecErrors as exc:
         partial = getattr(exc, "partial", None)
-        dates = _dates_misplaced(partial, {("cohort", "start")}) if partial is not None else []
-        return None, one_line_errors(merge_problems(list(exc.errors), dates))
-    spec, errors = validate_model(PilotSpec, doc)
-    errors += _dates_misplaced(doc, {("cohort", "start")})
-    if isinstance(doc.data, dict):
-        view = spec if spec is not None else loose(PilotSpec, doc.data)
-        errors = merge_problems(errors, check_pilot(view, doc, lab, Path(path).stem))
+        if partial is None:  # a syntax error, an anchor, a second document: nothing more can be read
+            return None, one_line_errors(list(exc.errors))
+        # YAML-typing problems (`title: no`) are reported together with every other problem of the file:
+        # the rest is judged on the document as YAML 1.2 reads it, minus what those problems already flag
+        typing_problems = list(exc.errors)
+        rest = [e for e in _problems(partial, lab, path)[1] if not _same_spot(e, typing_problems)]
+        return None, one_line_errors(merge_problems(typing_problems, rest))
+    spec, errors = _problems(doc, lab, path)
     if errors:
         return None, one_line_errors(errors)
     d, a = lab.spec.defaults, spec.analysis
@@ -764,6 +774,27 @@ def parse_pilot(path: Path, lab: Lab, display: str | None = None) -> tuple[Pilot
         bootstrap_samples=d.bootstrap_samples,
     )
     return Pilot(spec=spec, lab=lab, path=Path(path).resolve(), settings=settings, doc=doc), []
+
+
+def _same_spot(error: SpecError, typing_problems: list[SpecError]) -> bool:
+    """Whether a YAML-typing problem already names this spot: a key YAML 1.1 reads as something else
+    (``on: true``) is flagged on its mapping's field, so the shape pass's "unknown field 'on'" on the same
+    line says nothing more."""
+    return any(
+        error.line == y.line
+        and (not y.field or error.field == y.field or error.field.startswith(y.field + "."))
+        for y in typing_problems
+    )
+
+
+def _problems(doc: YamlDoc, lab: Lab, path) -> tuple[PilotSpec | None, list[SpecError]]:
+    """The validated spec (None when it has problems) and every shape and meaning problem (none raised)."""
+    spec, errors = validate_model(PilotSpec, doc)
+    errors += _dates_misplaced(doc, {("cohort", "start")})
+    if isinstance(doc.data, dict):
+        view = spec if spec is not None else loose(PilotSpec, doc.data)
+        errors = merge_problems(errors, check_pilot(view, doc, lab, Path(path).stem))
+    return spec, errors
 
 
 def find_pilot_file(ref: str | os.PathLike, lab: Lab) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -97,3 +98,63 @@ def test_every_command_has_help_with_an_example_and_is_in_the_readme():
 def test_debug_shows_traceback(tmp_path):
     out = run("--debug", "list", cwd=tmp_path)
     assert out.returncode != 0 and "Traceback" in out.stderr
+
+
+# ----------------------------------------------------------------- `labkit new` plans as written (issue 15)
+
+
+def test_new_then_plan_works_on_the_demo_labs_configs_before_any_data(tmp_path):
+    """A fresh clone has the demo lab's configs and no data: the scaffold's assumed baseline plans it."""
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "lab.yaml").write_text((REPO / "configs" / "lab.yaml").read_text())
+    pid = "sales-linkedin-warm-intro"
+    out = run("new", pid, "--function", "sales", "--channel", "linkedin", "--metric", "outcomes.churned_60d",
+              cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    plan = run("plan", pid, "--json", cwd=tmp_path)
+    assert plan.returncode == 0, plan.stderr
+    data = json.loads(plan.stdout)
+    assert data["baseline_from"] == "assumption" and data["required_per_arm"] > 2
+
+
+def _crm(root):
+    import numpy as np
+    import pandas as pd
+
+    (root / "data").mkdir(exist_ok=True)
+    n = 2000
+    ids = [f"c{i:05d}" for i in range(n)]
+    rng = np.random.default_rng(3)
+    pd.DataFrame({"customer_id": ids, "has_twitter": rng.random(n) < 0.7,
+                  "consent_contact": rng.random(n) < 0.9}).to_parquet(root / "data" / "customers.parquet")  # fmt: skip
+    pd.DataFrame({"customer_id": ids, "converted": (rng.random(n) < 0.2).astype(int)}).to_csv(
+        root / "data" / "outcomes.csv", index=False
+    )
+
+
+def test_new_names_only_columns_the_sources_have_and_plans_on_the_data(tiny_lab):
+    _crm(tiny_lab.root)
+    out = run(
+        "new", "x", "--function", "sales", "--channel", "email", "--metric", "converted", cwd=tiny_lab.root
+    )
+    assert out.returncode == 0, out.stderr
+    text = (tiny_lab.root / "experiments" / "x.yaml").read_text()
+    assert "source: outcomes" in text and "column: converted" in text
+    assert "{column: consent_contact" in text  # the cohort source has it, so the filter is offered
+    assert "# columns of outcomes: customer_id, converted" in text
+    plan = run("plan", "x", "--json", cwd=tiny_lab.root)
+    assert plan.returncode == 0, plan.stderr
+    data = json.loads(plan.stdout)
+    assert data["baseline_from"] == "eligible" and abs(data["baseline_mean"] - 0.2) < 0.03
+
+
+def test_new_refuses_a_metric_column_the_source_lacks(tiny_lab):
+    _crm(tiny_lab.root)
+    out = run("new", "x", "--function", "sales", "--channel", "email", "--metric", "outcomes.convrted",
+              cwd=tiny_lab.root)  # fmt: skip
+    assert out.returncode == 1
+    assert out.stderr.strip() == (
+        "--metric: source 'outcomes' has no column 'convrted'; did you mean 'converted'? "
+        "columns: customer_id, converted"
+    )
+    assert not (tiny_lab.root / "experiments" / "x.yaml").exists()

@@ -110,7 +110,7 @@ def test_single_arm_refused(tiny_lab):
 
 def test_control_must_be_an_arm(tiny_lab):
     msg = one_problem(tiny_lab, "control: control", "control: ctl")
-    assert msg == f"{F}:19: cohort.control: 'ctl' is not an arm; arms: control, fast"
+    assert msg == f"{F}:19: cohort.control: 'ctl' is not an arm; did you mean 'control'? arms: control, fast"
 
 
 def test_hypothesis_metric_must_be_defined(tiny_lab):
@@ -384,6 +384,7 @@ def test_fields_added_later_leave_the_hashes_of_existing_pilots_as_they_were(tin
     dump = pilot.spec.model_dump(mode="json")
     for m in dump["metrics"]:
         assert m.pop("missing") is None
+    assert dump["hypothesis"].pop("baseline") is None  # hypothesis.baseline, added by issue 15
 
     def sha(obj):
         return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -422,6 +422,9 @@ def test_tags_are_refused_and_never_built(lab, tmp_path):
             f"{P}:2: title: tag '!!binary' not allowed; use plain values",
             f"{P}:6: owner: tag '!!python/object/apply:os.system' not allowed; use plain values",
             f"{P}:15: cohort.where: tag '!!set' not allowed; use plain values",
+            # reported in the same pass as the tags since issue 15 (validation reports everything at once)
+            f"{P}:16: cohort.xwhere: unknown field 'xwhere'; did you mean 'where'? allowed: source, id_column, "
+            "where, max_size, arms, control, stratify_by, salt, start, assignment",
             f"{P}:22: metrics: tag '!!omap' not allowed; use plain values",
         ],
     )
@@ -450,7 +453,7 @@ def test_every_shape_and_reference_problem_in_one_pass_sorted(lab):
             f"{P}:17: cohort.arms: weights sum to 0.8; fractions must sum to 1 (within 0.001), or give ratios "
             "with a weight of at least 1, e.g. {control: 1, a: 1, b: 1}, which are normalised",
             f"{P}:17: cohort.arms.fast: weight -0.2 must be > 0",
-            f"{P}:18: cohort.control: 'ctl' is not an arm; arms: control, fast, slow",
+            f"{P}:18: cohort.control: 'ctl' is not an arm; did you mean 'control'? arms: control, fast, slow",
             f"{P}:24: metrics.0.column: expected text, got a list",
             f"{P}:32: budget: expected a mapping, got a list",
             f"{P}:34: guardrails.0.metric: unknown metric 'unsub'; defined: churned, replies",

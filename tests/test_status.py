@@ -1,0 +1,179 @@
+"""A pilot's status from its files and dates (labkit.listing.Status): shown by `labkit list`, and used by
+`labkit analyze`, which before the start or while the outcome window is open says so in one line (exit 0,
+no decision) instead of giving a verdict on data that does not exist yet."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import labkit
+from labkit.listing import pilot_status
+
+from conftest import PILOT_YAML
+
+LABKIT = [sys.executable, "-m", "labkit.cli"]
+TODAY = dt.datetime.now(dt.UTC).date()
+
+
+def run(lab, *args):
+    return subprocess.run([*LABKIT, *args], cwd=lab.root, capture_output=True, text=True, timeout=120)
+
+
+def customers(lab, n: int = 400) -> None:
+    path = lab.root / "data" / "customers.parquet"
+    path.parent.mkdir(exist_ok=True)
+    ids = [f"c{i:04d}" for i in range(n)]
+    pd.DataFrame({"customer_id": ids, "has_twitter": np.arange(n) % 4 != 0}).to_parquet(path, index=False)
+
+
+def pilot_text(start: dt.date, window: int = 60) -> str:
+    return (
+        PILOT_YAML.replace("start: 2026-11-01", f"start: {start.isoformat()}")
+        .replace("window_days: 30", f"window_days: {window}")
+        .replace("max_size: 2000", "max_size: 200")
+    )
+
+
+def load(lab, start: dt.date, window: int = 60):
+    path = lab.pilot(pilot_text(start, window))
+    return labkit.load_pilot(path, lab=labkit.load_lab(lab.root / "configs" / "lab.yaml"))
+
+
+def test_drafted_then_assigned_then_running_then_ready(tiny_lab):
+    customers(tiny_lab)
+    start = dt.date(2026, 12, 13)
+    pilot = load(tiny_lab, start)
+    assert pilot_status(pilot, today=dt.date(2026, 12, 6)).status == "drafted"
+    labkit.assign(pilot)
+    before = pilot_status(pilot, today=dt.date(2026, 12, 6))
+    assert (before.status, before.line) == ("assigned", "starts 2026-12-13; no outcome data yet")
+    running = pilot_status(pilot, today=dt.date(2026, 12, 15))
+    assert running.status == "running" and (running.day, running.window_days) == (3, 60)
+    assert running.analyse_after == dt.date(2027, 2, 10)  # the window [start, start + 60) ends the day before
+    assert running.line == "running, day 3 of 60; analyse after 2027-02-10 (200 of 200 customers exposed)"
+    assert (running.exposed, running.target) == (200, 200)
+    assert pilot_status(pilot, today=dt.date(2027, 2, 10)).status == "running"  # the window's last day
+    assert pilot_status(pilot, today=dt.date(2027, 2, 11)).status == "ready"
+
+
+def test_a_recorded_run_makes_the_pilot_decided(tiny_lab):
+    customers(tiny_lab)
+    pilot = load(tiny_lab, dt.date(2026, 1, 5))
+    labkit.assign(pilot)
+    folder = tiny_lab.root / "results" / "p" / "runs" / "20260301T000000Z"
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"pilot": "p", "decision": "ship"}))
+    status = pilot_status(pilot, today=dt.date(2026, 12, 6))
+    assert (status.status, status.decision) == ("decided", "ship")
+    out = run(tiny_lab, "list")
+    assert out.returncode == 0, out.stderr
+    row = next(line for line in out.stdout.splitlines() if line.startswith("p "))
+    assert "decided" in row and "ship" in row
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(days=st.integers(-400, 400), window=st.integers(1, 366))
+def test_the_status_follows_the_outcome_window_for_every_date(tmp_path_factory, days, window):
+    """For every start relative to today and every window length: assigned before the start, running on
+    days 1..window of [start, start + window), ready to analyse from then on."""
+    from conftest import LAB_YAML, TinyLab
+
+    lab = TinyLab(tmp_path_factory.mktemp("status"))
+    lab.write("configs/lab.yaml", LAB_YAML)
+    start = dt.date(2026, 6, 1)
+    pilot = load(lab, start, window)
+    (pilot.results_dir).mkdir(parents=True)
+    (pilot.results_dir / "assignment.parquet").write_bytes(b"")  # only its presence is read
+    today = start + dt.timedelta(days=days)
+    status = pilot_status(pilot, today=today)
+    expected = "assigned" if days < 0 else "running" if days < window else "ready"
+    assert status.status == expected
+    assert status.analysable is (expected == "ready")
+    if expected == "running":
+        assert status.day == days + 1 and status.analyse_after == start + dt.timedelta(days=window - 1)
+
+
+def test_a_pilot_without_event_metrics_is_ready_from_its_start(tiny_lab):
+    text = PILOT_YAML.split("  - name: replies")[0]
+    path = tiny_lab.pilot(text)
+    pilot = labkit.load_pilot(path, lab=labkit.load_lab(tiny_lab.root / "configs" / "lab.yaml"))
+    pilot.results_dir.mkdir(parents=True)
+    (pilot.results_dir / "assignment.parquet").write_bytes(b"")
+    assert pilot_status(pilot, today=dt.date(2026, 11, 1)).status == "ready"
+    assert pilot_status(pilot, today=dt.date(2026, 10, 31)).status == "assigned"
+
+
+# ----------------------------------------------------------------------------- through the command line
+
+
+def test_analyze_before_the_start_says_so_in_one_line(tiny_lab):
+    customers(tiny_lab)
+    start = TODAY + dt.timedelta(days=7)
+    tiny_lab.pilot(pilot_text(start))
+    assert run(tiny_lab, "assign", "p").returncode == 0
+    out = run(tiny_lab, "analyze", "p")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"p: starts {start.isoformat()}; no outcome data yet\n"
+    assert "invalid" not in out.stdout and "ROI" not in out.stdout
+    data = json.loads(run(tiny_lab, "analyze", "p", "--json").stdout)
+    assert data["pilot"] == "p" and data["status"] == "assigned" and data["decision"] is None
+    assert data["start"] == start.isoformat()
+
+
+def test_a_new_pilot_runs_day_three_of_sixty_after_plan_and_assign(tiny_lab):
+    """The issue's day one: plan from an assumed baseline (no outcome table yet), assign, and see the
+    status, without touching a data file by hand after the customers."""
+    customers(tiny_lab)
+    start = TODAY - dt.timedelta(days=2)
+    last = start + dt.timedelta(days=59)
+    text = pilot_text(start).replace(
+        "  mde: {relative: 0.15}\n", "  mde: {relative: 0.15}\n  baseline: {rate: 0.12}\n"
+    )
+    tiny_lab.pilot(text)
+    plan = run(tiny_lab, "plan", "p", "--json")
+    assert plan.returncode == 0, plan.stderr
+    assert json.loads(plan.stdout)["baseline_from"] == "assumption"
+    assert run(tiny_lab, "assign", "p").returncode == 0
+    out = run(tiny_lab, "analyse", "p")  # the British spelling is the same command
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == (
+        f"p: running, day 3 of 60; analyse after {last.isoformat()} (200 of 200 customers exposed)"
+    )
+    listed = run(tiny_lab, "list")
+    assert "running (day 3 of 60)" in listed.stdout
+
+
+def test_assign_on_an_existing_assignment_says_it_kept_it(tiny_lab):
+    customers(tiny_lab)
+    tiny_lab.pilot(pilot_text(dt.date(2026, 11, 1)))
+    first = run(tiny_lab, "assign", "p")
+    assert first.returncode == 0, first.stderr
+    meta = json.loads((tiny_lab.root / "results" / "p" / "assignment.json").read_text())
+    again = run(tiny_lab, "assign", "p")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == (
+        f"p: kept the existing assignment results/p/assignment.parquet (drawn {meta['created_at'][:10]}, "
+        "200 customers); `labkit assign p --force` archives it and draws anew\n"
+    )
+
+
+def test_version():
+    out = subprocess.run([*LABKIT, "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout == f"labkit {labkit.__version__}\n"
+
+
+@pytest.mark.parametrize("spelling", ["analyze", "analyse"])
+def test_analyse_is_analyze(spelling):
+    from labkit.cli import COMMANDS, _parser
+
+    args = _parser().parse_args([spelling, "p", "--json"])
+    assert COMMANDS[args.command] is COMMANDS["analyze"] and args.json
