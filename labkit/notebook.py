@@ -2,13 +2,38 @@
 
 Display only: every number comes from ``labkit.analyze``; nothing here computes a statistic, and
 nothing here talks to MLflow (the runner records the notebook's outputs afterwards).
+
+:func:`open_pilot` is how a notebook finds its lab: the same notebook runs under `labkit run` (absolute
+paths, working directory at the lab root) and as is in JupyterLab (its kernel's working directory is
+``notebooks/``), so relative paths are read from the lab root, found upward as the CLI does.
 """
 
 from __future__ import annotations
 
+import os
 from html import escape
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from labkit.spec import Pilot
+
+if TYPE_CHECKING:
+    from labkit.lab import Lab
+
+# What a (metric, arm) result means, for the figures' colours and legend (see `meaning`).
+MEANING_COLOURS = {
+    "good": "tab:green",
+    "harmful": "tab:red",
+    "changed": "tab:blue",
+    "unclear": "tab:gray",
+}
+MEANING_LABELS = {
+    "good": "moved the way we want",
+    "harmful": "moved the harmful way",
+    "changed": "moved (no direction predicted)",
+    "unclear": "unclear: the interval spans 0",
+}
+GUARDRAIL_LABEL = "guardrail (square marker)"
 
 NEXT_STEP = {
     "ship": "Roll the change out to the whole eligible population, keep the guardrails monitored, and log "
@@ -20,6 +45,37 @@ NEXT_STEP = {
     "the point estimate.",
     "invalid": "Fix the assignment or the data first; no effect from this run can be trusted.",
 }
+
+
+def open_pilot(
+    pilot: str, lab: str = "", output_dir: str = "", *, start: os.PathLike | None = None
+) -> tuple[Lab, Pilot, Path]:
+    """(lab, pilot, output folder) for a notebook's parameters, the output folder created.
+
+    ``lab`` empty: the lab found upward from ``start`` (default: the working directory), or
+    $LABKIT_LAB — :func:`labkit.lab.find_root`, as the CLI does. Every *relative* path (the lab file,
+    a pilot file, the output folder) is read from the lab root, never from the working directory: a
+    notebook's kernel runs in ``notebooks/`` in JupyterLab and at the lab root under `labkit run`, and
+    its defaults must mean the same in both. ``pilot`` is a pilot file or a pilot id. ``output_dir``
+    empty: ``results/scratch/<pilot id>`` of the lab, so an interactive run writes nothing beside the
+    notebook (git-ignored, like every run's output)."""
+    from labkit.lab import find_root, load_lab
+    from labkit.spec import load_pilot
+
+    lab_file = Path(lab) if lab else None
+    if lab_file is None or not lab_file.is_absolute():
+        root = find_root(Path(start) if start is not None else None)
+        lab_file = root / lab_file if lab_file is not None else root
+    lab_obj = load_lab(lab_file)
+    ref = Path(pilot)
+    if not ref.is_absolute() and ref.suffix in (".yaml", ".yml"):
+        ref = lab_obj.root / ref
+    pilot_obj = load_pilot(ref if ref.suffix in (".yaml", ".yml") else pilot, lab=lab_obj)
+    out = Path(output_dir) if output_dir else lab_obj.results_dir / "scratch" / pilot_obj.id
+    if not out.is_absolute():
+        out = lab_obj.root / out
+    out.mkdir(parents=True, exist_ok=True)
+    return lab_obj, pilot_obj, out
 
 
 def _text(value) -> str:
@@ -101,47 +157,202 @@ def quality_table(result):
     return pd.DataFrame(rows)
 
 
+def _interval(row: dict, scale: str = "") -> tuple[float | None, float | None]:
+    """The row's interval on the effect (``scale=""``) or lift (``"lift_"``) scale: the multiplicity-adjusted
+    one where the analysis gives it (it agrees with ``p_value_adjusted``, which the decision reads), else
+    the raw one (guardrails: adjusted == raw). Whether a row is adjusted is read on the effect scale, so
+    an adjusted lift interval that is unbounded (Fieller) is None, never silently the raw one."""
+    adjusted = row.get("ci_low_adjusted") is not None and row.get("ci_high_adjusted") is not None
+    tail = "_adjusted" if adjusted else ""
+    return row.get(f"{scale}ci_low{tail}"), row.get(f"{scale}ci_high{tail}")
+
+
+def meaning(low: float | None, high: float | None, good: str | None) -> str:
+    """What an interval of an effect says, given the direction that is good for the metric.
+
+    ``good`` is ``"increase"``, ``"decrease"`` or None (no direction declared: a secondary metric).
+    An interval wholly above 0 moved up, wholly below 0 moved down; one that touches or spans 0, or is
+    missing, is ``"unclear"``. A move is ``"good"`` in the good direction, ``"harmful"`` against it, and
+    ``"changed"`` when no direction was declared. Colour by meaning, not by role: a guardrail that
+    improved is good news, never red."""
+    if low is None or high is None or not (low > 0 or high < 0):
+        return "unclear"
+    if good is None:
+        return "changed"
+    return "good" if (low > 0) == (good == "increase") else "harmful"
+
+
+def row_meaning(row: dict, pilot: Pilot) -> str:
+    """:func:`meaning` of one ``metric_rows`` entry, judged as the decision judges it (labkit.decision).
+
+    The interval is the one that agrees with the p-value the decision reads: ``*_adjusted`` where the
+    analysis gives it (Holm for the primary family, the lab's correction for secondary metrics; equal to
+    the raw interval for guardrails), else the raw one. The good direction is the hypothesis's for the
+    primary metric, the opposite of the harmful direction for a guardrail, none for a secondary metric.
+    A guardrail whose point estimate lies past ``max_harm`` in the harmful direction is harmful even when
+    its interval spans 0, since that alone breaches it."""
+    low, high = _interval(row)
+    good = None
+    if row.get("role") == "primary":
+        good = pilot.spec.hypothesis.direction
+    elif row.get("role") == "guardrail":
+        guard = next((g for g in pilot.spec.guardrails if g.metric == row.get("metric")), None)
+        if guard is not None:
+            good = "decrease" if guard.direction == "increase" else "increase"
+            rel = guard.max_harm.relative is not None
+            value = row.get("lift") if rel else row.get("effect")
+            limit = guard.max_harm.relative if rel else guard.max_harm.absolute
+            if value is not None and limit is not None:
+                past = value > limit if guard.direction == "increase" else value < -limit
+                if past:
+                    return "harmful"
+    return meaning(low, high, good)
+
+
+def _number(value, kind: str | None) -> str:
+    """A mean as people read it: a proportion as a percentage, anything else to three significant digits
+    (whole numbers from 1,000 on, with thousands separators), so 477 → 44 reads as one scale."""
+    if value is None:
+        return "–"
+    if kind == "proportion":
+        return f"{value:.1%}"
+    return f"{value:,.0f}" if abs(value) >= 999.5 else f"{value:.3g}"  # never 1e+03
+
+
+def _signed(value: float) -> str:
+    """An absolute effect with its sign, to three significant digits, never in e-notation from 1,000 on."""
+    return f"{value:+,.0f}" if abs(value) >= 999.5 else f"{value:+.3g}"
+
+
+def _p(value) -> str:
+    if value is None:
+        return "–"
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def effect_table(result, role: str = "primary"):
+    """The effects as a reader wants them: one row per (metric, treatment arm), indexed by the two, with
+    four short columns.
+
+    ``metric``, ``arm``, ``control → treatment`` (the two arms' means; proportions as percentages),
+    ``lift (interval)`` (relative lift with its interval at 1 − alpha, the multiplicity-adjusted one where
+    the analysis gives it, so that it agrees with ``p``; the absolute effect, marked Δ, when the lift is
+    undefined), ``p`` (adjusted where the analysis adjusts; raw for guardrails) and ``method``. Every
+    number is formatted from ``result.metric_rows``; the full rows (27 columns) stay in
+    ``result.metrics`` and results.json. ``role``: ``"primary"``, ``"other"`` (secondary metrics and
+    guardrails) or ``"all"``; ``result`` may be the Analysis or its list of rows."""
+    import pandas as pd
+
+    rows = getattr(result, "metric_rows", result)
+    rows = [r for r in rows if role == "all" or (role == "primary") == (r.get("role") == "primary")]
+    out = []
+    for r in rows:
+        lo, hi = _interval(r, "lift_")
+        if r.get("lift") is not None:
+            interval = f" ({lo:+.1%} to {hi:+.1%})" if lo is not None and hi is not None else " (unbounded)"
+            lift = f"{r['lift']:+.1%}{interval}"
+        elif r.get("effect") is not None:
+            elo, ehi = _interval(r)
+            interval = f" ({_signed(elo)} to {_signed(ehi)})" if elo is not None and ehi is not None else ""
+            lift = f"Δ {_signed(r['effect'])}{interval}"
+        else:
+            lift = "–"
+        p = r.get("p_value_adjusted") if r.get("p_value_adjusted") is not None else r.get("p_value")
+        metric = r.get("metric", "")
+        if role != "primary" and r.get("role") not in (None, "primary"):
+            metric = f"{metric} ({r['role']})"
+        out.append(
+            {
+                "metric": metric,
+                "arm": r.get("arm"),
+                "control → treatment": f"{_number(r.get('mean_control'), r.get('type'))} → "
+                f"{_number(r.get('mean_treatment'), r.get('type'))}",
+                "lift (interval)": lift,
+                "p": _p(p),
+                "method": r.get("method") or "–",
+            }
+        )
+    columns = ["metric", "arm", "control → treatment", "lift (interval)", "p", "method"]
+    return pd.DataFrame(out, columns=columns).set_index(["metric", "arm"])
+
+
 def figure_effects(result, pilot: Pilot, role: str = "primary"):
-    """Relative lift with its interval per (metric, arm); the MDE band on the primary metric."""
+    """Relative lift with its interval per (metric, arm), coloured by what it means (:func:`row_meaning`),
+    with a legend; the MDE band on the primary metric.
+
+    The interval drawn is the one :func:`row_meaning` judges (multiplicity-adjusted where the analysis
+    adjusts), so a point's colour and whether its bar crosses 0 always agree. The layout is constrained
+    (labels, title and legend never overlap) and the figure grows with its rows."""
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     rows = [
-        r for r in result.metric_rows if (role == "all") or (role == "primary") == (r["role"] == "primary")
+        r
+        for r in getattr(result, "metric_rows", [])
+        if (role == "all") or (role == "primary") == (r["role"] == "primary")
     ]
-    rows = [r for r in rows if r["lift"] is not None and r["lift_ci_low"] is not None]
-    fig, ax = plt.subplots(figsize=(7, 0.6 + 0.45 * max(len(rows), 1)))
-    labels = [f"{r['metric']} · {r['arm']}" for r in rows]
-    for i, r in enumerate(rows):
-        colour = {"primary": "tab:blue", "guardrail": "tab:red"}.get(r["role"], "tab:gray")
+    drawn = []
+    for r in rows:
+        lo, hi = _interval(r, "lift_")
+        if r.get("lift") is not None and lo is not None and hi is not None:
+            drawn.append((r, lo, hi))
+    fig, ax = plt.subplots(figsize=(8, 1.9 + 0.45 * max(len(drawn), 1)), layout="constrained")
+    labels = []
+    seen: list[str] = []
+    for i, (r, lo, hi) in enumerate(drawn):
+        what = row_meaning(r, pilot)
+        if what not in seen:
+            seen.append(what)
         ax.errorbar(
             r["lift"],
             i,
-            xerr=[[r["lift"] - r["lift_ci_low"]], [r["lift_ci_high"] - r["lift"]]],
-            fmt="o",
-            color=colour,
+            xerr=[[max(r["lift"] - lo, 0)], [max(hi - r["lift"], 0)]],
+            fmt="o" if r["role"] != "guardrail" else "s",
+            color=MEANING_COLOURS[what],
             capsize=3,
         )
+        role_note = "" if r["role"] == "primary" else f" ({r['role']})"
+        labels.append(f"{r['metric']}{role_note} · {r['arm']}")
     ax.axvline(0, color="black", lw=0.8)
+    handles = [
+        Line2D([], [], color=MEANING_COLOURS[w], marker="o", linestyle="-", label=MEANING_LABELS[w])
+        for w in MEANING_COLOURS
+        if w in seen
+    ]
+    if any(r["role"] == "guardrail" for r, _, _ in drawn):
+        handles.append(Line2D([], [], color="black", marker="s", linestyle="none", label=GUARDRAIL_LABEL))
     h = pilot.spec.hypothesis
     if role == "primary" and h.mde.relative is not None:
-        ax.axvspan(-h.mde.relative, h.mde.relative, color="tab:green", alpha=0.08, label="±MDE (relative)")
-        ax.legend(loc="lower right", fontsize=8)
-    ax.set_yticks(range(len(rows)), labels)
-    ax.set_xlabel("relative lift vs control (interval at 1 − alpha)")
+        band = ax.axvspan(-h.mde.relative, h.mde.relative, color="tab:green", alpha=0.08)
+        band.set_label("±MDE (relative)")
+        handles.append(band)
+    ax.set_yticks(range(len(drawn)), labels)
+    ax.set_ylim(-0.7, max(len(drawn), 1) - 0.3)
+    ax.invert_yaxis()  # the first row on top, as in the table
+    ax.set_xlabel("relative lift vs control, with its interval")
     ax.xaxis.set_major_formatter(lambda x, _: f"{x:+.0%}")
-    ax.set_title(f"{pilot.id}: {result.decision}")
-    fig.tight_layout()
+    if not drawn:
+        ax.text(0.5, 0.5, "no lift to draw (undefined or unbounded)", transform=ax.transAxes, ha="center")
+    ax.set_title(f"{pilot.id}: {result.decision}", loc="left")
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3), fontsize=8,
+                   frameon=False)  # fmt: skip
     return fig
 
 
 def verdict_text(result, pilot: Pilot) -> str:
-    """The decision in plain words with the next step, for a manager."""
+    """The decision in plain words with the next step, for a manager.
+
+    Where the analysis gives a recommendation (the decision weighed with the economics,
+    ``labkit.decision.recommend``), it is the next step: a pilot that works but does not pay back must not
+    read "roll the change out". Otherwise the decision's generic next step (``NEXT_STEP``)."""
+    advice = getattr(result, "recommendation_text", "") or ""
     lines = [
         f"### Decision: **{result.decision}**",
         "",
         result.reason,
         "",
-        f"**Next step.** {NEXT_STEP[result.decision]}",
+        f"**Recommendation:** {advice}" if advice else f"**Next step.** {NEXT_STEP[result.decision]}",
     ]
     roi = result.roi
     if roi and roi.get("value") is not None:

@@ -24,7 +24,7 @@ This module is papermill only: it knows nothing of MLflow (``tracking.py``) or o
     is *returned*, not raised: ``ename`` is ``"SIGINT"``, ``"SIGTERM"`` or ``"SIGHUP"`` so the caller
     records the run as KILLED and then exits 130, 143 or 129 (``128 + signal.Signals[run.ename]``).
 
-Files in ``output_dir`` (an earlier run's copies of the first three are removed first):
+Files in ``output_dir`` (an earlier run's copies of the first four are removed first):
 
 ``<stem>.ipynb``
     the executed notebook, saved after every cell, so a failed or killed run leaves its partial
@@ -33,6 +33,12 @@ Files in ``output_dir`` (an earlier run's copies of the first three are removed 
 ``<stem>.html``
     its nbconvert export (MLflow's UI renders html, not ipynb). An export failure leaves ``html``
     None and never replaces the run's own message.
+``report.html``
+    the same export without code: nbconvert's ``--no-input`` (``exclude_input``, no prompts), for
+    readers who want the text, tables and figures of the run, not its Python. Written for a FINISHED run
+    only: a failed or killed run's partial notebook is for the analyst (``<stem>.html``). Its own export
+    failure leaves ``report`` None and is logged, never the run's message. (A notebook whose stem is ``report``
+    gets ``report.no-input.html``, so that it cannot overwrite ``<stem>.html``.)
 ``<stem>.kernel.log``
     the kernel process's own stdout/stderr (startup errors, crashes), kept only when not empty.
 ``results.json`` and figures
@@ -82,6 +88,7 @@ from labkit.errors import LabkitError
 
 __all__ = [
     "MAX_OUTPUT_BYTES",
+    "REPORT_FILE",
     "RESULTS_FILE",
     "NotebookRun",
     "cancel_all",
@@ -94,6 +101,7 @@ log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
 
 RESULTS_FILE = "results.json"
+REPORT_FILE = "report.html"
 MAX_OUTPUT_BYTES = 10 * 2**20
 FIGURE_SUFFIXES = (".png", ".svg")
 _ENGINE = "labkit"
@@ -172,6 +180,7 @@ class NotebookRun:
     started_at: float  # epoch seconds
     ended_at: float  # epoch seconds, when the kernel stopped (before the html export)
     figures: list[Path] = field(default_factory=list)  # *.png / *.svg the run wrote into output_dir
+    report: Path | None = None  # output_dir/report.html: the export without code cells
 
     @property
     def ok(self) -> bool:
@@ -197,6 +206,7 @@ class NotebookRun:
             "started_at": self.started_at,
             "ended_at": self.ended_at,
             "figures": [str(p) for p in self.figures],
+            "report": path(self.report),
         }
 
 
@@ -714,7 +724,9 @@ def execute(
         raise LabkitError(f"{notebook}: output_dir is the notebook's own folder; the run would overwrite it")
     clean.update(run_token=run_token, output_dir=str(output_dir))
 
-    for stale in (executed, html_path, output_dir / f"{notebook.stem}.kernel.log"):  # an earlier run's
+    report_path = _report_path(output_dir, notebook)
+    # an earlier run's outputs
+    for stale in (executed, html_path, report_path, output_dir / f"{notebook.stem}.kernel.log"):
         try:
             stale.unlink(missing_ok=True)
         except OSError as e:
@@ -907,13 +919,17 @@ def _finish(
         _save_partial(executed, nb, status, message)
     if redact is not None:
         _redact_errors(executed, redact)
-    exported = None
+    exported = report = None
     if executed.is_file():
         exported, export_error = _export_html(executed, html_path)
         if export_error:
             log.warning("%s: html export failed: %s", executed, export_error)
             if status == "FINISHED":
                 message = f"finished, but the html export failed: {export_error}"
+        if status == "FINISHED":  # a reader's report is of a complete analysis; a failed run has its html
+            report, report_error = _export_html(executed, _report_path(output_dir, notebook), code=False)
+            if report_error:
+                log.warning("%s: report export failed: %s", executed, report_error)
     return NotebookRun(
         notebook=notebook,
         output_dir=output_dir,
@@ -927,6 +943,7 @@ def _finish(
         started_at=started_at,
         ended_at=ended_at,
         figures=_new_figures(output_dir, before),
+        report=report,
     )
 
 
@@ -1054,13 +1071,23 @@ def _save_partial(executed: Path, nb, status: str, message: str) -> None:
 _EXPORTERS = threading.local()
 
 
-def _html_exporter():
-    exporter = getattr(_EXPORTERS, "html", None)
+def _html_exporter(code: bool = True):
+    """The thread's exporter: with code (``<stem>.html``) or without (``report.html``: nbconvert's
+    ``--no-input``, i.e. no code cells and no In/Out prompts; markdown, outputs and figures kept)."""
+    name = "html" if code else "report"
+    exporter = getattr(_EXPORTERS, name, None)
     if exporter is None:
         from nbconvert import HTMLExporter
 
-        exporter = _EXPORTERS.html = HTMLExporter()
+        exporter = HTMLExporter() if code else HTMLExporter(exclude_input=True, exclude_input_prompt=True,
+                                                            exclude_output_prompt=True)  # fmt: skip
+        setattr(_EXPORTERS, name, exporter)
     return exporter
+
+
+def _report_path(output_dir: Path, notebook: Path) -> Path:
+    """``report.html``, or ``report.no-input.html`` beside a notebook whose own export is report.html."""
+    return output_dir / (REPORT_FILE if Path(notebook).stem != "report" else "report.no-input.html")
 
 
 def warm_html_export() -> None:
@@ -1074,15 +1101,16 @@ def warm_html_export() -> None:
             cells=[nbformat.v4.new_markdown_cell("**warm-up** `x`"), nbformat.v4.new_code_cell("x = 1  # x")]
         )
         _html_exporter().from_notebook_node(nb)
+        _html_exporter(code=False).from_notebook_node(nb)
     except Exception:  # noqa: BLE001 - only a head start: the real export reports its own failure
         pass
 
 
-def _export_html(executed: Path, html_path: Path) -> tuple[Path | None, str | None]:
+def _export_html(executed: Path, html_path: Path, *, code: bool = True) -> tuple[Path | None, str | None]:
     try:
         import nbformat
 
-        body, _ = _html_exporter().from_notebook_node(nbformat.read(executed, as_version=4))
+        body, _ = _html_exporter(code).from_notebook_node(nbformat.read(executed, as_version=4))
         _atomic_write(html_path, body.encode("utf-8"))
         return html_path, None
     except Exception as e:  # noqa: BLE001 - an export failure never hides the run's outcome
