@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labkit import __version__
-from labkit.decision import ArmResult, GuardrailCheck, Verdict, decide
+from labkit.decision import ArmResult, GuardrailCheck, Recommendation, Verdict, decide, recommend
 from labkit.spec import Pilot
 
 METRIC_FIELDS = (
@@ -72,6 +72,21 @@ class Analysis:
     warnings: list[str] = field(default_factory=list)
     data_quality: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    # the decision weighed with the ROI (labkit.decision.recommend); None only for an Analysis built by hand
+    advice: Recommendation | None = None
+
+    @property
+    def recommendation(self) -> str | None:
+        """scale | rework | extend | stop | fix (DESIGN.md): what to do next, the economics included."""
+        return self.advice.recommendation if self.advice else None
+
+    @property
+    def recommendation_text(self) -> str:
+        """The recommendation as a notebook shows it: ``**rework** (arm 'x'). <one sentence>``."""
+        if self.advice is None:
+            return ""
+        arm = f" (arm '{self.advice.arm}')" if self.advice.arm else ""
+        return f"**{self.advice.recommendation}**{arm}. {self.advice.reason}"
 
     @property
     def metrics(self):
@@ -90,6 +105,9 @@ class Analysis:
             "metrics": [dict(r) for r in self.metric_rows],
             "plan": self.plan,
             "roi": self.roi,
+            "recommendation": self.recommendation,
+            "recommendation_arm": self.advice.arm if self.advice else None,
+            "recommendation_reason": self.advice.reason if self.advice else None,
             "warnings": list(self.warnings),
             "data_quality": self.data_quality,
             "meta": self.meta,
@@ -140,7 +158,14 @@ class Analysis:
         )
         return (
             f"<p><b>{html.escape(self.pilot)}</b>: <b>{html.escape(self.decision)}</b> — "
-            f"{html.escape(self.reason)}</p><table><tr>{head}</tr>{rows}</table>"
+            f"{html.escape(self.reason)}</p>"
+            + (
+                f"<p>Recommendation: <b>{html.escape(self.advice.recommendation)}</b> — "
+                f"{html.escape(self.advice.reason)}</p>"
+                if self.advice
+                else ""
+            )
+            + f"<table><tr>{head}</tr>{rows}</table>"
         )
 
 
@@ -511,6 +536,13 @@ def build_analysis(
 
     verdict = _verdict(pilot, rows, tost, bayes_by_arm, srm, assignment_meta, plan, data)
     roi = _roi(pilot, rows)
+    sign = 1.0 if pilot.spec.hypothesis.direction == "increase" else -1.0
+    gains = {
+        r["arm"]: (None if r["effect"] is None else sign * r["effect"])
+        for r in rows
+        if r["role"] == "primary"
+    }
+    advice = recommend(verdict, roi=roi, gains=gains, metric=primary_name, currency=pilot.lab.spec.currency)
     rows = [{k: _finite(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
     srm_dict = {
         "p_value": _finite(srm.p_value),
@@ -558,6 +590,7 @@ def build_analysis(
         metric_rows=rows,
         plan=plan_dict,
         roi=roi,
+        advice=advice,
         warnings=warnings,
         data_quality=quality,
         meta=meta,

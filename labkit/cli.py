@@ -471,7 +471,7 @@ def cmd_compare(args) -> int:
     _check_output(args.output)
     lab = _lab(args)
     result = portfolio(lab, by=args.by, function=args.function, since=args.since, decision=args.decision)
-    text = None if args.format == "table" and not args.output else render(result, args.format)
+    text = None if args.format == "table" and not args.output else render(result, args.format, output=args.output)
     if args.output:
         try:
             written = write_output(text, args.output)

@@ -33,6 +33,14 @@
   sum of every pilot's cost, including pilots whose value could not be estimated (the money was spent;
   ``without_value`` counts them); group ROI = (total value − total cost) / total cost, its interval from
   the total value's bounds.
+- **Recommendation.** The run's tag ``labkit.recommendation`` (and ``labkit.recommendation_arm``): the
+  decision weighed with the ROI (``labkit.decision.recommend``: scale, rework, extend, stop, fix). Runs
+  recorded before it existed get it from their decision and ROI by the same rule
+  (``labkit.decision.recommendation_of``), with the best arm as the arm to scale. ROI is (value − cost) /
+  cost from the run's ``value`` and ``cost`` (its headline ``roi_pct`` is rounded for reading).
+- **Links.** ``run_url``: the run's page when the store is a tracking server (http), else None;
+  ``run_folder``: ``results/<pilot>/runs/<stamp>`` from the run key; ``notebook_report``: that folder's
+  ``report.html`` (else the notebook's ``<stem>.html``) when the file exists, relative to the lab root.
 - **Flags.** ``spec_changed``: the run's tag ``labkit.spec_changed`` is ``"true"`` (the hypothesis, metrics
   or cohort changed after the first run). ``data_changed``: its tag ``labkit.data_changed`` is ``"true"``
   (set by whoever records the run; compare does not diff ``labkit.data_digest`` across runs itself).
@@ -50,6 +58,7 @@ import datetime as dt
 import math
 from dataclasses import asdict, dataclass, field
 
+from labkit.decision import recommendation_of
 from labkit.errors import LabkitError
 
 BY = ("function", "channel", "stage")
@@ -62,6 +71,8 @@ TAG_PRIMARY = "labkit.primary_metric"
 TAG_SPEC_CHANGED = "labkit.spec_changed"
 TAG_DATA_CHANGED = "labkit.data_changed"
 TAG_KIND = "labkit.kind"
+TAG_RECOMMENDATION = "labkit.recommendation"
+TAG_RECOMMENDATION_ARM = "labkit.recommendation_arm"
 FLOAT_LIMIT = 1e300  # tracking stores ±inf as ±1.8e308: anything this large is an unbounded interval
 
 
@@ -107,6 +118,12 @@ class PilotRow:
     started_at: str | None
     description: str | None
     lift_se: float | None = None  # delta-method se of the lift: the pooled gain's variance is its square
+    # the decision weighed with the ROI (scale | rework | extend | stop | fix) and the arm it names
+    recommendation: str | None = None
+    recommendation_arm: str | None = None
+    run_url: str | None = None  # the run in the MLflow UI, when the store is a tracking server (http)
+    run_folder: str | None = None  # results/<pilot>/runs/<stamp>/ relative to the lab root, when known
+    notebook_report: str | None = None  # its notebook's HTML report, relative to the lab root, when it exists
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -173,6 +190,7 @@ class Portfolio:
     groups: tuple[GroupSummary, ...]
     running_only: tuple[str, ...] = ()
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    root: str | None = field(default=None, repr=False)  # the lab root, for the report's relative links only
 
     @property
     def answer(self) -> str:
@@ -232,6 +250,53 @@ def _number(value) -> float | None:
     if not math.isfinite(value) or abs(value) >= FLOAT_LIMIT:
         return None
     return value
+
+
+def _share(metrics: dict, key: str) -> float | None:
+    """ROI (``roi``, ``roi_ci_low``, ``roi_ci_high``) exactly as the analysis defines it, (value − cost) /
+    cost from the run's ``value`` (or its bound) and ``cost``; else the rounded percentage the run shows
+    (``roi_pct`` …), else the fraction runs recorded before logged (``roi`` …)."""
+    value = _number(metrics.get(key.replace("roi", "value", 1)))
+    cost = _number(metrics.get("cost"))
+    if value is not None and cost:
+        return (value - cost) / cost
+    pct = _number(metrics.get(key.replace("roi", "roi_pct", 1)))
+    return pct / 100 if pct is not None else _number(metrics.get(key))
+
+
+def _notebook_report(lab, run_folder: str | None, notebook: str | None) -> str | None:
+    """The run's notebook report for a reader: ``report.html`` (the export without code) in the run's
+    folder, else the notebook's own ``<stem>.html``; relative to the lab root; None when neither exists
+    (the run was recorded elsewhere, or its folder was cleaned up)."""
+    from pathlib import Path
+
+    if run_folder is None:
+        return None
+    folder = lab.root / run_folder
+    names = ["report.html"] + ([f"{Path(notebook).stem}.html"] if notebook else [])
+    for name in names:
+        if (folder / name).is_file():
+            return f"{run_folder}/{name}"
+    return None
+
+
+def _ui_base(uri: str) -> str | None:
+    """The MLflow UI's address for a tracking server (``http(s)://``: the server is the UI), without
+    credentials or query; None for a local store, whose UI `labkit ui` starts on a port of its own."""
+    from labkit.tracking import display_uri
+
+    if not uri.startswith(("http://", "https://")):
+        return None
+    return display_uri(uri).rstrip("/")
+
+
+def _run_folder(run_key: str | None) -> str | None:
+    """The run's output folder, ``results/<pilot>/runs/<stamp>``, from its run key ``<pilot>/<stamp>``
+    (`labkit run`'s layout); None for a key of another shape."""
+    if not run_key or run_key.count("/") != 1 or ".." in run_key:
+        return None
+    pilot, stamp = run_key.split("/")
+    return f"results/{pilot}/runs/{stamp}" if pilot and stamp else None
 
 
 def _z(alpha: float) -> float:
@@ -311,6 +376,9 @@ def pilot_row(run: dict, *, default_alpha: float, results_meta=None) -> PilotRow
     if lo is not None and hi is not None:
         gain_lo, gain_hi = sorted((sign * lo, sign * hi))
 
+    decision = tags.get(TAG_DECISION) or from_meta("decision")
+    roi = _share(metrics, "roi")
+    recommendation = tags.get(TAG_RECOMMENDATION) or recommendation_of(decision, roi)
     exposed = _number(metrics.get("exposed"))
     if exposed is None:
         counts = [v for k, v in metrics.items() if k.startswith("srm.counts.")]
@@ -336,15 +404,15 @@ def pilot_row(run: dict, *, default_alpha: float, results_meta=None) -> PilotRow
         gain_ci_low=gain_lo,
         gain_ci_high=gain_hi,
         p_value_adjusted=chosen.get("p_value_adjusted"),
-        decision=tags.get(TAG_DECISION) or from_meta("decision"),
+        decision=decision,
         exposed=None if exposed is None else int(round(exposed)),
         cost=_number(metrics.get("cost")),
         value=_number(metrics.get("value")),
         value_ci_low=_number(metrics.get("value_ci_low")),
         value_ci_high=_number(metrics.get("value_ci_high")),
-        roi=_number(metrics.get("roi")),
-        roi_ci_low=_number(metrics.get("roi_ci_low")),
-        roi_ci_high=_number(metrics.get("roi_ci_high")),
+        roi=roi,
+        roi_ci_low=_share(metrics, "roi_ci_low"),
+        roi_ci_high=_share(metrics, "roi_ci_high"),
         spec_changed=tags.get(TAG_SPEC_CHANGED) == "true",
         data_changed=tags.get(TAG_DATA_CHANGED) == "true",
         running=False,
@@ -354,6 +422,10 @@ def pilot_row(run: dict, *, default_alpha: float, results_meta=None) -> PilotRow
         started_at=_iso(run.get("start_time")),
         description=tags.get("mlflow.note.content"),
         lift_se=chosen.get("lift_se"),
+        recommendation=recommendation,
+        recommendation_arm=tags.get(TAG_RECOMMENDATION_ARM)
+        or (best_arm if recommendation in ("scale", "rework") else None),
+        run_folder=_run_folder(tags.get("labkit.run_key")),
     )
 
 
@@ -469,9 +541,16 @@ def portfolio(
         )
 
     running = _running_since(store, function)
+    base = _ui_base(lab.tracking_uri)
+    experiment_id = getattr(store, "experiment_id", None) if base else None
     rows = []
     for run in kept:
         row = pilot_row(run, default_alpha=alpha, results_meta=lambda r: _results_meta(store, r))
+        if experiment_id:
+            row = replace(row, run_url=f"{base}/#/experiments/{experiment_id}/runs/{row.run_id}")
+        report = _notebook_report(lab, row.run_folder, run["tags"].get("labkit.notebook"))
+        if report is not None:
+            row = replace(row, notebook_report=report)
         started = running.get(row.pilot)
         if started is not None and started > (run.get("start_time") or 0):
             row = replace(row, running=True)
@@ -510,6 +589,7 @@ def portfolio(
         groups=tuple(groups),
         running_only=running_only,
         warnings=tuple(warnings),
+        root=str(lab.root),
     )
 
 
@@ -569,16 +649,17 @@ def _running_since(store, function: str | None) -> dict[str, float]:
     import socket
     import time
 
-    from labkit.tracking import STALE_AFTER_HOURS, TAG_HOST, TAG_PID, TAG_PID_START, _pid_alive
+    from labkit.tracking import STALE_AFTER_HOURS, TAG_HOST, TAG_PID, TAG_PID_START, _pid_alive, owner_tag
 
     host, now = socket.gethostname(), time.time()
     newest: dict[str, float] = {}
     for run in store.pilot_runs(status="RUNNING", function=function):
         tags = run["tags"]
         started = run["start_time"] or 0.0
-        if tags.get(TAG_HOST) == host:
-            pid = int(tags[TAG_PID]) if tags.get(TAG_PID, "").isdigit() else 0
-            if not _pid_alive(pid, tags.get(TAG_PID_START)):
+        if owner_tag(tags, TAG_HOST) == host:
+            pid_text = owner_tag(tags, TAG_PID) or ""
+            pid = int(pid_text) if pid_text.isdigit() else 0
+            if not _pid_alive(pid, owner_tag(tags, TAG_PID_START)):
                 continue
         elif (now - started) / 3600 > STALE_AFTER_HOURS:
             continue

@@ -237,3 +237,130 @@ def _describe(a: ArmResult) -> str:
     if a.lift is not None:
         return f"lift {_pct(a.lift)}"
     return f"effect {a.effect:+.4g}"
+
+
+# --------------------------------------------------------------------------- recommendation
+
+RECOMMENDATIONS = ("scale", "rework", "extend", "stop", "fix")
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """What to do next: the statistical decision weighed with the economics (DESIGN.md, `recommendation`).
+
+    ``recommendation`` is one of ``RECOMMENDATIONS``; ``arm`` the arm to scale (or the arm that works, for
+    ``rework``; the harmful arm for a ``stop`` on harm), else None; ``reason`` one sentence that names it."""
+
+    recommendation: str
+    arm: str | None
+    reason: str
+
+
+def recommendation_of(decision: str | None, roi: float | None) -> str | None:
+    """The rule of :func:`recommend` alone, from a decision and the pilot's ROI (None: no budget, a zero
+    cost or no value estimate — nothing to weigh). `labkit compare` uses it for runs recorded before the
+    recommendation existed; None for an unknown decision (a failed run)."""
+    if decision == "ship":
+        return "rework" if roi is not None and roi < 0 else "scale"
+    return {"harm": "stop", "no-effect": "stop", "inconclusive": "extend", "invalid": "fix"}.get(
+        decision or ""
+    )
+
+
+def best_arm(arms: list[str], gains: dict[str, float | None]) -> str | None:
+    """The arm to scale among ``arms`` (the arms that ship): the largest gain, i.e. the largest effect in the
+    predicted direction. With one ``value_per_unit`` per pilot the value per customer is gain × value_per_unit,
+    so this is also the arm whose roll-out is worth most per customer reached. Ties, and arms without a gain,
+    go by arm name, so the choice never depends on the order the arms were analysed in."""
+    if not arms:
+        return None
+    return min(arms, key=lambda a: (gains.get(a) is None, -(gains.get(a) or 0.0), a))
+
+
+def _money(x: float, currency: str) -> str:
+    return f"{x:,.0f}{f' {currency}' if currency else ''}"
+
+
+def _roi_text(roi: dict) -> str:
+    """``ROI −5.0 % [−61 %, +51 %]`` (the interval when both bounds are known)."""
+    text = f"ROI {roi['roi'] * 100:+.1f} %"
+    lo, hi = roi.get("roi_ci_low"), roi.get("roi_ci_high")
+    if lo is not None and hi is not None:
+        text += f" [{lo * 100:+.0f} %, {hi * 100:+.0f} %]"
+    return text
+
+
+def recommend(
+    verdict: Verdict, *, roi: dict | None, gains: dict[str, float | None], metric: str, currency: str = ""
+) -> Recommendation:
+    """The recommendation of DESIGN.md: the verdict weighed with the pilot's ROI.
+
+    - ``fix`` for ``invalid``, ``stop`` for ``harm`` and ``no-effect``, ``extend`` for ``inconclusive``;
+    - for ``ship``: ``scale`` when ROI ≥ 0 (break-even counts as paying back), when no budget was given
+      (``roi`` None: nothing to weigh) or when the budget's cost is 0 (nothing to pay back); ``rework`` when
+      ROI < 0 — effective but not yet paying back. A budget whose value could not be estimated is read as
+      no ROI to weigh (``scale``, and the sentence says the value is unknown); it cannot happen with ``ship``,
+      which needs the primary's interval.
+
+    The rule reads ROI's point estimate, the pilot's best guess, as the decision reads the effect's; its
+    interval does not change the recommendation but the sentence says when it crosses 0 (a ``scale``
+    that may not pay back, a ``rework`` that might). ROI is the pilot's: the value of every treatment arm
+    against the whole cost (``labkit.analysis._roi``). ``gains`` maps each primary arm to its effect in the
+    predicted direction; the arm to scale is :func:`best_arm` of the arms that ship.
+    """
+    d = verdict.decision
+    if d not in DECISIONS:
+        raise ValueError(f"unknown decision '{d}'; allowed: {', '.join(DECISIONS)}")
+    if d == "invalid":
+        return Recommendation("fix", None, f"Fix the pilot before reading any effect: {verdict.reason}")
+    if d == "harm":
+        arm = verdict.arms[0] if verdict.arms else None
+        return Recommendation(
+            "stop", arm, f"Stop{f' arm {arm!r}' if arm else ''} and revert it for the treated customers: "
+            f"{verdict.reason}",
+        )  # fmt: skip
+    if d == "no-effect":
+        return Recommendation("stop", None, f"Stop spending on this change for '{metric}': {verdict.reason}")
+    if d == "inconclusive":
+        more = (
+            f"about {verdict.more_per_arm:,} more customers per arm would settle it"
+            if verdict.more_per_arm
+            else "a longer or larger pilot would settle it"
+        )
+        return Recommendation(
+            "extend", None, f"Extend the pilot before deciding: the data cannot tell yet, and {more}."
+        )
+    arm = best_arm(list(verdict.arms), gains)
+    several = f" (the best of {len(verdict.arms)} arms that work)" if len(verdict.arms) > 1 else ""
+    if roi is None:
+        return Recommendation(
+            "scale", arm, f"Scale arm {arm!r}{several} to the whole eligible population; no budget was given, "
+            "so there is no ROI to weigh.",
+        )  # fmt: skip
+    value, cost, ratio = roi.get("value"), roi.get("cost"), roi.get("roi")
+    if ratio is None:
+        why = "it cost nothing" if not cost else "its value could not be estimated"
+        return Recommendation(
+            "scale", arm, f"Scale arm {arm!r}{several} to the whole eligible population; {why}, so there is "
+            "no ROI to weigh.",
+        )  # fmt: skip
+    money = f"value {_money(value, currency)} against cost {_money(cost, currency)}, {_roi_text(roi)}"
+    lo, hi = roi.get("roi_ci_low"), roi.get("roi_ci_high")
+    if ratio >= 0:
+        doubt = (
+            "; break-even lies inside ROI's interval, so it may not pay back"
+            if lo is not None and lo < 0
+            else ""
+        )
+        return Recommendation(
+            "scale", arm, f"Scale arm {arm!r}{several} to the whole eligible population: {money}{doubt}."
+        )
+    hope = (
+        "; ROI's interval reaches break-even, so a cheaper or better-valued version may pay back"
+        if hi is not None and hi >= 0
+        else ""
+    )
+    return Recommendation(
+        "rework", arm, f"Effective but not yet paying back: arm {arm!r}{several} moves '{metric}' as predicted, "
+        f"but the pilot's {money}{hope}; cut the cost or raise the value per customer before scaling it.",
+    )  # fmt: skip

@@ -48,6 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from labkit.tracking import RunRecord, Tracker
 
 RECORDED = "recorded.json"  # written beside record.json once MLflow holds the run
+EFFECTS = "effects.csv"  # every (metric, arm) row of results.json: the run's per-arm table artifact
 # One recorder at a time in this process: MLflow's log_inputs races when two runs log the same new dataset
 # at once (its check-then-insert fails on the UNIQUE constraint of datasets, on sqlite and through a server),
 # and the pilots of a batch share their sources. Recording is short next to a notebook.
@@ -67,6 +68,9 @@ class Outcome:
     output_dir: Path | None = None
     message: str | None = None
     spec_changed: bool = False
+    recommendation: str | None = None
+    link: str | None = None  # the run in the MLflow UI (a tracking server), else None: `labkit ui` serves it
+    folder: str | None = None  # output_dir as shown to the user (relative to the lab root)
 
 
 def resolve_pilots(lab: Lab, refs: list[str]) -> list[Pilot]:
@@ -172,17 +176,29 @@ def build_record(
         tags["labkit.data_changed"] = "true" if changed else "false"
     if nb.message:
         tags["labkit.error"] = nb.message[:5000]
+    advice = (results or {}).get("recommendation")
+    if advice:
+        tags["labkit.recommendation"] = advice
+        if results.get("recommendation_arm"):
+            tags["labkit.recommendation_arm"] = results["recommendation_arm"]
     h = s.hypothesis
-    # the runs table shows the description's first ~50 characters: the verdict comes first
-    verdict = decision.upper() if results and decision else nb.status
+    # the runs table shows the description's first line, unrendered: decision, recommendation and ROI
+    # first, in plain words (no Markdown); the run page renders the rest
     lines = [
-        f"**{verdict}** · **{s.title}** ({s.function} · {s.channel} · {s.stage})",
+        headline(results) if results else f"Run {nb.status.lower()}: no decision",
+        "",
+        f"**{s.title}** ({s.function} · {s.channel} · {s.stage})",
+    ]
+    if results and advice:
+        lines += ["", f"**Recommendation: {advice}.** {results.get('recommendation_reason') or ''}"]
+    if results:
+        lines += ["", f"**Decision: {decision}.** {results.get('reason', '')}"]
+    lines += [
         "",
         f"**Hypothesis.** {h.statement}",
         f"Primary metric `{h.metric}`, predicted to {h.direction}.",
     ]
     if results:
-        lines += ["", f"**Decision: {decision}.** {results.get('reason', '')}"]
         # every data warning of the analysis (DESIGN.md): in results.json, the notebook and here
         warned = [str(w) for w in results.get("warnings") or []]
         if warned:
@@ -190,9 +206,12 @@ def build_record(
     else:
         lines += ["", f"**Run {nb.status.lower()}.** {nb.message or ''}"]
     artifacts = [str(pilot.path)]
-    for path in (nb.executed, nb.html, nb.results):
+    for path in (nb.executed, nb.html, getattr(nb, "report", None), nb.results):  # report.html: no code
         if path is not None and Path(path).is_file():
             artifacts.append(str(path))
+    effects = Path(nb.results).parent / EFFECTS if nb.results is not None else None
+    if effects is not None and effects.is_file():
+        artifacts.append(str(effects))
     artifacts += [str(f) for f in nb.figures]
     datasets = []
     digests = DigestCache.load(pilot.lab)  # the notebook's analysis has just hashed these files
@@ -210,6 +229,24 @@ def build_record(
         description="\n".join(lines), artifacts=artifacts, datasets=datasets, started_at=nb.started_at,
         ended_at=nb.ended_at,
     )  # fmt: skip
+
+
+def headline(results: dict) -> str:
+    """The first line of a run's description, in plain words: ``Decision ship · Recommendation rework
+    (discount_post) · ROI -5.0 % [-71 %, +61 %]`` — what the runs table shows of the description."""
+    parts = [f"Decision {results.get('decision') or '?'}"]
+    if results.get("recommendation"):
+        arm = results.get("recommendation_arm")
+        parts.append(f"Recommendation {results['recommendation']}" + (f" ({arm})" if arm else ""))
+    roi = results.get("roi") or {}
+    if roi.get("roi") is not None:
+        text = f"ROI {roi['roi'] * 100:+.1f} %"
+        if roi.get("roi_ci_low") is not None and roi.get("roi_ci_high") is not None:
+            text += f" [{roi['roi_ci_low'] * 100:+.0f} %, {roi['roi_ci_high'] * 100:+.0f} %]"
+        parts.append(text)
+    else:
+        parts.append("no budget, no ROI" if not roi else "ROI unknown")
+    return " · ".join(parts)
 
 
 def snapshot_pilot(pilot: Pilot, folder: Path) -> Pilot:
@@ -256,7 +293,7 @@ def run_one(
     run_key = f"{pilot.id}/{stamp}"
     run_name = f"{pilot.id} {stamp[:8]}-{stamp[9:13]}"
     token = uuid.uuid4().hex
-    outcome = Outcome(pilot.id, pilot.spec.function, "NOT-RUN", output_dir=out)
+    outcome = Outcome(pilot.id, pilot.spec.function, "NOT-RUN", output_dir=out, folder=pilot.lab.display(out))
     try:
         # before any MLflow run exists: a read-only or full results disk is one message, not a RUNNING run
         out.mkdir(parents=True)
@@ -294,6 +331,10 @@ def run_one(
         results = None
         if nb.results is not None:
             results = json.loads(Path(nb.results).read_text())
+            from labkit.tracking import effects_csv
+
+            # the per-arm detail as a table artifact: MLflow's metrics keep the headline set (tracking)
+            write_atomic(Path(nb.results).parent / EFFECTS, effects_csv(results))
         run = opening.result() if opening is not None else _Started(error=None)
         record = build_record(
             pilot,
@@ -322,6 +363,7 @@ def run_one(
     tracker, run_id, tracking_error = run.tracker, run.run_id, run.error
     outcome.status = nb.status
     outcome.decision = results.get("decision") if results else None
+    outcome.recommendation = results.get("recommendation") if results else None
     outcome.message = nb.message
     kept = _write_kept(out / "record.json", record.to_json(), pilot)
     if kept is not None:  # MLflow still gets the run; only a later --record-only of it is impossible
@@ -352,8 +394,22 @@ def run_one(
         if outcome.status == "FINISHED":
             outcome.status = "NOT-RECORDED"
     outcome.run_id = run_id
+    if tracker is not None and run_id is not None and tracking_error is None:
+        outcome.link = run_link(pilot.lab, tracker.experiment_id, run_id)
     outcome.seconds = time.time() - started
     return outcome
+
+
+def run_link(lab: Lab, experiment_id: str | None, run_id: str) -> str | None:
+    """The run's page in the MLflow UI when the store is a tracking server (``http(s)://``, which serves the
+    UI itself; credentials and query left out); None for a local store: `labkit ui` serves it on a port of
+    its own, so no address is known yet."""
+    from labkit.tracking import display_uri
+
+    uri = lab.tracking_uri
+    if experiment_id is None or not uri.startswith(("http://", "https://")):
+        return None
+    return f"{display_uri(uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 @dataclass
@@ -474,6 +530,9 @@ def record_only(lab: Lab, pilots: list[Pilot]) -> list[Outcome]:
                     run_id,
                     time.time() - started,
                     folder,
+                    recommendation=record.tags.get("labkit.recommendation"),
+                    link=run_link(lab, tracker.experiment_id, run_id),
+                    folder=lab.display(folder),
                 )
             )
     return outcomes
@@ -597,12 +656,15 @@ def run_batch(
 
 
 def render_outcomes(outcomes: list[Outcome], console=None) -> None:
+    """The batch's summary table, then for each pilot its MLflow run — the id in full, with the run's link on
+    a tracking server or the `labkit ui` hint on a local store — and its output folder, each on one line
+    that is never cut (a terminal too narrow for a table cell folds or truncates a 32-character id)."""
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
     table = Table(title=f"{len(outcomes)} pilot run(s)")
-    for col in ("pilot", "function", "status", "decision", "run id", "time"):
+    for col in ("pilot", "function", "status", "decision", "recommendation", "time"):
         table.add_column(col)
     colour = {"FINISHED": "green", "FAILED": "red", "KILLED": "magenta", "NOT-RECORDED": "yellow"}
     for o in outcomes:
@@ -611,24 +673,33 @@ def render_outcomes(outcomes: list[Outcome], console=None) -> None:
             o.function,
             f"[{colour.get(o.status, 'white')}]{o.status}[/]",
             o.decision or "–",
-            o.run_id or "–",
+            o.recommendation or "–",
             f"{o.seconds:.1f} s",
         )
     console.print(table)
-    for o in outcomes:
-        # One line each, whatever the terminal width (soft_wrap: rich inserts no line breaks), and the
-        # message as plain text: it quotes the notebook's own error, which must not be read as markup.
+
+    def say(text: str, style: str | None = None) -> None:
+        # One line each, whatever the terminal width (soft_wrap: rich inserts no line breaks), and as plain
+        # text: a message quotes the notebook's own error, which must not be read as markup.
+        console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
+
+    local = any(o.run_id and not o.link for o in outcomes)
+    for o in outcomes:  # what went wrong first, then where the run and its outputs are
+        if o.message:
+            say(f"{o.pilot}: {o.message}")
         if o.spec_changed:
-            console.print(
+            say(
                 f"{o.pilot}: the hypothesis, metrics or cohort changed since the first run "
                 "(pre-registration); tagged labkit.spec_changed=true",
-                style="yellow",
-                markup=False,
-                highlight=False,
-                soft_wrap=True,
+                "yellow",
             )
-        if o.message:
-            console.print(f"{o.pilot}: {o.message}", markup=False, highlight=False, soft_wrap=True)
+        if o.run_id:
+            where = o.link or "open it with `labkit ui`"
+            say(f"{o.pilot}: MLflow run {o.run_id} — {where}")
+        if o.folder and o.status != "NOT-RUN":
+            say(f"{o.pilot}: outputs in {o.folder}/")
+    if local:
+        say("`labkit ui` starts the MLflow UI on this lab's store and prints the link to its runs table")
 
 
 def all_pilots(lab: Lab) -> list[str]:

@@ -1,7 +1,8 @@
 """The portfolio of ``labkit compare`` as a terminal table, JSON, CSV or one self-contained HTML file.
 
-The HTML report is a single file: its style is inline, the forest plot is a PNG embedded as base64 (no
-external asset, no script), and every string that came from a pilot file or a tag is HTML-escaped.
+The HTML report is a single file: its style is inline, the forest plot is an SVG embedded as base64 in an
+``<img>`` at the page's width (no external asset, no script), every string that came from a pilot file or
+a tag is HTML-escaped, and run descriptions are rendered from their small Markdown, never shown raw.
 ``log_portfolio`` records the report in the lab's MLflow experiment as a *portfolio* run: tag
 ``labkit.kind=portfolio`` and no ``labkit.pilot`` tag, so it never counts as a pilot (``latest_runs`` and
 the stale-run sweep only look at pilot runs); it always ends FINISHED or FAILED.
@@ -13,6 +14,9 @@ import base64
 import html
 import io
 import json
+import os
+import re
+import urllib.parse
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,6 +40,9 @@ DEFINITIONS = [
     ("group value", "the sum of the pilots' values; its interval sums their bounds, which is conservative "
                     "(wider than for independent pilots)"),
     ("ROI", "(value − cost) / cost; a group's cost includes pilots without a value estimate"),
+    ("recommendation", "the decision weighed with the ROI: scale (ship, and ROI ≥ 0 or no budget), rework "
+                       "(ship but ROI < 0: it works, it does not pay back yet), extend (inconclusive), stop "
+                       "(harm or no-effect), fix (invalid); with the arm to scale"),
 ]  # fmt: skip
 
 
@@ -108,7 +115,7 @@ def render_table(p: Portfolio, console=None) -> None:
     by = p.by
     others = [d for d in ("function", "channel", "stage") if d != by]
     pilots = Table(title=f"{len(p.pilots)} pilot(s): the latest finished run of each, by {by}")
-    for col in (by, f"pilot\n{' · '.join(others)}", "primary ↑↓\n(arm)", "gain", "decision", "exposed",
+    for col in (by, f"pilot\n{' · '.join(others)}", "primary ↑↓\n(arm)", "gain", "decision\n→ next", "exposed",
                 f"cost\n({p.currency})", "value", "ROI"):  # fmt: skip
         pilots.add_column(col, overflow="fold")
     previous = None
@@ -123,7 +130,7 @@ def render_table(p: Portfolio, console=None) -> None:
             f"[bold]{escape(r.pilot)}[/]\n[dim]{escape(where)}[/]",
             escape(f"{r.primary_metric or '?'} {'↑' if r.direction == 'increase' else '↓'}{arm}"),
             f"{_pct(r.gain)}\n{_interval(r.gain_ci_low, r.gain_ci_high)}",
-            f"[{colour}]{escape(r.decision or '?')}[/]{flags}",
+            f"[{colour}]{escape(r.decision or '?')}[/]\n→ [bold]{escape(_advice(r))}[/]{flags}",
             _num(r.exposed, ","),
             _short(r.cost),
             f"{_short(r.value)}\n{_interval(r.value_ci_low, r.value_ci_high, _short)}",
@@ -214,6 +221,24 @@ def forest_lines(p: Portfolio) -> list[ForestLine]:
 
 
 def forest_png(p: Portfolio) -> bytes:
+    """The forest plot (:func:`forest_figure`) as a PNG at 100 dpi."""
+    buffer = io.BytesIO()
+    forest_figure(p).savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def forest_svg(p: Portfolio) -> bytes:
+    """The forest plot as SVG: the HTML report scales it to the page's width, sharp at any size. Text is
+    drawn as paths (matplotlib's default ``svg.fonttype``), so no label reaches the file as markup."""
+    import matplotlib
+
+    buffer = io.BytesIO()
+    with matplotlib.rc_context({"svg.fonttype": "path", "svg.hashsalt": "labkit"}):
+        forest_figure(p).savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
+    return buffer.getvalue()
+
+
+def forest_figure(p: Portfolio):
     """Every pilot's gain with its interval, grouped as the portfolio is, a pooled diamond per group: the
     rows of ``forest_lines``.
 
@@ -289,15 +314,15 @@ def forest_png(p: Portfolio) -> bytes:
     if shown:
         handles = [Line2D([], [], marker="s", linestyle="", color=COLOURS[d], label=d) for d in shown]
         fig.legend(handles=handles, loc="lower center", fontsize=8, frameon=False, ncols=len(shown))
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", metadata={"Software": None})
-    return buffer.getvalue()
+    return fig
 
 
 # --------------------------------------------------------------------------- HTML
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem;color:#24292f;max-width:1200px}
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem;color:#24292f}
+p,ul{max-width:90rem}img.forest{width:100%;height:auto;display:block}
+.recommendation{font-weight:600}
 table{border-collapse:collapse;margin:1rem 0;font-size:.85rem}
 th,td{border:1px solid #d0d7de;padding:.3rem .5rem;text-align:left;vertical-align:top}th{background:#f6f8fa}
 .answer{font-size:1.1rem;font-weight:600}
@@ -315,9 +340,76 @@ def _tr(cells, header: bool = False) -> str:
     return "<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>"
 
 
-def to_html(p: Portfolio) -> str:
-    """One self-contained HTML file: answer, forest plot, group summary, the pilots and their hypotheses."""
-    png = base64.b64encode(forest_png(p)).decode("ascii")
+_BOLD = re.compile(r"\*\*(.+?)\*\*")
+_CODE = re.compile(r"`([^`]+)`")
+
+
+def _inline(text: str) -> str:
+    """One line of a run description's Markdown as HTML: escaped first, then ``**bold**`` and
+    ```code```; a stray ``**`` is dropped rather than shown."""
+    out = _CODE.sub(r"<code>\1</code>", _BOLD.sub(r"<b>\1</b>", _e(text)))
+    return out.replace("**", "")
+
+
+def markdown_html(text: str) -> str:
+    """The small Markdown a run description uses (labkit.pipeline.build_record): paragraphs, ``- `` lists,
+    ``**bold**`` and ```code```, as HTML — every character of the text escaped (a pilot file's free text
+    is never markup)."""
+    out: list[str] = []
+    for block in re.split(r"\n\s*\n", text.strip()):
+        para: list[str] = []
+        items: list[str] = []
+        for line in block.splitlines():
+            if line.startswith("- "):
+                if para:
+                    out.append("<p>" + "<br>".join(para) + "</p>")
+                    para = []
+                items.append(f"<li>{_inline(line[2:])}</li>")
+            else:
+                if items:
+                    out.append("<ul>" + "".join(items) + "</ul>")
+                    items = []
+                para.append(_inline(line))
+        if para:
+            out.append("<p>" + "<br>".join(para) + "</p>")
+        if items:
+            out.append("<ul>" + "".join(items) + "</ul>")
+    return "".join(out)
+
+
+def _href(target: str) -> str:
+    return _e(urllib.parse.quote(target, safe="/:#?&=.-_~"))
+
+
+def _links(r: PilotRow, root: str | None, here: Path) -> str:
+    """Links of a pilot row: its MLflow run (a tracking server only: a local store has no address until
+    `labkit ui` serves it) and its notebook report (a relative file link, from where the report is written)."""
+    links = []
+    if r.run_url:
+        links.append(f'<a href="{_href(r.run_url)}">MLflow run</a>')
+    if r.notebook_report and root:
+        relative = os.path.relpath(Path(root) / r.notebook_report, here)
+        links.append(f'<a href="{_href(Path(relative).as_posix())}">notebook report</a>')
+    return " · ".join(links)
+
+
+def _advice(r: PilotRow) -> str:
+    if not r.recommendation:
+        return "–"
+    arm = f" ({r.recommendation_arm})" if r.recommendation_arm else ""
+    return f"{r.recommendation}{arm}"
+
+
+def to_html(p: Portfolio, *, output: str | Path | None = None) -> str:
+    """One self-contained HTML file: answer, forest plot, group summary, the pilots and their decisions.
+
+    The forest plot is an SVG embedded as a data URI, drawn at the page's width. Each pilot row links to
+    its MLflow run when the store is a tracking server, and to its notebook report by a path relative to
+    ``output`` (the file being written; the current folder when the report goes to stdout, as with
+    ``labkit compare --format html > report.html``). No local path appears as text: the store is named only
+    when it is a server. Run descriptions are rendered from their Markdown (:func:`markdown_html`)."""
+    svg = base64.b64encode(forest_svg(p)).decode("ascii")
+    here = Path(output).resolve().parent if output else Path.cwd()
     by = _e(p.by)
     group_rows = [_tr([by, "pilots", "decisions", "win rate", "pooled gain", "τ²", "I²",
                        f"value ({_e(p.currency)})", "cost", "ROI", "note"], header=True)]  # fmt: skip
@@ -330,7 +422,8 @@ def to_html(p: Portfolio) -> str:
             f"{_pct(g.roi)} {_interval(g.roi_ci_low, g.roi_ci_high)}", _e(g.note or ""),
         ]))  # fmt: skip
     pilot_rows = [_tr(["pilot", "function", "channel", "stage", "primary (arm)", "effect", "lift", "gain",
-                       "decision", "exposed", "cost", "value", "ROI", "flags"], header=True)]  # fmt: skip
+                       "decision", "recommendation", "exposed", "cost", "value", "ROI", "flags", "links"],
+                      header=True)]  # fmt: skip
     for r in p.pilots:
         arm = f" ({_e(r.arm)}, best of {r.arms})" if r.arms > 1 else (f" ({_e(r.arm)})" if r.arm else "")
         pilot_rows.append(_tr([
@@ -340,58 +433,64 @@ def to_html(p: Portfolio) -> str:
             f"{_pct(r.lift)} {_interval(r.lift_ci_low, r.lift_ci_high)}",
             f"{_pct(r.gain)} {_interval(r.gain_ci_low, r.gain_ci_high)}",
             f'<b style="color:{COLOURS.get(r.decision or "", "#24292f")}">{_e(r.decision or "?")}</b>',
+            f'<span class="recommendation">{_e(_advice(r))}</span>',
             _num(r.exposed, ","), _money(r.cost),
             f"{_money(r.value)} {_interval(r.value_ci_low, r.value_ci_high, _money)}",
             f"{_pct(r.roi)} {_interval(r.roi_ci_low, r.roi_ci_high)}",
-            f'<span class="flag">{_e(", ".join(_flags(r)))}</span>',
+            f'<span class="flag">{_e(", ".join(_flags(r)))}</span>', _links(r, p.root, here),
         ]))  # fmt: skip
     sections = []
     for r in p.pilots:
         flags = f' <span class="flag">({_e(", ".join(_flags(r)))})</span>' if _flags(r) else ""
-        note = (
-            f'<p class="note muted">{_e(r.description)}</p>'
-            if r.description and r.description != r.hypothesis
-            else ""
-        )
+        if r.description and r.description != r.hypothesis:
+            body = markdown_html(r.description)  # decision, recommendation, ROI, hypothesis: said once
+        else:
+            body = (
+                f"<p><b>Hypothesis.</b> {_e(r.hypothesis or '–')}</p>"
+                f"<p><b>Decision:</b> {_e(r.decision or '?')}; recommendation: {_e(_advice(r))}</p>"
+            )
+        links = _links(r, p.root, here)
         sections.append(
             f'<section class="pilot" id="pilot-{_e(r.pilot)}">'
-            f"<h3>{_e(r.pilot)}: {_e(r.title or '')}{flags}</h3>"
-            f"<p><b>Hypothesis.</b> {_e(r.hypothesis or '–')}</p>"
-            f"<p><b>Decision:</b> {_e(r.decision or '?')} — gain {_pct(r.gain)} "
-            f"{_interval(r.gain_ci_low, r.gain_ci_high)} on {_e(r.primary_metric)}"
-            f"{f' (arm {_e(r.arm)})' if r.arm else ''}; run {_e(r.run_name)} ({_e(r.run_id)}), "
-            f"started {_e(r.started_at)}.</p>{note}</section>"
+            f"<h3>{_e(r.pilot)}: {_e(r.title or '')}{flags}</h3>{body}"
+            f'<p class="muted">Gain {_pct(r.gain)} {_interval(r.gain_ci_low, r.gain_ci_high)} on '
+            f"{_e(r.primary_metric)}{f' (arm {_e(r.arm)})' if r.arm else ''}; run {_e(r.run_name)} "
+            f"({_e(r.run_id)}), started {_e(r.started_at)}.{f' {links}' if links else ''}</p></section>"
         )
     filters = ", ".join(f"{_e(k)} = {_e(v)}" for k, v in p.filters.items()) or "none"
     warnings = "".join(f"<li>{_e(w)}</li>" for w in p.warnings)
     definitions = "".join(f"<li><b>{_e(k)}</b>: {_e(v)}</li>" for k, v in DEFINITIONS)
+    server = p.store if p.store.startswith(("http://", "https://")) else None
+    where = f" at {_e(server)}" if server else ""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>labkit portfolio: {_e(p.lab)}</title><style>{_CSS}</style></head><body>"
         f"<h1>Portfolio of {_e(p.lab)}</h1>"
         f'<p class="muted">{len(p.pilots)} pilot(s), latest finished run of each, from the MLflow experiment '
-        f"{_e(p.experiment)} ({_e(p.store)}); grouped by {by}; filters: {filters}; "
+        f"{_e(p.experiment)}{where}; grouped by {by}; filters: {filters}; "
         f"generated {_e(p.generated_at)}.</p>"
         f'<p class="answer">{_e(p.answer)}</p>'
         + (f'<ul class="flag">{warnings}</ul>' if warnings else "")
-        + f'<h2>Gain of every pilot</h2><img alt="forest plot of every pilot\'s gain by {by}" '
-        f'src="data:image/png;base64,{png}">'
+        + f'<h2>Gain of every pilot</h2><img class="forest" alt="forest plot of every pilot\'s gain by {by}" '
+        f'src="data:image/svg+xml;base64,{svg}">'
         f"<h2>By {by}</h2><table>{''.join(group_rows)}</table>"
         f"<h2>Pilots</h2><table>{''.join(pilot_rows)}</table>"
-        f"<h2>Hypotheses and decisions</h2>{''.join(sections)}"
+        f"<h2>Decisions and recommendations</h2>{''.join(sections)}"
         f'<h2>Definitions</h2><ul class="muted">{definitions}</ul>'
         "</body></html>\n"
     )
 
 
-def render(p: Portfolio, fmt: str) -> str:
-    """The portfolio as text in ``fmt`` (json, csv, html); ``table`` renders to plain text."""
+def render(p: Portfolio, fmt: str, *, output: str | Path | None = None) -> str:
+    """The portfolio as text in ``fmt`` (json, csv, html); ``table`` renders to plain text. ``output``: the
+    file the text goes to (the HTML report's relative links start there)."""
     if fmt == "json":
         return to_json(p)
     if fmt == "csv":
         return to_csv(p)
     if fmt == "html":
-        return to_html(p)
+        return to_html(p, output=output)
     if fmt == "table":
         from rich.console import Console
 

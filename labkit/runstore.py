@@ -175,6 +175,11 @@ class TrackerRuns:
     def results_json(self, run: dict) -> dict:
         return self._tracker.results_json(run["run_id"])
 
+    @property
+    def experiment_id(self) -> str | None:
+        """The lab's experiment in the store (for links to its runs in the UI)."""
+        return self._tracker.experiment_id
+
     def close(self) -> None:
         pass
 

@@ -32,9 +32,10 @@ What it settles, and why (RELIABILITY.md, "Facts"):
   before it raises; labkit's one line says it).
 - **Statuses.** A run is created RUNNING and always ends FINISHED, FAILED or KILLED: any exception while
   finishing sets it FAILED (KILLED for KeyboardInterrupt/SystemExit) before the ``TrackingError`` is raised
-  (an unreachable server cannot take that status either: the message says so). Runs carry ``labkit.pid``,
-  ``labkit.pid_start`` (the process start time, so a reused pid is not mistaken for the owner) and
-  ``labkit.host``; ``sweep_stale()`` turns RUNNING runs of this host whose process is gone, and runs of
+  (an unreachable server cannot take that status either: the message says so). Runs carry ``labkit.sys.pid``,
+  ``labkit.sys.pid_start`` (the process start time, so a reused pid is not mistaken for the owner) and
+  ``labkit.sys.host`` (technical tags, kept apart from the business ones; runs of older labkits carry them
+  as ``labkit.pid`` … and are still read, :func:`owner_tag`); ``sweep_stale()`` turns RUNNING runs of this host whose process is gone, and runs of
   other hosts RUNNING for more than 24 h, into KILLED.
 - **Idempotency.** ``labkit.run_key`` identifies one analysis run; ``labkit.recorded=true`` is the last
   thing written before the status. ``record()`` returns an already-recorded run of the key, finishes a
@@ -57,7 +58,7 @@ What it settles, and why (RELIABILITY.md, "Facts"):
   naming them. Metrics: ±inf become ±1.7976931348623157e308 (the largest float; MLflow cannot store inf),
   NaN and None are skipped, booleans are 0/1.
 - **Artifacts**: ``*.yaml``/``*.yml`` under ``pilot/``; ``*.ipynb``/``*.html`` under ``notebook/``; images and
-  PDFs under ``figures/``; anything else (``results.json``, ``record.json``) at the root. A missing file or
+  PDFs under ``figures/``; anything else (``results.json``, ``report.html``, ``record.json``) at the root. A missing file or
   two files landing on the same artifact path is an error, not a silent skip or overwrite.
 - **Datasets**: one MLflow dataset input per source (context ``analysis``) whose digest is labkit's own.
   MLflow's digest field holds at most 36 characters: a longer digest (a sha256 is 64) is stored as its first
@@ -109,9 +110,12 @@ TAG_FUNCTION = "labkit.function"
 TAG_RUN_KEY = "labkit.run_key"
 TAG_LATEST = "labkit.latest"
 TAG_RECORDED = "labkit.recorded"
-TAG_PID = "labkit.pid"
-TAG_PID_START = "labkit.pid_start"
-TAG_HOST = "labkit.host"
+# the process that owns a run: technical, under labkit.sys. so the business tags (labkit.decision,
+# labkit.function, ...) lead the UI's tag list; the names before 0.x ("labkit.pid", ...) are still read
+TAG_PID = "labkit.sys.pid"
+TAG_PID_START = "labkit.sys.pid_start"
+TAG_HOST = "labkit.sys.host"
+OLD_OWNER_TAGS = {TAG_PID: "labkit.pid", TAG_PID_START: "labkit.pid_start", TAG_HOST: "labkit.host"}
 TAG_PREREG = "labkit.prereg_sha256"
 TAG_PARAMS_SPLIT = "labkit.params_split"
 TAG_ERROR = "labkit.error"
@@ -259,14 +263,35 @@ def _named_items(items: list) -> bool:
     )
 
 
-def metrics_from_results(results: dict) -> dict[str, float]:
-    """The numbers of a results.json (the ``labkit analyze --json`` contract) as MLflow metrics.
+# The headline metrics every run has (DESIGN.md, "Runs and MLflow"): what leads the runs table. Shares
+# people read as percentages are logged as percentages (``_pct``: 12.5 means +12.5 %); money as money.
+HEADLINE_METRICS = (
+    "gain_pct", "gain_pct_ci_low", "gain_pct_ci_high", "lift_pct", "lift_pct_ci_low", "lift_pct_ci_high",
+    "roi_pct", "roi_pct_ci_low", "roi_pct_ci_high", "value", "value_ci_low", "value_ci_high", "cost",
+    "exposed", "srm_p_value",
+)  # fmt: skip
+# Percentages are for reading: rounded to hundredths of a percentage point (the UI prints every digit it
+# gets, 77.45098039215685); the exact numbers are the primary's fields below and results.json.
+PCT_DIGITS = 2
+# The primary metric's numbers per treatment arm that stay metrics (`labkit compare` reads them back from
+# the store: the best arm's effect, lift and their intervals, lift_se for the pooled gain); every other
+# per-arm number is in results.json and in the effects.csv table artifact (:func:`effects_csv`).
+PRIMARY_FIELDS = (
+    "n_control", "n_treatment", "mean_control", "mean_treatment", "effect", "ci_low", "ci_high", "lift",
+    "lift_ci_low", "lift_ci_high", "lift_se", "p_value", "p_value_adjusted",
+)  # fmt: skip
 
-    ``<metric>.<arm>.<field>`` for every number of each metrics row (effect, ci_low, …, p_value_adjusted,
-    n_control, …); ``srm_p_value``, ``srm_ok`` and ``srm.counts.<arm>``; every number of ``roi`` under its own
-    name (``roi``, ``cost``, ``value``, ``value_ci_low`` …); ``plan.<field>``; and ``exposed`` (customers
-    in the pilot); ``gain`` with its interval (``_gain``). None and NaN are skipped, booleans are 0/1, ±inf
-    is ±1.7976931348623157e308.
+
+def metrics_from_results(results: dict) -> dict[str, float]:
+    """The numbers of a results.json (the ``labkit analyze --json`` contract) as MLflow metrics: a small set.
+
+    A few hundred metrics made the runs table and its chart view (one chart per metric) unreadable, so a run
+    logs the ``HEADLINE_METRICS`` — ``gain_pct`` with its interval (:func:`_gain`), ``lift_pct`` (the same
+    arm's lift, unsigned), ``roi_pct`` with its interval, ``value`` with its interval, ``cost`` (money, in
+    the lab's currency), ``exposed`` (customers in the pilot), ``srm_p_value`` — then the primary metric's
+    ``PRIMARY_FIELDS`` per treatment arm as ``<primary>.<arm>.<field>``. Everything else (secondary metrics
+    and guardrails per arm, the plan, the SRM counts) is in results.json and the effects.csv artifact.
+    None and NaN are skipped, booleans are 0/1, ±inf is ±1.7976931348623157e308.
     """
     out: dict[str, float] = {}
 
@@ -275,28 +300,96 @@ def metrics_from_results(results: dict) -> dict[str, float]:
         if number is not None:
             out[name] = number
 
-    for row in results.get("metrics") or []:
-        metric, arm = row.get("metric"), row.get("arm")
-        for key, value in row.items():
-            put(f"{metric}.{arm}.{key}", value)
-    srm = results.get("srm") or {}
-    put("srm_p_value", srm.get("p_value"))
-    put("srm_ok", srm.get("ok"))
-    for arm, count in (srm.get("counts") or {}).items():
-        put(f"srm.counts.{arm}", count)
-    for key, value in (results.get("roi") or {}).items():
-        put(key, value)
-    for key, value in (results.get("plan") or {}).items():
-        put(f"plan.{key}", value)
-    put("exposed", (results.get("meta") or {}).get("exposed"))
     out.update(_gain(results))
+    roi = results.get("roi") or {}
+    for key in ("roi", "roi_ci_low", "roi_ci_high"):
+        number = _metric_value(roi.get(key))
+        if number is not None and abs(number) < FLOAT_MAX:
+            out[key.replace("roi", "roi_pct", 1)] = round(number * 100, PCT_DIGITS)
+    for key in ("value", "value_ci_low", "value_ci_high", "cost"):
+        put(key, roi.get(key))
+    put("exposed", (results.get("meta") or {}).get("exposed"))
+    put("srm_p_value", (results.get("srm") or {}).get("p_value"))
+    out = {k: out[k] for k in HEADLINE_METRICS if k in out}  # in the headline's order
+    for row in results.get("metrics") or []:
+        if row.get("role") != "primary":
+            continue
+        for key in PRIMARY_FIELDS:
+            put(f"{row.get('metric')}.{row.get('arm')}.{key}", row.get(key))
     return out
 
 
+LEADERSHIP_VIEW = "labkit-leadership"  # the saved view's key: ?viewStateShareKey=labkit-leadership
+SHARED_VIEW_PREFIX = "mlflow.sharedViewState."  # MLflow ≥ 3.15 keeps an experiment's saved views in its tags
+RUN_NAME_COLUMN = "attributes.`Run Name`"
+LEADERSHIP_COLUMNS = (  # in reading order: what to do first, then the money, then where it ran
+    "attributes.`Description`", "tags.`labkit.decision`", "tags.`labkit.recommendation`",
+    "tags.`labkit.recommendation_arm`", "metrics.`roi_pct`", "metrics.`gain_pct`", "metrics.`value`",
+    "metrics.`cost`", "metrics.`exposed`", "tags.`labkit.function`", "tags.`labkit.channel`",
+    "tags.`labkit.stage`", "metrics.`roi_pct_ci_low`", "metrics.`roi_pct_ci_high`",
+    "metrics.`gain_pct_ci_low`", "metrics.`gain_pct_ci_high`", "metrics.`srm_p_value`",
+)  # fmt: skip
+
+
+def leadership_view(*, created_ms: int = 0) -> tuple[str, str]:
+    """The experiment tag holding the runs table's leadership view, as MLflow's UI saves one (MLflow 3.15's
+    "Views → Save as new view"; read by the UI of 3.17): ``mlflow.sharedViewState.<key>`` whose value is
+    ``{"name", "createdAt", "updatedAt", "state"}`` and ``state`` the view as JSON text — the columns
+    (:data:`LEADERSHIP_COLUMNS`: description, decision, recommendation, ROI, gain, value, cost, exposed,
+    SRM p, in the UI's ``<type>.`<name>``` keys), the latest run of each pilot only, highest ROI first.
+    MLflow offers no way to preset an experiment's *default* columns, so the view is saved here and opened
+    by the link `labkit ui` prints (``?viewStateShareKey=labkit-leadership``). ``created_ms`` keeps the
+    value stable (the experiment's creation time), so it is written once."""
+    state = {
+        "selectedColumns": list(LEADERSHIP_COLUMNS),
+        # the grid otherwise orders columns by kind (attributes, metrics, tags) and renders only those in
+        # sight: the decision and recommendation tags would sit off-screen to the right
+        "columnOrder": [RUN_NAME_COLUMN, *LEADERSHIP_COLUMNS],
+        "columnWidths": {
+            "attributes.`Description`": 300,
+            "tags.`labkit.decision`": 110,
+            "tags.`labkit.recommendation`": 170,
+            "tags.`labkit.recommendation_arm`": 150,
+        },  # fmt: skip
+        "searchFilter": f"tags.`{TAG_LATEST}` = 'true'",
+        "orderByKey": "metrics.`roi_pct`",
+        "orderByAsc": False,
+    }
+    envelope = {
+        "name": "Leadership (labkit): latest run of each pilot",
+        "createdAt": int(created_ms),
+        "updatedAt": int(created_ms),
+        "state": json.dumps(state, separators=(",", ":")),
+    }
+    return SHARED_VIEW_PREFIX + LEADERSHIP_VIEW, json.dumps(envelope, separators=(",", ":"))
+
+
+def effects_csv(results: dict) -> str:
+    """Every (metric, arm) row of results.json as CSV: the per-arm detail of a run, as a table artifact
+    (the MLflow UI shows a .csv artifact as a table). Columns: the contract's fields in their order, then
+    any other field of the rows in order of appearance."""
+    import csv
+    import io
+
+    from labkit.analysis import METRIC_FIELDS
+
+    rows = results.get("metrics") or []
+    columns = list(METRIC_FIELDS)
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+    return buffer.getvalue()
+
+
 def _gain(results: dict) -> dict[str, float]:
-    """``gain``, ``gain_ci_low``, ``gain_ci_high``: the gain of `labkit compare` under one name for every
-    pilot, so the MLflow UI shows one column for the whole lab — the primary metric's relative lift, signed
-    so that positive is the direction the hypothesis predicted, of its best treatment arm (ties: by arm)."""
+    """``gain_pct`` with ``gain_pct_ci_low``/``_high``, and ``lift_pct`` with its interval: the gain of
+    `labkit compare` under one name for every pilot, so the MLflow UI shows one column for the whole lab —
+    the primary metric's relative lift of its best treatment arm (ties: by arm), in percent, signed so that
+    positive is the direction the hypothesis predicted (``gain``), and as measured (``lift``)."""
     meta = results.get("meta") or {}
     sign = {"increase": 1.0, "decrease": -1.0}.get(meta.get("direction"))
     rows = [
@@ -306,11 +399,12 @@ def _gain(results: dict) -> dict[str, float]:
     if sign is None or not rows:
         return {}
     best = min(rows, key=lambda r: (-sign * r["lift"], str(r.get("arm"))))
-    out = {"gain": _metric_value(sign * best["lift"])}
+    out = {"gain_pct": sign * best["lift"] * 100, "lift_pct": best["lift"] * 100}
     low, high = _metric_value(best.get("lift_ci_low")), _metric_value(best.get("lift_ci_high"))
-    if low is not None and high is not None:
-        out["gain_ci_low"], out["gain_ci_high"] = sorted((sign * low, sign * high))
-    return out
+    if low is not None and high is not None and max(abs(low), abs(high)) < FLOAT_MAX:
+        out["lift_pct_ci_low"], out["lift_pct_ci_high"] = low * 100, high * 100
+        out["gain_pct_ci_low"], out["gain_pct_ci_high"] = sorted((sign * low * 100, sign * high * 100))
+    return {k: round(v, PCT_DIGITS) for k, v in out.items() if math.isfinite(v)}
 
 
 def _metric_value(value) -> float | None:
@@ -400,7 +494,7 @@ def _artifact_dir(path: Path) -> str | None:
     suffix = path.suffix.lower()
     if suffix in (".yaml", ".yml"):
         return "pilot"
-    if suffix in (".ipynb", ".html"):
+    if suffix in (".ipynb", ".html") and path.name != "report.html":  # the no-code report: at the root
         return "notebook"
     if suffix in FIGURE_SUFFIXES or path.name == "figures":
         return "figures"
@@ -703,7 +797,22 @@ class Tracker:
                     f"MLflow experiment '{name}' keeps artifacts at the relative location '{location}', "
                     "which depends on the working directory; use another mlflow_experiment"
                 )
+        self._ensure_view(exp)
         return exp.experiment_id
+
+    def _ensure_view(self, exp) -> None:
+        """Save the leadership view (:func:`leadership_view`) in the experiment, once: the UI lists it under
+        Views and `labkit ui` prints the link that opens it. Best effort: a store that refuses the tag (a
+        read-only user) still records runs; the view is then just not offered."""
+        key, value = leadership_view(created_ms=getattr(exp, "creation_time", None) or 0)
+        if (exp.tags or {}).get(key) == value:
+            return
+        try:
+            self._client.set_experiment_tag(exp.experiment_id, key, value)
+        except Exception as exc:  # noqa: BLE001 -- anything MLflow raised: a warning, never a failed run
+            self.warnings.append(
+                f"the leadership view could not be saved in the experiment: {_one_line(exc)}"
+            )
 
     @contextlib.contextmanager
     def _locked(self):
@@ -1129,12 +1238,13 @@ class Tracker:
             tags = run.data.tags
             age_hours = (now - run.info.start_time / 1000) / 3600
             reason = None
-            if tags.get(TAG_HOST) == host:  # here we can ask the process itself
-                pid = int(tags[TAG_PID]) if tags.get(TAG_PID, "").isdigit() else 0
-                if pid != os.getpid() and not _pid_alive(pid, tags.get(TAG_PID_START)):
+            if owner_tag(tags, TAG_HOST) == host:  # here we can ask the process itself
+                pid_text = owner_tag(tags, TAG_PID) or ""
+                pid = int(pid_text) if pid_text.isdigit() else 0
+                if pid != os.getpid() and not _pid_alive(pid, owner_tag(tags, TAG_PID_START)):
                     reason = f"process {pid} on {host} is gone"
             elif age_hours > max_age_hours:  # another host's run: only its age tells
-                reason = f"RUNNING for {age_hours:.1f} h on {tags.get(TAG_HOST, 'an unknown host')}"
+                reason = f"RUNNING for {age_hours:.1f} h on {owner_tag(tags, TAG_HOST) or 'an unknown host'}"
             if reason is None:
                 continue
             self._call("sweeping a stale run", self._client.set_tag, run.info.run_id, TAG_SWEPT, reason)
@@ -1200,6 +1310,13 @@ class Tracker:
         except (TrackingError, OSError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}
+
+
+def owner_tag(tags: dict[str, str], key: str) -> str | None:
+    """An owner tag (``TAG_PID``, ``TAG_PID_START``, ``TAG_HOST``) of a run, under its name before
+    ``labkit.sys.`` for runs recorded by an older labkit."""
+    value = tags.get(key)
+    return value if value is not None else tags.get(OLD_OWNER_TAGS.get(key, key))
 
 
 def _run_tags(tags: dict[str, str]):

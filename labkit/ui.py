@@ -82,8 +82,16 @@ def server_command(lab: Lab, *, host: str, port: int) -> list[str]:
 
 
 def runs_url(base: str, experiment_id: str) -> str:
-    """The experiment's runs table in the UI's "Model training" view (MLflow 3 opens on GenAI otherwise)."""
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    """The experiment's runs table in the UI's "Model training" view (MLflow 3 opens on GenAI otherwise),
+    in labkit's leadership view (``labkit.tracking.leadership_view``: decision, recommendation, ROI, gain…
+    as columns, the latest run of each pilot) — MLflow has no per-experiment default columns, so the link
+    carries the saved view's key."""
+    from labkit.tracking import LEADERSHIP_VIEW
+
+    return (
+        f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+        f"&viewStateShareKey={LEADERSHIP_VIEW}"
+    )
 
 
 def check_port(host: str, port: int) -> None:

@@ -545,10 +545,14 @@ def test_srm_plan_roi_and_decision(fixture, request):
     assert plan["baseline_sd"] == pytest.approx(sd, rel=REL)
     assert plan["mde_abs"] == pytest.approx(mde, rel=REL)
     power = NormalIndPower()
-    n_ref = power.solve_power(effect_size=mde / sd, alpha=alpha / k, power=0.8, ratio=1.0)
-    assert abs(plan["required_per_arm"] - n_ref) < 1
     w_c, w_t = pilot.arms[pilot.control], min(pilot.arms[a] for a in pilot.treatments)
-    assert plan["required_total"] == math.ceil(plan["required_per_arm"] / min(w_c, w_t))
+    # arms sized for the allocation (issue 15): the control arm is nobs1 at ratio = w_t / w_c
+    n_ref = power.solve_power(effect_size=mde / sd, alpha=alpha / k, power=0.8, ratio=w_t / w_c)
+    by_arm = plan["required_by_arm"]
+    assert abs(by_arm[pilot.control] - n_ref) < 1
+    assert by_arm == {a: math.ceil(by_arm[pilot.control] * w / w_c - 1e-9) for a, w in pilot.arms.items()}
+    assert plan["required_per_arm"] == min(by_arm.values())
+    assert plan["required_total"] == sum(by_arm.values())
     cap = pilot.spec.cohort.max_size
     es = power.solve_power(nobs1=cap * w_c, ratio=w_t / w_c, alpha=alpha / k, power=0.8)
     assert plan["mde_at_cap"] == pytest.approx(es * sd, rel=1e-5)

@@ -5,14 +5,17 @@ downloaded (``playwright install`` is never run). ``make test`` installs both (t
 than skip without them. They share the session's demo lab (tests/demo_lab.py) and add to it only files
 under ``results/browser/``: screenshots, the report and the UI's log.
 
-1. ``labkit ui`` serves the lab's store on 127.0.0.1; Chromium opens the runs table it prints, types a
-   ``tags.`labkit.function``` filter into the search box, adds the decision column, and the table must
+1. ``labkit ui`` serves the lab's store on 127.0.0.1; Chromium opens the runs table it prints — labkit's
+   saved leadership view, so the decision, recommendation and ROI columns are there without configuring
+   anything — types a ``tags.`labkit.function``` filter into the search box, and the table must
    hold exactly the runs of that function's pilots (read from the pilot files and the store, not pasted
-   here), each with its decision; a run's page shows the hypothesis and the decision in its description.
+   here), each with its decision; a run's page shows decision, recommendation and ROI first in its
+   description, then the hypothesis.
    Filtering by another function must swap the rows. A screenshot lands in the lab's ``results/browser/``
    and is copied to the repository's ``results/browser/`` (git-ignored), where people look for it.
 2. ``labkit compare --format html`` opens from a ``file://`` URL: the forest plot decodes, every function
-   has its summary row, every pilot its hypothesis and decision, and no request leaves the machine. Its
+   has its summary row, every pilot its hypothesis, decision and recommendation, no literal Markdown
+   (``**``) is shown, and no request leaves the machine. Its
    full-page screenshot is copied to the repository's ``results/browser/`` too.
 """
 
@@ -54,6 +57,7 @@ VIEWPORT = {"width": 1440, "height": 560}
 UI_START_TIMEOUT = 90.0  # seconds; `mlflow server` takes ~10 s on 2 cores
 WAIT_MS = 60_000  # for the UI's React pages to render what the test waits for (~5 s here on 2 cores)
 DECISION_COL = "tags.`labkit.decision`"
+LEADERSHIP_COLS = (DECISION_COL, "tags.`labkit.recommendation`", "metrics.`roi_pct`")
 RUN_NAME_COL = "attributes.`Run Name`"
 
 # {run id: {column id: text}} of every row the runs table (ag-grid) renders; a row is split over the
@@ -177,6 +181,16 @@ def _runs_of(demo_lab, function: str) -> dict[str, tuple[str, str, str]]:
     }
 
 
+def _recommendations(demo_lab) -> dict[str, str]:
+    """{run id: labkit.recommendation} of every run in the store."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=demo_lab.lab.tracking_uri)
+    exp = client.get_experiment_by_name(demo_lab.lab.spec.mlflow_experiment)
+    runs = client.search_runs([exp.experiment_id], "tags.`labkit.pilot` LIKE '%'", max_results=1000)
+    return {r.info.run_id: r.data.tags.get("labkit.recommendation", "") for r in runs}
+
+
 def _words(text: str) -> str:
     return " ".join(text.split())
 
@@ -270,21 +284,18 @@ def test_mlflow_ui_filters_runs_by_function_and_shows_each_decision(demo_lab, ui
     page.set_default_timeout(WAIT_MS)
     try:
         page.goto(ui)
-        # the UI first completes the address with its defaults (searchFilter=...) and loads every run; a
-        # filter typed before that would be overwritten
-        page.wait_for_url(re.compile(r"searchFilter="))
+        # the printed link opens labkit's saved view (labkit.tracking.leadership_view): its columns are
+        # there without a click in the Columns selector, and the dataset hashes are not
         page.locator(".ag-row[row-id]").first.wait_for()
-        assistant = page.locator('[data-component-id="mlflow.assistant.chat_panel.close"]')
-        if assistant.count():  # MLflow's assistant panel would cover half of the screenshot
-            assistant.first.click()
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-        page.get_by_role("button", name="Columns", exact=True).click()
-        for name in ("Dataset", "Source", "Models"):  # noise for leadership; frees room for the tags
-            _set_column(page, name, shown=False)
-        for name in ("labkit.decision", "labkit.channel", "roi"):
-            _set_column(page, name, shown=True)
-        page.keyboard.press("Escape")
-        page.locator(f'.ag-header-cell[col-id="{DECISION_COL}"]').wait_for()
+        try:  # MLflow's assistant panel (it opens a moment after the grid) covers half of the table
+            page.locator('[data-component-id="mlflow.assistant.chat_panel.close"]').first.click(timeout=8_000)
+        except PlaywrightTimeout:
+            pass  # not offered by this MLflow
+        for col in LEADERSHIP_COLS:  # the grid renders the columns in sight: these lead, so they are
+            page.locator(f'.ag-header-cell[col-id="{col}"]').first.wait_for()
+        assert not page.locator('.ag-header-cell[col-id="attributes.`Dataset`"]').count()
 
         rows = _filter_runs(page, FUNCTION, expected)
         assert set(rows) == set(expected), (
@@ -302,7 +313,7 @@ def test_mlflow_ui_filters_runs_by_function_and_shows_each_decision(demo_lab, ui
         _assert_png(shot, VIEWPORT)
         _assert_png(_publish(shot), VIEWPORT)
 
-        # a run's page: its description holds the hypothesis and the decision in plain words
+        # a run's page: its description starts with decision, recommendation and ROI, then the hypothesis
         run_id, (pilot, run_name, decision) = sorted(expected.items())[0]
         page.locator(f'.ag-row[row-id="{run_id}"] [col-id="{RUN_NAME_COL}"] a').first.click()
         page.get_by_text("Hypothesis.", exact=False).first.wait_for()
@@ -310,9 +321,17 @@ def test_mlflow_ui_filters_runs_by_function_and_shows_each_decision(demo_lab, ui
         assert run_name in text
         assert _words(pilots[pilot].spec.hypothesis.statement) in text
         assert f"Decision: {decision}." in text
+        recommendation = _recommendations(demo_lab)[run_id]
+        assert re.search(
+            rf"Decision {re.escape(decision)} · Recommendation {recommendation}\b.* · (ROI|no budget)", text
+        )
+        assert f"Recommendation: {recommendation}." in text
+        page.screenshot(path=shots / "mlflow-run.png")
 
-        # the filter really selects: another function swaps every row
-        page.go_back()
+        # the filter really selects: another function swaps every row. The shared view keeps no edit (a
+        # typed filter replaces its state in the address), so the reader comes back through the link
+        page.goto(ui)
+        page.locator(f'.ag-header-cell[col-id="{DECISION_COL}"]').first.wait_for()
         other = others[0]
         other_runs = _runs_of(demo_lab, other)
         rows = _filter_runs(page, other, other_runs)
@@ -367,6 +386,10 @@ def test_compare_html_report_renders_offline_in_chromium(demo_lab, browser, shot
             text = _words(section.inner_text())
             assert _words(pilot.spec.hypothesis.statement) in text, pid
             assert f"Decision: {decisions[pid]}" in text, pid
+            assert re.search(r"\bRecommendation: (scale|rework|extend|stop|fix)\.", text), pid
+        assert "**" not in page.locator("body").inner_text()  # the run descriptions are rendered
+        assert "**" not in report.read_text()
+        assert str(demo_lab.root) not in report.read_text() and "mlflow.db" not in report.read_text()
         page.screenshot(path=shots / "portfolio.png", full_page=True)
         published = _publish(shots / "portfolio.png")
         assert published.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

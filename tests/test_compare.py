@@ -167,7 +167,7 @@ def lab(tmp_path_factory, store_template):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     stale = tracker.start("svc-fast-reply", "svc-fast-reply crashed", "svc-fast-reply/crashed", {})
-    tracker._client.set_tag(stale, "labkit.pid", str(dead.pid))
+    tracker._client.set_tag(stale, "labkit.sys.pid", str(dead.pid))
     print(f"recorded the compare store in {time.perf_counter() - started:.1f} s")
     yield lab
     os.environ.update(saved)
@@ -269,7 +269,8 @@ def test_primary_metric_direction_and_decision_fall_back_to_results_json(tmp_pat
 
 
 def test_every_run_carries_its_gain_under_one_name_for_the_mlflow_ui(folio, lab):
-    """metrics `gain`, `gain_ci_low`, `gain_ci_high`: the row's gain and interval, one column for every pilot."""
+    """metrics `gain_pct`, `gain_pct_ci_low`, `gain_pct_ci_high`: the row's gain and interval in percent, one
+    column for every pilot."""
     from labkit.runstore import open_runs
 
     metrics = {r["pilot"]: r["metrics"] for r in open_runs(lab).latest_runs()}
@@ -279,10 +280,16 @@ def test_every_run_carries_its_gain_under_one_name_for_the_mlflow_ui(folio, lab)
         gains = {arm: expected_gain(p, arm)[0] for arm in p["arms"]}
         best = max(gains.values())
         got = metrics_from_results(results)
-        assert got["gain"] == pytest.approx(best) == pytest.approx(row.gain)
-        assert (got["gain_ci_low"], got["gain_ci_high"]) == pytest.approx((row.gain_ci_low, row.gain_ci_high))
-        assert got["gain_ci_low"] < got["gain"] < got["gain_ci_high"]
-        assert "gain" not in metrics[row.pilot]  # these synthetic runs carry no direction in their meta
+        # percentages for reading, to hundredths of a point
+        assert got["gain_pct"] == pytest.approx(100 * best, abs=0.005) and best == pytest.approx(row.gain)
+        assert (got["gain_pct_ci_low"], got["gain_pct_ci_high"]) == pytest.approx(
+            (100 * row.gain_ci_low, 100 * row.gain_ci_high), abs=0.005
+        )
+        assert got["gain_pct_ci_low"] < got["gain_pct"] < got["gain_pct_ci_high"]
+        assert "gain_pct" not in metrics[row.pilot]  # these synthetic runs carry no direction in their meta
+        # ROI is recomputed from value and cost exactly; the run shows it as a rounded percentage
+        assert row.roi == pytest.approx(results["roi"]["roi"], rel=1e-12) and "roi" not in metrics[row.pilot]
+        assert metrics[row.pilot]["roi_pct"] == pytest.approx(100 * results["roi"]["roi"], abs=0.005)
 
 
 # ------------------------------------------------------------------------- the sqlite reader
@@ -511,18 +518,67 @@ def test_csv_reads_back_with_pandas_equal_to_the_rows(folio):
 def test_html_is_one_self_contained_escaped_file(folio, tmp_path):
     text = to_html(folio)
     assert 'src="http' not in text and 'href="http' not in text and "<link" not in text
-    assert '<img alt="forest plot' in text and 'src="data:image/png;base64,' in text
+    assert '<img class="forest" alt="forest plot' in text and 'src="data:image/svg+xml;base64,' in text
     assert "<script" not in text  # the planted title is escaped
     assert "&lt;script&gt;alert(&quot;pwned&quot;)&lt;/script&gt; &amp; co" in text
     for pilot in BY_ID:
         assert pilot in text
     assert "svc-fast-reply moves churned (decrease)." in text  # each pilot's hypothesis …
-    assert "Decision:</b> harm" in text  # … and decision
+    assert "Decision: harm." in text  # … and decision
     assert "spec changed" in text and "running" in text
-    png = re.search(r'src="data:image/png;base64,([^"]+)"', text)[1]
+    svg = re.search(r'src="data:image/svg\+xml;base64,([^"]+)"', text)[1]
     import base64
 
-    assert base64.b64decode(png).startswith(b"\x89PNG")
+    drawn = base64.b64decode(svg).decode()
+    # drawn to the page's width: a viewBox, and text as paths (no pilot's label as markup in the SVG)
+    assert "<svg" in drawn and "viewBox=" in drawn and "<script" not in drawn and "pwned" not in drawn
+    assert "img.forest{width:100%" in text
+
+
+def test_html_renders_markdown_links_runs_and_reports_and_shows_no_local_path(folio, lab, tmp_path):
+    """Issue #14: the report printed raw Markdown (`**SHIP** · **…**`), repeated each pilot under its
+    hypotheses, linked nowhere and showed the local sqlite path in its header."""
+    from dataclasses import replace
+
+    from bs4 import BeautifulSoup
+
+    from labkit.report import markdown_html
+
+    fast = next(r for r in folio.pilots if r.pilot == "svc-fast-reply")
+    folder = Path(folio.root) / "results" / fast.pilot / "runs" / "20260301T000000Z"
+    folder.mkdir(parents=True)
+    (folder / "report.html").write_text("<html>report</html>")
+    description = (
+        "Decision ship · Recommendation rework (fast) · ROI -5.0 %\n\n**Title <b>x</b>** (service)\n\n"
+        "**Recommendation: rework.** Effective but not yet paying back: `churned`\n\n"
+        "**Warnings.**\n- one **thing**\n- two"
+    )
+    pilots = tuple(
+        replace(
+            r, description=description, run_url="http://127.0.0.1:5000/#/experiments/1/runs/" + r.run_id,
+            notebook_report="results/svc-fast-reply/runs/20260301T000000Z/report.html",
+        ) if r.pilot == fast.pilot else r
+        for r in folio.pilots
+    )  # fmt: skip
+    out = tmp_path / "site" / "portfolio.html"
+    text = to_html(replace(folio, pilots=pilots), output=out)
+    assert "**" not in text and "`" not in text  # rendered, not printed
+    assert "<b>Title &lt;b&gt;x&lt;/b&gt;</b>" in text  # rendered and still escaped
+    assert "<ul><li>one <b>thing</b></li><li>two</li></ul>" in text
+    assert str(lab.root) not in text and "mlflow.db" not in text and "sqlite" not in text  # no local path
+    soup = BeautifulSoup(text, "html.parser")
+    hrefs = [a["href"] for a in soup.find_all("a")]
+    assert f"http://127.0.0.1:5000/#/experiments/1/runs/{fast.run_id}" in hrefs
+    report = next(h for h in hrefs if h.endswith("report.html"))
+    assert not report.startswith("/") and (out.parent / report).resolve() == (folder / "report.html")
+    # each pilot once under the decisions: one section per pilot, its hypothesis said once
+    sections = soup.find_all("section", class_="pilot")
+    assert sorted(s["id"] for s in sections) == sorted(f"pilot-{p}" for p in BY_ID)
+    for section in sections:
+        pid = section["id"].removeprefix("pilot-")
+        assert section.get_text().count(BY_ID[pid]["id"] + " moves") <= 1
+    assert markdown_html("a **b** `c`\n\n- d") == "<p>a <b>b</b> <code>c</code></p><ul><li>d</li></ul>"
+    assert markdown_html("stray ** star") == "<p>stray  star</p>"
 
 
 def test_forest_plot_rows_are_every_pilot_under_its_function_then_the_pooled_diamond(folio):
@@ -620,7 +676,7 @@ def test_cli_formats_output_and_log_one_portfolio_run(lab, capsys, tmp_path, mon
     assert run.info.status == "FINISHED" and "labkit.pilot" not in run.data.tags
     assert {a.path for a in client.list_artifacts(run_id)} == {"portfolio.html", "portfolio.json"}
     html_logged = Path(client.download_artifacts(run_id, "portfolio.html", str(tmp_path)))
-    assert 'src="data:image/png;base64,' in html_logged.read_text()
+    assert 'src="data:image/svg+xml;base64,' in html_logged.read_text()
     assert run.data.metrics["pilots"] == 6.0
     # the portfolio run never shows as a pilot
     assert {r.pilot for r in portfolio(lab).pilots} == set(BY_ID)
@@ -715,10 +771,16 @@ def test_compare_against_an_mlflow_server_equals_the_same_runs_in_sqlite(
     outs = [json.loads(out) for out in cli_outputs(*by_function, *by_stage)]
     for sqlite_view, server_view in (outs[:2], outs[2:]):
         assert sqlite_view.pop("store").startswith("sqlite:///") and server_view.pop("store") == mlflow_server
-        for view in (sqlite_view, server_view):
+        urls = {}
+        for name, view in (("sqlite", sqlite_view), ("server", server_view)):
             view.pop("generated_at")
             ids = [p.pop("run_id") for p in view["pilots"]]
             assert len(set(ids)) == len(BY_ID)
+            urls[name] = dict(zip(ids, (p.pop("run_url") for p in view["pilots"]), strict=True))
+        # every row links to its run on a tracking server; a local store has no address to link to
+        assert set(urls["sqlite"].values()) == {None}
+        for run_id, url in urls["server"].items():
+            assert re.fullmatch(rf"{re.escape(mlflow_server)}/#/experiments/\d+/runs/{run_id}", url), url
         assert {p["pilot"] for p in server_view["pilots"]} == set(BY_ID)  # not the FAILED-only pilot
         assert next(p for p in server_view["pilots"] if p["pilot"] == "svc-fast-reply")["decision"] == "ship"
         assert server_view == sqlite_view
@@ -877,3 +939,26 @@ def test_pooled_gain_weighs_pilots_by_their_logged_lift_se_not_the_asymmetric_in
     # an unbounded lift interval (None) does not keep a pilot with a standard error out of the pooling
     unbounded = [PilotRow(pilot="u", gain=0.2, gain_ci_low=None, gain_ci_high=None, lift_se=0.1, **base)]
     assert summarize("service", rows + unbounded).pooled_k == 4
+
+
+def test_every_format_shows_the_recommendation(folio):
+    """Issue #14: compare shows the decision weighed with the ROI (scale | rework | …) and the arm to scale.
+    These runs predate the tag labkit.recommendation, so it is recomputed from decision and ROI by the rule."""
+    from labkit.decision import recommendation_of
+
+    rows = rows_of(folio)
+    for row in rows.values():
+        assert row.recommendation == recommendation_of(row.decision, row.roi)
+        if row.recommendation in ("scale", "rework"):
+            assert row.recommendation_arm == row.arm
+    fast = rows["svc-fast-reply"]
+    assert fast.decision == "ship" and fast.recommendation == ("scale" if fast.roi >= 0 else "rework")
+    table, data = render(folio, "table"), json.loads(render(folio, "json"))
+    assert f"→ {fast.recommendation} (fast)" in table
+    shown = next(p for p in data["pilots"] if p["pilot"] == "svc-fast-reply")
+    assert shown["recommendation"] == fast.recommendation
+    import pandas as pd
+
+    frame = pd.read_csv(io.StringIO(render(folio, "csv")))
+    assert frame.loc[frame.pilot == "svc-fast-reply", "recommendation"].item() == fast.recommendation
+    assert f'<span class="recommendation">{fast.recommendation} (fast)</span>' in render(folio, "html")

@@ -66,6 +66,8 @@ BUDGET = "budget: {cost: 1000, value_per_unit: 50}\n"
 TIMEOUT_S = 3  # the cell timeout of the failures lab
 DEFAULT_ARTIFACTS = {
     "results.json",
+    "report.html",  # the notebook without code (tests/test_notebooks.py)
+    "effects.csv",  # every (metric, arm) row: the per-arm detail as a table (labkit.tracking.effects_csv)
     "notebook/pilot_analysis.ipynb",
     "notebook/pilot_analysis.html",
     "figures/primary_effect.png",
@@ -521,13 +523,17 @@ def test_each_run_is_one_finished_mlflow_run_and_one_results_folder(history):
         assert run.data.tags["labkit.run_key"] == f"main/{folder.name}"
         assert {p.name for p in folder.iterdir()} >= {
             "pilot_analysis.ipynb", "pilot_analysis.html", "results.json", "record.json", "recorded.json",
-            "primary_effect.png", "other_effects.png",
+            "primary_effect.png", "other_effects.png", "effects.csv",
         }  # fmt: skip
         assert json.loads((folder / "recorded.json").read_text())["run_id"] == run.info.run_id
-    for proc, run in zip(procs, runs, strict=True):
+    for proc, run, folder in zip(procs, runs, dirs, strict=True):
         assert "Traceback" not in output(proc)
         row = one_line_with(proc.stdout, "│ main ")  # the summary table: pilot, function, status, ...
         assert "FINISHED" in row and "service" in row and run.data.tags["labkit.decision"] in row
+        assert run.data.tags["labkit.recommendation"] in row
+        # issue #14: the run id in full, how to open it (a local store: `labkit ui`), and the output folder
+        assert f"main: MLflow run {run.info.run_id} — open it with `labkit ui`" in proc.stdout
+        assert f"main: outputs in results/main/runs/{folder.name}/" in proc.stdout
     assert not history["kernels_left"]
 
 
@@ -557,6 +563,14 @@ def test_tags_and_description(history):
     note = tags["mlflow.note.content"]
     assert pilot.spec.hypothesis.statement in note
     assert f"Decision: {results['decision']}" in note and results["reason"] in note
+    # issue #14: the description starts with decision, recommendation and ROI, in plain words (the runs
+    # table shows its first line unrendered), and says the recommendation's sentence
+    assert results["recommendation"] in ("scale", "rework", "extend", "stop", "fix")
+    assert tags["labkit.recommendation"] == results["recommendation"]
+    first = note.splitlines()[0]
+    assert first.startswith(f"Decision {results['decision']} · Recommendation {results['recommendation']}")
+    assert f"ROI {results['roi']['roi'] * 100:+.1f} %" in first and "**" not in first
+    assert results["recommendation_reason"] in note
 
 
 def test_params_are_the_flattened_spec_of_each_run(history):
@@ -578,8 +592,18 @@ def test_metrics_are_every_number_of_results_json(history):
     assert metrics["churned.fast.p_value"] == pytest.approx(row["p_value"])
     assert metrics["srm_p_value"] == pytest.approx(results["srm"]["p_value"])
     assert metrics["cost"] == 1000
-    assert results["roi"]["roi"] is not None and metrics["roi"] == pytest.approx(results["roi"]["roi"])
-    assert {"replies.fast.effect", "replies.fast.variance_reduction", "exposed"} <= set(metrics)
+    assert results["roi"]["roi"] is not None and metrics["roi_pct"] == pytest.approx(
+        100 * results["roi"]["roi"], abs=0.005
+    )
+    assert "exposed" in metrics and len(metrics) < 40  # a headline set, not every number (issue #14)
+    assert not any(k.startswith("replies.") for k in metrics)  # secondaries: in effects.csv, not metrics
+    effects = pd.read_csv(history["lab"].download(run, "effects.csv"))
+    assert len(effects) == len(results["metrics"])
+    row = effects[(effects.metric == "replies") & (effects.arm == "fast")].iloc[0]
+    want = next(r for r in results["metrics"] if r["metric"] == "replies" and r["arm"] == "fast")
+    assert row.effect == pytest.approx(want["effect"]) and row.variance_reduction == pytest.approx(
+        want["variance_reduction"]
+    )
     client = history["lab"].client()  # logged once: one value in each metric's history
     assert [len(client.get_metric_history(run.info.run_id, k)) for k in ("churned.fast.effect", "cost")] == [
         1,
@@ -674,6 +698,9 @@ def test_a_run_through_the_mlflow_server_records_everything(server_flow):
     assert pilot.spec.hypothesis.statement in tags["mlflow.note.content"]
     assert run.data.params == flatten_params(pilot.spec.model_dump(mode="json"))
     assert run.data.metrics == pytest.approx(metrics_from_results(results), rel=1e-12)
+    # issue #14: on a tracking server `labkit run` prints the run's own page, the id in full
+    link = f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    assert f"srv: MLflow run {run.info.run_id} — {link}" in direct.stdout
     assert lab.artifacts(run, uri=uri) == DEFAULT_ARTIFACTS | {"pilot/srv.yaml"}
     assert json.loads(lab.download(run, "results.json", uri=uri).read_text()) == results
     assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"customers", "outcomes", "events"}

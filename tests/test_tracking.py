@@ -175,21 +175,52 @@ def test_flatten_params_of_a_pilot_spec(tiny_lab):
 
 
 def test_metrics_from_results_names_and_values():
+    """Issue #14: a small headline set leads (percentages where people read them), then the primary
+    metric's numbers per arm; no plan, SRM counts or secondary metrics among the metrics any more."""
     from mlflow.utils.validation import _validate_metric_name
 
-    metrics = metrics_from_results(RESULTS)
+    from labkit.tracking import HEADLINE_METRICS, PRIMARY_FIELDS
+
+    results = RESULTS | {"meta": {"exposed": 1996, "direction": "decrease"}}
+    results["roi"] = results["roi"] | {"roi_ci_low": -1.18, "roi_ci_high": 0.89}
+    metrics = metrics_from_results(results)
     assert metrics["churned.fast.effect"] == -0.019
     assert metrics["churned.fast.n_control"] == 1000.0
     assert metrics["churned.fast.lift_ci_low"] == -FLOAT_MAX  # -inf: MLflow cannot store inf
     assert "churned.fast.variance_reduction" not in metrics  # None is skipped
     assert "churned.fast.method" not in metrics  # text is not a metric
-    assert metrics["srm_p_value"] == 0.41 and metrics["srm_ok"] == 1.0
-    assert metrics["plan.required_per_arm"] == 4100.0 and metrics["plan.powered"] == 0.0
-    assert metrics["roi"] == -0.145 and metrics["cost"] == 4000.0 and metrics["value_ci_high"] == 7560.0
-    assert metrics["exposed"] == 1996.0
+    assert metrics["srm_p_value"] == 0.41 and metrics["exposed"] == 1996.0
+    assert metrics["roi_pct"] == pytest.approx(-14.5) and metrics["cost"] == 4000.0
+    assert (metrics["roi_pct_ci_low"], metrics["roi_pct_ci_high"]) == pytest.approx((-118.0, 89.0))
+    assert metrics["value_ci_high"] == 7560.0
+    # gain: the lift in the predicted direction (churn fell 23.4 %: a gain of +23.4 %); its interval is
+    # unbounded below (-inf lift), so it is left out rather than logged as ±1.8e308 %
+    assert metrics["gain_pct"] == pytest.approx(23.4) and metrics["lift_pct"] == pytest.approx(-23.4)
+    assert "gain_pct_ci_low" not in metrics
+    headline = [k for k in metrics if "." not in k]
+    assert set(headline) <= set(HEADLINE_METRICS)
+    assert headline == [k for k in HEADLINE_METRICS if k in metrics]  # logged in the headline order
+    assert set(metrics) - set(headline) <= {f"churned.fast.{f}" for f in PRIMARY_FIELDS}
+    assert not {"srm_ok", "plan.required_per_arm", "srm.counts.control", "roi", "gain"} & set(metrics)
     assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
     for name in metrics:
         _validate_metric_name(name)  # MLflow's own rule
+
+
+def test_per_arm_detail_is_a_csv_table_of_every_row():
+    import csv
+    import io
+
+    from labkit.tracking import effects_csv
+
+    secondary = dict(RESULTS["metrics"][0], metric="replies", role="secondary", effect=0.5, extra_field=3)
+    text = effects_csv(RESULTS | {"metrics": [*RESULTS["metrics"], secondary]})
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [(r["metric"], r["role"], r["arm"]) for r in rows] == [
+        ("churned", "primary", "fast"), ("replies", "secondary", "fast"),
+    ]  # fmt: skip
+    assert float(rows[0]["effect"]) == -0.019 and rows[0]["variance_reduction"] == ""
+    assert list(rows[0])[:3] == ["metric", "role", "type"] and rows[1]["extra_field"] == "3"
 
 
 def test_run_record_round_trips_through_json(tmp_path):
@@ -202,6 +233,51 @@ def test_run_record_round_trips_through_json(tmp_path):
 
 
 # ------------------------------------------------------------------------- recording, on both stores
+
+
+def test_the_experiment_offers_the_leadership_view_of_its_runs(backend):
+    """Issue #14: MLflow (3.15+) keeps an experiment's saved views of the runs table in experiment tags
+    (``mlflow.sharedViewState.<key>``, an envelope whose ``state`` is the view as JSON); MLflow has no
+    default columns per experiment. The store carries labkit's view, once, and `labkit ui`'s link opens it:
+    its columns are the headline metrics and business tags a run records."""
+    from labkit.tracking import HEADLINE_METRICS, LEADERSHIP_VIEW
+    from labkit.ui import runs_url
+
+    tracker = Tracker(backend.lab)
+    tracker.record(make_record(backend.root))
+    experiment = client_for(backend.lab).get_experiment(tracker.experiment_id)
+    envelope = json.loads(experiment.tags[f"mlflow.sharedViewState.{LEADERSHIP_VIEW}"])
+    assert isinstance(envelope["name"], str) and isinstance(envelope["createdAt"], int)
+    state = json.loads(envelope["state"])
+    columns = state["selectedColumns"]
+    assert columns[:5] == [
+        "attributes.`Description`", "tags.`labkit.decision`", "tags.`labkit.recommendation`",
+        "tags.`labkit.recommendation_arm`", "metrics.`roi_pct`",
+    ]  # fmt: skip
+    assert state["columnOrder"] == ["attributes.`Run Name`", *columns]  # in that order, not by kind
+    metrics = [c[len("metrics.`") : -1] for c in columns if c.startswith("metrics.`")]
+    assert set(metrics) <= set(HEADLINE_METRICS) and "roi_pct" in metrics and "gain_pct" in metrics
+    assert (
+        state["searchFilter"] == "tags.`labkit.latest` = 'true'"
+        and state["orderByKey"] == "metrics.`roi_pct`"
+    )
+    assert "attributes.`Dataset`" not in columns  # the dataset hashes the default view shows
+    # written once: a second tracker finds it equal and leaves it
+    before = experiment.last_update_time
+    Tracker(backend.lab).prepare()
+    assert client_for(backend.lab).get_experiment(tracker.experiment_id).last_update_time == before
+    assert runs_url("http://127.0.0.1:5000/", "7") == (
+        "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
+        f"&viewStateShareKey={LEADERSHIP_VIEW}"
+    )
+
+
+def test_owner_tags_of_older_runs_are_still_read():
+    from labkit.tracking import TAG_HOST, TAG_PID, owner_tag
+
+    assert owner_tag({"labkit.pid": "12", "labkit.host": "h"}, TAG_PID) == "12"
+    assert owner_tag({"labkit.sys.host": "new", "labkit.host": "old"}, TAG_HOST) == "new"
+    assert owner_tag({}, TAG_PID) is None
 
 
 def test_record_reads_back_everything(backend, capfd):
@@ -217,7 +293,9 @@ def test_record_reads_back_everything(backend, capfd):
     assert run.info.status == "FINISHED"
     assert tags["labkit.pilot"] == "p" and tags["labkit.run_key"] == record.run_key
     assert tags["labkit.latest"] == "true" and tags["labkit.recorded"] == "true"
-    assert tags["labkit.pid"] == str(os.getpid()) and tags["labkit.host"]
+    # the owner's process is technical: under labkit.sys., out of the business tags' way
+    assert tags["labkit.sys.pid"] == str(os.getpid()) and tags["labkit.sys.host"]
+    assert not {"labkit.pid", "labkit.host", "labkit.pid_start"} & set(tags)
     assert tags["labkit.function"] == "service"
     assert tags["mlflow.note.content"] == record.description
     assert run.data.params == record.params
@@ -349,7 +427,7 @@ def test_a_failure_mid_finish_leaves_the_run_failed_and_a_rerecord_completes_it(
     assert tracker.record(good) == run.info.run_id  # the partial run is finished, not duplicated
     (run,) = runs_of(tracker)
     assert run.info.status == "FINISHED" and run.data.tags["labkit.latest"] == "true"
-    assert len(client_for(sqlite_lab.lab).get_metric_history(run.info.run_id, "roi")) == 1
+    assert len(client_for(sqlite_lab.lab).get_metric_history(run.info.run_id, "roi_pct")) == 1
 
 
 def test_long_values_are_split_or_moved_never_truncated(sqlite_lab):
