@@ -69,7 +69,8 @@ from conftest import LAB_YAML
 
 NOTEBOOK = "notebooks/fault.ipynb"
 FAULT_ARTIFACTS = {"notebook/fault.ipynb", "notebook/fault.html"}
-OK_ARTIFACTS = FAULT_ARTIFACTS | {"results.json", "figures/figure.png"}
+# a FINISHED run also keeps the notebook without code (report.html) and the per-arm table (effects.csv)
+OK_ARTIFACTS = FAULT_ARTIFACTS | {"results.json", "figures/figure.png", "report.html", "effects.csv"}
 
 # The cells after the parameters cell, as stored: cell 1 reads the fault, cells 2-8 inject one each.
 FAULT_CELLS = [
