@@ -61,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
 
     p = add("validate", "check pilot and lab files; every problem as file:line: field: message")
     p.add_argument("paths", nargs="*", metavar="PATH", help="files or folders (default: the lab's)")
+    p.add_argument(
+        "--data",
+        action="store_true",
+        help="also check each pilot against its sources' schemas (columns exist, types fit); no row is read",
+    )
     p = add("new", "write a commented pilot file that validates as written")
     p.add_argument("id", help="the pilot id, a slug: lowercase letters, digits and dashes")
     p.add_argument("--function", required=True, help="sales, marketing, service, pr (the lab's registry)")
@@ -79,10 +84,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--type", dest="kind", choices=("proportion", "mean"), default="proportion", help="the metric's type"
     )
-    add("list", "the pilots with function, channel, stage, owner, status and latest decision")
+    p = add("list", "the pilots with function, channel, stage, owner, status and latest decision")
+    p.add_argument(
+        "--format", choices=("table", "json", "csv"), default="table", help="output (default: table)"
+    )
+    p.add_argument("--json", action="store_true", help="the same as --format json")
     p = add("plan", "power analysis: customers needed per arm for the MDE, and the MDE reachable at the cap")
     p.add_argument("pilot", metavar="PILOT", help="a pilot file or a pilot id of the lab")
-    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON (--format json)")
+    p.add_argument(
+        "--format", choices=("table", "json", "csv"), default="table", help="output (default: table)"
+    )
     p = add("assign", "draw the cohort and assign arms; written once, never silently redrawn")
     p.add_argument("pilot", metavar="PILOT", help="a pilot file or a pilot id of the lab")
     p.add_argument("--force", action="store_true", help="redraw; the old assignment is archived beside it")
@@ -93,7 +105,10 @@ def _parser() -> argparse.ArgumentParser:
         aliases=("analyse",),
     )
     p.add_argument("pilot", metavar="PILOT", help="a pilot file or a pilot id of the lab")
-    p.add_argument("--json", action="store_true", help="print the JSON contract of DESIGN.md")
+    p.add_argument("--json", action="store_true", help="print the JSON contract of DESIGN.md (--format json)")
+    p.add_argument(
+        "--format", choices=("table", "json", "csv"), default="table", help="output (default: table)"
+    )
     p = add("run", "execute each pilot's notebook with papermill and record the run in MLflow")
     p.add_argument(
         "pilots", nargs="*", metavar="PILOT", help="pilot files, ids or folders (default: every pilot)"
@@ -290,7 +305,7 @@ def _lab(args):
 def cmd_validate(args) -> int:
     from labkit.validate import validate_paths
 
-    problems, checked = validate_paths([Path(p) for p in args.paths], explicit_lab=args.lab)
+    problems, checked = validate_paths([Path(p) for p in args.paths], explicit_lab=args.lab, data=args.data)
     for problem in problems:
         print(problem.message, file=sys.stderr)
     if problems:
@@ -331,10 +346,24 @@ def cmd_list(args) -> int:
 
     lab = _lab(args)
     rows, problems = pilot_rows(lab)
-    render_rows(rows)
+    fmt = _format(args)
+    if fmt == "table":
+        render_rows(rows)
+    else:
+        from labkit.render import print_csv, print_json
+
+        if fmt == "json":
+            print_json({"pilots": rows})
+        else:
+            print_csv(rows)
     for problem in problems:
         print(problem, file=sys.stderr)
     return 1 if problems else 0
+
+
+def _format(args) -> str:
+    """--format, with --json kept as its alias (scripts written before --format keep working)."""
+    return "json" if getattr(args, "json", False) else getattr(args, "format", "table")
 
 
 def _pilot(args):
@@ -348,9 +377,15 @@ def cmd_plan(args) -> int:
     from labkit.planning import plan
     from labkit.render import print_json, render_plan
 
-    result = plan(_pilot(args))
-    if args.json:
+    pilot = _pilot(args)
+    result = plan(pilot)
+    fmt = _format(args)
+    if fmt == "json":
         print_json(result.to_dict())
+    elif fmt == "csv":
+        from labkit.render import plan_rows, print_csv
+
+        print_csv(plan_rows(pilot.id, result.to_dict()))
     else:
         render_plan(result)
     return 0
@@ -386,22 +421,33 @@ def cmd_analyze(args) -> int:
     plus a null decision) and exit 0, instead of an `invalid` verdict on data that does not exist yet."""
     from labkit.analysis import analyze
     from labkit.listing import pilot_status
-    from labkit.render import print_json, render_analysis
+    from labkit.render import render_analysis
 
     pilot = _pilot(args)
     status = pilot_status(pilot)
+    fmt = _format(args)
     if status.status in ("assigned", "running"):
-        if args.json:
-            print_json(status.to_dict())
-        else:
+        if fmt == "table":
             print(f"{pilot.id}: {status.line}")
+        else:
+            _print_data(status.to_dict(), fmt)
         return 0
     result = analyze(pilot)
-    if args.json:
-        print_json(result.to_dict())
+    if fmt != "table":
+        _print_data(result.to_dict(), fmt)
     else:
         render_analysis(result)
     return 0
+
+
+def _print_data(data: dict, fmt: str) -> None:
+    """An analysis (or the status that stands in for it) as JSON, or as CSV one row per metric and arm."""
+    from labkit.render import analysis_rows, print_csv, print_json
+
+    if fmt == "json":
+        print_json(data)
+    else:
+        print_csv(analysis_rows(data))
 
 
 def _check_run_args(args) -> None:

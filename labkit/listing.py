@@ -151,11 +151,50 @@ def pilot_rows(lab: Lab) -> tuple[list[dict], list[str]]:
 COLUMNS = ("pilot", "function", "channel", "stage", "owner", "status", "decision")
 
 
-def render_rows(rows: list[dict], out=None) -> None:
-    """A plain aligned table: `labkit list` must answer instantly, and rich alone costs ~0.1 s to import."""
+def output_width() -> int | None:
+    """The width to print at: COLUMNS when set, the terminal's when stdout is one; None when piped (no limit).
+
+    The same rule as the rich console of `labkit.render`, without importing rich."""
+    import os
+    import shutil
+
+    columns = os.environ.get("COLUMNS", "").strip()
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    if sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    return None
+
+
+def render_rows(rows: list[dict], out=None, width: int | None = None) -> None:
+    """A plain aligned table: `labkit list` must answer instantly, and rich alone costs ~0.1 s to import.
+
+    Below the table's width (``width``, else `output_width`) each pilot is a block of "key: value" lines
+    instead, so no id, owner or status is cut or wrapped mid-word; piped, the table is printed whole."""
     out = out or sys.stdout
+    width = output_width() if width is None else width
     cells = [list(COLUMNS)] + [[str(row[key]) for key in COLUMNS] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    if width is not None and max(len(line) for line in lines) > width:
+        lines = _stacked(rows, width)
     out.write(f"{len(rows)} pilot(s)\n" + "\n".join(lines) + "\n")
+
+
+def _stacked(rows: list[dict], width: int) -> list[str]:
+    """Each pilot as its id, then one indented "key  value" line a field, wrapped at spaces only."""
+    import textwrap
+
+    keys = COLUMNS[1:]
+    pad = 2 + max(len(k) for k in keys) + 2
+    lines: list[str] = []
+    for row in rows:
+        lines.append(str(row["pilot"]))
+        for key in keys:
+            text = f"  {key.ljust(pad - 4)}  {row[key]}"
+            lines += textwrap.wrap(
+                text, max(width, pad + 1), subsequent_indent=" " * pad, break_long_words=False,
+                break_on_hyphens=False,
+            ) or [text]  # fmt: skip
+    return lines

@@ -102,16 +102,46 @@ def _pooled(group, sep: str = " ") -> str:
 # --------------------------------------------------------------------------- table, JSON, CSV
 
 
+def _print_fitted(console, table, heading: str | None = None) -> None:
+    """The table when it fits the width; else each row as a block of "column  value" lines, so no pilot
+    id, decision or number is cut or folded. The block's heading is the ``heading`` field (else the first
+    column); a two-line header over two-line cells gives two fields, and a blank cell repeats the one above
+    (the table leaves a group's name blank after its first row)."""
+    from rich.text import Text
+
+    from labkit.render import fits, print_stacked
+
+    if fits(console, table):
+        console.print(table)
+        return
+
+    def lines(cell) -> list[str]:
+        return [" ".join(line.split()) for line in Text.from_markup(str(cell)).plain.splitlines()]
+
+    headers = [lines(c.header) for c in table.columns]
+    columns = [list(c.cells) for c in table.columns]
+    blocks, above = [], [""] * len(columns)
+    for i in range(table.row_count):
+        fields = []
+        for j, (header, column) in enumerate(zip(headers, columns)):
+            value = lines(column[i]) or [above[j]]
+            above[j] = " ".join(value)
+            pairs = zip(header, value) if len(header) == len(value) else [(" ".join(header), " ".join(value))]
+            fields += [(k, v) for k, v in pairs]
+        key = heading if any(k == heading for k, _ in fields) else fields[0][0]
+        blocks.append((dict(fields)[key], [(k, v) for k, v in fields if k != key]))
+    print_stacked(console, " ".join(lines(table.title or "")), blocks)
+
+
 def render_table(p: Portfolio, console=None) -> None:
     """Two rich tables (pilots, then groups), the answer, the definitions' short form and the warnings."""
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    if console is None:
-        console = Console()
-        if not console.is_terminal:  # piped: wide enough that intervals stay on their lines
-            console = Console(width=180)
+    if console is None:  # a terminal's width, COLUMNS, or piped: plain text at full width (labkit.render)
+        from labkit.render import _console
+
+        console = _console()
     by = p.by
     others = [d for d in ("function", "channel", "stage") if d != by]
     pilots = Table(title=f"{len(p.pilots)} pilot(s): the latest finished run of each, by {by}")
@@ -137,7 +167,7 @@ def render_table(p: Portfolio, console=None) -> None:
             f"{_pct(r.roi)}\n{_interval(r.roi_ci_low, r.roi_ci_high)}",
         )
         previous = group
-    console.print(pilots)
+    _print_fitted(console, pilots, heading="pilot")
     groups = Table(title=f"by {by}, highest ROI first")
     for col in (by, "pilots", "decisions", "win rate", "pooled gain", "τ²", "I²", f"value ({p.currency})",
                 "cost", "ROI"):  # fmt: skip
@@ -161,7 +191,7 @@ def render_table(p: Portfolio, console=None) -> None:
             _short(g.cost),
             f"{_pct(g.roi)}\n{_interval(g.roi_ci_low, g.roi_ci_high)}",
         )
-    console.print(groups)
+    _print_fitted(console, groups)
     console.print(f"[bold]{escape(p.answer)}[/bold]")
     level = f"{1 - p.alpha:.0%}"
     console.print(

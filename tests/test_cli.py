@@ -158,3 +158,51 @@ def test_new_refuses_a_metric_column_the_source_lacks(tiny_lab):
         "columns: customer_id, converted"
     )
     assert not (tiny_lab.root / "experiments" / "x.yaml").exists()
+
+
+def _data(tiny_lab, *, churned, ts, has_twitter=True) -> None:
+    import pandas as pd
+
+    (tiny_lab.root / "data").mkdir(exist_ok=True)
+    ids = ["c1", "c2"]
+    pd.DataFrame({"customer_id": ids, "has_twitter": [has_twitter] * 2}).to_parquet(
+        tiny_lab.root / "data" / "customers.parquet"
+    )
+    pd.DataFrame({"customer_id": ids, "churned": churned}).to_csv(tiny_lab.root / "data" / "outcomes.csv", index=False)
+    pd.DataFrame({"customer_id": ids, "event_type": ["reply"] * 2, "ts": ts}).to_parquet(
+        tiny_lab.root / "data" / "events.parquet"
+    )
+
+
+def test_validate_data_passes_a_pilot_that_fits_its_sources(tiny_lab):
+    import pandas as pd
+
+    tiny_lab.pilot()
+    _data(tiny_lab, churned=[0, 1], ts=pd.to_datetime(["2026-11-02", "2026-11-03"]))
+    out = run("validate", "--data", cwd=tiny_lab.root)
+    assert out.returncode == 0, out.stderr
+    assert run("validate", cwd=tiny_lab.root).returncode == 0
+
+
+def test_validate_data_reports_each_missing_column_and_misfit_type_at_its_line(tiny_lab):
+    tiny_lab.pilot(PILOT_YAML.replace("column: has_twitter", "column: has_twiter"))
+    _data(tiny_lab, churned=["high", "low"], ts=["2026-11-02", "2026-11-03"])
+    assert run("validate", cwd=tiny_lab.root).returncode == 0  # the schema is not looked at without --data
+    out = run("validate", "--data", cwd=tiny_lab.root)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert lines[0].startswith(
+        "experiments/p.yaml:16: cohort.where.0.column: no column 'has_twiter' in source 'customers'; its columns: "
+    ), lines
+    assert lines[1].startswith("experiments/p.yaml:25: metrics.0.column: column 'churned' of source 'outcomes' is ")
+    assert lines[1].endswith("allowed: a boolean or 0/1 numeric column")
+    assert lines[2].startswith("experiments/p.yaml:31: metrics.1.window_days: column 'ts' of source 'events' is ")
+    assert lines[2].endswith("allowed: a timestamp or date column")
+    assert lines[3] == "3 problem(s) in 2 file(s)"
+
+
+def test_validate_data_says_when_a_source_cannot_be_read(tiny_lab):
+    tiny_lab.pilot()
+    out = run("validate", "--data", "experiments/p.yaml", cwd=tiny_lab.root)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("experiments/p.yaml:13: cohort.source: source 'customers' cannot be read: ")

@@ -1,0 +1,307 @@
+"""The command line at 80 and 100 columns, and piped: no number or name a reader needs is cut.
+
+Each command runs as a subprocess (the real CLI) on a small lab with data; rich honours COLUMNS, so no pty
+is needed. Every key value (pilot id, metric names, decisions, numbers as labkit prints them) must appear
+whole on one line, and no line may be longer than the width. Piped (no COLUMNS, not a terminal), the
+output is plain text at full width: no escape codes, and a table's row stays on one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import LAB_YAML
+
+LABKIT = [sys.executable, "-m", "labkit.cli"]
+PID = "service-twitter-fast-reply-weekend-shift"
+METRICS = ("churned_within_ninety_days", "replies_sent_per_customer")
+
+
+def pilot_yaml(pid: str) -> str:
+    return textwrap.dedent(f"""\
+        id: {pid}
+        title: A pilot with long names
+        function: service
+        channel: twitter
+        stage: retention
+        owner: customer-service-lab@example.com
+        hypothesis:
+          statement: Fast replies lower churn.
+          metric: {METRICS[0]}
+          direction: decrease
+          mde: {{relative: 0.2}}
+        cohort:
+          source: customers
+          id_column: customer_id
+          where:
+            - {{column: has_twitter, op: "==", value: true}}
+          max_size: 3000
+          arms: {{control: 0.5, fast: 0.5}}
+          control: control
+          start: 2026-11-01
+        metrics:
+          - {{name: {METRICS[0]}, type: proportion, source: outcomes, column: churned}}
+          - {{name: {METRICS[1]}, type: mean, source: outcomes, column: replies}}
+        """)
+
+
+def run(root: Path, *args: str, columns: int | None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "LABKIT_LAB")}
+    env.pop("LABKIT_TRACKING_URI", None)
+    if columns is not None:
+        env["COLUMNS"] = str(columns)
+    out = subprocess.run([*LABKIT, *args], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> Path:
+    """3,000 customers assigned to one pilot with long names; outcomes drawn so that the arms differ."""
+    import labkit
+
+    root = tmp_path_factory.mktemp("terminal")
+    (root / "configs").mkdir()
+    (root / "configs" / "lab.yaml").write_text(LAB_YAML)
+    (root / "data").mkdir()
+    rng = np.random.default_rng(15)
+    n = 3000
+    ids = [f"c{i:05d}" for i in range(n)]
+    pd.DataFrame({"customer_id": ids, "has_twitter": True}).to_parquet(root / "data" / "customers.parquet")
+    (root / "experiments").mkdir()
+    path = root / "experiments" / f"{PID}.yaml"
+    path.write_text(pilot_yaml(PID))
+    second = root / "experiments" / "pr-linkedin-quarterly-thought-leadership.yaml"
+    second.write_text(pilot_yaml("pr-linkedin-quarterly-thought-leadership").replace("function: service", "function: pr"))
+    lab_ = labkit.load_lab(root / "configs" / "lab.yaml")
+    labkit.assign(labkit.load_pilot(path, lab=lab_))
+    arms = pd.read_parquet(root / "results" / PID / "assignment.parquet")[["customer_id", "arm"]]
+    fast = (arms["arm"] == "fast").to_numpy()
+    pd.DataFrame(
+        {
+            "customer_id": arms["customer_id"],
+            "churned": (rng.random(len(arms)) < np.where(fast, 0.08, 0.14)).astype(int),
+            "replies": rng.poisson(np.where(fast, 3.2, 2.5)),
+        }
+    ).to_csv(root / "data" / "outcomes.csv", index=False)
+    record_run(labkit.load_pilot(path, lab=lab_))
+    return root
+
+
+def record_run(pilot) -> None:
+    """The analysis recorded as `labkit run` records it (build_record, Tracker.record into sqlite), without
+    running the notebook: `labkit compare` then has a finished run to show."""
+    import time
+    import types
+
+    import labkit
+    from labkit.pipeline import build_record
+    from labkit.tracking import Tracker
+
+    results = json.loads(labkit.analyze(pilot).to_json())
+    now = time.time()
+    nb = types.SimpleNamespace(status="FINISHED", message=None, executed=None, html=None, results=None,
+                               figures=[], started_at=now - 5, ended_at=now)  # fmt: skip
+    record = build_record(pilot, nb, run_key="t/1", run_name="t 1", results=results, spec_changed=False,
+                          code_version="test")  # fmt: skip
+    Tracker(pilot.lab).record(record)
+
+
+def check_width(text: str, width: int) -> None:
+    long = [line for line in text.splitlines() if len(line) > width]
+    assert not long, f"{len(long)} line(s) longer than {width}: {long[:3]}"
+
+
+def assert_whole(text: str, values) -> None:
+    lines = text.splitlines()
+    for value in values:
+        assert any(value in line for line in lines), f"{value!r} not whole on any line of:\n{text}"
+
+
+def analysis_values(root: Path) -> list[str]:
+    """The pilot id, the metric names, the decision and the numbers as labkit prints them (from --json)."""
+    from labkit.render import _f
+
+    data = json.loads(run(root, "analyze", PID, "--json", columns=None).stdout)
+    values = [PID, data["decision"], *METRICS]
+    for r in data["metrics"]:
+        values += [r["arm"], _f(r["mean_control"]), _f(r["mean_treatment"]), _f(r["effect"], "+.4g")]
+        values += [_f(r["p_value_adjusted"], ".3g"), f"[{_f(r['ci_low'])}, {_f(r['ci_high'])}]"]
+    return values
+
+
+@pytest.mark.parametrize("columns", [80, 100])
+def test_analyze_reads_whole_at_80_and_100_columns(lab, columns):
+    out = run(lab, "analyze", PID, columns=columns).stdout
+    check_width(out, columns)
+    assert_whole(out, analysis_values(lab))
+    assert "…" not in out
+
+
+def test_analyze_piped_is_plain_text_at_full_width(lab):
+    out = run(lab, "analyze", PID, columns=None).stdout
+    assert "\x1b[" not in out and "…" not in out
+    assert_whole(out, analysis_values(lab))
+    from labkit.render import _f
+
+    data = json.loads(run(lab, "analyze", PID, "--json", columns=None).stdout)
+    row = data["metrics"][0]  # one table row stays on one line: its metric, effect and p together
+    effect, p = _f(row["effect"], "+.4g"), _f(row["p_value_adjusted"], ".3g")
+    assert any(row["metric"] in line and effect in line and p in line for line in out.splitlines()), out
+
+
+@pytest.mark.parametrize("columns", [80, 100])
+def test_list_reads_whole_at_80_and_100_columns(lab, columns):
+    out = run(lab, "list", columns=columns).stdout
+    check_width(out, columns)
+    assert_whole(out, [PID, "pr-linkedin-quarterly-thought-leadership", "customer-service-lab@example.com"])
+
+
+def test_list_piped_is_one_line_per_pilot(lab):
+    out = run(lab, "list", columns=None).stdout
+    assert any(PID in line and "customer-service-lab@example.com" in line for line in out.splitlines()), out
+
+
+@pytest.mark.parametrize("columns", [80, 100])
+def test_plan_reads_whole_at_80_and_100_columns(lab, columns):
+    from labkit.render import _f
+
+    out = run(lab, "plan", PID, columns=columns).stdout
+    check_width(out, columns)
+    data = json.loads(run(lab, "plan", PID, "--json", columns=None).stdout)
+    assert_whole(out, [PID, METRICS[0], _f(data["required_total"], ","), _f(data["baseline_mean"])])
+
+
+@pytest.mark.parametrize("columns", [80, 100])
+def test_compare_reads_whole_at_80_and_100_columns(lab, columns):
+    out = run(lab, "compare", columns=columns).stdout
+    check_width(out, columns)
+    data = json.loads(run(lab, "compare", "--format", "json", columns=None).stdout)
+    (row,) = data["pilots"]
+    assert_whole(out, [PID, METRICS[0], row["decision"], "service", f"{row['exposed']:,}"])
+    assert "…" not in out
+
+
+def test_compare_piped_keeps_each_pilot_on_its_line(lab):
+    out = run(lab, "compare", columns=None).stdout
+    assert "\x1b[" not in out
+    assert any(PID in line and "service" in line for line in out.splitlines()), out
+
+
+# ------------------------------------------------------------------ --format table|json|csv, --json an alias
+
+
+def read_csv(text: str) -> list[dict]:
+    import csv
+    import io
+
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def same(cell: str, value) -> bool:
+    """A CSV cell against the JSON value it stands for: empty for null, exact for numbers."""
+    if value is None:
+        return cell == ""
+    if isinstance(value, bool):
+        return cell == ("true" if value else "false")
+    if isinstance(value, (int, float)):
+        return float(cell) == value
+    if isinstance(value, (dict, list)):
+        return json.loads(cell) == value
+    return cell == str(value)
+
+
+def test_analyze_formats_agree_and_json_is_an_alias(lab):
+    data = json.loads(run(lab, "analyze", PID, "--format", "json", columns=None).stdout)
+    assert json.loads(run(lab, "analyze", PID, "--json", columns=None).stdout)["metrics"] == data["metrics"]
+    rows = read_csv(run(lab, "analyze", PID, "--format", "csv", columns=None).stdout)
+    assert len(rows) == len(data["metrics"]) == 2  # one row per metric and arm
+    for row, want in zip(rows, data["metrics"]):
+        assert row["pilot"] == PID and row["decision"] == data["decision"]
+        for key, value in want.items():
+            assert same(row[key], value), (key, row[key], value)
+    assert METRICS[0] in run(lab, "analyze", PID, "--format", "table", columns=None).stdout
+
+
+def test_plan_formats_agree_and_json_is_an_alias(lab):
+    data = json.loads(run(lab, "plan", PID, "--format", "json", columns=None).stdout)
+    assert json.loads(run(lab, "plan", PID, "--json", columns=None).stdout) == data
+    rows = read_csv(run(lab, "plan", PID, "--format", "csv", columns=None).stdout)
+    assert [r["arm"] for r in rows] == list(data["required_by_arm"]) == ["control", "fast"]  # one row per arm
+    for row in rows:
+        assert int(row["required"]) == data["required_by_arm"][row["arm"]]
+        for key, value in data.items():
+            if not isinstance(value, (dict, list)):
+                assert same(row[key], value), (key, row[key], value)
+
+
+def test_list_formats_agree_and_json_is_an_alias(lab):
+    data = json.loads(run(lab, "list", "--format", "json", columns=None).stdout)
+    assert json.loads(run(lab, "list", "--json", columns=None).stdout) == data
+    rows = read_csv(run(lab, "list", "--format", "csv", columns=None).stdout)
+    assert rows == data["pilots"]  # one row per pilot, every field a string
+    assert sorted(r["pilot"] for r in rows) == sorted([PID, "pr-linkedin-quarterly-thought-leadership"])
+
+
+# ------------------------------------------------------------------ every width, in process
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    width=st.integers(40, 220),  # from 40: an indented key (12) and the longest value (28) fit a line
+    rows=st.lists(
+        st.fixed_dictionaries(
+            {key: st.text("abcdefghij-.@0123456789", min_size=1, max_size=28) for key in ("pilot", "owner")}
+            | {key: st.sampled_from(["service", "ready to analyse", "running (day 3 of 60)", "-"])
+               for key in ("function", "channel", "stage", "status", "decision")}  # fmt: skip
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+)
+def test_list_keeps_every_value_whole_at_every_width(width, rows):
+    """For any rows whose values fit a stacked line, at any width from 40: each value whole, no line wider."""
+    import io
+
+    from labkit.listing import render_rows
+
+    out = io.StringIO()
+    render_rows(rows, out=out, width=width)
+    text = out.getvalue()
+    check_width(text, width)
+    for row in rows:
+        assert_whole(text, [str(v) for v in row.values()])
+
+
+def test_analyze_keeps_every_value_whole_at_every_width(lab):
+    """`render_analysis` at every width from 60 to 160 columns (COLUMNS, as rich reads it)."""
+    import contextlib
+    import io
+
+    import labkit
+    from labkit.render import render_analysis
+
+    result = labkit.analyze(labkit.load_pilot(lab / "experiments" / f"{PID}.yaml", lab=labkit.load_lab(lab / "configs" / "lab.yaml")))
+    values = analysis_values(lab)
+    saved = os.environ.get("COLUMNS")
+    try:
+        for width in range(60, 161, 5):
+            os.environ["COLUMNS"] = str(width)
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                render_analysis(result)
+            check_width(out.getvalue(), width)
+            assert_whole(out.getvalue(), values)
+    finally:
+        os.environ.pop("COLUMNS", None) if saved is None else os.environ.__setitem__("COLUMNS", saved)
