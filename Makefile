@@ -28,9 +28,13 @@ demo: $(STAMP)
 system-deps:
 	@tools/system-deps
 
+# The suite in parallel (pytest-xdist): each test module is one unit on one worker, the demo lab's
+# readers one unit (tests/conftest.py). Most tests wait on kernels, servers and subprocesses, so more
+# workers than cores pays; TEST_WORKERS=0 runs it in this process, as `python -m pytest` alone does.
+TEST_WORKERS ?= 4
 test: system-deps $(STAMP)
 	$(BIN)/ruff check labkit tests benchmarks
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(BIN)/ruff check labkit tests benchmarks

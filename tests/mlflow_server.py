@@ -7,10 +7,18 @@ the server's sqlite store, artifact folder and log, so privacy tests can scan wh
 Started as RELIABILITY.md recommends: ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false`` and ``--workers 1`` (the
 defaults took 36–49 s to start and left job-runner processes alive after SIGTERM), a sqlite backend and
 ``--artifacts-destination`` under a temporary folder, telemetry off.
+
+Under pytest-xdist the workers of one run share one server: the first worker that needs it starts it
+under a file lock in the run's shared temporary folder and writes down its URI and pid; the others read
+them. It outlives that worker and is stopped by its process group by the controller at the end of the run
+(:func:`stop_shared_server`, from tests/conftest.py). Tests already treat the server as shared: each
+records into an experiment of its own.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import signal
 import socket
@@ -120,11 +128,68 @@ def stop_server(process: subprocess.Popen) -> None:
 
 
 _shared: dict = {}  # one server per session, even when conftest.py and a test module both import the fixture
+SHARED_STATE = "mlflow-server.json"  # in the run's shared folder under xdist: the server's URI, paths and pid
+
+
+def _shared_folder(tmp_path_factory) -> Path | None:
+    """Under xdist, the folder every worker of this run shares (the parent of each worker's base temp)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return None
+    return tmp_path_factory.getbasetemp().parent
+
+
+def _server_of_the_run(folder: Path) -> ServerURI:
+    """The run's server: started by the first worker that asks (under a lock), read by the others."""
+    state = folder / SHARED_STATE
+    with open(folder / "mlflow-server.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not state.exists():
+            process, uri = start_server(folder / "mlflow-server")
+            _shared["process"] = process  # kept: the controller stops it, after this worker has ended
+            fields = {"uri": str(uri), "pid": uri.pid, "db_path": str(uri.db_path)}
+            fields |= {"artifacts_dir": str(uri.artifacts_dir), "log_path": str(uri.log_path)}
+            state.write_text(json.dumps(fields))
+        fields = json.loads(state.read_text())
+    uri = ServerURI(fields["uri"])
+    uri.db_path, uri.artifacts_dir = Path(fields["db_path"]), Path(fields["artifacts_dir"])
+    uri.log_path, uri.pid = Path(fields["log_path"]), fields["pid"]
+    return uri
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def stop_shared_server(folder: Path) -> None:
+    """Stop the run's shared server (if a worker started one): SIGTERM to its process group, then SIGKILL."""
+    state = folder / SHARED_STATE
+    if not state.exists():
+        return
+    pid = json.loads(state.read_text())["pid"]
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, signum)
+        except (ProcessLookupError, PermissionError):
+            break
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not _alive(pid):
+            break
+    state.unlink()
 
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory) -> ServerURI:
     """A real ``mlflow server`` on 127.0.0.1 for the whole session; yields its http URI."""
+    folder = _shared_folder(tmp_path_factory)
+    if folder is not None:
+        yield _server_of_the_run(folder)
+        return
     if not _shared:
         process, uri = start_server(tmp_path_factory.mktemp("mlflow-server"))
         _shared.update(process=process, uri=uri, users=0)

@@ -55,14 +55,15 @@ from labkit.data.sources import file_digest
 from labkit.privacy import scan_for_identifiers
 from labkit.tracking import flatten_params, metrics_from_results
 
-from conftest import LAB_YAML, PILOT_YAML
+from conftest import LAB_YAML
+from conftest import pilot_yaml as default_pilot_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_NOTEBOOKS = Path(__file__).parent / "notebooks"
 BASE_ENV = dict(os.environ)  # what every labkit subprocess starts from (threads must not race on os.environ)
 N_CUSTOMERS = 400
 START = pd.Timestamp("2026-11-01")
-BUDGET = "budget: {cost: 1000, value_per_unit: 50}\n"
+BUDGET = {"cost": 1000, "value_per_unit": 50}
 TIMEOUT_S = 3  # the cell timeout of the failures lab
 DEFAULT_ARTIFACTS = {
     "results.json",
@@ -93,11 +94,8 @@ BATCH = ("bat-1", "bat-2", "bat-ok", "bat-exit")
 
 
 def pilot_yaml(pid: str, *, notebook: str | None = None) -> str:
-    return (
-        PILOT_YAML.replace("id: p\n", f"id: {pid}\n")
-        + BUDGET
-        + (f"notebook: {notebook}\n" if notebook else "")
-    )
+    """The default pilot (tests/pilots.py) with a budget, and a notebook when given."""
+    return default_pilot_yaml(id=pid, budget=BUDGET, **({"notebook": notebook} if notebook else {}))
 
 
 class PipelineLab:

@@ -629,3 +629,104 @@ def test_sweep_stale_kills_the_running_run_of_a_dead_process(sqlite_lab):
     assert stale.info.status == "KILLED" and "is gone" in stale.data.tags["labkit.swept"]
     assert client.get_run(alive_id).info.status == "RUNNING"
     assert tracker.sweep_stale() == []
+
+
+# ------------------------------------------------------------------------- the effect over time
+
+
+def over_time_block() -> list[dict]:
+    """Three days of `replies` (fast vs control) from labkit.stats.over_time; day 1 has no events yet, so
+    its effect has no interval."""
+    import datetime as dt
+
+    from labkit.stats.moments import ArmMoments
+    from labkit.stats.over_time import effect_over_time
+
+    arms = {
+        "control": [ArmMoments.from_values(v) for v in ([0] * 10, [0, 1] * 5, [0, 1, 2] * 4)],
+        "fast": [ArmMoments.from_values(v) for v in ([0] * 12, [1, 1, 0] * 4, [1, 2, 2] * 4)],
+    }
+    as_of = [dt.date(2026, 11, 1) + dt.timedelta(days=d) for d in (1, 2, 3)]
+    return effect_over_time("replies", [1, 2, 3], as_of, arms, control="control").to_list()
+
+
+def midnight_ms(day: str) -> int:
+    import datetime as dt
+
+    return int(dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC).timestamp() * 1000)
+
+
+def test_over_time_rows_become_history_points_and_leave_the_headline_alone():
+    from labkit.tracking import day_ms, over_time_history
+
+    rows = over_time_block()
+    results = RESULTS | {"over_time": rows}
+    points = over_time_history(results)
+    by_key: dict[str, list] = {}
+    for p in points:
+        by_key.setdefault(p["key"], []).append((p["step"], p["timestamp"], p["value"]))
+    stamps = {r["day"]: midnight_ms(r["as_of"]) for r in rows}
+    assert by_key["over_time.replies.fast.effect"] == [
+        (r["day"], stamps[r["day"]], r["effect"]) for r in rows
+    ]
+    for field in ("ci_low", "ci_high"):  # day 1 has no interval: a gap, never a NaN
+        assert by_key[f"over_time.replies.fast.{field}"] == [
+            (r["day"], stamps[r["day"]], r[field]) for r in rows[1:]
+        ]
+    assert set(by_key) == {f"over_time.replies.fast.{f}" for f in ("effect", "ci_low", "ci_high")}
+    assert metrics_from_results(results) == metrics_from_results(RESULTS)  # the headline: nothing new
+    assert over_time_history(RESULTS) == []
+    assert over_time_history(RESULTS | {"over_time": {"interval": "fixed-horizon", "rows": rows}}) == points
+    assert day_ms("2026-11-02T06:00:00") == midnight_ms("2026-11-02") + 6 * 3_600_000
+
+
+def test_the_effect_over_time_is_metric_history_with_one_value_per_day(sqlite_lab):
+    """results.json's over_time -> build_record -> MLflow: each day once at its step and timestamp, also
+    when a partial run is finished again; a run without over_time logs none."""
+    import types
+
+    from mlflow import MlflowClient
+
+    from labkit.spec import load_pilot
+    from labkit.tracking import build_record
+
+    sqlite_lab.pilot()
+    pilot = load_pilot("p", lab=sqlite_lab.lab)
+    rows = over_time_block()
+    now = time.time()
+
+    def record_of(results: dict, key: str) -> RunRecord:
+        nb = types.SimpleNamespace(status="FINISHED", message=None, executed=None, html=None, results=None,
+                                   figures=[], started_at=now - 5, ended_at=now)  # fmt: skip
+        return build_record(pilot, nb, run_key=key, run_name=key, results=results, spec_changed=False,
+                            code_version="test")  # fmt: skip
+
+    tracker = Tracker(sqlite_lab.lab)
+    good = record_of(RESULTS | {"pilot": "p", "over_time": rows}, "p/over-time")
+    assert RunRecord.from_json(good.to_json()) == good  # record.json carries the history
+    broken = dataclasses.replace(good, artifacts=[*good.artifacts, "/nonexistent/figure.png"])
+    with pytest.raises(TrackingError, match="does not exist"):
+        tracker.record(broken)
+    client = MlflowClient(tracking_uri=sqlite_lab.lab.tracking_uri)
+    (partial,) = runs_of(tracker)
+    assert len(client.get_metric_history(partial.info.run_id, "over_time.replies.fast.effect")) == len(rows)
+    run_id = tracker.record(good)  # finishes the partial run: each day stays logged once
+    assert run_id == partial.info.run_id
+    for field in ("effect", "ci_low", "ci_high"):
+        history = client.get_metric_history(run_id, f"over_time.replies.fast.{field}")
+        expected = [r for r in rows if r[field] is not None]
+        assert [(m.step, m.timestamp) for m in sorted(history, key=lambda m: m.step)] == [
+            (r["day"], midnight_ms(r["as_of"])) for r in expected
+        ]
+        assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(
+            [r[field] for r in expected]
+        )
+    assert client.get_run(run_id).data.metrics["over_time.replies.fast.effect"] == pytest.approx(
+        rows[-1]["effect"]
+    )
+
+    plain_record = record_of(RESULTS | {"pilot": "p"}, "p/plain")
+    assert "history" not in json.loads(plain_record.to_json())  # record.json as before the effect over time
+    plain = tracker.record(plain_record)
+    assert not [k for k in client.get_run(plain).data.metrics if k.startswith("over_time.")]
+    assert client.get_metric_history(plain, "over_time.replies.fast.effect") == []

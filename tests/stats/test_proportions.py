@@ -313,9 +313,14 @@ def test_exact_path_aa_false_positive_rate_by_simulation():
     alpha, reps, n, rate = 0.05, 400, 25, 0.15
     rng = np.random.default_rng(13)
     k_c, k_t = rng.binomial(n, rate, reps), rng.binomial(n, rate, reps)
-    hits = sum(
-        compare_proportions(_arm(a, n), _arm(b, n), alpha=alpha).p_value < alpha for a, b in zip(k_c, k_t)
-    )
+    pairs = list(zip(k_c.tolist(), k_t.tolist()))
+    # the test is a function of (k_c, k_t): each of the ~70 distinct outcomes is tested once, and every
+    # replicate is counted with its outcome's result (the same count as 400 calls, ~6x faster)
+    rejects = {
+        (a, b): compare_proportions(_arm(a, n), _arm(b, n), alpha=alpha).p_value < alpha
+        for a, b in set(pairs)
+    }
+    hits = sum(rejects[pair] for pair in pairs)
     # exact tests are conservative: only the upper bound matters
     _, high = _binomial_bounds(reps, alpha)
     assert hits <= high, f"A/A exact: {hits}/{reps} at alpha={alpha}; 99.99% upper bound {high}"

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from labkit.data.aggregate import (
     MetricData,
@@ -25,6 +26,8 @@ from labkit.errors import AssignmentError, DataError
 from labkit.lab import load_lab
 from labkit.spec import load_pilot
 
+from conftest import DROP, pilot_yaml
+
 LAB = """\
 lab: agg-lab
 sources:
@@ -36,29 +39,6 @@ sources:
 functions: [service]
 channels: [twitter]
 stages: [retention]
-"""
-
-PILOT = """\
-id: p
-title: Aggregation
-function: service
-channel: twitter
-stage: retention
-owner: lab@example.com
-hypothesis:
-  statement: Something moves.
-  metric: {primary}
-  direction: increase
-  mde: {{relative: 0.1}}
-cohort:
-  source: customers
-  id_column: customer_id
-  max_size: 1000
-  arms: {arms}
-  control: control
-  start: 2026-11-01
-metrics:
-{metrics}
 """
 
 W = 10  # window_days used throughout
@@ -154,8 +134,16 @@ def write_assignment(tiny_lab, units: pd.DataFrame) -> None:
 
 
 def pilot_with(tiny_lab, metrics: str, arms: str = "{control: 0.5, fast: 0.5}"):
-    primary = metrics.split("name:", 1)[1].split()[0].rstrip(",")
-    tiny_lab.pilot(PILOT.format(primary=primary, arms=arms, metrics=metrics))
+    """The default pilot (tests/pilots.py) on every customer with ``metrics`` (the lines of the list as
+    written in the file), the first one primary."""
+    declared = yaml.safe_load(metrics)
+    tiny_lab.pilot(pilot_yaml(**{
+        "title": "Aggregation",
+        "hypothesis": {"statement": "Something moves.", "metric": declared[0]["name"], "direction": "increase",
+                       "mde": {"relative": 0.1}},
+        "cohort.where": DROP, "cohort.max_size": 1000, "cohort.arms": yaml.safe_load(arms),
+        "metrics": declared,
+    }))  # fmt: skip
     return load_pilot("experiments/p.yaml", lab=load_lab(tiny_lab.root))
 
 

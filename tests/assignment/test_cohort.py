@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -17,33 +16,13 @@ from labkit.errors import DataError, SpecErrors
 from labkit.lab import load_lab
 from labkit.spec import Filter, load_pilot
 
-PILOT = """\
-id: p
-title: Reply fast
-function: service
-channel: twitter
-stage: retention
-owner: lab@example.com
-hypothesis:
-  statement: Fast replies lower churn.
-  metric: churned
-  direction: decrease
-  mde: {{relative: 0.15}}
-cohort:
-  source: customers
-  id_column: customer_id
-  max_size: 2000
-  arms: {{control: 0.5, fast: 0.5}}
-  control: control
-  start: 2026-11-01
-  where:
-{where}
-metrics:
-  - name: churned
-    type: proportion
-    source: outcomes
-    column: churned
-"""
+from conftest import CHURNED, pilot_yaml
+
+
+def pilot_text(where: list[dict]) -> str:
+    """The default pilot (tests/pilots.py) with this ``cohort.where``."""
+    return pilot_yaml(**{"cohort.where": where, "metrics": [CHURNED]})
+
 
 CANARY = Path("/tmp/labkit-canary-pwn")
 HOSTILE = [
@@ -203,9 +182,7 @@ def test_dates_and_timestamps_take_iso_text(lab):
 
 def test_eligible_reads_the_pilots_where(lab):
     lab.pilot(
-        PILOT.format(
-            where="    - {column: tenure, op: '>', value: 20}\n    - {column: segment, op: not_null}"
-        )
+        pilot_text([{"column": "tenure", "op": ">", "value": 20}, {"column": "segment", "op": "not_null"}])
     )
     pilot = load_pilot("p")
     engine = Engine.for_lab(pilot.lab)
@@ -315,16 +292,11 @@ def test_a_hostile_value_matches_exactly_the_customer_who_has_it(lab):
 
 def test_hostile_values_from_a_pilot_file_are_literals(lab):
     CANARY.unlink(missing_ok=True)
-    where = textwrap.indent(
-        textwrap.dedent(
-            """\
-            - {column: segment, op: not_in, value: ["'; DROP TABLE customers;--", "$(touch /tmp/labkit-canary-pwn)"]}
-            - {column: customer_id, op: "!=", value: "a\\nb\\u202e"}
-            """
-        ),
-        "    ",
-    )
-    lab.pilot(PILOT.format(where=where.rstrip("\n")))
+    where = [
+        {"column": "segment", "op": "not_in", "value": ["'; DROP TABLE customers;--", "$(touch /tmp/labkit-canary-pwn)"]},
+        {"column": "customer_id", "op": "!=", "value": "a\nb\u202e"},
+    ]
+    lab.pilot(pilot_text(where))
     pilot = load_pilot("p")
     assert pilot.spec.cohort.where[1].value == "a\nb\u202e"
     engine = Engine.for_lab(pilot.lab)
@@ -337,7 +309,7 @@ def test_hostile_values_from_a_pilot_file_are_literals(lab):
 
 
 def test_hostile_column_names_never_reach_the_engine(lab):
-    lab.pilot(PILOT.format(where='    - {column: "x; DROP TABLE customers", op: is_null}'))
+    lab.pilot(pilot_text([{"column": "x; DROP TABLE customers", "op": "is_null"}]))
     with pytest.raises(
         SpecErrors, match=r"cohort\.where\.0\.column: 'x; DROP TABLE customers' is not a plain column"
     ):

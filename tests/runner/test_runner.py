@@ -306,9 +306,9 @@ def test_a_kernel_that_dies_while_starting_is_started_again(tmp_path, monkeypatc
 
 def test_a_kernel_that_never_answers_while_starting_is_started_again(tmp_path, monkeypatch):
     """The other face of a port drawn twice: no reply to kernel_info until the start timeout."""
-    import labkit.runner
+    from labkit.runner import kernels
 
-    monkeypatch.setattr(labkit.runner, "_KERNEL_START_TIMEOUT_S", 5)
+    monkeypatch.setattr(kernels, "KERNEL_START_TIMEOUT_S", 5)
     spec = tmp_path / "jupyter" / "kernels" / "mute"
     spec.mkdir(parents=True)
     marker = tmp_path / "first-start-hung"

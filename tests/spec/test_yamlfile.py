@@ -13,17 +13,16 @@ import tracemalloc
 
 import pytest
 
-from labkit import yamlfile
 from labkit.errors import SpecErrors
-from labkit.yamlfile import MAX_BYTES, YamlDoc, load_yaml
+from labkit.yamlfile import MAX_BYTES, YamlDoc, composer, load_yaml, reading, scalars
 
-PARSERS = ["libyaml", "python"] if yamlfile._CParser is not None else ["python"]
+PARSERS = ["libyaml", "python"] if composer._CParser is not None else ["python"]
 
 
 @pytest.fixture(params=PARSERS, autouse=True)
 def parser(request, monkeypatch):
     if request.param == "python":
-        monkeypatch.setattr(yamlfile, "_CParser", None)
+        monkeypatch.setattr(composer, "_CParser", None)
     return request.param
 
 
@@ -56,7 +55,7 @@ def test_file_over_the_limit_is_refused_from_its_size_without_reading(tmp_path, 
     def no_reading(*args, **kwargs):
         raise AssertionError("the file was opened")
 
-    monkeypatch.setattr(yamlfile, "open", no_reading, raising=False)
+    monkeypatch.setattr(reading, "open", no_reading, raising=False)
     start = time.perf_counter()
     with pytest.raises(SpecErrors) as info:
         load_yaml(path, display="big.yaml")
@@ -373,7 +372,7 @@ def test_plain_scalar_yaml_1_1_reads_differently_says_quote_it(tmp_path, line, m
 def test_suggested_spelling_is_read_alike_by_both_versions(tmp_path, raw):
     message = problem(tmp_path, f"x: {raw}\n")
     suggestion = message.split(" write ")[1].split(",")[0].split(" or ")[0]
-    assert load(tmp_path, f"x: {suggestion}\n").data["x"] == yamlfile._core(raw)
+    assert load(tmp_path, f"x: {suggestion}\n").data["x"] == scalars.core(raw)
 
 
 def test_every_scalar_problem_of_the_file_in_one_pass(tmp_path):

@@ -271,7 +271,7 @@ def test_primary_metric_direction_and_decision_fall_back_to_results_json(tmp_pat
 def test_every_run_carries_its_gain_under_one_name_for_the_mlflow_ui(folio, lab):
     """metrics `gain_pct`, `gain_pct_ci_low`, `gain_pct_ci_high`: the row's gain and interval in percent, one
     column for every pilot."""
-    from labkit.runstore import open_runs
+    from labkit.tracking.reader import open_runs
 
     metrics = {r["pilot"]: r["metrics"] for r in open_runs(lab).latest_runs()}
     for row in folio.pilots:
@@ -296,11 +296,11 @@ def test_every_run_carries_its_gain_under_one_name_for_the_mlflow_ui(folio, lab)
 
 
 def test_the_sqlite_reader_returns_what_mlflow_search_returns(lab, tmp_path):
-    """compare reads a local sqlite store with plain SELECTs (labkit.runstore.SqliteRuns) instead of paying
+    """compare reads a local sqlite store with plain SELECTs (labkit.tracking.reader.SqliteRuns) instead of paying
     seconds for MLflow's import and schema check; over the module's store — finished runs, an older run, a
     RUNNING re-run, FAILED-only and RUNNING-only pilots, an abandoned run — every call must return exactly
     what MLflow's own search returns."""
-    from labkit.runstore import SqliteRuns, TrackerRuns
+    from labkit.tracking.reader import SqliteRuns, TrackerRuns
 
     fast, slow = SqliteRuns.open(lab), TrackerRuns(lab)
     assert fast is not None, "the installed MLflow's schema must be one the reader knows (else no fast path)"
@@ -323,7 +323,7 @@ def test_the_sqlite_reader_joins_split_params_and_reads_artifacts_like_mlflow(tm
         RunRecord(**(record.__dict__ | {"params": record.params | spec_params,
                                          "artifacts": [str(tmp_path / "results.json")]}))
     )  # fmt: skip
-    from labkit.runstore import SqliteRuns, TrackerRuns
+    from labkit.tracking.reader import SqliteRuns, TrackerRuns
 
     fast, slow = SqliteRuns.open(bare), TrackerRuns(bare)
     [run] = fast.latest_runs()
@@ -332,10 +332,10 @@ def test_the_sqlite_reader_joins_split_params_and_reads_artifacts_like_mlflow(tm
 
 
 def test_compare_is_the_same_through_either_reader(lab, monkeypatch):
-    import labkit.runstore
+    import labkit.tracking.reader
 
     fast = portfolio(lab).to_dict()
-    monkeypatch.setattr(labkit.runstore.SqliteRuns, "open", classmethod(lambda cls, lab: None))
+    monkeypatch.setattr(labkit.tracking.reader.SqliteRuns, "open", classmethod(lambda cls, lab: None))
     slow = portfolio(lab).to_dict()
     fast.pop("generated_at"), slow.pop("generated_at")
     assert fast == slow
@@ -344,7 +344,7 @@ def test_compare_is_the_same_through_either_reader(lab, monkeypatch):
 def test_an_unknown_schema_revision_is_read_through_mlflow(tmp_path, store_template):
     import sqlite3
 
-    from labkit.runstore import SqliteRuns, TrackerRuns, open_runs
+    from labkit.tracking.reader import SqliteRuns, TrackerRuns, open_runs
 
     other = new_lab(tmp_path / "other", store_template)
     assert SqliteRuns.open(other) is not None
@@ -760,7 +760,7 @@ def test_compare_against_an_mlflow_server_equals_the_same_runs_in_sqlite(
         tracker = Tracker(target)
         for record in records:
             tracker.record(record)
-    from labkit.runstore import SqliteRuns, TrackerRuns, open_runs
+    from labkit.tracking.reader import SqliteRuns, TrackerRuns, open_runs
 
     assert isinstance(open_runs(served), TrackerRuns) and isinstance(open_runs(local), SqliteRuns)
 

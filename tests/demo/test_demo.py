@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import shutil
+import zlib
 from pathlib import Path
 
 import duckdb
@@ -55,23 +56,46 @@ def _isin(values: pd.Series, pool) -> pd.Series:
 
 
 def draw_assignments(root: Path, seed: int = 7) -> dict[str, pd.DataFrame]:
-    """A stand-in for labkit assign: eligible customers, capped, arms drawn by weight; the import as is."""
-    rng = np.random.default_rng(seed)
+    """A stand-in for labkit assign: eligible customers, capped, arms drawn by weight (by cluster for a
+    pilot with ``unit_column``); the import as is. The pilots added with the communities (#16) draw from
+    their own generators, so the older pilots' draws stay as they were."""
+    shared = np.random.default_rng(seed)
     customers = _read(root, "customers")
     out = {}
     for pilot_id, spec in SPECS.items():
         cohort = spec["cohort"]
+        own = pilot_id in demo.AMBASSADOR_PILOTS
+        rng = np.random.default_rng([seed, zlib.crc32(pilot_id.encode())]) if own else shared
         if "assignment" in cohort:
             out[pilot_id] = demo.imported_assignment(root, pilot_id)
             continue
-        eligible = customers.loc[_mask(customers, cohort["where"]), cohort["id_column"]].to_numpy()
-        chosen = np.sort(rng.choice(eligible, min(len(eligible), cohort["max_size"]), replace=False))
+        eligible = customers.loc[_mask(customers, cohort["where"])]
         arms = list(cohort["arms"])
-        arm = np.array(arms)[rng.choice(len(arms), chosen.size, p=list(cohort["arms"].values()))]
+        if "unit_column" in cohort:
+            chosen, arm = _draw_clusters(rng, eligible, cohort)
+        else:
+            ids = eligible[cohort["id_column"]].to_numpy()
+            chosen = np.sort(rng.choice(ids, min(len(ids), cohort["max_size"]), replace=False))
+            arm = np.array(arms)[rng.choice(len(arms), chosen.size, p=list(cohort["arms"].values()))]
         out[pilot_id] = pd.DataFrame(
             {"customer_id": chosen, "arm": arm, "assigned_at": pd.Timestamp(cohort["start"])}
         )
     return out
+
+
+def _draw_clusters(rng, eligible: pd.DataFrame, cohort: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Clusters in random order while within the caps, then equal numbers of clusters per arm; every
+    customer takes the cluster's arm."""
+    unit = eligible[cohort["unit_column"]]
+    sizes = unit.value_counts().sample(frac=1, random_state=rng.integers(2**31))
+    fits = (sizes.cumsum() <= cohort.get("max_size", np.inf)) & (
+        np.arange(len(sizes)) < cohort.get("max_clusters", len(sizes))
+    )
+    kept = sizes.index[fits.cummin().to_numpy()]
+    arms = np.array(list(cohort["arms"]))[rng.permutation(np.arange(len(kept)) % len(cohort["arms"]))]
+    arm_of = dict(zip(kept, arms))
+    drawn = eligible[unit.isin(kept)].sort_values(cohort["id_column"])
+    return drawn[cohort["id_column"]].to_numpy(), drawn[cohort["unit_column"]].map(arm_of).to_numpy()
 
 
 def _digests(root: Path, names) -> dict[str, str]:
@@ -175,6 +199,7 @@ def test_pilots_mirror_the_generator():
             assert "assigned_at_column" in spec["cohort"]["assignment"] and gen.start.year == 2026
         assert spec["cohort"]["control"] == gen.control
         assert tuple(spec["cohort"]["arms"]) == gen.arms
+        assert spec["cohort"].get("unit_column") == gen.unit
         assert spec["hypothesis"]["metric"] == gen.primary
         assert spec["hypothesis"]["direction"] == gen.direction
         primary = next(m for m in spec["metrics"] if m["name"] == gen.primary)
@@ -183,6 +208,23 @@ def test_pilots_mirror_the_generator():
         assert spec["owner"].endswith("@example.com")
         assert "budget" in spec
         assert "notebook" not in spec or (REPO / spec["notebook"]).is_file()
+
+
+def test_every_demo_pilot_validates_and_the_new_ones_against_the_data(lab, tmp_path):
+    from labkit.validate import validate_paths
+
+    problems, checked = validate_paths(sorted((REPO / "experiments").glob("*.yaml")), explicit_lab=str(REPO))
+    assert [p.message for p in problems] == [] and checked == len(SPECS)
+    # the built CRM, with the lab file: the columns the ambassador pilots name, community_id's type
+    shutil.copytree(lab[0] / "data", tmp_path / "data")
+    shutil.copytree(REPO / "configs", tmp_path / "configs")
+    (tmp_path / "experiments").mkdir()
+    paths = [
+        shutil.copy(REPO / "experiments" / f"{p}.yaml", tmp_path / "experiments")
+        for p in demo.AMBASSADOR_PILOTS
+    ]
+    problems, checked = validate_paths([Path(p) for p in paths], explicit_lab=str(tmp_path), data=True)
+    assert [p.message for p in problems] == [] and checked == 2
 
 
 def test_pilots_use_every_feature_of_the_design():
@@ -201,6 +243,8 @@ def test_pilots_use_every_feature_of_the_design():
     assert any("arms" in a and a.get("strata") for a in imported)  # 0/1 arms mapped, blocks post-stratified
     assert any("max_size" not in c and "start" not in c for c in cohorts if "assignment" in c)
     assert sum(bool(c.get("stratify_by")) for c in cohorts) >= 2
+    clustered = [c for c in cohorts if "unit_column" in c]  # randomised by community (#16)
+    assert clustered and all(c.get("max_clusters") for c in clustered)
     assert {f["op"] for c in cohorts for f in c["where"]} >= {"==", "in", ">=", "not_null"}
     analyses = [s.get("analysis", {}) for s in SPECS.values()]
     assert any(a.get("sequential") for a in analyses)
@@ -406,23 +450,153 @@ def _primary_values(root: Path, spec: dict, assignment: pd.DataFrame) -> pd.Seri
     return y
 
 
+def _mean_se(y: pd.Series, clusters: pd.Series | None) -> tuple[float, float]:
+    """The mean and its standard error: over customers, or over clusters (Σ sums / Σ sizes, the delta
+    method on cluster totals) when the pilot randomised clusters."""
+    y = y.dropna()
+    if clusters is None:
+        return y.mean(), np.sqrt(y.var() / len(y))
+    g = y.groupby(clusters[y.index]).agg(["sum", "size"])
+    mean = g["sum"].sum() / g["size"].sum()
+    k = len(g)
+    return mean, np.sqrt(k / (k - 1) * ((g["sum"] - mean * g["size"]) ** 2).sum()) / g["size"].sum()
+
+
 def test_true_effects_are_recovered_by_a_plain_itt_analysis(lab):
     root, assignments, _ = lab
     truth = demo.load_truth(root)["pilots"]
+    customers = _read(root, "customers").set_index("customer_id")
     for pilot_id, spec in SPECS.items():
-        arm = assignments[pilot_id]["arm"]
-        y = _primary_values(root, spec, assignments[pilot_id])
-        control = y[arm == spec["cohort"]["control"]].dropna()
+        a = assignments[pilot_id]
+        arm = a["arm"]
+        y = _primary_values(root, spec, a)
+        unit = spec["cohort"].get("unit_column")
+        clusters = a["customer_id"].map(customers[unit]) if unit else None
+        control_mean, control_se = _mean_se(y[arm == spec["cohort"]["control"]], clusters)
         for name, t in truth[pilot_id]["arms"].items():
-            treated = y[arm == name].dropna()
-            effect = treated.mean() - control.mean()
-            se = np.sqrt(treated.var() / len(treated) + control.var() / len(control))
-            assert abs(effect - t["effect"]) < 3.5 * se, (pilot_id, name, effect, t["effect"], se)
+            treated_mean, treated_se = _mean_se(y[arm == name], clusters)
+            effect = treated_mean - control_mean
+            se = np.hypot(treated_se, control_se)
+            interference = truth[pilot_id].get("interference")
+            if interference and interference["bias"]:  # randomised by customer inside leaking communities
+                expected = interference["expected_estimate"]
+                assert t["effect"] - effect > 3 * se, (pilot_id, name, effect, t["effect"], se)  # it misses
+            else:
+                expected = t["effect"]
+            assert abs(effect - expected) < 3.5 * se, (pilot_id, name, effect, expected, se)
             z = effect / se
             if t["expected"] == "null":
                 assert abs(z) < 3, (pilot_id, name, z)
             else:  # positive and harmful effects are plain to see at the cap
                 assert abs(z) > 3.5 and np.sign(z) == np.sign(t["effect"]), (pilot_id, name, z)
+
+
+# ------------------------------------------------------------------------ communities and spillover
+
+
+def test_community_members_belong_to_uneven_communities_nested_in_regions(base):
+    customers = _read(base[0], "customers")
+    assert list(customers.columns)[-1] == "community_id"  # appended: the columns before it are as they were
+    assert (customers["community_id"].notna() == customers["community_member"]).all()
+    members = customers.dropna(subset=["community_id"])
+    sizes = members["community_id"].value_counts()
+    assert 40 <= len(sizes) <= 80 and sizes.min() >= 30 and sizes.max() > 5 * sizes.min()
+    assert (members.groupby("community_id")["region"].nunique() == 1).all()
+    assert members["community_id"].str.split("-").str[0].eq(members["region"]).all()
+
+
+# The digests of what existed before the communities, as the generator made it before them (#16): the
+# customer table without community_id, and every older pilot's outcome block for fixed arms. A change here
+# moves an older pilot's data, so its analysis, and the truth its tests check.
+CUSTOMERS_BEFORE_COMMUNITIES = "f225b8d87fda5e96"
+OUTCOME_BLOCKS = {
+    "marketing-community-cocreation": "527c0069fb16e994",
+    "marketing-facebook-winback": "ec0af79c5418ecca",
+    "pr-facebook-advocate-stories": "e11193dd888241bd",
+    "sales-community-expert-answers": "98e4669d1725ead2",
+    "sales-email-renewal-voucher": "2aa0f00b0fb2a267",
+    "sales-linkedin-social-selling": "fe482acf946f3b3d",
+    "service-community-onboarding": "b3403f93d3ad0f48",
+    "service-twitter-fast-reply": "72bc9225d5d6ddf1",
+}
+
+
+def _digest(*arrays) -> str:
+    h = hashlib.sha256()
+    for x in arrays:
+        x = np.asarray(x)
+        x = np.round(x, 9) if x.dtype.kind == "f" else x.astype(np.int64) if x.dtype == bool else x
+        h.update(np.ascontiguousarray(x).tobytes())
+    return h.hexdigest()[:16]
+
+
+def test_the_community_column_changes_no_other_customer_column(base):
+    customers = _read(base[0], "customers").drop(columns=["community_id"])
+    rows = pd.util.hash_pandas_object(customers, index=False).to_numpy()
+    assert _digest(rows) == CUSTOMERS_BEFORE_COMMUNITIES
+
+
+def _block_digests() -> dict[str, str]:
+    from labkit.demo.catalog import STREAM_OUTCOMES, pilot_stream, stream_rng
+    from labkit.demo.outcomes import BLOCKS
+    from labkit.demo.population import daily_rates
+
+    pop = demo.Population(demo.DEMO_SEED)
+    rates = daily_rates(pop)
+    out = {}
+    for pilot_id, (_, block) in sorted(BLOCKS.items()):
+        arm = np.arange(pop.n) % len(demo.PILOTS[pilot_id].arms)
+        cols, mus = block(
+            stream_rng(demo.DEMO_SEED, STREAM_OUTCOMES, pilot_stream(pilot_id)), pop, rates, arm
+        )
+        values = [np.asarray(cols[k], dtype=float) for k in sorted(cols)]
+        values += [m for k in sorted(mus) for m in np.atleast_2d(mus[k])]
+        out[pilot_id] = _digest(*values)
+    return out
+
+
+def test_older_pilots_outcome_blocks_are_unchanged():
+    assert _block_digests() == OUTCOME_BLOCKS
+
+
+def test_the_ambassador_pilots_move_no_other_pilots_data(base, lab, tmp_path):
+    """The period without the two ambassador pilots: every other file and truth as with them, but for the
+    new outcome column and the community events of the ambassador cohorts."""
+    shutil.copytree(base[0] / "data", tmp_path / "data")
+    others = {k: v for k, v in lab[1].items() if k not in demo.AMBASSADOR_PILOTS}
+    result = demo.simulate_outcomes(tmp_path, others)
+    same = ("pipeline", "media_coverage")
+    assert {
+        k: (tmp_path / demo.PATHS[k]).read_bytes() == (lab[0] / demo.PATHS[k]).read_bytes() for k in same
+    } == {k: True for k in same}
+    without, with_ = (pd.read_csv(r / demo.PATHS["outcomes"]) for r in (tmp_path, lab[0]))
+    new = ["purchased_90d"]  # without ambassadors, drawn as if nobody were one
+    pd.testing.assert_frame_equal(without.drop(columns=new), with_.drop(columns=new))
+    truth = demo.load_truth(lab[0])["pilots"]
+    assert result["truth"]["pilots"] == {k: v for k, v in truth.items() if k in others}
+    cohorts = set(pd.concat([lab[1][k]["customer_id"] for k in demo.AMBASSADOR_PILOTS]))
+    events = [pd.read_parquet(r / demo.PATHS["engagement_events"]) for r in (tmp_path, lab[0])]
+    merged = events[1].merge(events[0], how="outer", indicator=True)
+    moved = merged[merged["_merge"] != "both"]
+    assert (moved["_merge"] == "left_only").all()  # only added, nothing changed or removed
+    assert set(moved["customer_id"]) <= cohorts and set(moved["channel"]) == {"community"}
+
+
+def test_the_customer_randomised_ambassador_pilot_misses_the_spillover(lab):
+    truth = demo.load_truth(lab[0])["pilots"]
+    by_community, by_customer = (truth[k] for k in demo.AMBASSADOR_PILOTS)
+    for t in (by_community, by_customer):
+        effect = t["arms"]["ambassador"]["effect"]
+        i = t["interference"]
+        assert effect > 0 and i["direct"] > 0 and i["spillover"] > 0
+        assert i["direct"] + i["spillover"] == pytest.approx(effect, abs=2e-6)
+    assert by_community["interference"]["randomised_by"] == "community_id"
+    assert by_community["interference"]["bias"] == 0
+    i = by_customer["interference"]
+    assert i["randomised_by"] == "customer"
+    # its control arm reads the ambassadors' posts too: it sees about the direct effect, half the truth
+    assert -0.7 < i["relative_bias"] < -0.4
+    assert i["expected_estimate"] == pytest.approx(i["direct"], rel=0.1)
 
 
 # ------------------------------------------------------------------------------------ determinism

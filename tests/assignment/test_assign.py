@@ -1,7 +1,7 @@
 """Keyed-hash assignment: determinism, balance, the cap, write-once files, races and crashes, imports.
 
 The expected arms come from ``reference_draw`` below — an independent re-implementation of the module
-docstring of ``labkit.assignment`` with hashlib, fractions and plain Python (no labkit, no ibis) — and from
+docstring of ``labkit.assignment.draw`` with hashlib, fractions and plain Python (no labkit, no ibis) — and from
 ``tests/data/golden_assignment.csv`` (1000 ids drawn from 1200, computed by ``reference_draw``; regenerate
 only if the method changes, with ``python tests/test_assign.py --write-golden``, and bump the method's
 version; last regenerated for ``keyed-hash-largest-remainder/1``).
@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from labkit.assignment import (
     METHOD,
@@ -35,7 +36,7 @@ from labkit.assignment import (
 from labkit.errors import AssignmentError, DataError
 from labkit.spec import load_pilot
 
-from conftest import LAB_YAML
+from conftest import CHURNED, DROP, LAB_YAML, pilot_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "data" / "golden_assignment.csv"
@@ -46,36 +47,6 @@ GOLDEN_PARAMS = {
     "weights": {"control": 0.334, "a": 0.333, "b": 0.333},  # issue #12's weights, as written in the pilot
 }
 
-PILOT = """\
-id: {id}
-title: Reply fast
-function: service
-channel: twitter
-stage: retention
-owner: lab@example.com
-hypothesis:
-  statement: Fast replies lower churn.
-  metric: churned
-  direction: decrease
-  mde: {{relative: 0.15}}
-cohort:
-{cohort}
-metrics:
-  - name: churned
-    type: proportion
-    source: outcomes
-    column: churned
-"""
-
-COHORT = """\
-source: customers
-id_column: customer_id
-max_size: {max_size}
-arms: {arms}
-control: control
-start: 2026-11-01
-"""
-
 
 # --------------------------------------------------------------------------------------------------
 # the independent reference
@@ -84,8 +55,8 @@ start: 2026-11-01
 def reference_draw(rows, *, pilot_id: str, salt: str, weights: dict[str, float], max_size: int) -> dict:
     """``rows``: (customer_id, stratum) of the eligible customers -> {customer_id: arm}.
 
-    Written from the docstring of labkit.assignment with hashlib and fractions only: cap by the smallest cap
-    hash; weights v / sum(v) exactly; strata in order of the hash of their smallest id; in each stratum
+    Written from the docstring of labkit.assignment.draw with hashlib and fractions only: cap by the smallest
+    cap hash; weights v / sum(v) exactly; strata in order of the hash of their smallest id; in each stratum
     floor(w n) per arm plus the extra customers to the arms with the largest deficit + remainder (ties by
     the hash of stratum key and arm); then the customers ranked by their hash take the arms in name order.
     """
@@ -207,19 +178,20 @@ def write_source(tiny_lab, frame: pd.DataFrame, name: str = "customers") -> Path
 
 def make_pilot(
     tiny_lab,
-    cohort: str | None = None,
     *,
     pilot_id: str = "p",
     max_size: int = 2000,
     arms: str = "{control: 0.5, fast: 0.5}",
     extra: str = "",
 ):
-    text = (
-        cohort if cohort is not None else COHORT.format(max_size=max_size, arms=arms) + textwrap.dedent(extra)
-    )
-    tiny_lab.write(
-        f"experiments/{pilot_id}.yaml", PILOT.format(id=pilot_id, cohort=textwrap.indent(text, "  "))
-    )
+    """The default pilot (tests/pilots.py) with one metric, on every customer; ``arms`` and the ``extra``
+    lines of the cohort as written in the file (``"stratify_by: [segment]\\n"``)."""
+    extra_fields = yaml.safe_load(textwrap.dedent(extra)) or {}
+    tiny_lab.write(f"experiments/{pilot_id}.yaml", pilot_yaml(**{
+        "id": pilot_id, "metrics": [CHURNED],
+        "cohort.where": DROP, "cohort.max_size": max_size, "cohort.arms": yaml.safe_load(arms),
+        **{f"cohort.{key}": value for key, value in extra_fields.items()},
+    }))  # fmt: skip
     return load_pilot(pilot_id)
 
 
@@ -457,7 +429,9 @@ def test_metadata_records_the_draw(lab):
     meta = assign(pilot).meta
     assert meta["method"] == METHOD == "keyed-hash-largest-remainder/1"
     assert meta["pilot"] == "p" and meta["salt"] == "s-1" and meta["cohort_sha256"] == pilot.cohort_sha256
-    assert meta["cohort"] == pilot.spec.cohort.model_dump(mode="json")
+    # the cohort as validated, without the fields added later that are unset (labkit.spec.cohort_dump)
+    later = ("unit_column", "max_clusters", "saturation")  # issue 16's fields, unset here
+    assert meta["cohort"] == {k: v for k, v in pilot.spec.cohort.model_dump(mode="json").items() if k not in later}
     assert meta["eligible"] == 100 and meta["assigned"] == 60 and sum(meta["counts"].values()) == 60
     assert meta["id_type"] == "string" and meta["source"] == "customers"
     assert meta["parquet_sha256"] == hashlib.sha256(assignment_path(pilot).read_bytes()).hexdigest()
@@ -621,12 +595,8 @@ def test_a_missing_stratify_column_lists_the_columns(lab):
 
 
 def imported_pilot(lab, *, max_size: int = 2000, where: str = "", at: str = ", assigned_at_column: sent_at"):
-    cohort = (
-        COHORT.format(max_size=max_size, arms="{control: 0.5, fast: 0.5}")
-        + where
-        + f"assignment: {{source: sends, arm_column: variant{at}}}\n"
-    )
-    return make_pilot(lab, cohort)
+    assignment = f"assignment: {{source: sends, arm_column: variant{at}}}\n"
+    return make_pilot(lab, max_size=max_size, extra=where + assignment)
 
 
 def sends(n: int = 100, ids=None) -> pd.DataFrame:
@@ -674,7 +644,7 @@ def test_imported_arm_values_must_be_arms(lab):
         "source 'sends', column 'variant': arm value(s) that are not arms of the pilot: 'B' (2 rows); "
         "arms: control, fast; map the column's values to arms with cohort.assignment.arms, e.g. "
         "arms: {'0': control, '1': treatment}"
-    )  # the NULL arm is skipped and counted (tests/test_imported.py), not an unknown arm
+    )  # the NULL arm is skipped and counted (tests/assignment/test_imported.py), not an unknown arm
 
 
 def test_imported_where_is_checked_not_applied(lab):
@@ -733,11 +703,11 @@ def test_two_processes_racing_one_wins_one_loses_clearly(lab):
         from labkit.errors import LabkitError
         pilot = load_pilot("p")
         Engine.for_lab(pilot.lab).close()  # imports done: both processes start the race together
-        real = A._drawn
+        real = A.drawn_table
         def slow(engine, pilot):
             time.sleep(0.5)  # hold the lock while the other process arrives
             return real(engine, pilot)
-        A._drawn = slow
+        A.drawn_table = slow
         print("READY", flush=True)
         while not os.path.exists({str(go)!r}):
             time.sleep(0.005)
@@ -770,8 +740,9 @@ def test_sigkill_mid_write_leaves_no_parquet_and_the_rerun_reclaims_the_lock(lab
         import sys, time
         import pyarrow.parquet as pq
         import labkit.assignment as A
+        import labkit.assignment.store
         from labkit.spec import load_pilot
-        A.ROW_GROUP = 500  # several row groups, so the kill lands between two of them
+        A.store.ROW_GROUP = 500  # several row groups, so the kill lands between two of them
         real = pq.ParquetWriter.write_table
         def write_then_wait(self, *args, **kwargs):
             real(self, *args, **kwargs)
@@ -829,6 +800,46 @@ def test_a_live_lock_makes_the_racer_lose(lab):
         "delete results/p/assignment.lock)"
     )
     assert lock.exists() and not assignment_path(pilot).exists()
+
+
+def test_a_lock_whose_pid_now_belongs_to_another_process_is_reclaimed(lab, capsys):
+    # The holder died and the system gave its pid to another process (here: our parent, alive): the start
+    # time the holder recorded differs from that process's, so the lock is stale.
+    import socket
+
+    from labkit._process import process_start
+
+    write_source(lab, customers(10))
+    pilot = make_pilot(lab)
+    pilot.results_dir.mkdir(parents=True)
+    lock = pilot.results_dir / "assignment.lock"
+    parent = os.getppid()
+    assert process_start(parent) is not None  # Linux /proc: the start time is known
+    holder = {"pid": parent, "started": "1", "host": socket.gethostname(), "taken_at": "then"}
+    lock.write_text(json.dumps(holder))
+    a = assign(pilot)
+    assert a.meta["reclaimed_lock"] == {"pid": parent, "taken_at": "then"}
+    assert f"reclaimed the stale lock results/p/assignment.lock: process {parent}" in capsys.readouterr().err
+    assert not lock.exists()
+
+
+def test_a_lock_records_its_holders_start_time(lab, monkeypatch):
+    from labkit._process import process_start
+    from labkit.assignment import locks
+
+    write_source(lab, customers(10))
+    pilot = make_pilot(lab)
+    seen = {}
+    real = locks.Claim.__enter__
+
+    def peek(self):
+        claim = real(self)
+        seen.update(json.loads(self.path.read_text()))
+        return claim
+
+    monkeypatch.setattr(locks.Claim, "__enter__", peek)
+    assign(pilot)
+    assert seen["pid"] == os.getpid() and seen["started"] == process_start(os.getpid())
 
 
 if __name__ == "__main__" and "--write-golden" in sys.argv:  # pragma: no cover

@@ -7,7 +7,7 @@ notebook and records it in the lab's sqlite MLflow store. The tests then read th
 artifact tree, the run folders and the demo command's own stdout and stderr for every demo customer's
 identifiers and the lab's pseudonym key (exact values), for a plain sha256 of any of the 80,000 ids (in
 full or cut to a pseudonym's 16 characters, even glued inside a longer hex run), and for anything shaped
-like a demo id, email, handle or LinkedIn profile URL (regexes of the forms labkit/demo.py writes), so
+like a demo id, email, handle or LinkedIn profile URL (regexes of the forms labkit/demo writes), so
 that an identifier the exact sets miss — another customer's, or one rewritten on the way — is caught too.
 """
 
@@ -92,13 +92,13 @@ def test_every_demo_pilot_has_exactly_one_finished_latest_run_with_its_notebook(
 
 
 def demo_shapes() -> dict[str, re.Pattern[bytes]]:
-    """Regexes of the identifiers labkit/demo.py writes (Population.customers_table): ``CUST-0000001``,
+    """Regexes of the identifiers labkit/demo writes (Population.customers_table): ``CUST-0000001``,
     ``ada.berg.1@example.org``, ``@adaber1`` (first name, three letters of the last, hex) and
     ``https://www.linkedin.com/in/ada-berg-1``; any hex run, for the plain-hash lookup."""
-    from labkit.demo import _FIRST, _LAST
+    from labkit.demo.population import FIRST_NAMES, LAST_NAMES
 
-    first = b"|".join(sorted({f.encode() for f in _FIRST}, key=len, reverse=True))
-    last3 = b"|".join(sorted({name[:3].encode() for name in _LAST}, key=len, reverse=True))
+    first = b"|".join(sorted({f.encode() for f in FIRST_NAMES}, key=len, reverse=True))
+    last3 = b"|".join(sorted({name[:3].encode() for name in LAST_NAMES}, key=len, reverse=True))
     return {
         "customer id": re.compile(rb"CUST-[0-9]{7}"),
         "email": re.compile(rb"[a-z]+\.[a-z]+\.[0-9]+@example\.(?:com|org|net)"),

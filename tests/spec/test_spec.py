@@ -385,6 +385,9 @@ def test_fields_added_later_leave_the_hashes_of_existing_pilots_as_they_were(tin
     for m in dump["metrics"]:
         assert m.pop("missing") is None
     assert dump["hypothesis"].pop("baseline") is None  # hypothesis.baseline, added by issue 15
+    for key in ("unit_column", "max_clusters", "saturation"):  # cluster randomisation, added by issue 16
+        assert dump["cohort"].pop(key) is None
+    assert dump["analysis"].pop("segments") is None  # analysis.segments, added by issue 16
 
     def sha(obj):
         return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

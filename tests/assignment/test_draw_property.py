@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,35 +28,9 @@ import labkit
 from labkit.assignment import assign
 from labkit.stats import srm_test
 
-from conftest import LAB_YAML
+from conftest import CHURNED, DROP, LAB_YAML, pilot_yaml
 
 REPO = Path(__file__).resolve().parents[1]
-
-PILOT = """\
-id: {id}
-title: Draw
-function: service
-channel: twitter
-stage: retention
-owner: lab@example.com
-hypothesis:
-  statement: The draw matches the weights.
-  metric: churned
-  direction: decrease
-  mde: {{relative: 0.15}}
-cohort:
-  source: customers
-  id_column: customer_id
-  max_size: {max_size}
-  arms: {arms}
-  control: {control}
-  start: 2026-11-01
-{extra}metrics:
-  - name: churned
-    type: proportion
-    source: outcomes
-    column: churned
-"""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -148,11 +123,13 @@ class Lab:
               strata: bool = True):  # fmt: skip
         frame.to_parquet(self.root / "data" / "customers.parquet", index=False)
         pid = f"p{next(self.ids)}"
-        extra = "  stratify_by: [segment]\n" if strata else ""
         (self.root / "experiments").mkdir(exist_ok=True)
-        (self.root / "experiments" / f"{pid}.yaml").write_text(
-            PILOT.format(id=pid, max_size=max_size, arms=arms, control=control, extra=extra)
-        )
+        (self.root / "experiments" / f"{pid}.yaml").write_text(pilot_yaml(**{
+            "id": pid, "title": "Draw", "hypothesis.statement": "The draw matches the weights.",
+            "cohort.where": DROP, "cohort.max_size": max_size, "cohort.arms": yaml.safe_load(arms),
+            "cohort.control": control, "cohort.stratify_by": ["segment"] if strata else DROP,
+            "metrics": [CHURNED],
+        }))  # fmt: skip
         return labkit.load_pilot(pid, lab=labkit.load_lab(self.root))
 
 

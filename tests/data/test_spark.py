@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def spark():
-    """The process's Spark session, made by labkit itself (labkit.data.backends.spark_session)."""
+    """The process's Spark session, made by labkit itself (labkit.data.spark.spark_session)."""
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         pytest.fail(
             "Spark needs Java 17+: apt-get install -y default-jre-headless (as `make test` does, tools/system-deps)", pytrace=False
@@ -50,7 +50,7 @@ def spark():
         )
     # Test-only tuning for a cold JVM on two cores and tiny tables (results do not depend on it): the
     # client compiler alone, and no whole-stage code generation (compiling it costs more than it saves).
-    from labkit.data.backends import spark_session
+    from labkit.data.spark import spark_session
 
     before = os.environ.get("JAVA_TOOL_OPTIONS")
     os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1")

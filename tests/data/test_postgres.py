@@ -41,6 +41,8 @@ from labkit.errors import DataError, LabkitError
 from labkit.planning import plan
 from labkit.spec import Filter
 
+from conftest import pilot_yaml
+
 REPO = Path(__file__).resolve().parents[1]
 CANARY = Path("/tmp/labkit-canary-pwn")
 
@@ -164,25 +166,14 @@ def test_integer_ids_draw_the_same_arms_as_parquet(tmp_path, postgres_server, mo
                 for row in outcomes.to_pylist():
                     copy.write_row(list(row.values()))
     monkeypatch.setenv("INT_CRM_URL", url)
-    pilot_text = """\
-id: ints
-title: Integer ids
-function: sales
-channel: email
-stage: retention
-owner: lab@example.com
-hypothesis: {statement: More buy., metric: bought, direction: increase, mde: {relative: 0.2}}
-cohort:
-  source: customers
-  id_column: customer_id
-  where: [{column: score, op: "<", value: 15.5}]
-  max_size: 300
-  arms: {control: 0.5, a: 0.25, b: 0.25}
-  control: control
-  start: 2026-11-01
-metrics:
-  - {name: bought, type: proportion, source: outcomes, column: bought}
-"""
+    pilot_text = pilot_yaml(**{
+        "id": "ints", "title": "Integer ids", "function": "sales", "channel": "email",
+        "hypothesis": {"statement": "More buy.", "metric": "bought", "direction": "increase",
+                       "mde": {"relative": 0.2}},
+        "cohort.where": [{"column": "score", "op": "<", "value": 15.5}], "cohort.max_size": 300,
+        "cohort.arms": {"control": 0.5, "a": 0.25, "b": 0.25},
+        "metrics": [{"name": "bought", "type": "proportion", "source": "outcomes", "column": "bought"}],
+    })  # fmt: skip
     results = {}
     for kind in ("files", "postgres"):
         root = tmp_path / kind
