@@ -19,7 +19,7 @@ SECTIONS = ("analysis", "assign", "cli", "runs", "compare", "spark")
 # Columns shown in the printed tables (every key is in the JSON).
 SHOWN = (
     "benchmark", "customers", "runs", "pilots", "labkit_s", "baseline_s", "ratio", "target_ratio", "target_s",
-    "met", "labkit_rss_mb", "baseline_rss_mb", "quantile_rss_mb", "labkit_imports_s", "overhead_s",
+    "met", "cpu_ratio", "labkit_rss_mb", "baseline_rss_mb", "quantile_rss_mb", "labkit_imports_s", "overhead_s",
     "driver_rows_max", "same_arms", "heavy",
 )  # fmt: skip
 

@@ -14,7 +14,8 @@ against the memory model of the README.
 from __future__ import annotations
 
 from benchmarks import data
-from benchmarks.common import PEAK_RSS, Ctx, best_of, ratio
+from benchmarks.common import LABKIT as LABKIT_CLI
+from benchmarks.common import PEAK_RSS, PYTHON, Ctx, alternated, best_of, ratio
 
 LABKIT = """
 import json, time
@@ -81,6 +82,83 @@ print(json.dumps({"seconds": seconds, "rss_mb": PEAK_RSS, "p": [p_prop, float(re
 """.replace("PEAK_RSS", PEAK_RSS)
 
 
+# Whole process (issue #18): the hand-written side of `labkit analyze bench-imported` — one DuckDB query
+# grouping the one file by its arm column, and the same scipy tests (proportion z, CUPED Welch, ratio delta).
+WHOLE_BASELINE = """
+import duckdb, numpy as np
+from scipy import stats
+con = duckdb.connect()
+con.execute('SET enable_progress_bar=false')
+rows = con.execute('''
+  SELECT arm, count(*) n, sum(converted) c,
+         sum(spend) s, sum(spend*spend) ss, sum(pre_spend) x, sum(pre_spend*pre_spend) xx, sum(spend*pre_spend) sx,
+         sum(tickets) t, sum(tickets*tickets) tt, sum(contacts) k, sum(contacts*contacts) kk, sum(tickets*contacts) tk
+  FROM 'data/outcomes.parquet' WHERE arm IS NOT NULL GROUP BY arm ORDER BY arm''').fetchall()
+(c, t_) = [[float(v) if i else v for i, v in enumerate(r)] for r in rows]
+def var(s, ss, n): return (ss - s * s / n) / (n - 1)
+p1, p2 = c[2] / c[1], t_[2] / t_[1]
+pp = (c[2] + t_[2]) / (c[1] + t_[1])
+p_prop = 2 * stats.norm.sf(abs((p2 - p1) / np.sqrt(pp * (1 - pp) * (1 / c[1] + 1 / t_[1]))))
+theta = ((c[7] - c[3] * c[5] / c[1]) + (t_[7] - t_[3] * t_[5] / t_[1])) / ((c[6] - c[5] ** 2 / c[1]) + (t_[6] - t_[5] ** 2 / t_[1]))
+def adj(r): return var(r[3], r[4], r[1]) + theta ** 2 * var(r[5], r[6], r[1]) - 2 * theta * (r[7] - r[3] * r[5] / r[1]) / (r[1] - 1)
+m1 = c[3] / c[1] - theta * (c[5] / c[1]); m2 = t_[3] / t_[1] - theta * (t_[5] / t_[1])
+res = stats.ttest_ind_from_stats(m2, np.sqrt(adj(t_)), t_[1], m1, np.sqrt(adj(c)), c[1], equal_var=False)
+def rvar(r):
+    R = r[8] / r[10]; n = r[1]
+    vy, vx = var(r[8], r[9], n), var(r[10], r[11], n); cxy = (r[12] - r[8] * r[10] / n) / (n - 1)
+    return (vy - 2 * R * cxy + R * R * vx) / ((r[10] / n) ** 2 * n)
+p_ratio = 2 * stats.norm.sf(abs((t_[8] / t_[10] - c[8] / c[10]) / np.sqrt(rvar(c) + rvar(t_))))
+print(p_prop, float(res.pvalue), p_ratio)
+"""
+WHOLE_TARGET = 1.5
+
+
+def whole_sizes(ctx: Ctx) -> list[int]:
+    return {"tiny": [2_000], "quick": [1_000_000], "full": [1_000_000, 10_000_000]}[ctx.mode]
+
+
+def whole_rows(ctx: Ctx) -> list[dict]:
+    """`labkit analyze` as a user runs it (imports, validation, queries, statistics, printing) against the
+    hand-written script, both whole processes, alternated after a warm-up round; median of
+    ``2 * ctx.repeat + 1`` runs each (one, unwarmed, in tiny)."""
+    rows = []
+    repeat = 1 if ctx.mode == "tiny" else 2 * ctx.repeat + 1
+    for n in whole_sizes(ctx):
+        root = data.build_imported(ctx, n)
+        ctx.say(f"analysis: whole process, {n:,} customers (arms imported from the outcomes file)")
+        got = alternated(
+            {
+                "labkit": [*LABKIT_CLI, "analyze", data.IMPORTED_ID, "--json"],
+                "baseline": [PYTHON, "-c", WHOLE_BASELINE],
+            },
+            root,
+            repeat,
+            warm=0 if ctx.mode == "tiny" else 1,
+            env={"MLFLOW_DISABLE_TELEMETRY": "true"},
+        )
+        lab, base = got["labkit"], got["baseline"]
+        r = ratio(lab["median"], base["median"])
+        rows.append(
+            {
+                "benchmark": "analyze, whole process",
+                "customers": n,
+                "labkit_s": round(lab["median"], 3),
+                "baseline_s": round(base["median"], 3),
+                "ratio": r,
+                "target_ratio": WHOLE_TARGET,
+                "met": r is not None and r <= WHOLE_TARGET,
+                "labkit_rss_mb": round(lab["rss_mb"]),
+                "baseline_rss_mb": round(base["rss_mb"]),
+                "labkit_cpu_s": round(lab["cpu_s"], 2),
+                "baseline_cpu_s": round(base["cpu_s"], 2),
+                "cpu_ratio": ratio(lab["cpu_s"], base["cpu_s"]),
+                "labkit_all_s": lab["all"],
+                "baseline_all_s": base["all"],
+            }
+        )
+    return rows
+
+
 def sizes(ctx: Ctx) -> list[int]:
     return {"tiny": [2_000], "quick": [10_000, 100_000], "full": [100_000, 1_000_000, 10_000_000]}[ctx.mode]
 
@@ -95,13 +173,14 @@ def run(ctx: Ctx) -> list[dict]:
         quant = best_of(LABKIT.replace("PILOT", "bench-quantile"), root, 1) if ctx.mode != "tiny" else {}
         rows.append(
             {
-                "benchmark": "analyze",
+                "benchmark": "analyze, after imports",
                 "customers": n,
                 "events": n * data.EVENTS_PER_CUSTOMER,
                 "labkit_s": round(lab["seconds"], 3),
                 "baseline_s": round(base["seconds"], 3),
                 "ratio": ratio(lab["seconds"], base["seconds"]),
                 "target_ratio": 1.5,
+                "met": lab["seconds"] <= 1.5 * base["seconds"],
                 "labkit_imports_s": round(lab["imports"], 2),
                 "labkit_rss_mb": round(lab["rss_mb"]),
                 "baseline_rss_mb": round(base["rss_mb"]),
@@ -111,4 +190,4 @@ def run(ctx: Ctx) -> list[dict]:
                 "baseline_all_s": base["all"],
             }
         )
-    return rows
+    return rows + whole_rows(ctx)

@@ -131,6 +131,65 @@ def timed(cmd: list[str], cwd: Path, repeat: int, *, env: dict | None = None) ->
     return {"seconds": min(runs), "median": statistics.median(runs), "all": [round(r, 3) for r in runs]}
 
 
+# Whole processes run as an installed labkit does: with its modules' bytecode cached. A session that sets
+# PYTHONDONTWRITEBYTECODE (as CI sandboxes do) would otherwise compile every labkit module from source in
+# every process (~0.1 s of CPU for `labkit analyze`) while the baseline's libraries have their .pyc files.
+# The cache goes to results/bench/pycache, not beside the sources; the first (warm-up) round fills it.
+BYTECODE = {"PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": str(REPO / "results" / "bench" / "pycache")}
+
+
+def run_whole(cmd: list[str], cwd: Path, *, env: dict | None = None) -> dict:
+    """One whole process as a user waits for it: wall time from the parent, and the child's own peak RSS
+    and CPU time (user + system) from ``os.wait4`` — per child, unlike ``RUSAGE_CHILDREN``, which keeps the
+    largest RSS ever. CPU time hardly moves with the machine's load, wall time does."""
+    import tempfile
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        began = time.perf_counter()
+        env = {**os.environ, **BYTECODE, **(env or {})}
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=err, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - began
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(
+                f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{err.read().decode()[-3000:]}"
+            )
+        out.seek(0)
+        return {
+            "seconds": seconds,
+            "cpu_s": usage.ru_utime + usage.ru_stime,
+            "rss_mb": usage.ru_maxrss / 1024,
+            "stdout": out.read().decode(),
+        }
+
+
+def alternated(
+    commands: dict[str, list[str]], cwd: Path, repeat: int, *, warm: int = 1, env: dict | None = None
+) -> dict[str, dict]:
+    """Whole processes of several commands, alternated (one of each per round, after ``warm`` rounds that
+    fill the file caches), so a noisy machine loads every side alike: per command the median wall time,
+    every run's time, the median CPU time and the median peak RSS (MB)."""
+    for _ in range(warm):
+        for cmd in commands.values():
+            run_whole(cmd, cwd, env=env)
+    runs: dict[str, list[dict]] = {name: [] for name in commands}
+    for _ in range(repeat):
+        for name, cmd in commands.items():
+            runs[name].append(run_whole(cmd, cwd, env=env))
+    return {
+        name: {
+            "median": statistics.median(r["seconds"] for r in rs),
+            "all": [round(r["seconds"], 3) for r in rs],
+            "cpu_s": statistics.median(r["cpu_s"] for r in rs),
+            "rss_mb": statistics.median(r["rss_mb"] for r in rs),
+            "stdout": rs[-1]["stdout"],
+        }
+        for name, rs in runs.items()
+    }
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2) if a is not None and b else None
 

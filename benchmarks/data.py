@@ -80,6 +80,63 @@ QUANTILE_PILOT = (
 )
 
 
+# The issue-#18 pilot: a proportion, a CUPED mean and a ratio of one Parquet file that also holds the arms
+# a channel tool drew (``arm``), imported with `labkit assign` (``cohort.assignment``); no event table.
+IMPORTED_LAB = """\
+lab: bench-imported
+tracking_uri: sqlite:///results/mlflow.db
+sources:
+  outcomes: {format: parquet, path: data/outcomes.parquet}
+functions: [marketing]
+channels: [email]
+"""
+
+IMPORTED_PILOT = (
+    PILOT.split("cohort:")[0]
+    + """cohort:
+  source: outcomes
+  id_column: customer_id
+  arms: {{control: 0.5, treatment: 0.5}}
+  control: control
+  start: 2026-01-01
+  assignment: {{source: outcomes, arm_column: arm}}
+metrics:
+  - {{name: converted, type: proportion, source: outcomes, column: converted}}
+  - {{name: spend, type: mean, source: outcomes, column: spend, covariate: pre_spend}}
+  - name: tickets_per_contact
+    type: ratio
+    numerator: {{source: outcomes, column: tickets}}
+    denominator: {{source: outcomes, column: contacts}}
+"""
+)
+IMPORTED_ID = "bench-imported"
+
+
+def imported_root(ctx: Ctx, n: int) -> Path:
+    return ctx.labs / f"imported-n{n}-s{ctx.seed}"
+
+
+def build_imported(ctx: Ctx, n: int) -> Path:
+    """The lab of n customers whose outcomes file holds their arm, imported with `labkit assign`; cached."""
+    root = imported_root(ctx, n)
+    if (root / ".complete").is_file():
+        return root
+    reset(root)
+    ctx.say(f"building the {n:,}-customer imported-arms lab (cached for later runs) under {root}")
+    for sub in ("configs", "experiments", "data"):
+        (root / sub).mkdir(parents=True)
+    (root / "configs" / "lab.yaml").write_text(IMPORTED_LAB)
+    (root / "experiments" / f"{IMPORTED_ID}.yaml").write_text(IMPORTED_PILOT.format(id=IMPORTED_ID))
+    _write_tables(root / "data", n, ctx.seed, arms=True)
+    run_script(
+        f"import labkit\nlabkit.assign(labkit.load_pilot({IMPORTED_ID!r}, lab=labkit.load_lab('configs/lab.yaml')))"
+        "\nprint('{}')",
+        root,
+    )
+    (root / ".complete").write_text("")
+    return root
+
+
 def lab_root(ctx: Ctx, n: int) -> Path:
     return ctx.labs / f"n{n}-s{ctx.seed}"
 
@@ -104,7 +161,8 @@ def build(ctx: Ctx, n: int) -> Path:
     return root
 
 
-def _write_tables(folder: Path, n: int, seed: int) -> None:
+def _write_tables(folder: Path, n: int, seed: int, *, arms: bool = False) -> None:
+    """customers, outcomes and events; with ``arms``, outcomes only, with a 50/50 ``arm`` column."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -140,19 +198,13 @@ def _write_tables(folder: Path, n: int, seed: int) -> None:
                     }
                 ),
             }
-            # Events: a Poisson number per customer (mean 10), uniform over [start - window, start + window).
-            counts = rng.poisson(EVENTS_PER_CUSTOMER, m)
-            k = int(counts.sum())
-            offsets = rng.integers(-WINDOW_DAYS * day_us, WINDOW_DAYS * day_us, k)
-            tables["events"] = pa.table(
-                {
-                    "customer_id": np.repeat(ids, counts),
-                    "ts": pa.array(start_us + offsets, type=pa.timestamp("us", tz="UTC")),
-                    "event_type": pa.DictionaryArray.from_arrays(
-                        rng.choice(np.array([0, 1, 2], dtype=np.int8), k, p=[0.6, 0.3, 0.1]), kinds
-                    ).cast(pa.string()),
-                }
-            )
+            if arms:
+                arm = pa.DictionaryArray.from_arrays(
+                    rng.integers(0, 2, m).astype(np.int8), pa.array(["control", "treatment"])
+                ).cast(pa.string())
+                tables = {"outcomes": tables["outcomes"].add_column(1, "arm", arm)}
+            else:
+                tables["events"] = _events(rng, ids, start_us, day_us, kinds)
             for name, table in tables.items():
                 if name not in writers:
                     writers[name] = pq.ParquetWriter(
@@ -162,3 +214,22 @@ def _write_tables(folder: Path, n: int, seed: int) -> None:
     finally:
         for writer in writers.values():
             writer.close()
+
+
+def _events(rng, ids, start_us: int, day_us: int, kinds):
+    """A Poisson number of events per customer (mean 10), uniform over [start - window, start + window)."""
+    import numpy as np
+    import pyarrow as pa
+
+    counts = rng.poisson(EVENTS_PER_CUSTOMER, len(ids))
+    k = int(counts.sum())
+    offsets = rng.integers(-WINDOW_DAYS * day_us, WINDOW_DAYS * day_us, k)
+    return pa.table(
+        {
+            "customer_id": np.repeat(ids, counts),
+            "ts": pa.array(start_us + offsets, type=pa.timestamp("us", tz="UTC")),
+            "event_type": pa.DictionaryArray.from_arrays(
+                rng.choice(np.array([0, 1, 2], dtype=np.int8), k, p=[0.6, 0.3, 0.1]), kinds
+            ).cast(pa.string()),
+        }
+    )

@@ -2,12 +2,11 @@
 
 One pilot (``service-twitter-fast-reply``, which names its own notebook): `labkit run PILOT --workers 1` (validation, the papermill run,
 the HTML export, recording in the lab's MLflow store) against the papermill command line running the
-same notebook with the same parameters in the same folder. Both are whole processes, timed from the
-outside (best of ``ctx.repeat``); ``overhead_s`` is the difference, target < 1 s.
+same notebook with the same parameters in the same folder. Both are whole processes, alternated, timed
+from the outside (median of ``ctx.repeat``); ``overhead_s`` is the difference, target ≤ 1 s (issue #18).
 
 Batch: `labkit run` over 16 demo pilots (the demo's 9 and 7 copies) with the default workers (one per
-core); ``ratio`` is the batch time over one pilot's `labkit run` time — well under 16 when the pilots run
-in parallel.
+core); ``ratio`` is the batch time over one pilot's `labkit run` time, target ≤ 4 on 2 cores (issue #18).
 """
 
 from __future__ import annotations
@@ -15,9 +14,11 @@ from __future__ import annotations
 import uuid
 
 from benchmarks import demo_lab
-from benchmarks.common import LABKIT, PYTHON, Ctx, ratio, reset, timed
+from benchmarks.common import LABKIT, PYTHON, Ctx, alternated, ratio, reset, timed
 
 PILOT = "service-twitter-fast-reply"
+OVERHEAD_S = 1.0  # issue #18: `labkit run` over bare papermill
+BATCH_RATIO = 4.0  # issue #18: 16 pilots on 2 cores within 4x one pilot's time
 
 
 def _notebook(root, pilot_id: str):
@@ -30,24 +31,26 @@ def run(ctx: Ctx) -> list[dict]:
     if ctx.mode == "tiny":
         return []
     root = demo_lab.build(ctx)
-    ctx.say(f"runs: labkit run {PILOT}")
-    single = timed([*LABKIT, "run", PILOT, "--workers", "1"], root, ctx.repeat)
     out = root / "results" / "bench-papermill"
     out.mkdir(parents=True, exist_ok=True)
-    notebook = _notebook(
-        root, PILOT
-    )  # the pilot's own notebook (the service pilot names one), as labkit runs
-    ctx.say(f"runs: papermill on {PILOT} ({notebook.name})")
-    bare = timed(
-        [
-            PYTHON, "-m", "papermill", "--no-progress-bar", str(notebook), str(out / notebook.name),
-            "-p", "pilot_path", str(root / "experiments" / f"{PILOT}.yaml"),
-            "-p", "lab_path", str(root / "configs" / "lab.yaml"),
-            "-p", "output_dir", str(out), "-p", "as_of", "", "-p", "run_token", uuid.uuid4().hex,
-        ],
+    # the pilot's own notebook (the service pilot names one), as labkit runs it
+    notebook = _notebook(root, PILOT)
+    papermill = [
+        PYTHON, "-m", "papermill", "--no-progress-bar", str(notebook), str(out / notebook.name),
+        "-p", "pilot_path", str(root / "experiments" / f"{PILOT}.yaml"),
+        "-p", "lab_path", str(root / "configs" / "lab.yaml"),
+        "-p", "output_dir", str(out), "-p", "as_of", "", "-p", "run_token", uuid.uuid4().hex,
+    ]  # fmt: skip
+    ctx.say(f"runs: labkit run {PILOT} and papermill on {notebook.name}, alternated")
+    got = alternated(
+        {"labkit": [*LABKIT, "run", PILOT, "--workers", "1"], "papermill": papermill},
         root,
         ctx.repeat,
-    )  # fmt: skip
+        warm=0,
+        env={"MLFLOW_DISABLE_TELEMETRY": "true"},
+    )
+    single = {"seconds": got["labkit"]["median"], "all": got["labkit"]["all"]}
+    bare = {"seconds": got["papermill"]["median"], "all": got["papermill"]["all"]}
     reset(out)
     pilots = demo_lab.pilot_ids(root)
     ctx.say(f"runs: labkit run over {len(pilots)} pilots")
@@ -60,8 +63,8 @@ def run(ctx: Ctx) -> list[dict]:
             "baseline_s": round(bare["seconds"], 2),
             "ratio": ratio(single["seconds"], bare["seconds"]),
             "overhead_s": round(single["seconds"] - bare["seconds"], 2),
-            "target_s": 1.0,
-            "met": single["seconds"] - bare["seconds"] < 1.0,
+            "target_s": OVERHEAD_S,
+            "met": single["seconds"] - bare["seconds"] <= OVERHEAD_S,
             "labkit_all_s": single["all"],
             "baseline_all_s": bare["all"],
         },
@@ -72,7 +75,8 @@ def run(ctx: Ctx) -> list[dict]:
             "baseline_s": round(single["seconds"], 2),
             "baseline": "one pilot's labkit run",
             "ratio": ratio(batch["seconds"], single["seconds"]),
-            "target_ratio": float(len(pilots)),
+            "target_ratio": BATCH_RATIO,
+            "met": batch["seconds"] <= BATCH_RATIO * single["seconds"],
             "notes": [
                 f"{len(pilots)} pilots on the default workers (one per core); serial would be ~{len(pilots)}x"
             ],

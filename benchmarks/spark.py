@@ -32,9 +32,9 @@ channels: [email]
 SPARK = """
 import json, time
 import labkit, labkit.analysis
-from labkit.data import backends
+from labkit.data import backends, spark
 t = time.perf_counter()
-backends.spark_session()
+spark.spark_session()
 session_s = time.perf_counter() - t
 fetched = []
 original = backends.Guarded.__getattr__

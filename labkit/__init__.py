@@ -22,7 +22,7 @@ _LAZY = {
     "assign": "labkit.assignment",
     "load_assignment": "labkit.assignment",
     "analyze": "labkit.analysis",
-    "binned_distribution": "labkit.analysis",
+    "binned_distribution": "labkit.distribution",
     "LabkitError": "labkit.errors",
     "SpecError": "labkit.errors",
     "SpecErrors": "labkit.errors",

@@ -11,12 +11,14 @@ from __future__ import annotations
 import difflib
 import re
 import typing
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from labkit.errors import SpecError
-from labkit.yamlfile import YamlDoc, one_line, shorten
+from labkit.errors import SpecError, SpecErrors
+from labkit.yamlfile import YamlDoc, load_yaml, one_line, shorten
 
 SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*\Z")
 # Each pilot writes into its own folder results/<id>/, beside what labkit, MLflow and the lab's tools keep
@@ -261,3 +263,76 @@ def merge_problems(shape: list[SpecError], meaning: list[SpecError]) -> list[Spe
         return any(field == f or field.startswith(f + ".") or f.startswith(field + ".") for f in flagged)
 
     return shape + [e for e in meaning if not related(e.field)]
+
+
+def read_yaml(path: Path, display: str | None) -> tuple[YamlDoc | None, list[SpecError]]:
+    """(document, the problems of reading it): none, or the scalar and key problems with the document as
+    read (``SpecErrors.partial``, for the caller to judge the rest in the same pass), or a stop (a syntax
+    error, an anchor, a second document) with None."""
+    try:
+        return load_yaml(path, display=display or str(path)), []
+    except SpecErrors as exc:
+        return getattr(exc, "partial", None), list(exc.errors)
+
+
+def dates_misplaced(doc: YamlDoc, allowed: set[tuple]) -> list[SpecError]:
+    """An unquoted ISO date (``YamlDoc.implicit_dates``) anywhere but at the ``allowed`` locations: YAML 1.1
+    tools read it as a date, labkit as text, so a field meant as text must quote it."""
+    out = []
+    for loc in sorted(doc.implicit_dates, key=str):
+        if loc not in allowed:
+            value = _get(doc.data, loc)
+            out.append(
+                SpecError(
+                    doc.path,
+                    doc.line_of(loc),
+                    ".".join(map(str, loc)),
+                    f"'{value}' is read as a date by YAML 1.1; quote it if it is text",
+                )
+            )
+    return out
+
+
+def _get(data, loc):
+    for part in loc:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def validate_doc(
+    model: type[BaseModel], doc: YamlDoc, check: Callable[[Any], list[SpecError]], dated: set[tuple]
+) -> tuple[Any, list[SpecError]]:
+    """(instance or None, every problem): the shape pass, unquoted dates outside ``dated``, and the meaning
+    pass ``check`` over the instance, or over a ``loose`` one when the shape failed elsewhere in the file."""
+    spec, errors = validate_model(model, doc)
+    errors += dates_misplaced(doc, dated)
+    if isinstance(doc.data, dict):
+        view = spec if spec is not None else loose(model, doc.data)
+        meaning: list[SpecError] = []
+        try:
+            meaning = check(view)
+        except (TypeError, AttributeError, ValueError, KeyError):
+            pass  # a value of the wrong shape, already reported by the shape pass
+        errors = merge_problems(errors, meaning)
+    return spec, errors
+
+
+def display_path(path: Path) -> str:
+    """A path as messages show it: relative to the working folder when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def unlocated(message: str, *, file: str = "", field: str = "") -> SpecError:
+    """A ``SpecError`` whose one line is ``message`` as written, with no ``file:line:`` before it: a pilot
+    id or lab folder typed on the command line, or the lab as a whole, has no line to point at. ``file``
+    and ``field`` still say, for a caller, what the problem is about."""
+    error = SpecError(file, None, field, message)
+    error.message = message
+    error.args = (message,)
+    return error

@@ -25,6 +25,7 @@ In the Bayesian engine "significant in a direction" reads "chance to beat contro
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 DECISIONS = ("ship", "harm", "no-effect", "inconclusive", "invalid")
@@ -147,17 +148,54 @@ def decide(
     # the intervals the equivalence rule judges, kept on every verdict past this point so a reader (or a
     # test) can see what decided between no-effect and inconclusive
     equivalence = tuple((a.arm, a.tost_low, a.tost_high) for a in primary)
+
+    def judged(decision: str, reason: str, code: str, arms: list[str], more: int | None = None) -> Verdict:
+        return Verdict(decision, reason, code, arms, more, equivalence=equivalence)
+
     against = [a for a in primary if _against(a, direction, alpha, bayesian)]
     if against:
         a = against[0]
-        return Verdict(
-            "harm",
-            f"'{metric}' moved against the hypothesis in arm '{a.arm}' "
-            f"({_describe(a)}), and the move is significant.",
-            "primary_against",
-            [a.arm],
-            equivalence=equivalence,
+        why = f"'{metric}' moved against the hypothesis in arm '{a.arm}' ({_describe(a)}), and the move is "
+        why += "significant."
+        return judged("harm", why, "primary_against", [a.arm])
+    breach = _guardrail_breach(guardrails, alpha)
+    if breach is not None:
+        return judged("harm", breach[1], "guardrail", [breach[0]])
+    winners = [a for a in primary if _moved(a, direction, alpha, bayesian)]
+    if winners:
+        best = winners[0]
+        why = (
+            f"'{metric}' moved as predicted in arm '{best.arm}' ({_describe(best)}), significantly, with no "
+            "guardrail breached."
         )
+        return judged("ship", why, "significant", [a.arm for a in winners])
+    arms = [a.arm for a in primary]
+    if primary and all(
+        a.tost_low is not None and a.tost_high is not None and -mde < a.tost_low and a.tost_high < mde
+        for a in primary
+    ):
+        scale = "relative lift" if mde_relative else "effect"
+        bound = f"{mde:.1%}" if mde_relative else f"{mde:g}"
+        why = (
+            f"Any effect on '{metric}' is smaller than the {scale} worth acting on (±{bound}): the channel "
+            "does not move it enough to matter."
+        )
+        return judged("no-effect", why, "equivalent", arms)
+    more = None
+    if required_per_arm is not None and smallest_arm is not None:
+        more = max(0, required_per_arm - smallest_arm)
+    tail = (
+        f" About {more:,} more customers per arm would settle it."
+        if more
+        else " A longer or larger pilot would settle it."
+    )
+    why = f"The data cannot yet tell whether '{metric}' moved by the amount worth acting on." + tail
+    return judged("inconclusive", why, "underpowered", arms, more)
+
+
+def _guardrail_breach(guardrails: list[GuardrailCheck], alpha: float) -> tuple[str, str] | None:
+    """(arm, sentence) of the first breached guardrail: its point estimate past ``max_harm`` in the harmful
+    direction, or a significant move (raw p < alpha) in that direction; None when every guardrail holds."""
     for g in guardrails:
         for a in g.arms:
             if a.reason is not None or a.effect is None:
@@ -173,57 +211,8 @@ def decide(
             )
             if harmful or significant:
                 why = "past the allowed harm" if harmful else "a significant move in the harmful direction"
-                return Verdict(
-                    "harm",
-                    f"Guardrail '{g.metric}' was breached in arm '{a.arm}' ({_describe(a)}: {why}).",
-                    "guardrail",
-                    [a.arm],
-                    equivalence=equivalence,
-                )
-
-    winners = [a for a in primary if _moved(a, direction, alpha, bayesian)]
-    if winners:
-        best = winners[0]
-        return Verdict(
-            "ship",
-            f"'{metric}' moved as predicted in arm '{best.arm}' ({_describe(best)}), "
-            "significantly, with no guardrail breached.",
-            "significant",
-            [a.arm for a in winners],
-            equivalence=equivalence,
-        )
-
-    if primary and all(
-        a.tost_low is not None and a.tost_high is not None and -mde < a.tost_low and a.tost_high < mde
-        for a in primary
-    ):
-        scale = "relative lift" if mde_relative else "effect"
-        bound = f"{mde:.1%}" if mde_relative else f"{mde:g}"
-        return Verdict(
-            "no-effect",
-            f"Any effect on '{metric}' is smaller than the {scale} worth acting on "
-            f"(±{bound}): the channel does not move it enough to matter.",
-            "equivalent",
-            [a.arm for a in primary],
-            equivalence=equivalence,
-        )
-
-    more = None
-    if required_per_arm is not None and smallest_arm is not None:
-        more = max(0, required_per_arm - smallest_arm)
-    tail = (
-        f" About {more:,} more customers per arm would settle it."
-        if more
-        else " A longer or larger pilot would settle it."
-    )
-    return Verdict(
-        "inconclusive",
-        f"The data cannot yet tell whether '{metric}' moved by the amount worth acting on." + tail,
-        "underpowered",
-        [a.arm for a in primary],
-        more,
-        equivalence=equivalence,
-    )
+                return a.arm, f"Guardrail '{g.metric}' was breached in arm '{a.arm}' ({_describe(a)}: {why})."
+    return None
 
 
 def _against(a: ArmResult, direction: str, alpha: float, bayesian: bool) -> bool:
@@ -281,7 +270,7 @@ def _money(x: float, currency: str) -> str:
     return f"{x:,.0f}{f' {currency}' if currency else ''}"
 
 
-def _roi_text(roi: dict) -> str:
+def _roi_text(roi: Mapping) -> str:
     """``ROI −5.0 % [−61 %, +51 %]`` (the interval when both bounds are known)."""
     text = f"ROI {roi['roi'] * 100:+.1f} %"
     lo, hi = roi.get("roi_ci_low"), roi.get("roi_ci_high")
@@ -291,7 +280,7 @@ def _roi_text(roi: dict) -> str:
 
 
 def recommend(
-    verdict: Verdict, *, roi: dict | None, gains: dict[str, float | None], metric: str, currency: str = ""
+    verdict: Verdict, *, roi: Mapping | None, gains: dict[str, float | None], metric: str, currency: str = ""
 ) -> Recommendation:
     """The recommendation of DESIGN.md: the verdict weighed with the pilot's ROI.
 
@@ -305,7 +294,7 @@ def recommend(
     The rule reads ROI's point estimate, the pilot's best guess, as the decision reads the effect's; its
     interval does not change the recommendation but the sentence says when it crosses 0 (a ``scale``
     that may not pay back, a ``rework`` that might). ROI is the pilot's: the value of every treatment arm
-    against the whole cost (``labkit.analysis._roi``). ``gains`` maps each primary arm to its effect in the
+    against the whole cost (``labkit.roi.pilot_roi``). ``gains`` maps each primary arm to its effect in the
     predicted direction; the arm to scale is :func:`best_arm` of the arms that ship.
     """
     d = verdict.decision

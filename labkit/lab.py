@@ -24,13 +24,15 @@ from labkit._validation import (
     NAME,
     Strict,
     bad_text,
-    loose,
+    dates_misplaced,
     merge_problems,
     one_line_errors,
-    validate_model,
+    read_yaml,
+    unlocated,
+    validate_doc,
 )
-from labkit.errors import LabkitError, SpecError, SpecErrors
-from labkit.yamlfile import YamlDoc, load_yaml
+from labkit.errors import SpecError, SpecErrors
+from labkit.yamlfile import YamlDoc
 
 LAB_FILE = Path("configs") / "lab.yaml"
 FORMATS = ("csv", "parquet", "postgres", "spark")
@@ -133,16 +135,17 @@ class Lab:
             return self.spec.sources[name]
         except KeyError:
             allowed = ", ".join(self.spec.sources) or "none"
-            raise LabkitError(f"unknown source '{name}'; the lab defines: {allowed}") from None
+            message = f"unknown source '{name}'; the lab defines: {allowed}"
+            raise unlocated(message, file=self.doc.path, field="sources") from None
 
     def source_path(self, name: str) -> Path:
         """The file of a file source, checked to lie inside the lab root or its data root."""
         spec = self.source(name)
         if spec.path is None:
-            raise LabkitError(f"source '{name}' has no path")
+            raise unlocated(f"source '{name}' has no path", file=self.doc.path, field=f"sources.{name}")
         try:
             return resolve_inside(self, spec.path, what=f"sources.{name}.path")
-        except LabkitError:  # checked when the lab was loaded; a symlink may have changed since
+        except SpecError:  # checked when the lab was loaded; a symlink may have changed since
             loc = ("sources", name, "path")
             message = _outside(spec.path, self.root, self.spec.data_root)
             raise SpecErrors(
@@ -167,7 +170,7 @@ def resolve_inside(lab: Lab, relative: str, *, what: str) -> Path:
     for root in roots:
         if target == root or root in target.parents:
             return target
-    raise LabkitError(f"{what}: '{relative}' lies outside the lab; paths must stay inside {lab.root}")
+    raise SpecError(what, None, "", f"'{relative}' lies outside the lab; paths must stay inside {lab.root}")
 
 
 def _outside(relative: str, root: Path, data_root: str | None) -> str:
@@ -205,13 +208,16 @@ def find_root(start: Path | None = None, explicit: str | os.PathLike | None = No
         if root.is_file():  # --lab may name the lab file itself
             root = root.parent.parent
         if not (root / LAB_FILE).is_file():
-            raise LabkitError(f"no {LAB_FILE} under {root}")
+            raise unlocated(f"no {LAB_FILE} under {root}", file=str(root / LAB_FILE))
         return root
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         if (folder / LAB_FILE).is_file():
             return folder
-    raise LabkitError(f"no lab found: no {LAB_FILE} in {here} or above; run inside a lab or pass --lab PATH")
+    raise unlocated(
+        f"no lab found: no {LAB_FILE} in {here} or above; run inside a lab or pass --lab PATH",
+        file=str(LAB_FILE),
+    )
 
 
 def check_lab(spec: LabSpec, doc: YamlDoc) -> list[SpecError]:
@@ -277,49 +283,13 @@ def _not_one_line(value: str) -> str | None:
     return bad_text(value)
 
 
-def _dates_misplaced(doc: YamlDoc, allowed: set[tuple]) -> list[SpecError]:
-    out = []
-    for loc in sorted(doc.implicit_dates, key=str):
-        if loc not in allowed:
-            value = _get(doc.data, loc)
-            out.append(
-                SpecError(
-                    doc.path,
-                    doc.line_of(loc),
-                    ".".join(map(str, loc)),
-                    f"'{value}' is read as a date by YAML 1.1; quote it if it is text",
-                )
-            )
-    return out
-
-
-def _get(data, loc):
-    for part in loc:
-        try:
-            data = data[part]
-        except (KeyError, IndexError, TypeError):
-            return None
-    return data
-
-
 def parse_lab(path: Path, root: Path, display: str | None = None) -> tuple[Lab | None, list[SpecError]]:
     """Load and validate a lab file; every problem is returned, none raised."""
-    try:
-        doc = load_yaml(path, display=display or str(path))
-    except SpecErrors as exc:
-        partial = getattr(exc, "partial", None)
-        dates = _dates_misplaced(partial, set()) if partial is not None else []
-        return None, one_line_errors(merge_problems(list(exc.errors), dates))
-    spec, errors = validate_model(LabSpec, doc)
-    errors += _dates_misplaced(doc, set())
-    if isinstance(doc.data, dict):
-        view = spec if spec is not None else loose(LabSpec, doc.data)
-        meaning: list[SpecError] = []
-        try:
-            meaning = check_lab(view, doc)
-        except (TypeError, AttributeError, ValueError, KeyError):
-            pass  # a value of the wrong shape, already reported by the shape pass
-        errors = merge_problems(errors, meaning)
+    doc, typing_problems = read_yaml(path, display)
+    if typing_problems:
+        dates = dates_misplaced(doc, set()) if doc is not None else []
+        return None, one_line_errors(merge_problems(typing_problems, dates))
+    spec, errors = validate_doc(LabSpec, doc, lambda view: check_lab(view, doc), set())
     if spec is not None and not errors:
         errors = _source_paths_outside(spec, doc, root)
     if errors:
@@ -340,7 +310,7 @@ def load_lab(path: str | os.PathLike | None = None) -> Lab:
             file = p
             root = p.resolve().parent.parent if p.resolve().parent.name == "configs" else p.resolve().parent
     if not Path(file).is_file():
-        raise LabkitError(f"{file}: no such lab file")
+        raise SpecError(str(file), None, "", "no such lab file")
     lab, errors = parse_lab(Path(file), Path(root), display=_display(Path(file), Path(root)))
     if errors:
         raise SpecErrors(errors)

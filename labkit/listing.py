@@ -133,17 +133,9 @@ def pilot_rows(lab: Lab) -> tuple[list[dict], list[str]]:
             problems.append(f"{lab.display(path)}: invalid ({len(errors)} problem(s)); run labkit validate")
             continue
         status = pilot_status(pilot)
-        s = pilot.spec
+        labels = {key: getattr(pilot.spec, key) for key in ("function", "channel", "stage", "owner")}
         rows.append(
-            dict(
-                pilot=s.id,
-                function=s.function,
-                channel=s.channel,
-                stage=s.stage,
-                owner=s.owner,
-                status=status.short,
-                decision=status.decision or "-",
-            )
+            {"pilot": pilot.spec.id, **labels, "status": status.short, "decision": status.decision or "-"}
         )
     return rows, problems
 

@@ -340,6 +340,117 @@ def figure_effects(result, pilot: Pilot, role: str = "primary"):
     return fig
 
 
+# The over-time figure's band, by the kind of interval (``labkit.stats.over_time``: ``EffectOverTime.interval``).
+OVER_TIME_BANDS = {
+    "confidence sequence": "band: confidence sequence (valid at every look)",
+    "fixed-horizon": "band: fixed-horizon interval (one planned look; not for daily peeking)",
+}
+OVER_TIME_KINDS = {"confidence sequence": "confidence sequence", "fixed-horizon": "fixed-horizon interval"}
+_LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def over_time_of(result) -> tuple[list[dict], str] | None:
+    """The analysis' over-time rows and the kind of their interval, or None when it has none.
+
+    ``result`` is the Analysis or its results.json dict. The ``over_time`` block is a list of rows (DESIGN.md)
+    or a mapping with ``rows`` and ``interval``; the kind is ``over_time_interval`` beside it, else read from
+    ``meta.sequential``, which is what decides it (``labkit.stats.over_time``)."""
+    data = result if isinstance(result, dict) else result.to_dict()
+    block = data.get("over_time")
+    rows, kind = (block.get("rows"), block.get("interval")) if isinstance(block, dict) else (block, None)
+    kind = kind or data.get("over_time_interval")  # the JSON's top-level label (labkit.over_time)
+    if not rows:
+        return None
+    sequential = (data.get("meta") or {}).get("sequential")
+    return list(rows), kind or ("confidence sequence" if sequential else "fixed-horizon")
+
+
+def _nan(value) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def over_time_figure(rows: list[dict], interval_label: str, *, good: str | None = None):
+    """The effect at each day since the start with its interval as a band, one line per treatment arm, and
+    the zero line; the title says which kind of interval it is.
+
+    ``rows`` are the ``over_time`` rows (``labkit.stats.over_time.effect_over_time``), ``interval_label`` its
+    ``interval`` ("confidence sequence" or "fixed-horizon"), ``good`` the direction that is good for the
+    metric (the hypothesis's for the primary). An arm is coloured by what its last day means
+    (:func:`meaning`): the curve's answer so far; arms of one meaning differ by line style. A day without an
+    interval (no variance yet) is a gap in the band, its point still drawn."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
+
+    if interval_label not in OVER_TIME_KINDS:
+        raise ValueError(f"interval '{interval_label}' is not one of: {', '.join(OVER_TIME_KINDS)}")
+    by_arm: dict[str, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: r["day"]):
+        by_arm.setdefault(str(r["arm"]), []).append(r)
+    fig, ax = plt.subplots(figsize=(8, 4.2), layout="constrained")
+    handles = []
+    for i, (arm, days) in enumerate(by_arm.items()):
+        what = meaning(days[-1].get("ci_low"), days[-1].get("ci_high"), good)
+        x = [r["day"] for r in days]
+        low, high = [_nan(r.get("ci_low")) for r in days], [_nan(r.get("ci_high")) for r in days]
+        ax.fill_between(x, low, high, color=MEANING_COLOURS[what], alpha=0.15, linewidth=0)
+        (line,) = ax.plot(
+            x, [_nan(r.get("effect")) for r in days], _LINE_STYLES[i % len(_LINE_STYLES)], marker="o",
+            markersize=3, color=MEANING_COLOURS[what], label=f"{arm}: {MEANING_LABELS[what]}",
+        )  # fmt: skip
+        handles.append(line)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("day since the start")
+    ax.set_ylabel("effect vs control")
+    metrics = ", ".join(dict.fromkeys(str(r["metric"]) for r in rows)) or "effect"
+    ax.set_title(f"{metrics}: effect over time, with its {OVER_TIME_KINDS[interval_label]}", loc="left")
+    if not handles:
+        ax.text(0.5, 0.5, "no days to draw", transform=ax.transAxes, ha="center")
+    handles.append(Patch(color="tab:gray", alpha=0.3, label=OVER_TIME_BANDS[interval_label]))
+    fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
+    return fig
+
+
+def segment_forest(rows: list[dict], *, good: str | None = None, alpha: float = 0.05):
+    """The effect with its (unadjusted) interval per ``segments`` row (``labkit.segments``), coloured by what
+    it means after the correction across segments × arms (``p_value_adjusted`` below ``alpha``: the effect's
+    sign against ``good``, the hypothesis's direction). Exploratory segments are hollow and say so; withheld
+    cells (``privacy.min_cell_size``) are listed without a number."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    fig, ax = plt.subplots(figsize=(8, 0.9 + 0.32 * max(len(rows), 1)), layout="constrained")
+    labels, seen = [], {}
+    for y, r in enumerate(reversed(rows)):
+        name = f"{r['column']} = {'(none)' if r['value'] is None else r['value']} · {r['arm']}"
+        labels.append(name + (" (exploratory)" if r.get("exploratory") else ""))
+        if r.get("effect") is None:
+            labels[-1] += " — withheld" if r.get("reason") == "suppressed_small_cell" else " — no estimate"
+            continue
+        p = r.get("p_value_adjusted")
+        moved = p is not None and p < alpha  # significant after the correction: the sign says which way
+        what = meaning(r["effect"], r["effect"], good) if moved else "unclear"
+        seen[what] = None
+        colour = MEANING_COLOURS[what]
+        low, high = _nan(r.get("ci_low")), _nan(r.get("ci_high"))
+        ax.plot([low, high], [y, y], color=colour, lw=2)
+        face = "white" if r.get("exploratory") else colour
+        ax.plot([r["effect"]], [y], "o", color=colour, markerfacecolor=face, markersize=7)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_xlabel("effect vs control (intervals unadjusted; colours after the correction)")
+    metric = next((str(r["metric"]) for r in rows), "primary metric")
+    ax.set_title(f"{metric}: effect by segment", loc="left")
+    handles = [Line2D([], [], color=MEANING_COLOURS[w], marker="o", label=MEANING_LABELS[w]) for w in seen]
+    if any(r.get("exploratory") for r in rows):
+        label = "exploratory: added after the first run"
+        handles.append(Line2D([], [], color="black", marker="o", mfc="white", ls="none", label=label))
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
+    return fig
+
+
 def verdict_text(result, pilot: Pilot) -> str:
     """The decision in plain words with the next step, for a manager.
 

@@ -31,55 +31,27 @@ smallest arm's number (the one whose shortfall "how many more" counts; with equa
 translated to the allocation by equal variance, n_c = n (1 + 1/k) / 2 (exact for the fixed horizon, a close
 approximation for the boundary, which depends on the customers analysed). An MDE is out of reach when two
 equal arms would need more than 10^15 customers each.
+
+Cluster-randomised pilots (``cohort.unit_column``): customers of a cluster are not independent, so the plan
+carries the design effect DE = 1 + (n̄_w − 1)·ICC (``labkit.stats.cluster``; n̄_w the size-weighted cluster
+size): the customers' numbers (per arm, MDE at the cap) are planned with the per-customer SD times √DE, and
+``clusters_per_arm`` is the t-based search of ``clusters_per_arm`` (see :func:`_clusters_needed`). The ICC
+and the cluster sizes are measured on the primary metric's cluster totals where the baseline is measured
+(the control arm's clusters once started, as ``analyze`` does, else the assigned or eligible customers'
+clusters, event metrics on the pre-period); where the data give no ICC (a ratio metric, no outcomes yet)
+``hypothesis.baseline.icc`` is assumed, else 0.05 with a warning (``labkit.clustered.DEFAULT_ICC``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
-from labkit.errors import LabkitError, SpecError
+from labkit.errors import AssignmentError, LabkitError, SpecError
+from labkit.result import Plan
 from labkit.spec import Pilot
 
-
-@dataclass(frozen=True)
-class Plan:
-    pilot: str
-    metric: str
-    baseline_mean: float | None
-    baseline_sd: float | None
-    baseline_n: int
-    baseline_from: str  # "control arm" | "assignment" | "eligible" | "assumption" (module docstring)
-    mde_abs: float | None
-    mde_relative: float | None
-    alpha: float
-    power: float
-    required_per_arm: int | None
-    required_total: int | None
-    mde_at_cap: float | None  # absolute, on the metric's scale
-    mde_at_cap_relative: float | None
-    powered: bool | None
-    warnings: list[str] = field(default_factory=list)
-    required_by_arm: dict[str, int] | None = None  # every arm's size under the planned allocation
-
-    def to_dict(self) -> dict:
-        """The `plan` block of the JSON contract, plus the baseline it rests on."""
-        return {
-            "required_per_arm": self.required_per_arm,
-            "required_by_arm": dict(self.required_by_arm) if self.required_by_arm else None,
-            "required_total": self.required_total,
-            "mde_at_cap": self.mde_at_cap,
-            "mde_at_cap_relative": self.mde_at_cap_relative,
-            "powered": self.powered,
-            "mde_abs": self.mde_abs,
-            "baseline_mean": self.baseline_mean,
-            "baseline_sd": self.baseline_sd,
-            "baseline_n": self.baseline_n,
-            "baseline_from": self.baseline_from,
-            "alpha": self.alpha,
-            "power": self.power,
-            "warnings": list(self.warnings),
-        }
+__all__ = ["MAX_PER_ARM", "Plan", "assumed_baseline", "make_plan", "per_customer_sd", "plan"]
 
 
 def per_customer_sd(kind: str, moments) -> float | None:
@@ -109,13 +81,14 @@ def per_customer_sd(kind: str, moments) -> float | None:
 MAX_PER_ARM = 10**15
 
 
-def make_plan(pilot: Pilot, baseline, baseline_from: str) -> Plan:
-    """Pure planning arithmetic over a measured baseline (an ArmMoments of the primary metric).
+def make_plan(pilot: Pilot, baseline, baseline_from: str, *, design=None) -> Plan:
+    """Pure planning arithmetic over a measured baseline (an ArmMoments of the primary metric); ``design``
+    (``labkit.clustered.ClusterDesign``) sizes a cluster-randomised pilot (module docstring).
 
     Never raises for a pilot that validated: an MDE no number of customers reaches, or a cap too small
     to put 2 customers in every arm, is a plan without the missing numbers whose warnings say why (the
     analysis carries this plan in its JSON). :func:`plan` refuses the same pilot in one line instead."""
-    return _make_plan(pilot, baseline, baseline_from)[0]
+    return _make_plan(pilot, baseline, baseline_from, design=design)[0]
 
 
 def assumed_baseline(pilot: Pilot) -> tuple[float, float] | None:
@@ -145,7 +118,7 @@ def _usable(pilot: Pilot, mean: float | None, sd: float | None) -> bool:
 
 
 def _make_plan(
-    pilot: Pilot, baseline, baseline_from: str, *, missing: str | None = None
+    pilot: Pilot, baseline, baseline_from: str, *, missing: str | None = None, design=None
 ) -> tuple[Plan, SpecError | None]:
     """The plan, and the problem that makes the pilot impossible to plan as written (or None).
 
@@ -178,27 +151,18 @@ def _make_plan(
         warnings.append(f"the baseline rests on only {n_measured} customers")
     # a relative MDE of 1e-320 is 0 on the metric's scale (float underflow): as unreachable as 1e-300
     problem = _unreachable_mde(pilot, mde_abs) if (mde_abs == 0 and hyp.mde.relative) else None
+    sd_customer, clustered = sd, {}
+    if design is not None:  # a cluster pilot: clusters needed, and the customers' numbers carry the DE
+        clustered, sd = _cluster_sizing(pilot, design, sd, mde_abs, alpha, warnings)
 
-    def partial(required=None, total=None, by_arm=None, mde_cap=None, rel=None, powered=None) -> Plan:
+    def partial(**planned) -> Plan:
+        """The plan of this baseline with the numbers that could be planned (``planned``; none: a plan
+        whose warnings say why), and every warning said so far."""
         return Plan(
-            pilot.id,
-            m.name,
-            mean,
-            sd,
-            n_measured,
-            baseline_from,
-            mde_abs,
-            hyp.mde.relative,
-            s.alpha,
-            s.power,
-            required,
-            total,
-            mde_cap,
-            rel,
-            powered,
-            warnings,
-            by_arm,
-        )
+            pilot=pilot.id, metric=m.name, baseline_mean=mean, baseline_sd=sd_customer, baseline_n=n_measured,
+            baseline_from=baseline_from, mde_abs=mde_abs, mde_relative=hyp.mde.relative, alpha=s.alpha,
+            power=s.power, warnings=tuple(warnings), **clustered, **planned,
+        )  # fmt: skip
 
     if sd is None or sd == 0 or not mde_abs:
         if problem:
@@ -249,7 +213,11 @@ def _make_plan(
             f"{mde_cap:.4g}, above the MDE {mde_abs:.4g}; about {required_total:,} customers would be needed"
         )
     rel = mde_cap / abs(mean) if (mde_cap is not None and mean) else None
-    return partial(required, required_total, by_arm, mde_cap, rel, powered), problem
+    planned = partial(
+        required_per_arm=required, required_total=required_total, required_by_arm=by_arm, mde_at_cap=mde_cap,
+        mde_at_cap_relative=rel, powered=powered,
+    )  # fmt: skip
+    return planned, problem
 
 
 def _sized_arms(pilot: Pilot, equal: int, *, sd: float, mde_abs: float, alpha: float, ratio: float) -> dict:
@@ -305,7 +273,11 @@ def plan(pilot: Pilot, *, engine=None, today=None) -> Plan:
     engine = engine or Engine.for_lab(pilot.lab)
     try:
         moments, origin, missing = _baseline(engine, pilot, today)
-        result, problem = _make_plan(pilot, moments, origin, missing=missing)
+        design = None
+        if pilot.spec.cohort.unit_column:  # the control arm summed over its clusters, as `analyze` sums it
+            design, control = _cluster_design(engine, pilot, today)
+            moments = control if control is not None and origin == "control arm" else moments
+        result, problem = _make_plan(pilot, moments, origin, missing=missing, design=design)
         if problem is not None:  # the command and the API refuse what cannot be planned (case 44)
             raise problem
         return result
@@ -383,8 +355,100 @@ def _cap(pilot: Pilot) -> int:
 def _known(pilot: Pilot, value, field: str):
     """An imported assignment may leave the cap and the start to its data: known once it is assigned."""
     if value is None:
-        raise LabkitError(
-            f"{pilot.id}: {field} is not set, so it comes from the imported assignment; run "
-            f"`labkit assign {pilot.id}` first"
+        raise AssignmentError(
+            pilot.id,
+            f"{field} is not set, so it comes from the imported assignment; run "
+            f"`labkit assign {pilot.id}` first",
         )
     return value
+
+
+# --------------------------------------------------------------------------------------------------
+# cluster-randomised pilots
+
+
+def _cluster_sizing(
+    pilot: Pilot, design, sd, mde_abs, alpha: float, warnings: list[str]
+) -> tuple[dict, float]:
+    """The plan's cluster fields (``clusters_per_arm``, ``icc``, ``design_effect``) and the per-customer SD
+    inflated by √DE, with which the customers' numbers (per arm, at the cap) are planned (module docstring)."""
+    from labkit.clustered import DEFAULT_ICC
+
+    if design.icc_from == "default":
+        warnings.append(
+            f"no ICC from the data or hypothesis.baseline.icc: planned with an assumed ICC of {DEFAULT_ICC:g}"
+        )
+    de = design.design_effect
+    fields = {"icc": design.icc, "design_effect": de, "clusters_per_arm": None}
+    if de is None:
+        warnings.append("no cluster sizes in the data yet: the clusters needed cannot be planned")
+        return fields, sd
+    if sd and mde_abs:
+        fields["clusters_per_arm"] = _clusters_needed(pilot, design, sd, mde_abs, alpha)
+    return fields, sd * math.sqrt(de) if sd else sd
+
+
+def _clusters_needed(pilot: Pilot, design, sd: float, mde_abs: float, alpha: float) -> int | None:
+    """Clusters per arm: ``labkit.stats.cluster.clusters_per_arm`` (two-sided t on cluster means, 2K − 2
+    df) with a cluster mean's variance σ²·(1 + (n̄_w − 1)ρ)/n̄ — n̄ customers per cluster, the design effect
+    at the size-weighted n̄_w (unequal clusters cost more) — passed as the SD σ·√(n̄_w/n̄) at size n̄_w;
+    for unequal weights translated to the allocation by equal variance as the customers are (the smallest
+    arm's number). A saturation design's arms are compared as customers of pure-control clusters against
+    treated ones, each counted as a whole cluster (a lower bound for partial shares)."""
+    from labkit.stats import power as pw
+    from labkit.stats.cluster import clusters_per_arm, design_effect
+
+    n_bar, n_w = design.mean_size, design.weighted_size
+    sd_eff = sd * math.sqrt(n_w / n_bar)
+    rough = pw.sample_size_per_arm(
+        sd_control=sd * math.sqrt(design_effect(design.icc, n_w) / n_bar), mde_abs=mde_abs, alpha=alpha,
+        power=pilot.settings.power,
+    )  # fmt: skip
+    if rough > 100_000:  # beyond any pilot; the t search would crawl, and t is z there
+        return rough if rough <= MAX_PER_ARM else None
+    equal = clusters_per_arm(mde_abs, sd_eff, design.icc, n_w, alpha=alpha, power=pilot.settings.power)
+    weights = pilot.arms
+    w_c = weights[pilot.control]
+    ratio = min(weights[a] for a in pilot.treatments) / w_c if pilot.treatments else 1.0
+    k_control = equal * (1 + 1 / ratio) / 2
+    return min(max(2, math.ceil(k_control * w / w_c * (1 - 1e-12))) for w in weights.values())
+
+
+def _cluster_design(engine, pilot: Pilot, today):
+    """The ICC and cluster sizes measured where ``plan`` measures the baseline (the control arm's clusters
+    once started, else the assigned or eligible customers' clusters, event metrics on the pre-period);
+    assumed (``labkit.clustered.plan_design``) where the data hold none. Returns the design and, once
+    started, the control arm's moments summed over its clusters (``analyze``'s very sums, so the two plans
+    agree to the last digit), else None."""
+    import datetime as dt
+
+    import ibis
+
+    from labkit.assignment import assignment_path
+    from labkit.clustered import of_totals, plan_design
+    from labkit.cohort import eligible
+    from labkit.data.aggregate import units_table
+    from labkit.data.clusters import cluster_totals
+    from labkit.errors import DataError
+
+    c, m = pilot.spec.cohort, pilot.primary
+    today = today or dt.datetime.now(dt.UTC).date()
+    started = pilot.start is not None and pilot.start <= today and assignment_path(pilot).is_file()
+    try:
+        if started:
+            units = units_table(engine, pilot)
+        else:
+            start = ibis.literal(_known(pilot, pilot.start, "cohort.start")).cast("timestamp")
+            if m.event is not None:
+                start = start - ibis.interval(days=int(m.window_days))
+            if assignment_path(pilot).is_file():
+                units = _population(engine, pilot)[0]
+            else:  # the eligible customers that have a cluster (the draw leaves the others out)
+                pop = eligible(engine, pilot)
+                units = pop.filter(pop[c.unit_column].notnull()).select(customer_id=pop[c.id_column])
+            units = units.select("customer_id", arm=ibis.literal("all"), assigned_at=start)
+        data = of_totals(pilot, cluster_totals(engine, pilot, m, units, c.unit_column))
+    except (DataError, AssignmentError):
+        data = None
+    control = data.arms.get(pilot.control) if data is not None and started else None
+    return plan_design(pilot, data), control

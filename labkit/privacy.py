@@ -38,12 +38,12 @@ import re
 import secrets
 import sqlite3
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from labkit.errors import LabkitError
+from labkit._files import write_atomic
+from labkit.errors import DataError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -79,8 +79,10 @@ def lab_key(lab: Lab) -> bytes:
             )
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise LabkitError(
-            f"cannot read the pseudonym key {lab.display(path)}: {type(exc).__name__}"
+        from labkit._validation import unlocated  # pydantic, only on this error path
+
+        raise unlocated(
+            f"cannot read the pseudonym key {lab.display(path)}: {type(exc).__name__}", file=lab.display(path)
         ) from None
     return _checked(text, lab.display(path))
 
@@ -89,33 +91,35 @@ def _checked(text: str, where: str) -> bytes:
     key = text.strip()
     if len(key) < MIN_KEY_CHARS:
         # Only the length is shown: the key itself never appears in a message.
-        raise LabkitError(
+        from labkit._validation import unlocated  # pydantic, only on this error path
+
+        raise unlocated(
             f"the pseudonym key in {where} is {len(key)} characters long; use at least {MIN_KEY_CHARS} "
-            "random characters, e.g. the output of: python -c 'import secrets; print(secrets.token_hex(32))'"
+            "random characters, e.g. the output of: python -c 'import secrets; print(secrets.token_hex(32))'",
+            file=where,
         )
     return key.encode("utf-8")
 
 
 def _create_key_file(path: Path, env: str) -> None:
-    """Write a fresh key to ``path`` unless someone else already did; readers never see a partial key."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{KEY_FILE}.", suffix=".tmp")  # mode 0600
+    """Write a fresh key to ``path`` unless someone else already did; readers never see a partial key.
+
+    The key is written whole, 0600, to a name of this process's own (``write_atomic``), then linked to
+    ``path``: link() creates the name only if it is absent (like O_EXCL), so of processes starting at once
+    exactly one creates the key and all of them use it — a rename would let a later one replace a key an
+    earlier one has already used."""
+    staged = path.with_name(f"{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}.new")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(secrets.token_hex(32) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        write_atomic(staged, secrets.token_hex(32) + "\n", mode=0o600)
         try:
-            # link() creates the name only if it is absent (like O_EXCL) and the content is already complete.
-            os.link(tmp, path)
+            os.link(staged, path)
         except FileExistsError:
             return  # another process created the key first: everyone uses that one
         except OSError:
-            if not _create_key_file_excl(path, Path(tmp).read_bytes()):
+            if not _create_key_file_excl(path, staged.read_bytes()):
                 return
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        staged.unlink(missing_ok=True)
     sys.stderr.write(
         f"labkit: created the lab's pseudonym key {path.name} in {path.parent} (mode 0600); "
         f"keep it with the lab's results, or set ${env}\n"
@@ -145,13 +149,13 @@ def id_text(customer_id) -> str:
     if isinstance(customer_id, str):
         return customer_id
     if isinstance(customer_id, bool):
-        raise LabkitError("a customer id cannot be true/false")
+        raise DataError(None, "a customer id cannot be true/false")
     if isinstance(customer_id, numbers.Integral):  # int and numpy integers
         return str(int(customer_id))
     if isinstance(customer_id, numbers.Real):
         if float(customer_id).is_integer():
             return str(int(customer_id))
-        raise LabkitError("a customer id must be text or an integer, not a fraction")
+        raise DataError(None, "a customer id must be text or an integer, not a fraction")
     return str(customer_id)
 
 
@@ -191,15 +195,8 @@ def scan_for_identifiers(paths: Iterable[str | os.PathLike], identifiers: set[st
     """
     finder = _Finder(identifiers)
     found: set[tuple[Path, str]] = set()
-    for file in _files(paths):
-        try:
-            data = file.read_bytes()
-        except OSError:
-            continue
-        hits = finder.find(data)
-        if data.startswith(b"SQLite format 3\x00"):
-            hits |= finder.find(_sqlite_text(file))
-        found.update((file, ident) for ident in hits)
+    for file, texts in _contents(paths):
+        found.update((file, ident) for text in texts for ident in finder.find(text))
     return sorted(found, key=lambda pair: (str(pair[0]), pair[1]))
 
 
@@ -209,16 +206,22 @@ def scan_for_patterns(
     """Every distinct (file, pattern name, matched bytes) of byte regexes in files; folders are walked and
     SQLite files are also read table by table, as ``scan_for_identifiers`` reads them."""
     found: set[tuple[Path, str, bytes]] = set()
+    for file, texts in _contents(paths):
+        for name, pattern in patterns.items():
+            for text in texts:
+                found.update((file, name, m.group()) for m in pattern.finditer(text))
+    return sorted(found, key=lambda hit: (str(hit[0]), hit[1], hit[2]))
+
+
+def _contents(paths: Iterable[str | os.PathLike]) -> Iterable[tuple[Path, list[bytes]]]:
+    """(file, its texts) for every readable file of ``paths`` (folders walked): the bytes, and for a SQLite
+    file also its values table by table (``_sqlite_text``)."""
     for file in _files(paths):
         try:
             data = file.read_bytes()
         except OSError:
             continue
-        texts = [data, _sqlite_text(file)] if data.startswith(b"SQLite format 3\x00") else [data]
-        for name, pattern in patterns.items():
-            for text in texts:
-                found.update((file, name, m.group()) for m in pattern.finditer(text))
-    return sorted(found, key=lambda hit: (str(hit[0]), hit[1], hit[2]))
+        yield file, [data, _sqlite_text(file)] if data.startswith(b"SQLite format 3\x00") else [data]
 
 
 def _files(paths: Iterable[str | os.PathLike]) -> Iterable[Path]:

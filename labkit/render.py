@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from labkit.result import Analysis, MetricRow, Plan
 
 PIPED_WIDTH = 10_000  # piped output is plain text at full width: no row is wrapped or cut to a guess of 80
 
@@ -50,7 +54,7 @@ def plan_rows(pilot: str, data: dict) -> list[dict]:
     return [{"pilot": pilot, "arm": arm, "required": n, **scalars} for arm, n in by_arm.items()]
 
 
-def _console():
+def terminal_console():
     """A terminal's console, or COLUMNS' width when set; piped (neither), plain text at full width.
 
     Rich alone falls back to 80 columns when stdout is not a terminal and cuts tables there; a file or a
@@ -102,7 +106,7 @@ def _f(v, spec: str = ".4g") -> str:
     return str(v)
 
 
-def render_plan(plan) -> None:
+def render_plan(plan: Plan) -> None:
     from rich.table import Table
 
     table = Table(title=f"plan: {plan.pilot} (primary metric {plan.metric})", show_header=False)
@@ -121,12 +125,23 @@ def render_plan(plan) -> None:
             f"{_f(plan.mde_at_cap)} ({_f(plan.mde_at_cap_relative, '.1%')} relative)",
         ),
         ("powered at the cap", _f(plan.powered)),
+        *_plan_cluster_rows(plan),
     ]:
         table.add_row(label, value)
-    console = _console()
+    console = terminal_console()
     console.print(table)
     for w in plan.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}")
+
+
+def _plan_cluster_rows(plan) -> list[tuple[str, str]]:
+    """A cluster pilot's plan rows: the clusters needed per arm, the ICC and the design effect."""
+    if plan.icc is None:
+        return []
+    return [
+        ("clusters needed per arm", _f(plan.clusters_per_arm, ",")),
+        ("ICC / design effect", f"{_f(plan.icc, '.3g')} / {_f(plan.design_effect, '.3g')}"),
+    ]
 
 
 def _baseline_source(plan) -> str:
@@ -147,7 +162,7 @@ def _per_arm(plan) -> str:
 def render_assignment(pilot, assignment) -> None:
     meta = assignment.meta
     counts = ", ".join(f"{arm} {n:,}" for arm, n in assignment.counts.items())
-    console = _console()
+    console = terminal_console()
     console.print(
         f"{pilot.id}: {sum(assignment.counts.values()):,} customers assigned ({counts}) "
         f"of {meta.get('eligible', '?'):,} eligible -> {pilot.lab.display(assignment.path)}"
@@ -156,28 +171,37 @@ def render_assignment(pilot, assignment) -> None:
         console.print(f"[yellow]warning:[/yellow] {w}")
 
 
-def _metric_cells(r: dict) -> tuple[str, ...]:
+def _metric_cells(r: MetricRow) -> tuple[str, ...]:
     """One metric row of an analysis as the strings printed in either layout (table or stacked)."""
-    interval = f"[{_f(r['ci_low'])}, {_f(r['ci_high'])}]" if r["ci_low"] is not None else "–"
-    lift = f"{_f(r['lift'], '+.1%')}" if r["lift"] is not None else "–"
+    e = r.estimate
+    interval = f"[{_f(e.ci_low)}, {_f(e.ci_high)}]" if e.ci_low is not None else "–"
+    lift = f"{_f(e.lift, '+.1%')}" if e.lift is not None else "–"
     return (
-        r["metric"],
-        r["role"],
-        r["arm"],
-        _f(r["mean_control"]),
-        _f(r["mean_treatment"]),
-        _f(r["effect"], "+.4g"),
+        r.metric,
+        r.role,
+        r.arm,
+        _f(e.mean_control),
+        _f(e.mean_treatment),
+        _f(e.effect, "+.4g"),
         interval,
         lift,
-        _f(r["p_value_adjusted"], ".3g"),
-        r["method"] + (f" ({r['reason']})" if r.get("reason") else ""),
-    )
+        _f(r.p_value_adjusted, ".3g"),
+        e.method + (f" ({e.reason})" if e.reason else ""),
+    ) + _cluster_cells(r)
 
 
-def render_analysis(result) -> None:
+def _cluster_cells(r: MetricRow) -> tuple[str, ...]:
+    """A cluster pilot's two more cells: clusters per arm (control/treatment) and the design effect."""
+    c = r.clusters
+    if c is None:
+        return ()
+    return (f"{c.n_clusters_control:,}/{c.n_clusters_treatment:,}", _f(c.design_effect, ".3g"))
+
+
+def render_analysis(result: Analysis) -> None:
     from rich.table import Table
 
-    console = _console()
+    console = terminal_console()
     colour = {
         "ship": "green",
         "harm": "red",
@@ -191,10 +215,23 @@ def render_analysis(result) -> None:
     )
     srm = result.srm
     console.print(
-        f"sample ratio: {', '.join(f'{k} {v:,}' for k, v in srm['counts'].items())} "
-        f"(SRM p = {_f(srm['p_value'], '.3g')}, {srm['method']})"
+        f"sample ratio: {', '.join(f'{k} {v:,}' for k, v in srm.counts.items())} "
+        f"(SRM p = {_f(srm.p_value, '.3g')}, {srm.method})"
     )
-    columns = ("metric", "role", "arm", "control", "treatment", "effect", "interval", "lift", "p (adj.)", "method")
+    columns = (
+        "metric",
+        "role",
+        "arm",
+        "control",
+        "treatment",
+        "effect",
+        "interval",
+        "lift",
+        "p (adj.)",
+        "method",
+    )
+    if any(r.clusters is not None for r in result.metric_rows):  # a cluster-randomised pilot
+        columns += ("clusters", "DE")
     rows = [_metric_cells(r) for r in result.metric_rows]
     table = Table()
     for col in columns:
@@ -206,13 +243,20 @@ def render_analysis(result) -> None:
     else:  # narrower than the table: one block per metric and arm, every value whole
         blocks = [(f"{c[0]} ({c[1]}), arm {c[2]}", list(zip(columns[3:], c[3:]))) for c in rows]
         print_stacked(console, None, blocks)
-    roi = result.roi
-    if roi and roi.get("value") is not None:
+    for sp in result.spillover or ():  # a saturation design: each effect against pure-control clusters
         console.print(
-            f"value {roi['value']:,.0f} [{roi['value_ci_low']:,.0f}, {roi['value_ci_high']:,.0f}] "
-            f"for a cost of {roi['cost']:,.0f}: ROI {_f(roi['roi'], '+.1%')}"
+            f"{sp.metric}, arm {sp.arm}: direct {_f(sp.direct_effect, '+.4g')} "
+            f"[{_f(sp.direct_ci_low)}, {_f(sp.direct_ci_high)}]; spillover on untreated customers of "
+            f"treated clusters {_f(sp.spillover_effect, '+.4g')} [{_f(sp.spillover_ci_low)}, "
+            f"{_f(sp.spillover_ci_high)}] ({sp.n_clusters:,} clusters)"
         )
-    advice = getattr(result, "advice", None)
+    roi = result.roi
+    if roi is not None and roi.value is not None:
+        console.print(
+            f"value {roi.value:,.0f} [{roi.value_ci_low:,.0f}, {roi.value_ci_high:,.0f}] "
+            f"for a cost of {roi.cost:,.0f}: ROI {_f(roi.roi, '+.1%')}"
+        )
+    advice = result.advice
     if advice is not None:  # the decision weighed with the ROI: what to do next
         from rich.markup import escape
 

@@ -18,8 +18,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from labkit._validation import COLUMN, NAME, SLUG, did_you_mean
-from labkit.errors import LabkitError, SpecErrors
+from labkit._validation import COLUMN, NAME, SLUG, did_you_mean, unlocated
+from labkit.errors import LabkitError, SpecError, SpecErrors
 from labkit.lab import Lab
 from labkit.spec import parse_pilot
 
@@ -79,14 +79,20 @@ def new_pilot(
 ) -> Path:
     """Write experiments/<id>.yaml atomically after checking that it validates; never overwrites."""
     if not SLUG.match(pilot_id):
-        raise LabkitError(f"'{pilot_id}' is not a slug; use lowercase letters, digits and single dashes")
+        raise unlocated(
+            f"'{pilot_id}' is not a slug; use lowercase letters, digits and single dashes", field="id"
+        )
     per_customer = [name for name, s in lab.spec.sources.items() if s.timestamp is None]
     if not per_customer:
-        raise LabkitError("the lab file defines no per-customer source to draw a cohort from")
+        message = "the lab file defines no per-customer source to draw a cohort from"
+        raise unlocated(message, file=lab.doc.path, field="sources")
     if source is not None and source not in per_customer:
-        raise LabkitError(
-            f"--source: '{source}' is not a per-customer source of the lab; {did_you_mean(source, per_customer)}"
-            f"allowed: {', '.join(per_customer)}"
+        raise SpecError(
+            "--source",
+            None,
+            "",
+            f"'{source}' is not a per-customer source of the lab; {did_you_mean(source, per_customer)}"
+            f"allowed: {', '.join(per_customer)}",
         )
     cohort = source or per_customer[0]
     columns = _columns(lab, [cohort, *[n for n in per_customer if n != cohort]])
@@ -130,7 +136,7 @@ def new_pilot(
     )
     target = lab.experiments_dir / f"{pilot_id}.yaml"
     if target.exists():
-        raise LabkitError(f"{lab.display(target)} exists already; labkit new never overwrites a pilot")
+        raise _exists(lab, target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{pilot_id}.", suffix=".tmp")
     try:
@@ -144,18 +150,21 @@ def new_pilot(
             raise SpecErrors(errors)
         os.link(tmp, target)  # fails if another process created the pilot meanwhile
     except FileExistsError:
-        raise LabkitError(
-            f"{lab.display(target)} exists already; labkit new never overwrites a pilot"
-        ) from None
+        raise _exists(lab, target) from None
     finally:
         os.unlink(tmp)
     return target
 
 
+def _exists(lab: Lab, target: Path) -> SpecError:
+    return unlocated(
+        f"{lab.display(target)} exists already; labkit new never overwrites a pilot", file=lab.display(target)
+    )
+
+
 def _columns(lab: Lab, sources: list[str]) -> dict[str, list[str] | None]:
     """Each source's column names from its schema (no row is read); None where it cannot be read yet."""
     from labkit.data.sources import Engine
-    from labkit.errors import DataError
 
     out: dict[str, list[str] | None] = {}
     engine = Engine.for_lab(lab)
@@ -163,7 +172,7 @@ def _columns(lab: Lab, sources: list[str]) -> dict[str, list[str] | None]:
         for name in sources:
             try:
                 out[name] = list(engine.columns(name))
-            except (DataError, LabkitError):
+            except LabkitError:  # a DataError, or a source the lab cannot open yet
                 out[name] = None
     finally:
         engine.close()
@@ -176,19 +185,26 @@ def _metric(metric: str | None, cohort: str, per_customer: list[str], columns: d
         return cohort, PLACEHOLDER
     source, _, column = metric.rpartition(".")
     if source and source not in per_customer:
-        raise LabkitError(
-            f"--metric: '{source}' is not a per-customer source of the lab; {did_you_mean(source, per_customer)}"
-            f"allowed: {', '.join(per_customer)}"
+        raise SpecError(
+            "--metric",
+            None,
+            "",
+            f"'{source}' is not a per-customer source of the lab; {did_you_mean(source, per_customer)}"
+            f"allowed: {', '.join(per_customer)}",
         )
     if not COLUMN.match(column):
-        raise LabkitError(f"--metric: '{column}' is not a plain column name (letters, digits and _)")
+        raise SpecError(
+            "--metric", None, "", f"'{column}' is not a plain column name (letters, digits and _)"
+        )
     if not source:  # the first per-customer source holding it, the cohort's first; else the cohort's
         source = next((n for n, cols in columns.items() if cols and column in cols), cohort)
     known = columns.get(source)
     if known is not None and column not in known:
-        raise LabkitError(
-            f"--metric: source '{source}' has no column '{column}'; {did_you_mean(column, known)}"
-            f"columns: {', '.join(known)}"
+        raise SpecError(
+            "--metric",
+            None,
+            "",
+            f"source '{source}' has no column '{column}'; {did_you_mean(column, known)}columns: {', '.join(known)}",
         )
     return source, column
 

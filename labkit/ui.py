@@ -39,8 +39,9 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from labkit.errors import LabkitError
+from labkit.errors import SpecError, TrackingError
 from labkit.lab import Lab
+from labkit.tracking.view import runs_url
 
 LOG_NAME = "mlflow-ui-{port}.log"  # in results/: MLflow's own output, kept out of the terminal; one per port
 START_TIMEOUT_S = 180.0  # `mlflow server` took 36-49 s with its defaults on a loaded 2-core machine
@@ -62,7 +63,7 @@ def server_command(lab: Lab, *, host: str, port: int) -> list[str]:
     if uri.startswith(("http://", "https://")):
         from labkit.tracking import display_uri
 
-        raise LabkitError(
+        raise TrackingError(
             f"the lab records to a shared server ({display_uri(uri)}); open it in a browser instead"
         )
     return [
@@ -81,31 +82,20 @@ def server_command(lab: Lab, *, host: str, port: int) -> list[str]:
     ]
 
 
-def runs_url(base: str, experiment_id: str) -> str:
-    """The experiment's runs table in the UI's "Model training" view (MLflow 3 opens on GenAI otherwise),
-    in labkit's leadership view (``labkit.tracking.leadership_view``: decision, recommendation, ROI, gain…
-    as columns, the latest run of each pilot) — MLflow has no per-experiment default columns, so the link
-    carries the saved view's key."""
-    from labkit.tracking import LEADERSHIP_VIEW
-
-    return (
-        f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-        f"&viewStateShareKey={LEADERSHIP_VIEW}"
-    )
-
-
 def check_port(host: str, port: int) -> None:
     """Raise a one-line LabkitError unless ``host:port`` can be bound now (tested by binding it).
 
     The test socket sets SO_REUSEADDR as the server does, so a port left in TIME_WAIT by a stopped server
     counts as free, while any socket listening on it — on this address or on a wildcard — does not."""
     if not 1 <= port <= 65535:
-        raise LabkitError(f"--port: {port} is not a TCP port; give a number from 1 to 65535 (default 5000)")
+        raise SpecError(
+            "--port", None, "", f"{port} is not a TCP port; give a number from 1 to 65535 (default 5000)"
+        )
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         reason = exc.strerror if isinstance(exc, socket.gaierror) else "not a valid host name"
-        raise LabkitError(f"--host: cannot use '{host}': {reason}") from None
+        raise SpecError("--host", None, "", f"cannot use '{host}': {reason}") from None
     family, kind, proto, _, address = infos[0]
     try:
         with socket.socket(family, kind, proto) as probe:
@@ -119,7 +109,7 @@ def check_port(host: str, port: int) -> None:
             hint = f"{host} is not an address of this machine; --host takes one of its own addresses"
         else:
             hint = "choose another --port or --host"
-        raise LabkitError(f"cannot serve the MLflow UI on {where}: {exc.strerror or exc}; {hint}") from None
+        raise TrackingError(f"cannot serve the MLflow UI on {where}: {exc.strerror or exc}; {hint}") from None
 
 
 def _base_url(host: str, port: int) -> str:
@@ -208,7 +198,7 @@ def serve(
             log_path.parent.mkdir(parents=True, exist_ok=True)
             log = open(log_path, "wb")  # noqa: SIM115 -- the child holds it; closed below
         except OSError as exc:
-            raise LabkitError(f"cannot write {lab.display(log_path)}: {exc.strerror or exc}") from None
+            raise TrackingError(f"cannot write {lab.display(log_path)}: {exc.strerror or exc}") from None
         with log:
             proc = subprocess.Popen(
                 command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -229,7 +219,9 @@ def serve(
                 file=sys.stderr,
             )
         code = proc.wait()
-        raise LabkitError(f"the MLflow server stopped (exit {code}); see {shown_log}: {_last_line(log_path)}")
+        raise TrackingError(
+            f"the MLflow server stopped (exit {code}); see {shown_log}: {_last_line(log_path)}"
+        )
     except _Stop as stopped:
         return 128 + stopped.signum
     finally:
@@ -250,10 +242,10 @@ def _wait_until_answering(
     while not _answers(url):
         code = proc.poll()
         if code is not None:
-            raise LabkitError(
+            raise TrackingError(
                 f"the MLflow server stopped before it answered (exit {code}); see {shown_log}: "
                 f"{_last_line(log_path)}"
             )
         if time.monotonic() > deadline:
-            raise LabkitError(f"the MLflow server did not answer within {timeout:.0f} s; see {shown_log}")
+            raise TrackingError(f"the MLflow server did not answer within {timeout:.0f} s; see {shown_log}")
         time.sleep(_POLL_S)

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from labkit._validation import display_path
 from labkit.errors import LabkitError, SpecError
 from labkit.lab import LAB_FILE, find_root, parse_lab
 from labkit.spec import list_pilots, parse_pilot
-
-
-def _shown(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
+from labkit.spec.rules import closest
 
 
 def _is_lab_file(path: Path) -> bool:
@@ -30,14 +25,14 @@ def validate_paths(
         start = start.parent
     root = find_root(start=start, explicit=explicit_lab)
     lab_file = root / LAB_FILE
-    lab, lab_problems = parse_lab(lab_file, root, display=_shown(lab_file))
+    lab, lab_problems = parse_lab(lab_file, root, display=display_path(lab_file))
     problems: list[SpecError] = []
 
     pilots: list[Path] = []
     check_lab = not paths
     for path in paths or [root / "experiments"]:
         if not path.exists():
-            problems.append(SpecError(_shown(path), None, "", "no such file or folder"))
+            problems.append(SpecError(display_path(path), None, "", "no such file or folder"))
         elif path.is_dir():
             if (path / LAB_FILE).is_file():
                 check_lab = True
@@ -56,21 +51,26 @@ def validate_paths(
     if lab is None:
         for path in pilots:
             problems.append(
-                SpecError(_shown(path), None, "", "not checked: the lab file configs/lab.yaml has errors")
+                SpecError(
+                    display_path(path), None, "", "not checked: the lab file configs/lab.yaml has errors"
+                )
             )
         return problems, len(pilots) + int(check_lab)
     ids: dict[str, Path] = {}
     for path in pilots:
         try:
-            pilot, errors = parse_pilot(path, lab, display=_shown(path))
+            pilot, errors = parse_pilot(path, lab, display=display_path(path))
         except LabkitError as exc:  # unreadable file and the like
-            errors, pilot = [SpecError(_shown(path), None, "", str(exc))], None
+            errors, pilot = [SpecError(display_path(path), None, "", str(exc))], None
         problems += errors
         if pilot is not None:
             if pilot.id in ids and ids[pilot.id].resolve() != path.resolve():
                 problems.append(
                     SpecError(
-                        _shown(path), 1, "id", f"'{pilot.id}' is also the id of {_shown(ids[pilot.id])}"
+                        display_path(path),
+                        1,
+                        "id",
+                        f"'{pilot.id}' is also the id of {display_path(ids[pilot.id])}",
                     )
                 )
             ids.setdefault(pilot.id, path)
@@ -111,23 +111,32 @@ def data_problems(pilot) -> list[SpecError]:
                 err(loc, f"source '{name}' cannot be read: {why}")
         return schemas[name]
 
-    def check(name: str, column: str, loc: tuple, kind: str | None = None, src_loc: tuple | None = None):
+    def check(
+        name: str,
+        column: str,
+        loc: tuple,
+        kind: str | None = None,
+        src_loc: tuple | None = None,
+        suggest: bool = False,
+    ):
         have = schema(name, src_loc or loc)
         if have is None:
             return
         if column not in have:
             shown = ", ".join(have)
-            err(loc, f"no column '{column}' in source '{name}'; its columns: {shown}")
+            hint = closest(column, have) if suggest else ""
+            err(loc, f"no column '{column}' in source '{name}'; {hint}its columns: {shown}")
             return
         dtype = have[column]
         fits = {
             "numeric": dtype.is_numeric() or dtype.is_boolean(),
             "proportion": dtype.is_boolean() or dtype.is_numeric(),
             "time": dtype.is_timestamp() or dtype.is_date(),
+            "cluster": dtype.is_string() or dtype.is_integer(),
         }
         if kind is not None and not fits[kind]:
             allowed = {"numeric": "a numeric column", "proportion": "a boolean or 0/1 numeric column",
-                       "time": "a timestamp or date column"}[kind]  # fmt: skip
+                       "time": "a timestamp or date column", "cluster": "a text or integer column"}[kind]  # fmt: skip
             err(loc, f"column '{column}' of source '{name}' is {dtype}; allowed: {allowed}")
 
     try:
@@ -137,6 +146,13 @@ def data_problems(pilot) -> list[SpecError]:
             check(c.source, f.column, ("cohort", "where", i, "column"), src_loc=("cohort", "source"))
         for i, col in enumerate(c.stratify_by):
             check(c.source, col, ("cohort", "stratify_by", i), src_loc=("cohort", "source"))
+        # the cluster column and the segments are read from the cohort source (issue #16)
+        design = [(("cohort", "unit_column"), c.unit_column, "cluster")]
+        segments = spec.analysis.segments or []
+        design += [(("analysis", "segments", i), col, None) for i, col in enumerate(segments)]
+        for loc, col, kind in design:
+            if col is not None:
+                check(c.source, col, loc, kind, src_loc=("cohort", "source"), suggest=True)
         for i, m in enumerate(spec.metrics):
             here = ("metrics", i)
             value_kind = "proportion" if m.type == "proportion" else "numeric"
@@ -154,7 +170,13 @@ def data_problems(pilot) -> list[SpecError]:
             for part in ("numerator", "denominator"):
                 ref = getattr(m, part)
                 if ref is not None:
-                    check(ref.source, ref.column, (*here, part, "column"), "numeric", src_loc=(*here, part, "source"))
+                    check(
+                        ref.source,
+                        ref.column,
+                        (*here, part, "column"),
+                        "numeric",
+                        src_loc=(*here, part, "source"),
+                    )
     finally:
         engine.close()
     return problems

@@ -1,6 +1,6 @@
 """One CRM and one pilot, written as parquet files, loaded into PostgreSQL tables and read by Spark.
 
-Shared by tests/test_postgres.py and tests/test_spark.py. ``crm_tables()`` builds a seeded synthetic CRM
+Shared by tests/data/test_postgres.py and tests/data/test_spark.py. ``crm_tables()`` builds a seeded synthetic CRM
 as Arrow tables (customers, outcomes, events) with nulls, mixed-case and non-ASCII text ids, hostile
 text and a pre-period; ``write_lab(root, kind, ...)`` writes a lab whose sources are that CRM as files
 (``files``), as tables of a PostgreSQL database (``postgres``) or as Spark sources (``spark``); the
@@ -22,53 +22,37 @@ import pytest
 
 from labkit.analysis import analyze
 
+from conftest import pilot_yaml
+
 URL_ENV = "CRM_DATABASE_URL"
 PILOT_ID = "crm-pilot"
 N = 2400
 START = dt.datetime(2026, 11, 1)
 HOSTILE = "'; DROP TABLE customers;--"
 
-PILOT = f"""\
-id: {PILOT_ID}
-title: Fast replies on the CRM
-function: service
-channel: twitter
-stage: retention
-owner: lab@example.com
-hypothesis:
-  statement: Fast replies lower churn.
-  metric: churned
-  direction: decrease
-  mde: {{relative: 0.2}}
-cohort:
-  source: customers
-  id_column: customer_id
-  where:
-    - {{column: has_twitter, op: "==", value: true}}
-    - {{column: tenure, op: ">=", value: 1}}
-    - {{column: segment, op: not_in, value: ["{HOSTILE}", "a\\\\b"]}}
-  max_size: 1200
-  arms: {{control: 0.5, fast: 0.5}}
-  control: control
-  stratify_by: [region]
-  salt: equivalence-2026
-  start: 2026-11-01
-metrics:
-  - {{name: churned, type: proportion, source: outcomes, column: churned}}
-  - {{name: spend, type: mean, source: outcomes, column: spend, covariate: pre_spend}}
-  - name: replies
-    type: mean
-    source: events
-    event: {{column: event_type, equals: reply}}
-    aggregate: count
-    window_days: 30
-    cuped: true
-  - name: orders_per_visit
-    type: ratio
-    numerator: {{source: outcomes, column: orders}}
-    denominator: {{source: outcomes, column: visits}}
-  - {{name: spend_p50, type: quantile, quantile: 0.5, source: outcomes, column: spend}}
-"""
+PILOT = pilot_yaml(
+    id=PILOT_ID, title="Fast replies on the CRM",
+    **{
+        "hypothesis.mde": {"relative": 0.2},
+        "cohort.where": [
+            {"column": "has_twitter", "op": "==", "value": True},
+            {"column": "tenure", "op": ">=", "value": 1},
+            {"column": "segment", "op": "not_in", "value": [HOSTILE, "a\\b"]},
+        ],
+        "cohort.max_size": 1200,
+        "cohort.stratify_by": ["region"],
+        "cohort.salt": "equivalence-2026",
+    },
+    metrics=[
+        {"name": "churned", "type": "proportion", "source": "outcomes", "column": "churned"},
+        {"name": "spend", "type": "mean", "source": "outcomes", "column": "spend", "covariate": "pre_spend"},
+        {"name": "replies", "type": "mean", "source": "events", "event": {"column": "event_type", "equals": "reply"},
+         "aggregate": "count", "window_days": 30, "cuped": True},
+        {"name": "orders_per_visit", "type": "ratio", "numerator": {"source": "outcomes", "column": "orders"},
+         "denominator": {"source": "outcomes", "column": "visits"}},
+        {"name": "spend_p50", "type": "quantile", "quantile": 0.5, "source": "outcomes", "column": "spend"},
+    ],
+)  # fmt: skip
 
 SOURCES = {
     "customers": None,

@@ -1,4 +1,12 @@
-"""Shared fixtures: a tiny lab written into tmp_path, and a valid pilot to break one field at a time."""
+"""Shared fixtures: a tiny lab written into tmp_path, and a valid pilot to break one field at a time.
+
+Under pytest-xdist (``make test`` runs ``-n 4 --dist loadscope``, the Makefile) each test module is one
+unit of work, so a module's fixtures (its labs, its scenario threads) are built once, on one worker; the
+modules that read the session's demo lab (tests/demo_lab.py) are one unit, so ``labkit demo`` runs once.
+The slowest units are sent first. The workers share one ``mlflow server`` (tests/mlflow_server.py: the first
+that needs it starts it, the controller stops it at the end); PostgreSQL (tests/pg_server.py, ~1 s to
+start) is per worker.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +16,8 @@ from pathlib import Path
 
 import pytest
 from demo_lab import demo_lab  # noqa: F401 -- the session fixture: `labkit demo` run once
-from mlflow_server import mlflow_server  # noqa: F401 -- the session fixture, shared
+from mlflow_server import mlflow_server, stop_shared_server  # noqa: F401 -- the session fixture, shared
+from pilots import CHURNED, DROP, pilot_yaml  # noqa: F401 -- CHURNED, DROP: for the tests
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -30,40 +39,7 @@ defaults: {alpha: 0.05, power: 0.8, engine: frequentist, correction: holm, seque
 privacy: {pseudonymize: true, key_env: LABKIT_ID_KEY}
 """
 
-PILOT_YAML = """\
-id: p
-title: Reply fast
-function: service
-channel: twitter
-stage: retention
-owner: lab@example.com
-hypothesis:
-  statement: Fast replies lower churn.
-  metric: churned
-  direction: decrease
-  mde: {relative: 0.15}
-cohort:
-  source: customers
-  id_column: customer_id
-  where:
-    - {column: has_twitter, op: "==", value: true}
-  max_size: 2000
-  arms: {control: 0.5, fast: 0.5}
-  control: control
-  start: 2026-11-01
-metrics:
-  - name: churned
-    type: proportion
-    source: outcomes
-    column: churned
-  - name: replies
-    type: mean
-    source: events
-    event: {column: event_type, equals: reply}
-    aggregate: count
-    window_days: 30
-    cuped: true
-"""
+PILOT_YAML = pilot_yaml()  # the default pilot as text, for tests that break one line of it
 
 
 class TinyLab:
@@ -78,6 +54,76 @@ class TinyLab:
 
     def pilot(self, text: str = PILOT_YAML, name: str = "p") -> Path:
         return self.write(f"experiments/{name}.yaml", text)
+
+
+# Under pytest-xdist each test module is one unit of work, and the modules that read the session's demo
+# lab (tests/demo_lab.py) are one unit together, so that a module's fixtures and `labkit demo` are built
+# once, on one worker. (Found by name, not by fixture: the controller that schedules sees node ids only.
+# A module missing here still passes, on a worker that builds its own demo lab.)
+DEMO_LAB_MODULES = {
+    "tests/test_browser.py",
+    "tests/demo/test_demo_e2e.py",
+    "tests/demo/test_demo_truth.py",
+    "tests/test_jupyterlab.py",
+    "tests/test_notebooks.py",
+}
+# Units that take longest (``--durations``, 2 cores), slowest first: they start first, so that none is
+# left running alone at the end. A name missing here only loses its place.
+SLOWEST_FIRST = (
+    "tests/reliability/test_concurrency.py",
+    "demo_lab",
+    "tests/test_pipeline.py",
+    "tests/reliability/test_faults.py",
+    "tests/reliability/test_shared_server.py",
+    "tests/reliability/test_load.py",
+    "tests/tracking/test_compare.py",
+    "tests/reliability/test_security.py",
+    "tests/data/test_spark.py",
+    "tests/runner/test_runner.py",
+    "tests/test_analysis.py",
+    "tests/reliability/test_input.py",
+    "tests/stats/test_proportions.py",
+    "tests/reliability/test_store.py",
+    "tests/tracking/test_ui.py",
+    "tests/demo/test_demo.py",
+)
+
+
+def _unit(nodeid: str) -> str:
+    """The unit of work of a test: its module, or ``demo_lab`` for the demo lab's readers."""
+    module = nodeid.split("::", 1)[0]
+    return "demo_lab" if module in DEMO_LAB_MODULES else module
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of xdist's: unknown, and unused, under -p no:xdist
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadscope`` by :func:`_unit` (xdist's own loadscope splits a module by class, and its
+    loadgroup does not group under pytest 9: it rewrites ``item._nodeid``, which pytest 9 no longer reads)."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class UnitScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    return UnitScheduling(config, log)
+
+
+def pytest_sessionfinish(session):
+    """The xdist controller, once every worker has ended, stops the run's shared mlflow server."""
+    config = session.config
+    if not hasattr(config, "workerinput") and getattr(config.option, "numprocesses", None):
+        stop_shared_server(config._tmp_path_factory.getbasetemp())
+
+
+def pytest_collection_modifyitems(config, items):
+    """On an xdist worker, the slowest units first (the controller keeps this order when given
+    ``--no-loadscope-reorder``); run alone, the tests keep their file order."""
+    if not hasattr(config, "workerinput"):
+        return
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(_unit(item.nodeid), len(rank)))  # stable: file order within
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 The repo's configs/, experiments/ and notebooks/ are copied into a temporary folder and ``python -m
 labkit.cli demo`` runs there once for the whole session (~80 s on 2 cores): it builds the synthetic CRM,
 assigns, plans, runs every pilot's notebook and records it in the lab's sqlite MLflow store. The end-to-end
-tests (tests/test_demo_e2e.py) and the browser tests (tests/test_browser.py) read that one lab.
+tests (tests/demo/test_demo_e2e.py) and the browser tests (tests/test_browser.py) read that one lab.
 
 Import the fixture into ``tests/conftest.py`` (``from demo_lab import demo_lab``), as ``mlflow_server`` is.
 Tests may add files under the lab's ``results/`` but must not record runs into its store: the end-to-end

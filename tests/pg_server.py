@@ -32,7 +32,9 @@ import pytest
 START_TIMEOUT = 60.0  # seconds; ~1 s is typical
 STOP_TIMEOUT = 15.0
 SUPERUSER = "labkit_admin"
-INSTALL_HINT = "install PostgreSQL's server: `apt-get install -y postgresql` (as `make test` does, tools/system-deps)"
+INSTALL_HINT = (
+    "install PostgreSQL's server: `apt-get install -y postgresql` (as `make test` does, tools/system-deps)"
+)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from scipy import integrate, stats
 from statsmodels.regression.linear_model import OLS
 from statsmodels.stats.multitest import multipletests
@@ -35,6 +36,7 @@ from statsmodels.stats.proportion import test_proportions_2indep as sm_test_2ind
 import labkit
 
 from conftest import LAB_YAML
+from conftest import pilot_yaml as default_pilot_yaml
 
 REL = 1e-6
 START = pd.Timestamp("2026-11-01")
@@ -83,33 +85,19 @@ def pilot_yaml(
     extra_cohort: str = "",
     budget: str = "{cost: 5000, value_per_unit: 120}",
 ) -> str:
-    head = f"""\
-        id: {pid}
-        title: A pilot labkit never saw
-        function: service
-        channel: twitter
-        stage: retention
-        owner: lab@example.com
-        hypothesis:
-          statement: Fast replies move the customers.
-          metric: {metric}
-          direction: {direction}
-          mde: {mde}
-        cohort:
-          source: customers
-          id_column: customer_id
-          where:
-            - {{column: has_twitter, op: "==", value: true}}
-          max_size: {max_size}
-          arms: {arms}
-          control: control
-          start: 2026-11-01
-        """
-    tail = f"""\
-        analysis: {analysis}
-        budget: {budget}
-        """
-    return textwrap.dedent(head) + extra_cohort + metrics + textwrap.dedent(tail)
+    """The default pilot (tests/pilots.py) with this module's metrics; each text argument as written in the
+    file: ``metrics`` the ``metrics:`` (and ``guardrails:``) lines, ``extra_cohort`` indented cohort lines,
+    the others a value (``mde="{relative: 0.15}"``)."""
+    cohort = yaml.safe_load(textwrap.dedent(extra_cohort)) or {}
+    return default_pilot_yaml(**{
+        "id": pid, "title": "A pilot labkit never saw",
+        "hypothesis": {"statement": "Fast replies move the customers.", "metric": metric,
+                       "direction": direction, "mde": yaml.safe_load(mde)},
+        "cohort.max_size": max_size, "cohort.arms": yaml.safe_load(arms),
+        **{f"cohort.{key}": value for key, value in cohort.items()},
+        **yaml.safe_load(metrics),
+        "analysis": yaml.safe_load(analysis), "budget": yaml.safe_load(budget),
+    })  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------ the lab

@@ -6,7 +6,8 @@ import json
 import subprocess
 import sys
 
-from labkit.cli import COMMANDS, _parser
+from labkit.cli import COMMANDS
+from labkit.cli_parser import build_parser
 
 from conftest import PILOT_YAML, REPO
 
@@ -88,7 +89,7 @@ def test_list_shows_pilots(tiny_lab):
 
 def test_every_command_has_help_with_an_example_and_is_in_the_readme():
     readme = (REPO / "README.md").read_text()
-    sub = next(a for a in _parser()._actions if a.dest == "command")
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert set(sub.choices) == set(COMMANDS)
     for name, parser in sub.choices.items():
         assert parser.description and "example: labkit" in (parser.epilog or ""), name
@@ -168,7 +169,9 @@ def _data(tiny_lab, *, churned, ts, has_twitter=True) -> None:
     pd.DataFrame({"customer_id": ids, "has_twitter": [has_twitter] * 2}).to_parquet(
         tiny_lab.root / "data" / "customers.parquet"
     )
-    pd.DataFrame({"customer_id": ids, "churned": churned}).to_csv(tiny_lab.root / "data" / "outcomes.csv", index=False)
+    pd.DataFrame({"customer_id": ids, "churned": churned}).to_csv(
+        tiny_lab.root / "data" / "outcomes.csv", index=False
+    )
     pd.DataFrame({"customer_id": ids, "event_type": ["reply"] * 2, "ts": ts}).to_parquet(
         tiny_lab.root / "data" / "events.parquet"
     )
@@ -194,9 +197,13 @@ def test_validate_data_reports_each_missing_column_and_misfit_type_at_its_line(t
     assert lines[0].startswith(
         "experiments/p.yaml:16: cohort.where.0.column: no column 'has_twiter' in source 'customers'; its columns: "
     ), lines
-    assert lines[1].startswith("experiments/p.yaml:25: metrics.0.column: column 'churned' of source 'outcomes' is ")
+    assert lines[1].startswith(
+        "experiments/p.yaml:25: metrics.0.column: column 'churned' of source 'outcomes' is "
+    )
     assert lines[1].endswith("allowed: a boolean or 0/1 numeric column")
-    assert lines[2].startswith("experiments/p.yaml:31: metrics.1.window_days: column 'ts' of source 'events' is ")
+    assert lines[2].startswith(
+        "experiments/p.yaml:31: metrics.1.window_days: column 'ts' of source 'events' is "
+    )
     assert lines[2].endswith("allowed: a timestamp or date column")
     assert lines[3] == "3 problem(s) in 2 file(s)"
 

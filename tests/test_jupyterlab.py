@@ -49,7 +49,9 @@ def lab_copy(demo_lab, tmp_path_factory) -> Path:
     demo_lab.check()
     root = tmp_path_factory.mktemp("jupyterlab-lab") / "lab"
     shutil.copytree(
-        demo_lab.root, root, ignore=shutil.ignore_patterns("mlruns", "mlflow.db*", "browser", "runs", ".*lock*")
+        demo_lab.root,
+        root,
+        ignore=shutil.ignore_patterns("mlruns", "mlflow.db*", "browser", "runs", ".*lock*"),
     )
     return root
 
@@ -134,7 +136,9 @@ def test_the_default_notebook_restarts_and_runs_all_in_jupyterlab(lab_copy, jupy
     try:
         page.goto(f"{jupyter}/lab/tree/{NOTEBOOK}", wait_until="domcontentloaded")
         page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=START_TIMEOUT * 1000)
-        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=START_TIMEOUT * 1000)
+        page.wait_for_selector(
+            ".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=START_TIMEOUT * 1000
+        )
         # let the first kernel connection settle: a restart racing it was seen to leave the cells waiting
         page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=START_TIMEOUT * 1000)
         time.sleep(2)

@@ -353,7 +353,7 @@ def test_each_notebook_runs_as_is_from_its_folder_with_its_figures_inline(demo_l
     import nbformat
     from nbclient import NotebookClient
 
-    from labkit.runner import _html_exporter
+    from labkit.runner.export import html_exporter
 
     demo_lab.check()
     folder = demo_lab.root / "notebooks"
@@ -372,12 +372,15 @@ def test_each_notebook_runs_as_is_from_its_folder_with_its_figures_inline(demo_l
         if "image/png" in out.get("data", {})
     ]
     saved = re.findall(r'savefig\(out / "(\w+\.png)"', _code(nb))
+    scratch = demo_lab.root / "results" / "scratch" / "service-twitter-fast-reply"
+    if not json.loads((scratch / "results.json").read_text()).get("over_time"):  # drawn only with the block
+        saved = [name for name in saved if name != "effect_over_time.png"]
     assert len(images) >= len(saved) >= 2, "every figure the notebook saves is also shown inline"
     for heading in ("## The primary metric", "## First-response time by arm"):
         at = next((i for i, c in enumerate(nb.cells) if "".join(c.source).startswith(heading)), None)
         if at is not None:  # the section's figure is in its first code cell
             assert any(i == at + 1 for i, _ in images), heading
-    html, _ = _html_exporter().from_notebook_node(nb)
+    html, _ = html_exporter().from_notebook_node(nb)
     assert _body(html).count("<img") >= len(saved)
 
     # the default pilot exists in the demo lab and has data; its outputs went to the lab's results/
@@ -471,3 +474,61 @@ def test_chromium_shows_every_figure_of_the_notebook_html_and_the_report(demo_la
                 os.replace(partial, published / shot.name)
         finally:
             chromium.close()
+
+
+# ----------------------------------------------------------------------------- the effect over time
+
+
+def _over_time(sequential: bool):
+    """Ten days of a two-arm-plus-control pilot from labkit.stats.over_time; day 0 has no events yet."""
+    import datetime as dt
+
+    import numpy as np
+
+    from labkit.stats.moments import ArmMoments
+    from labkit.stats.over_time import effect_over_time
+
+    rng = np.random.default_rng(7)
+    arms = {}
+    for arm, rate in (("control", 0.3), ("fast", 0.45), ("slow", 0.3)):
+        counts, arms[arm] = np.zeros(300), []
+        for day in range(10):
+            counts = counts + (rng.poisson(rate, 300) if day else 0)
+            arms[arm].append(ArmMoments.from_values(counts))
+    as_of = [dt.date(2026, 11, 1) + dt.timedelta(days=d) for d in range(10)]
+    return effect_over_time("replies", list(range(10)), as_of, arms, control="control", sequential=sequential)
+
+
+@pytest.mark.parametrize("sequential", [True, False], ids=["confidence-sequence", "fixed-horizon"])
+def test_the_over_time_figure_renders_its_bands_zero_line_and_kind_of_interval(sequential):
+    import io
+
+    from labkit.notebook import over_time_figure, over_time_of
+
+    effect = _over_time(sequential)
+    rows = effect.to_list()
+    fig = over_time_figure(rows, effect.interval, good="increase")
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=80)
+    assert png.getvalue().startswith(b"\x89PNG\r\n\x1a\n")
+    ax = fig.axes[0]
+    kind = "confidence sequence" if sequential else "fixed-horizon interval"
+    assert ax.get_title(loc="left") == f"replies: effect over time, with its {kind}"
+    assert ax.get_xlabel() == "day since the start"
+    assert any(list(line.get_ydata()) == [0, 0] for line in ax.get_lines())  # the zero line
+    legend = [t.get_text() for lg in fig.legends for t in lg.get_texts()]
+    last = {r["arm"]: r for r in rows if r["day"] == 9}
+    for arm in ("fast", "slow"):  # coloured by what its last day means
+        what = meaning(last[arm]["ci_low"], last[arm]["ci_high"], "increase")
+        assert f"{arm}: {MEANING_LABELS[what]}" in legend
+        (line,) = [ln for ln in ax.get_lines() if ln.get_label().startswith(f"{arm}:")]
+        assert matplotlib.colors.to_hex(line.get_color()) == matplotlib.colors.to_hex(MEANING_COLOURS[what])
+        assert list(line.get_xdata()) == list(range(10))
+    matplotlib.pyplot.close(fig)
+
+    results = {"over_time": rows, "meta": {"sequential": sequential}}
+    assert over_time_of(results) == (rows, effect.interval)
+    assert over_time_of({"over_time": {"interval": "fixed-horizon", "rows": rows}}) == (rows, "fixed-horizon")
+    assert over_time_of({"meta": {"sequential": sequential}}) is None
+    with pytest.raises(ValueError, match="not one of"):
+        over_time_figure(rows, "bayesian")

@@ -18,53 +18,37 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from scipy import optimize
 from statsmodels.stats.power import NormalIndPower
 
 import labkit
 
 from conftest import LAB_YAML
+from conftest import pilot_yaml as default_pilot_yaml
 
 N = 5000
-METRICS = """\
-metrics:
-  - {name: converted, type: proportion, source: outcomes, column: converted}
-  - {name: spend, type: mean, source: outcomes, column: spend}
-"""
+METRICS = [
+    {"name": "converted", "type": "proportion", "source": "outcomes", "column": "converted"},
+    {"name": "spend", "type": "mean", "source": "outcomes", "column": "spend"},
+]
 
 
 def pilot_yaml(pid: str, *, metric: str, mde: str, arms: str, max_size: int) -> str:
-    return (
-        textwrap.dedent(f"""\
-        id: {pid}
-        title: A pilot to plan
-        function: marketing
-        channel: email
-        stage: onboarding
-        owner: lab@example.com
-        hypothesis:
-          statement: The email moves {metric}.
-          metric: {metric}
-          direction: increase
-          mde: {mde}
-        cohort:
-          source: customers
-          id_column: customer_id
-          where:
-            - {{column: has_twitter, op: "==", value: true}}
-          max_size: {max_size}
-          arms: {arms}
-          control: control
-          start: 2026-11-01
-        """)
-        + METRICS
-    )
+    """An email pilot of the default (tests/pilots.py); ``mde`` and ``arms`` as written in the file,
+    ``"{control: 0.5, email: 0.5}"``, so that tests/assignment/test_weights.py can write weights as people do."""
+    return default_pilot_yaml(
+        id=pid, title="A pilot to plan", function="marketing", channel="email", stage="onboarding",
+        hypothesis={"statement": f"The email moves {metric}.", "metric": metric, "direction": "increase",
+                    "mde": yaml.safe_load(mde)},
+        metrics=METRICS,
+        **{"cohort.max_size": max_size, "cohort.arms": yaml.safe_load(arms)},
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")

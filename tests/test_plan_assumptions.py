@@ -13,12 +13,12 @@ import json
 import math
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import optimize
@@ -27,37 +27,28 @@ from statsmodels.stats.power import NormalIndPower
 import labkit
 from labkit.errors import SpecErrors
 
-from conftest import LAB_YAML
+from conftest import DROP, LAB_YAML
+from conftest import pilot_yaml as default_pilot_yaml
 
 LABKIT = [sys.executable, "-m", "labkit.cli"]
 
 
-def pilot_yaml(pid: str, *, kind: str = "proportion", baseline: str = "{rate: 0.12}", mde: str = "{relative: 0.2}",
-               arms: str = "{control: 0.5, email: 0.5}", max_size: int = 2000, start: str = "2026-11-01") -> str:  # fmt: skip
+def pilot_yaml(pid: str, *, kind: str = "proportion", baseline: str | None = "{rate: 0.12}",
+               mde: str = "{relative: 0.2}", arms: str = "{control: 0.5, email: 0.5}", max_size: int = 2000,
+               **overrides) -> str:  # fmt: skip
+    """An email pilot of the default (tests/pilots.py) with an assumed baseline (None: without one), on
+    every customer; ``baseline``, ``mde`` and ``arms`` as written in the file (``"{rate: 0.12}"``)."""
     column = "converted" if kind == "proportion" else "spend"
-    return textwrap.dedent(f"""\
-        id: {pid}
-        title: A pilot planned before its data exists
-        function: marketing
-        channel: email
-        stage: onboarding
-        owner: lab@example.com
-        hypothesis:
-          statement: The email moves {column}.
-          metric: {column}
-          direction: increase
-          mde: {mde}
-          baseline: {baseline}
-        cohort:
-          source: customers
-          id_column: customer_id
-          max_size: {max_size}
-          arms: {arms}
-          control: control
-          start: {start}
-        metrics:
-          - {{name: {column}, type: {kind}, source: outcomes, column: {column}}}
-        """)
+    return default_pilot_yaml(**{
+        "id": pid, "title": "A pilot planned before its data exists", "function": "marketing",
+        "channel": "email", "stage": "onboarding",
+        "hypothesis": {"statement": f"The email moves {column}.", "metric": column, "direction": "increase",
+                       "mde": yaml.safe_load(mde),
+                       "baseline": DROP if baseline is None else yaml.safe_load(baseline)},
+        "cohort.where": DROP, "cohort.max_size": max_size, "cohort.arms": yaml.safe_load(arms),
+        "metrics": [{"name": column, "type": kind, "source": "outcomes", "column": column}],
+        **overrides,
+    })  # fmt: skip
 
 
 @pytest.fixture
@@ -143,11 +134,9 @@ def test_an_assumed_baseline_that_does_not_fit_the_metric_is_refused(lab, kind, 
 
 
 def test_an_assumed_baseline_is_refused_for_a_ratio_metric(lab):
-    text = pilot_yaml("ratio", kind="mean", baseline="{mean: 1, sd: 1}").replace(
-        "{name: spend, type: mean, source: outcomes, column: spend}",
-        "{name: spend, type: ratio, numerator: {source: outcomes, column: spend}, "
-        "denominator: {source: outcomes, column: visits}}",
-    )
+    ratio = {"name": "spend", "type": "ratio", "numerator": {"source": "outcomes", "column": "spend"},
+             "denominator": {"source": "outcomes", "column": "visits"}}  # fmt: skip
+    text = pilot_yaml("ratio", kind="mean", baseline="{mean: 1, sd: 1}", metrics=[ratio])
     with pytest.raises(
         SpecErrors, match=r"an assumed baseline is not available for a ratio metric; plan from data"
     ):
@@ -156,7 +145,7 @@ def test_an_assumed_baseline_is_refused_for_a_ratio_metric(lab):
 
 def test_an_assumed_baseline_leaves_the_pre_registration_hash_alone(lab):
     with_it = load(lab, pilot_yaml("hashed"))
-    without = load(lab, pilot_yaml("hashed").replace("  baseline: {rate: 0.12}\n", ""))
+    without = load(lab, pilot_yaml("hashed", baseline=None))
     assert with_it.prereg_sha256 == without.prereg_sha256
     assert with_it.spec_sha256 != without.spec_sha256
 
@@ -209,7 +198,7 @@ def test_a_misspelt_column_is_still_an_error_with_an_assumption(lab):
 
 def test_without_an_assumption_the_plan_says_how_to_give_one(lab):
     (lab / "data" / "outcomes.csv").write_text("customer_id,converted\n")
-    plan = labkit.plan(load(lab, pilot_yaml("bare").replace("  baseline: {rate: 0.12}\n", "")))
+    plan = labkit.plan(load(lab, pilot_yaml("bare", baseline=None)))
     assert plan.required_per_arm is None
     assert any("give an assumed one in hypothesis.baseline" in w for w in plan.warnings)
 

@@ -22,7 +22,7 @@ def verdict(decision: str, arms=("treat",), more: int | None = None) -> Verdict:
 
 
 def roi(value: float, cost: float, lo: float | None = None, hi: float | None = None) -> dict:
-    """A ``roi`` block as labkit.analysis._roi builds it: ROI = (value − cost) / cost, None at cost 0."""
+    """A ``roi`` block as labkit.roi.pilot_roi builds it: ROI = (value − cost) / cost, None at cost 0."""
 
     def ratio(v):
         return None if v is None or not cost else (v - cost) / cost

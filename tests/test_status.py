@@ -173,7 +173,8 @@ def test_version():
 
 @pytest.mark.parametrize("spelling", ["analyze", "analyse"])
 def test_analyse_is_analyze(spelling):
-    from labkit.cli import COMMANDS, _parser
+    from labkit.cli import COMMANDS
+    from labkit.cli_parser import build_parser
 
-    args = _parser().parse_args([spelling, "p", "--json"])
+    args = build_parser().parse_args([spelling, "p", "--json"])
     assert COMMANDS[args.command] is COMMANDS["analyze"] and args.json

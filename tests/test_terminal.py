@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -22,38 +21,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import LAB_YAML
+from conftest import pilot_yaml as default_pilot_yaml
 
 LABKIT = [sys.executable, "-m", "labkit.cli"]
 PID = "service-twitter-fast-reply-weekend-shift"
 METRICS = ("churned_within_ninety_days", "replies_sent_per_customer")
 
 
-def pilot_yaml(pid: str) -> str:
-    return textwrap.dedent(f"""\
-        id: {pid}
-        title: A pilot with long names
-        function: service
-        channel: twitter
-        stage: retention
-        owner: customer-service-lab@example.com
-        hypothesis:
-          statement: Fast replies lower churn.
-          metric: {METRICS[0]}
-          direction: decrease
-          mde: {{relative: 0.2}}
-        cohort:
-          source: customers
-          id_column: customer_id
-          where:
-            - {{column: has_twitter, op: "==", value: true}}
-          max_size: 3000
-          arms: {{control: 0.5, fast: 0.5}}
-          control: control
-          start: 2026-11-01
-        metrics:
-          - {{name: {METRICS[0]}, type: proportion, source: outcomes, column: churned}}
-          - {{name: {METRICS[1]}, type: mean, source: outcomes, column: replies}}
-        """)
+def pilot_yaml(pid: str, **overrides) -> str:
+    """The default pilot (tests/pilots.py) with long names."""
+    return default_pilot_yaml(
+        id=pid, title="A pilot with long names", owner="customer-service-lab@example.com",
+        metrics=[
+            {"name": METRICS[0], "type": "proportion", "source": "outcomes", "column": "churned"},
+            {"name": METRICS[1], "type": "mean", "source": "outcomes", "column": "replies"},
+        ],
+        **{"hypothesis.metric": METRICS[0], "hypothesis.mde": {"relative": 0.2}, "cohort.max_size": 3000},
+        **overrides,
+    )  # fmt: skip
 
 
 def run(root: Path, *args: str, columns: int | None) -> subprocess.CompletedProcess:
@@ -83,7 +68,7 @@ def lab(tmp_path_factory) -> Path:
     path = root / "experiments" / f"{PID}.yaml"
     path.write_text(pilot_yaml(PID))
     second = root / "experiments" / "pr-linkedin-quarterly-thought-leadership.yaml"
-    second.write_text(pilot_yaml("pr-linkedin-quarterly-thought-leadership").replace("function: service", "function: pr"))
+    second.write_text(pilot_yaml("pr-linkedin-quarterly-thought-leadership", function="pr"))
     lab_ = labkit.load_lab(root / "configs" / "lab.yaml")
     labkit.assign(labkit.load_pilot(path, lab=lab_))
     arms = pd.read_parquet(root / "results" / PID / "assignment.parquet")[["customer_id", "arm"]]
@@ -106,8 +91,7 @@ def record_run(pilot) -> None:
     import types
 
     import labkit
-    from labkit.pipeline import build_record
-    from labkit.tracking import Tracker
+    from labkit.tracking import Tracker, build_record
 
     results = json.loads(labkit.analyze(pilot).to_json())
     now = time.time()
@@ -263,8 +247,10 @@ def test_list_formats_agree_and_json_is_an_alias(lab):
     rows=st.lists(
         st.fixed_dictionaries(
             {key: st.text("abcdefghij-.@0123456789", min_size=1, max_size=28) for key in ("pilot", "owner")}
-            | {key: st.sampled_from(["service", "ready to analyse", "running (day 3 of 60)", "-"])
-               for key in ("function", "channel", "stage", "status", "decision")}  # fmt: skip
+            | {
+                key: st.sampled_from(["service", "ready to analyse", "running (day 3 of 60)", "-"])
+                for key in ("function", "channel", "stage", "status", "decision")
+            }  # fmt: skip
         ),
         min_size=1,
         max_size=5,
@@ -292,7 +278,11 @@ def test_analyze_keeps_every_value_whole_at_every_width(lab):
     import labkit
     from labkit.render import render_analysis
 
-    result = labkit.analyze(labkit.load_pilot(lab / "experiments" / f"{PID}.yaml", lab=labkit.load_lab(lab / "configs" / "lab.yaml")))
+    result = labkit.analyze(
+        labkit.load_pilot(
+            lab / "experiments" / f"{PID}.yaml", lab=labkit.load_lab(lab / "configs" / "lab.yaml")
+        )
+    )
     values = analysis_values(lab)
     saved = os.environ.get("COLUMNS")
     try:

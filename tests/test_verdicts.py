@@ -22,7 +22,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 import time
 import types
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from scipy import optimize, stats
 from statsmodels.stats.power import NormalIndPower
 from statsmodels.stats.proportion import confint_proportions_2indep
@@ -39,44 +39,27 @@ from statsmodels.stats.weightstats import ttost_ind
 import labkit
 
 from conftest import LAB_YAML
+from conftest import pilot_yaml as default_pilot_yaml
 
 REL = 1e-9  # both sides compute the same closed forms in double precision
 
-METRICS = """\
-metrics:
-  - {name: converted, type: proportion, source: outcomes, column: converted}
-  - {name: spend, type: mean, source: outcomes, column: spend}
-"""
+METRICS = [
+    {"name": "converted", "type": "proportion", "source": "outcomes", "column": "converted"},
+    {"name": "spend", "type": "mean", "source": "outcomes", "column": "spend"},
+]
 
 
 def pilot_yaml(pid: str, *, metric="converted", direction="increase", mde="{relative: 0.2}",
                arms="{control: 0.5, fast: 0.5}", max_size=6000, budget="null") -> str:  # fmt: skip
-    return (
-        textwrap.dedent(f"""\
-        id: {pid}
-        title: A pilot for the verdicts
-        function: service
-        channel: twitter
-        stage: retention
-        owner: lab@example.com
-        hypothesis:
-          statement: Fast replies move {metric}.
-          metric: {metric}
-          direction: {direction}
-          mde: {mde}
-        cohort:
-          source: customers
-          id_column: customer_id
-          where:
-            - {{column: has_twitter, op: "==", value: true}}
-          max_size: {max_size}
-          arms: {arms}
-          control: control
-          start: 2026-11-01
-        """)
-        + METRICS
-        + f"budget: {budget}\n"
-    )
+    """The default pilot (tests/pilots.py) on two metrics; ``mde``, ``arms`` and ``budget`` as written in
+    the file (``"{relative: 0.2}"``)."""
+    return default_pilot_yaml(
+        id=pid, title="A pilot for the verdicts",
+        hypothesis={"statement": f"Fast replies move {metric}.", "metric": metric, "direction": direction,
+                    "mde": yaml.safe_load(mde)},
+        metrics=METRICS, budget=yaml.safe_load(budget),
+        **{"cohort.max_size": max_size, "cohort.arms": yaml.safe_load(arms)},
+    )  # fmt: skip
 
 
 class Lab:
@@ -369,11 +352,10 @@ def test_value_and_roi_from_the_effect_interval_and_the_assigned_counts(roi_case
 
 
 def test_compare_reads_the_recorded_value_and_roi_of_a_real_analysis(roi_case):
-    """The run as `labkit run` records it (pipeline.build_record, Tracker.record into sqlite): compare's row
+    """The run as `labkit run` records it (tracking.build_record, Tracker.record into sqlite): compare's row
     and its function's group carry the same value and ROI with their intervals."""
     from labkit.compare import portfolio
-    from labkit.pipeline import build_record
-    from labkit.tracking import Tracker
+    from labkit.tracking import Tracker, build_record
 
     lab, pilot, data = roi_case.lab, roi_case.pilot, roi_case.data
     results = json.loads(roi_case.result.to_json())

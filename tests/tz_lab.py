@@ -1,6 +1,6 @@
 """A lab whose event times sit a few hours either side of the pilot's start and of its window's end.
 
-Shared by tests/data/test_timezone.py and tests/test_spark.py (RELIABILITY.md case 36). A window shifted
+Shared by tests/data/test_timezone.py and tests/data/test_spark.py (RELIABILITY.md case 36). A window shifted
 by the host's (or a session's) UTC offset, up to ±14 h, counts other events here, so any local-time
 conversion changes the numbers. The events come in several shapes, all the same instants: TIMESTAMPTZ
 (UTC, and another zone), naive (meaning UTC), a CSV whose times carry mixed UTC offsets and a CSV of
@@ -12,11 +12,12 @@ events in the window, counted in plain Python on UTC instants.
 from __future__ import annotations
 
 import datetime as dt
-import textwrap
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from conftest import DROP, pilot_yaml
 
 START = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 WINDOW = dt.timedelta(days=30)
@@ -29,28 +30,16 @@ OFFSETS = (dt.timedelta(hours=5, minutes=30), dt.timedelta(hours=-8), dt.timedel
 FILE_SOURCES = ("ev_utc", "ev_zoned", "ev_naive", "ev_offset_csv", "ev_naive_csv")
 TABLE_SOURCES = ("ev_utc", "ev_naive")
 
-PILOT = """\
-id: p
-title: Time zones
-function: service
-channel: twitter
-stage: retention
-owner: lab@example.com
-hypothesis:
-  statement: Replies rise.
-  metric: spend
-  direction: increase
-  mde: {relative: 0.2}
-cohort:
-  source: customers
-  id_column: customer_id
-  max_size: 200
-  arms: {control: 0.5, fast: 0.5}
-  control: control
-  start: 2026-11-01
-metrics:
-  - {name: spend, type: mean, source: outcomes, column: spend}
-"""
+SPEND = {"name": "spend", "type": "mean", "source": "outcomes", "column": "spend"}
+
+
+def pilot_text(metrics: list[dict]) -> str:
+    """The default pilot (tests/pilots.py) on 200 customers: spend, then ``metrics``."""
+    return pilot_yaml(
+        title="Time zones", metrics=[SPEND, *metrics],
+        hypothesis={"statement": "Replies rise.", "metric": "spend", "direction": "increase", "mde": {"relative": 0.2}},
+        **{"cohort.where": DROP, "cohort.max_size": 200},
+    )  # fmt: skip
 
 
 def ids() -> list[str]:
@@ -133,14 +122,18 @@ def write_lab(root: Path, place: str = "files", events_: tuple[str, ...] | None 
         + "\n".join(lines)
         + "\n"
     )
-    reply = "event: {column: event_type, equals: reply}"
-    metrics = "".join(
-        f"  - {{name: {s}_count, type: mean, source: {s}, {reply}, aggregate: count, window_days: 30}}\n"
-        f"  - {{name: {s}_sum, type: mean, source: {s}, {reply}, column: value, aggregate: sum, "
-        "window_days: 30, cuped: true}\n"
+    reply = {"column": "event_type", "equals": "reply"}
+    metrics = [
+        metric
         for s in events_
-    )
-    (root / "experiments" / "p.yaml").write_text(textwrap.dedent(PILOT) + metrics)
+        for metric in (
+            {"name": f"{s}_count", "type": "mean", "source": s, "event": reply, "aggregate": "count",
+             "window_days": 30},
+            {"name": f"{s}_sum", "type": "mean", "source": s, "event": reply, "column": "value",
+             "aggregate": "sum", "window_days": 30, "cuped": True},
+        )
+    ]  # fmt: skip
+    (root / "experiments" / "p.yaml").write_text(pilot_text(metrics))
     return root
 
 

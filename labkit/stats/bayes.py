@@ -25,11 +25,11 @@ lifts that small pilots on rare events produce (2% vs 5% conversion on 400 custo
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from scipy import special
 
-from labkit.stats.moments import check_alpha
+from labkit.stats.moments import PlainRecord, check_alpha
 
 DEFAULT_PRIOR_MEAN = 0.0
 DEFAULT_PRIOR_SD = 0.3
@@ -37,7 +37,7 @@ DIRECTIONS = ("increase", "decrease")
 
 
 @dataclass(frozen=True)
-class BayesResult:
+class BayesResult(PlainRecord):
     """Posterior of the relative lift under a normal prior, with chance to beat control and expected loss."""
 
     prior_mean: float
@@ -48,10 +48,6 @@ class BayesResult:
     ci_high: float
     chance_to_beat: float
     expected_loss: float
-
-    def to_dict(self) -> dict:
-        """Plain dict of the fields."""
-        return asdict(self)
 
 
 def _normal_pdf(x: float) -> float:

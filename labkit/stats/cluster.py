@@ -198,16 +198,17 @@ def cluster_contrast(
         p = float(2.0 * special.stdtr(df, -abs(stat)))
     else:
         stat, p = (math.nan, math.nan)
+    low, high = effect - crit * se, effect + crit * se
     return ClusterContrast(
-        mean_control=float(means[control]),
-        mean_treatment=float(means[treatment]),
-        var_mean_control=v_c,
-        var_mean_treatment=v_t,
-        effect=effect,
-        se=se,
-        df=df,
-        ci_low=effect - crit * se,
-        ci_high=effect + crit * se,
+        float(means[control]),
+        float(means[treatment]),
+        v_c,
+        v_t,
+        effect,
+        se,
+        df,
+        low,
+        high,
         p_value=p,
         statistic=stat,
         n_clusters=cells.clusters_in(treatment) + cells.clusters_in(control),

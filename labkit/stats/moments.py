@@ -277,3 +277,13 @@ def check_alpha(alpha: float) -> float:
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     return alpha
+
+
+class PlainRecord:
+    """A frozen dataclass result whose JSON is its fields as they are (``BayesResult``, ``SrmResult``)."""
+
+    def to_dict(self) -> dict:
+        """Plain dict of the fields."""
+        from dataclasses import asdict
+
+        return asdict(self)

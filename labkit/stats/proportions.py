@@ -101,14 +101,20 @@ def newcombe_interval(k_c: int, n_c: int, k_t: int, n_t: int, alpha: float = 0.0
 # --------------------------------------------------------------------------- score statistics
 
 
-def _restricted_diff(k_c, n_c, k_t, n_t, delta: float):
-    """Restricted MLE (p̃_c, p̃_t) under p_t − p_c = δ: the Miettinen–Nurminen (1985) cubic, vectorised."""
+def _as_counts(k_c, n_c, k_t, n_t):
+    """Counts as float arrays, the total, and the pooled rate: under the null hypothesis of no difference
+    both restricted estimates equal it."""
     k_c = np.asarray(k_c, dtype=float)
     k_t = np.asarray(k_t, dtype=float)
     n = n_c + n_t
+    return k_c, k_t, n, (k_c + k_t) / n
+
+
+def _restricted_diff(k_c, n_c, k_t, n_t, delta: float):
+    """Restricted MLE (p̃_c, p̃_t) under p_t − p_c = δ: the Miettinen–Nurminen (1985) cubic, vectorised."""
+    k_c, k_t, n, pooled = _as_counts(k_c, n_c, k_t, n_t)
     if delta == 0:
-        p0 = (k_c + k_t) / n
-        return p0, p0
+        return pooled, pooled
     count = k_c + k_t
     t3 = n
     t2 = (n_t + 2 * n_c) * delta - n - count
@@ -126,12 +132,9 @@ def _restricted_diff(k_c, n_c, k_t, n_t, delta: float):
 
 def _restricted_ratio(k_c, n_c, k_t, n_t, rho: float):
     """Restricted MLE (p̃_c, p̃_t) under p_t = ρ·p_c (Miettinen & Nurminen 1985; Koopman 1984), vectorised."""
-    k_c = np.asarray(k_c, dtype=float)
-    k_t = np.asarray(k_t, dtype=float)
-    n = n_c + n_t
+    k_c, k_t, n, pooled = _as_counts(k_c, n_c, k_t, n_t)
     if rho == 1:
-        p0 = (k_c + k_t) / n
-        return p0, p0
+        return pooled, pooled
     a = n * rho
     b = -(n_t * rho + k_t + n_c + k_c * rho)
     c = k_c + k_t

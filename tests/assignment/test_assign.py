@@ -3,7 +3,7 @@
 The expected arms come from ``reference_draw`` below — an independent re-implementation of the module
 docstring of ``labkit.assignment.draw`` with hashlib, fractions and plain Python (no labkit, no ibis) — and from
 ``tests/data/golden_assignment.csv`` (1000 ids drawn from 1200, computed by ``reference_draw``; regenerate
-only if the method changes, with ``python tests/test_assign.py --write-golden``, and bump the method's
+only if the method changes, with ``python tests/assignment/test_assign.py --write-golden``, and bump the method's
 version; last regenerated for ``keyed-hash-largest-remainder/1``).
 """
 
@@ -38,8 +38,8 @@ from labkit.spec import load_pilot
 
 from conftest import CHURNED, DROP, LAB_YAML, pilot_yaml
 
-REPO = Path(__file__).resolve().parents[1]
-GOLDEN = Path(__file__).parent / "data" / "golden_assignment.csv"
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).parents[1] / "data" / "golden_assignment.csv"
 GOLDEN_PARAMS = {
     "pilot_id": "golden",
     "salt": "golden-salt-2026",
@@ -431,7 +431,9 @@ def test_metadata_records_the_draw(lab):
     assert meta["pilot"] == "p" and meta["salt"] == "s-1" and meta["cohort_sha256"] == pilot.cohort_sha256
     # the cohort as validated, without the fields added later that are unset (labkit.spec.cohort_dump)
     later = ("unit_column", "max_clusters", "saturation")  # issue 16's fields, unset here
-    assert meta["cohort"] == {k: v for k, v in pilot.spec.cohort.model_dump(mode="json").items() if k not in later}
+    assert meta["cohort"] == {
+        k: v for k, v in pilot.spec.cohort.model_dump(mode="json").items() if k not in later
+    }
     assert meta["eligible"] == 100 and meta["assigned"] == 60 and sum(meta["counts"].values()) == 60
     assert meta["id_type"] == "string" and meta["source"] == "customers"
     assert meta["parquet_sha256"] == hashlib.sha256(assignment_path(pilot).read_bytes()).hexdigest()

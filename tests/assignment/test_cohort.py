@@ -293,7 +293,11 @@ def test_a_hostile_value_matches_exactly_the_customer_who_has_it(lab):
 def test_hostile_values_from_a_pilot_file_are_literals(lab):
     CANARY.unlink(missing_ok=True)
     where = [
-        {"column": "segment", "op": "not_in", "value": ["'; DROP TABLE customers;--", "$(touch /tmp/labkit-canary-pwn)"]},
+        {
+            "column": "segment",
+            "op": "not_in",
+            "value": ["'; DROP TABLE customers;--", "$(touch /tmp/labkit-canary-pwn)"],
+        },
         {"column": "customer_id", "op": "!=", "value": "a\nb\u202e"},
     ]
     lab.pilot(pilot_text(where))

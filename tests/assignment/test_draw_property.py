@@ -30,7 +30,7 @@ from labkit.stats import srm_test
 
 from conftest import CHURNED, DROP, LAB_YAML, pilot_yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -69,7 +69,10 @@ class Lab:
         """The default pilot (tests/pilots.py) of a voucher by email with an imported assignment and
         neither max_size nor start; each argument as written in the file (``metrics`` the list's lines,
         ``cohort`` and ``where`` indented cohort lines, ``assignment`` its value)."""
-        extra = {**(yaml.safe_load(textwrap.dedent(where)) or {}), **(yaml.safe_load(textwrap.dedent(cohort)) or {})}
+        extra = {
+            **(yaml.safe_load(textwrap.dedent(where)) or {}),
+            **(yaml.safe_load(textwrap.dedent(cohort)) or {}),
+        }
         text = pilot_yaml(**{
             "title": "A voucher by email", "function": "marketing", "channel": "email",
             "hypothesis": {"statement": "A voucher raises purchases.", "metric": "bought", "direction": "increase",
@@ -230,7 +233,9 @@ def test_every_spec_field_is_read_somewhere_outside_the_spec():
     package = spec_dir.parent
     code = (
         "\n".join(
-            p.read_text() for p in package.rglob("*.py") if spec_dir not in p.parents and p.name != "scaffold.py"
+            p.read_text()
+            for p in package.rglob("*.py")
+            if spec_dir not in p.parents and p.name != "scaffold.py"
         )
         + (spec_dir / "pilot.py").read_text().split("class Settings")[1]
     )  # the Pilot helpers count
@@ -294,7 +299,7 @@ def test_the_run_description_lists_every_warning(lab):
 def test_every_notebook_shows_the_warnings():
     from pathlib import Path
 
-    for path in sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb")):
+    for path in sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb")):
         nb = json.loads(path.read_text())
         code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
         assert "result.warnings" in code, path.name
@@ -466,7 +471,9 @@ def test_a_salt_on_an_imported_assignment_is_refused(lab):
 def test_a_suppressed_small_cell_is_a_warning(lab):
     customers, sends, outcomes = experiment(n=16)
     lab.write(customers, sends, outcomes.assign(spend=np.arange(16.0)))
-    metric = BOUGHT + "  - {name: spend_p50, type: quantile, quantile: 0.5, source: outcomes, column: spend}\n"
+    metric = (
+        BOUGHT + "  - {name: spend_p50, type: quantile, quantile: 0.5, source: outcomes, column: spend}\n"
+    )
     data = lab.analyze(lab.pilot(metrics=metric))
     assert row(data, "spend_p50")["reason"] == "suppressed_small_cell"
     assert (

@@ -43,7 +43,7 @@ from labkit.spec import Filter
 
 from conftest import pilot_yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CANARY = Path("/tmp/labkit-canary-pwn")
 
 

@@ -40,7 +40,8 @@ def spark():
     """The process's Spark session, made by labkit itself (labkit.data.spark.spark_session)."""
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         pytest.fail(
-            "Spark needs Java 17+: apt-get install -y default-jre-headless (as `make test` does, tools/system-deps)", pytrace=False
+            "Spark needs Java 17+: apt-get install -y default-jre-headless (as `make test` does, tools/system-deps)",
+            pytrace=False,
         )
     try:
         import pyspark  # noqa: F401
@@ -127,7 +128,9 @@ def test_spark_analyses_in_utc_even_from_a_session_in_another_zone(tmp_path, spa
 
     files = tz_lab.write_lab(tmp_path / "files", events_=tz_lab.TABLE_SOURCES)
     on_spark = tz_lab.write_lab(tmp_path / "spark", "spark")
-    pilots = {k: labkit.load_pilot("p", lab=labkit.load_lab(r)) for k, r in (("files", files), ("spark", on_spark))}
+    pilots = {
+        k: labkit.load_pilot("p", lab=labkit.load_lab(r)) for k, r in (("files", files), ("spark", on_spark))
+    }
     assign(pilots["files"])  # the draw on Spark is test_one_pilot_on_duckdb_postgres_and_spark's
     shutil.copytree(files / "results", on_spark / "results")
     spark.conf.set("spark.sql.session.timeZone", "Pacific/Kiritimati")

@@ -8,7 +8,7 @@ assignment and ``analyze --json`` are byte-identical (``meta.analysed_at``, the 
 the event counts equal a reference counted in plain Python on UTC instants. Before the fix, DuckDB's
 cursors (``aggregate._fetch`` runs queries on them) kept the host's zone and the naive-event windows
 moved by its offset. On PostgreSQL the session zone is UTC even when the client asks for another one
-(``PGTZ``, or ``-c TimeZone=`` in the URL). Spark: tests/test_spark.py.
+(``PGTZ``, or ``-c TimeZone=`` in the URL). Spark: tests/data/test_spark.py.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def test_postgres_sessions_run_in_utc_whatever_the_client_asks(tmp_path, postgre
         engine.close()
 
     pilots = {name: load_pilot("p", lab=load_lab(root)) for name, root in (("files", files), ("pg", pg))}
-    assign(pilots["files"])  # the draw on PostgreSQL is tests/test_postgres.py's; here the same units
+    assign(pilots["files"])  # the draw on PostgreSQL is tests/data/test_postgres.py's; here the same units
     shutil.copytree(files / "results", pg / "results")
     result = analysis_numbers(pilots["pg"])
     assert_same_numbers(result, analysis_numbers(pilots["files"]), "postgres")

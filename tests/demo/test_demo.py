@@ -22,7 +22,7 @@ import yaml
 from labkit import demo
 from labkit.errors import AssignmentError, LabkitError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LAB = yaml.safe_load((REPO / "configs" / "lab.yaml").read_text())
 SPECS = {p.stem: yaml.safe_load(p.read_text()) for p in sorted((REPO / "experiments").glob("*.yaml"))}
 BASE_FILES = ("customers", "engagement_events", "email_sends", "renewal_sends")

@@ -25,7 +25,7 @@ from labkit.privacy import key_path, scan_for_identifiers, scan_for_patterns
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PREFIX = 16  # a plain sha256 cut to a pseudonym's length is as reversible as the full one
 
 

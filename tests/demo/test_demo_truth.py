@@ -24,7 +24,7 @@ import pytest
 
 from labkit import demo
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PILOT_IDS = sorted(p.stem for p in (REPO / "experiments").glob("*.yaml"))
 
 

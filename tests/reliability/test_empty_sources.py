@@ -2,7 +2,7 @@
 
 With no value to infer types from, DuckDB reads every column of such a file as text, and the analysis
 refused it ("type string is not a timestamp"). Now the columns a metric reads get the types it needs
-(``labkit.data.sources.Engine.no_rows``, ``labkit.data.aggregate._declared``): an events file with no
+(``labkit.data.sources.Engine.no_rows``, ``labkit.data.query._declared``): an events file with no
 events yet gives 0 for count, sum and any; an outcomes file with no rows leaves every customer missing.
 Through ``labkit analyze --json`` as a user runs it (a subprocess).
 """
@@ -21,6 +21,8 @@ import labkit
 from labkit.assignment import assign
 from labkit.data.sources import Engine
 
+from conftest import DROP, pilot_yaml
+
 LAB = """\
 lab: empty
 functions: [service]
@@ -31,31 +33,20 @@ sources:
   outcomes: {format: csv, path: data/outcomes.csv}
   events: {format: csv, path: data/events.csv, timestamp: ts}
 """
-PILOT = """\
-id: p
-title: No events yet
-function: service
-channel: twitter
-stage: retention
-owner: lab@example.com
-hypothesis:
-  statement: Replies rise.
-  metric: replies
-  direction: increase
-  mde: {relative: 0.2}
-cohort:
-  source: customers
-  id_column: customer_id
-  max_size: 100
-  arms: {control: 0.5, fast: 0.5}
-  control: control
-  start: 2026-11-01
-metrics:
-  - {name: replies, type: mean, source: events, event: {column: kind, equals: reply}, aggregate: count, window_days: 14, cuped: true}
-  - {name: spent, type: mean, source: events, event: {column: code, equals: 3}, column: value, aggregate: sum, window_days: 14}
-  - {name: any_flag, type: proportion, source: events, event: {column: flag, equals: true}, aggregate: any, window_days: 14}
-  - {name: spend, type: mean, source: outcomes, column: spend}
-"""
+PILOT = pilot_yaml(
+    title="No events yet",
+    hypothesis={"statement": "Replies rise.", "metric": "replies", "direction": "increase", "mde": {"relative": 0.2}},
+    metrics=[
+        {"name": "replies", "type": "mean", "source": "events", "event": {"column": "kind", "equals": "reply"},
+         "aggregate": "count", "window_days": 14, "cuped": True},
+        {"name": "spent", "type": "mean", "source": "events", "event": {"column": "code", "equals": 3},
+         "column": "value", "aggregate": "sum", "window_days": 14},
+        {"name": "any_flag", "type": "proportion", "source": "events", "event": {"column": "flag", "equals": True},
+         "aggregate": "any", "window_days": 14},
+        {"name": "spend", "type": "mean", "source": "outcomes", "column": "spend"},
+    ],
+    **{"cohort.where": DROP, "cohort.max_size": 100},
+)  # fmt: skip
 
 
 def test_header_only_csv_files_are_zero_rows_through_the_cli(tmp_path):
@@ -97,7 +88,7 @@ def test_header_only_csv_files_are_zero_rows_through_the_cli(tmp_path):
 
 
 def test_a_file_with_rows_or_without_a_header_is_not_taken_for_empty(tmp_path):
-    from labkit.data.sources import _header_only
+    from labkit.data.rawfiles import header_only
 
     cases = {
         "header.csv": ("a,b\n", True),
@@ -109,4 +100,4 @@ def test_a_file_with_rows_or_without_a_header_is_not_taken_for_empty(tmp_path):
     }
     for name, (text, empty) in cases.items():
         (tmp_path / name).write_text(text)
-        assert _header_only(tmp_path / name) is empty, name
+        assert header_only(tmp_path / name) is empty, name

@@ -8,7 +8,7 @@ the API, is one ``DataError`` naming the source, the column and — for the CSV 
 counted in the engine with TRY_CAST and checked here against a count in plain Python. Spark's first line
 is masked where it quotes a value. And the last line of defence: a notebook whose cell raises an error
 quoting a customer id is saved (notebook, html, run message) with the id redacted
-(``labkit.runner._redact_errors``, ``labkit.privacy.redactor``).
+(``labkit.runner.export.redact_errors``, ``labkit.privacy.redactor``).
 """
 
 from __future__ import annotations
@@ -30,9 +30,11 @@ from hypothesis import strategies as st
 
 import labkit
 from labkit.assignment import assign
-from labkit.data.backends import spark_error
+from labkit.data.spark import spark_error
 from labkit.errors import DataError
 from labkit.privacy import REDACTED, redactor
+
+from conftest import DROP, pilot_yaml
 
 N = 20_600  # past DuckDB's type-detection sample of 20,480 rows
 BAD_ROWS = (20_500, 20_550)  # data rows whose visits is 'n/a'
@@ -46,29 +48,17 @@ sources:
   outcomes: {format: csv, path: data/outcomes.csv}
   outcomes_pq: {format: parquet, path: data/outcomes_pq.parquet}
 """
-PILOT = """\
-id: {id}
-title: Engine errors
-function: service
-channel: twitter
-stage: retention
-owner: lab@example.com
-hypothesis:
-  statement: Spend rises.
-  metric: spend
-  direction: increase
-  mde: {{relative: 0.2}}
-cohort:
-  source: customers
-  id_column: customer_id
-  max_size: 30000
-  arms: {{control: 0.5, fast: 0.5}}
-  control: control
-  start: 2026-11-01
-metrics:
-  - {{name: spend, type: mean, source: {source}, column: spend}}
-  - {{name: visits, type: mean, source: {source}, column: visits}}
-"""
+
+
+def pilot_text(pid: str, source: str) -> str:
+    """The default pilot (tests/pilots.py) on every customer, with two means of ``source``."""
+    return pilot_yaml(
+        id=pid, title="Engine errors",
+        hypothesis={"statement": "Spend rises.", "metric": "spend", "direction": "increase",
+                    "mde": {"relative": 0.2}},
+        metrics=[{"name": name, "type": "mean", "source": source, "column": name} for name in ("spend", "visits")],
+        **{"cohort.where": DROP, "cohort.max_size": 30000},
+    )  # fmt: skip
 
 
 def _ids() -> list[str]:
@@ -93,8 +83,8 @@ def lab(tmp_path_factory) -> Path:
     for folder in ("configs", "experiments", "data"):
         (root / folder).mkdir()
     (root / "configs" / "lab.yaml").write_text(LAB)
-    (root / "experiments" / "p.yaml").write_text(PILOT.format(id="p", source="outcomes"))
-    (root / "experiments" / "q.yaml").write_text(PILOT.format(id="q", source="outcomes_pq"))
+    (root / "experiments" / "p.yaml").write_text(pilot_text("p", "outcomes"))
+    (root / "experiments" / "q.yaml").write_text(pilot_text("q", "outcomes_pq"))
     ids = _ids()
     pq.write_table(pa.table({"customer_id": ids}), root / "data" / "customers.parquet")
     rows = ["customer_id,spend,visits,note"]

@@ -424,7 +424,7 @@ def test_tags_are_refused_and_never_built(lab, tmp_path):
             f"{P}:15: cohort.where: tag '!!set' not allowed; use plain values",
             # reported in the same pass as the tags since issue 15 (validation reports everything at once)
             f"{P}:16: cohort.xwhere: unknown field 'xwhere'; did you mean 'where'? allowed: source, id_column, "
-            "where, max_size, arms, control, stratify_by, salt, start, assignment",
+            "where, max_size, arms, control, stratify_by, salt, start, assignment, unit_column, max_clusters, saturation",
             f"{P}:22: metrics: tag '!!omap' not allowed; use plain values",
         ],
     )

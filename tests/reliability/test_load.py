@@ -5,7 +5,7 @@ test_faults.py: a kernel start and a results.json each), four of which raise. Th
 right: one row per pilot with its own status, the failures named, exit 1, and the store must hold
 exactly one run per pilot, FINISHED or FAILED as the notebook ended, with its metrics, nothing RUNNING,
 ``labkit.latest`` on each FINISHED run. ``labkit compare`` over 500 recorded runs is
-tests/test_compare.py::test_five_hundred_runs_compare_correctly.
+tests/tracking/test_compare.py::test_five_hundred_runs_compare_correctly.
 """
 
 from __future__ import annotations

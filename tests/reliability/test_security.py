@@ -24,7 +24,7 @@ notebook there once; then:
   ``results.json`` artifact is byte-identical to the one kept in ``results/``;
 - no connection URL, password, user@host or pseudonym key is in the MLflow store (every text column), the
   artifact tree (notebooks, HTML, JSON, figures), the run folders or the command's output (#32; the full
-  demo scan is tests/test_demo_e2e.py::test_no_demo_customer_identifier_key_or_plain_hash_in_mlflow).
+  demo scan is tests/demo/test_demo_e2e.py::test_no_demo_customer_identifier_key_or_plain_hash_in_mlflow).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ import labkit
 from labkit.data.sources import Engine
 from labkit.privacy import scan_for_identifiers
 
-from conftest import LAB_YAML, PILOT_YAML, REPO
+from conftest import CHURNED, LAB_YAML, PILOT_YAML, REPO, pilot_yaml
 
 KEY = "security-test-key-fedcba9876543210"
 CANARY = "/tmp/labkit-security-canary"
@@ -156,32 +156,16 @@ def test_results_led_out_of_the_lab_is_one_clear_error_not_a_duckdb_exception(ti
 
 # -------------------------------------------------------- small cells: order statistics withheld
 
-QUANTILE_PILOT = """\
-id: q
-title: Median spend
-function: service
-channel: twitter
-stage: retention
-owner: lab@example.com
-hypothesis:
-  statement: Fast replies raise the median spend.
-  metric: median_spend
-  direction: increase
-  mde: {relative: 0.15}
-cohort:
-  source: customers
-  id_column: customer_id
-  where:
-    - {column: has_twitter, op: "==", value: true}
-  max_size: 2000
-  arms: {control: 0.5, fast: 0.5}
-  control: control
-  start: 2026-11-01
-metrics:
-  - {name: median_spend, type: quantile, quantile: 0.5, source: outcomes, column: spend}
-  - {name: top_spend, type: quantile, quantile: 0.99, source: outcomes, column: spend}
-  - {name: churned, type: proportion, source: outcomes, column: churned}
-"""
+QUANTILE_PILOT = pilot_yaml(
+    id="q", title="Median spend",
+    hypothesis={"statement": "Fast replies raise the median spend.", "metric": "median_spend",
+                "direction": "increase", "mde": {"relative": 0.15}},
+    metrics=[
+        {"name": "median_spend", "type": "quantile", "quantile": 0.5, "source": "outcomes", "column": "spend"},
+        {"name": "top_spend", "type": "quantile", "quantile": 0.99, "source": "outcomes", "column": "spend"},
+        CHURNED,
+    ],
+)  # fmt: skip
 QUANTILES = {"median_spend": 0.5, "top_spend": 0.99}
 WITHHELD = ("mean_control", "mean_treatment", "effect", "ci_low", "ci_high", "lift", "lift_ci_low",
             "lift_ci_high", "p_value", "p_value_adjusted")  # fmt: skip

@@ -8,7 +8,7 @@ with ``LABKIT_TRACKING_URI`` and ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKIN
 
 - case 33: an anonymous request is 401, a wrong password 401 (and labkit says so in one line, without
   the password), a foreign ``Host`` 403 even with good credentials; the lab user records runs.
-  `labkit ui` binding 127.0.0.1 and refusing a foreign Host is tests/test_ui.py.
+  `labkit ui` binding 127.0.0.1 and refusing a foreign Host is tests/tracking/test_ui.py.
 - case 28: the server is stopped while a `labkit run` notebook runs (retries 0, timeout 5 s), and
   restarted on the same port and stores: the outputs are kept, the CLI says "not recorded ... use
   `labkit run --record-only`", the run left RUNNING on the server is taken over by ``--record-only``

@@ -26,7 +26,7 @@ PID = "snap"
 CELLS = [
     "import json, pathlib, time\n"
     "import labkit\n"
-    "from labkit.analysis import write_atomic\n"
+    "from labkit._files import write_atomic\n"
     "lab = labkit.load_lab(lab_path)\n"
     "pathlib.Path(output_dir, 'waiting').touch()\n"
     "while not pathlib.Path(lab.root, 'edited').exists():\n"

@@ -26,7 +26,7 @@ import pytest
 from labkit.errors import LabkitError
 from labkit.runner import NotebookRun, cancel_all, check_notebook, check_parameters, execute
 
-NOTEBOOKS = Path(__file__).parent / "notebooks"
+NOTEBOOKS = Path(__file__).parents[1] / "notebooks"
 TOKEN = "run-7f3a9c"
 
 

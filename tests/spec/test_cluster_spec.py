@@ -1,6 +1,6 @@
 """The pilot file's fields of issue #16: cohort.unit_column, max_clusters, saturation and analysis.segments.
 
-One rule per test, the exact message and line (STYLE.md convention 9), as tests/test_spec.py.
+One rule per test, the exact message and line (STYLE.md convention 9), as tests/spec/test_spec.py.
 """
 
 from __future__ import annotations

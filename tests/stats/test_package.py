@@ -59,3 +59,24 @@ def test_proportions_never_leak_nan(n_c, n_t, data):
     assert est.p_value is not None or est.reason == "empty_arm"
     if est.ci_low is not None:
         assert -1.0 <= est.ci_low <= est.effect <= est.ci_high <= 1.0
+
+
+def test_no_call_goes_through_a_name_its_submodule_shadows():
+    """`labkit.stats.cuped` is a function and a submodule: once `import labkit.stats.cuped` has run (a
+    test, a notebook), the package attribute is the module and `stats.cuped(...)` fails. Callers import
+    such names from their submodule instead."""
+    import re
+    from pathlib import Path
+
+    import labkit.stats as package
+
+    root = Path(package.__file__).parent
+    shadowed = {name for name in package._WHERE if (root / f"{name}.py").exists()}
+    assert "cuped" in shadowed
+    calls = [
+        f"{path}: stats.{name}("
+        for path in root.parent.rglob("*.py")
+        for name in shadowed
+        if re.search(rf"\bstats\.{name}\(", path.read_text(encoding="utf-8"))
+    ]
+    assert not calls, calls

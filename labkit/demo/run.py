@@ -16,20 +16,21 @@ def run_demo(lab: Lab, seed: int | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from labkit import demo
     from labkit.assignment import assign
+    from labkit.demo.build import build_base, simulate_outcomes
+    from labkit.demo.catalog import DEMO_SEED
     from labkit.errors import SpecErrors
     from labkit.pipeline import render_outcomes, run_batch
     from labkit.planning import plan
     from labkit.spec import list_pilots, parse_pilot
 
     console = Console(width=max(Console().width, 140))
-    seed = demo.DEMO_SEED if seed is None else seed
+    seed = DEMO_SEED if seed is None else seed
     started = time.perf_counter()
     console.print(
         f"[bold]1/6[/bold] building the synthetic CRM (seed {seed}) under {lab.display(lab.root / 'data')}/"
     )
-    demo.build_base(lab.root, seed)
+    build_base(lab.root, seed)
 
     pilots, problems = [], []
     for path in list_pilots(lab):
@@ -42,10 +43,10 @@ def run_demo(lab: Lab, seed: int | None = None) -> int:
     console.print(f"[bold]2/6[/bold] drawing cohorts and assigning arms for {len(pilots)} pilots")
     assignments = {}
     for pilot in pilots:
-        a = assign(pilot, force=seed != demo.DEMO_SEED)
+        a = assign(pilot, force=seed != DEMO_SEED)
         assignments[pilot.id] = a.frame()
     console.print("[bold]3/6[/bold] simulating the pilot period (outcomes depend on the arms)")
-    demo.simulate_outcomes(lab.root, assignments, seed)
+    simulate_outcomes(lab.root, assignments, seed)
 
     console.print(
         "[bold]4/6[/bold] planning every pilot (customers needed for its MDE, MDE reachable at the cap)"

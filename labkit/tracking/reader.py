@@ -1,4 +1,4 @@
-"""Read a lab's runs for `labkit compare`: from a local MLflow sqlite store directly, else through MLflow.
+"""Reading a lab's runs for `labkit compare`: from a local MLflow sqlite store directly, else through MLflow.
 
 Importing MLflow and opening its SQLAlchemy store (with its schema check) costs two to four seconds
 before a single run is read, and `labkit compare` only reads. For a ``sqlite:///`` store whose schema
@@ -8,26 +8,38 @@ runs are read with plain SELECTs on MLflow's own tables — ``experiments``, ``r
 migrate), with MLflow's search semantics: active runs of the active experiment, ordered by start time
 (newest first) then run id, metrics as their latest value (NaN where MLflow stored NaN). Anything else
 — a tracking server, another schema revision, a store being migrated — goes through MLflow
-(``labkit.tracking.Tracker``), so an MLflow upgrade can cost speed, never correctness.
+(``store.Tracker``), so an MLflow upgrade can cost speed, never correctness.
 ``tests/test_compare.py`` checks that both readers give the same runs and the same portfolio.
 
 Both readers offer the same three calls: ``latest_runs`` (the latest FINISHED run of every pilot),
 ``pilot_runs`` (every run carrying a pilot tag, optionally of one status and function) and
 ``results_json`` (a run's results.json artifact, parsed).
+
+Also the read side of `labkit compare`: the one ``Tracker`` per process (``open_tracker``), whether the
+store exists at all, which pilots have a live RUNNING run (``owners.stale_reason``), and results.json's
+``meta``.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from labkit.errors import TrackingError
+from labkit.tracking.owners import stale_reason
+from labkit.tracking.record import TAG_FUNCTION, TAG_LATEST, TAG_PILOT
+from labkit.tracking.rules import display_uri, run_entry
+from labkit.tracking.store import Tracker
+
 # MLflow schema revisions (alembic_version.version_num) whose tables this reader was checked against.
 KNOWN_REVISIONS = frozenset({"dc11669786a5"})  # mlflow 3.17
 
-TAG_PILOT, TAG_FUNCTION, TAG_LATEST = "labkit.pilot", "labkit.function", "labkit.latest"
+_TRACKERS: dict[tuple[str, str], Tracker] = {}
 
 
 def open_runs(lab):
@@ -128,24 +140,13 @@ class SqliteRuns:
         metric_map = self._children(
             "SELECT run_uuid, key, CASE WHEN is_nan THEN 'nan' ELSE value END FROM latest_metrics", ids
         )
-        from labkit.tracking import TAG_PARAMS_SPLIT, join_split_params
-
-        out = []
-        for run_id, name, run_status, start, end, artifact_uri in rows:
-            run_tags = tag_map.get(run_id, {})
-            out.append({
-                "run_id": run_id,
-                "run_name": name,
-                "pilot": run_tags.get(TAG_PILOT),
-                "status": run_status,
-                "start_time": start / 1000 if start else None,
-                "end_time": end / 1000 if end else None,
-                "tags": run_tags,
-                "params": join_split_params(param_map.get(run_id, {}), run_tags.get(TAG_PARAMS_SPLIT, "")),
-                "metrics": {k: float(v) for k, v in metric_map.get(run_id, {}).items()},
-                "artifact_uri": artifact_uri,
-            })  # fmt: skip
-        return out
+        return [
+            run_entry(
+                run_id, name, run_status, start, end, tag_map.get(run_id, {}), param_map.get(run_id, {}),
+                {k: float(v) for k, v in metric_map.get(run_id, {}).items()}, artifact_uri,
+            )
+            for run_id, name, run_status, start, end, artifact_uri in rows
+        ]  # fmt: skip
 
     def _children(self, select: str, ids: list[str]) -> dict[str, dict[str, str]]:
         """run id -> {key: value} of a child table, in chunks under sqlite's parameter limit."""
@@ -162,8 +163,6 @@ class TrackerRuns:
     """The same three calls through MLflow (``labkit.tracking.Tracker``), for servers and unknown schemas."""
 
     def __init__(self, lab):
-        from labkit.compare import open_tracker
-
         self._tracker = open_tracker(lab)
 
     def latest_runs(self, *, function: str | None = None) -> list[dict]:
@@ -192,3 +191,51 @@ def _local_path(uri: str) -> Path | None:
     if parsed.scheme == "" and uri.startswith("/"):
         return Path(uri)
     return None
+
+
+def open_tracker(lab) -> Tracker:
+    """The lab's ``Tracker``, opened once per process: opening a store costs seconds of schema checks, and
+    `labkit compare --log` reads and then writes the same store."""
+    key = (lab.tracking_uri, lab.spec.mlflow_experiment)
+    if key not in _TRACKERS:
+        _TRACKERS[key] = Tracker(lab)
+    return _TRACKERS[key]
+
+
+def check_store_exists(lab) -> None:
+    """A sqlite store that does not exist yet is reported, not created (compare only reads)."""
+    uri = lab.tracking_uri
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///") :].split("?", 1)[0])
+        if not path.is_file():
+            raise TrackingError(
+                f"no MLflow store at {display_uri(uri)} yet: no pilot has been run; "
+                "record runs with `labkit run`"
+            )
+
+
+def running_since(store, function: str | None) -> dict[str, float]:
+    """Pilot -> start time (epoch s) of its newest live RUNNING run, filtered in the search itself.
+
+    A RUNNING run that ``Tracker.sweep_stale`` would kill (its process on this host is gone, or another
+    host's run is older than ``STALE_AFTER_HOURS``) is abandoned, not running: it raises no flag.
+    """
+    host, now = socket.gethostname(), time.time()
+    newest: dict[str, float] = {}
+    for run in store.pilot_runs(status="RUNNING", function=function):
+        started = run["start_time"] or 0.0
+        if stale_reason(run["tags"], started, now=now, host=host) is not None:
+            continue
+        if run["pilot"] and started >= newest.get(run["pilot"], -1.0):
+            newest[run["pilot"]] = started
+    return newest
+
+
+def results_meta(store, run: dict) -> dict:
+    """``meta`` of the run's results.json artifact: only read when tags and params lack the primary metric."""
+    data = store.results_json(run)
+    meta = data.get("meta") if isinstance(data, dict) else None
+    meta = dict(meta) if isinstance(meta, dict) else {}
+    if isinstance(data, dict) and data.get("decision"):
+        meta.setdefault("decision", data["decision"])
+    return meta

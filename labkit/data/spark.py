@@ -1,0 +1,178 @@
+"""Spark for the engine: the process's session, its errors, and opening a source.
+
+``pip install 'labkit[spark]'``: the Ibis pyspark backend; needs Java 17+. One local session per process
+(``local[2]``, 1 GB driver, no UI, bound to 127.0.0.1, UTC), made on first use and reused by every engine of
+the process (a JVM takes seconds to start); an already active session (e.g. a cluster session in a notebook)
+is used as it is. An engine registers its sources as temporary views under names of its own and drops them
+on ``close()``. Aggregates run in Spark; only the per-arm rows (and, for quantile metrics, the values) come
+back to the driver, and ``labkit assign`` brings back the drawn assignment itself (id, arm, stratum) to
+write ``results/<id>/assignment.parquet``. The analysis reads that file in place (``spark.read.parquet``).
+A ``path`` ending in ``.csv`` is read with a header and inferred types (which may differ from DuckDB's:
+prefer parquet); any other path is parquet (a file or a folder). A Spark error is one line whose quoted
+values are masked (``spark_error``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import sys
+import tempfile
+from typing import TYPE_CHECKING
+
+from labkit.data.backends import engine_error, first_line
+from labkit.errors import DataError, LabkitError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import ibis
+
+    from labkit.lab import Lab
+
+SPARK_MASTER = "local[2]"
+SPARK_DRIVER_MEMORY = "1g"
+
+_SPARK: dict = {}  # the process's session and its scratch folder
+
+
+def _need_pyspark():
+    try:
+        import pyspark  # noqa: F401
+        from ibis.backends import pyspark as _  # noqa: F401
+    except ImportError:
+        raise engine_error("Spark sources need the spark extra: pip install 'labkit[spark]'") from None
+
+
+def _java_present() -> bool:
+    home = os.environ.get("JAVA_HOME")
+    if home and os.access(os.path.join(home, "bin", "java"), os.X_OK):
+        return True
+    return shutil.which("java") is not None
+
+
+LOG4J = """\
+rootLogger.level = error
+rootLogger.appenderRef.stderr.ref = stderr
+appender.console.type = Console
+appender.console.name = stderr
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = spark: %p %c{1}: %m%n
+"""
+
+
+def spark_session():
+    """The process's Spark session: the active one, else a local one made here once."""
+    _need_pyspark()
+    from pyspark.sql import SparkSession
+
+    active = _SPARK.get("session") or SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    if not _java_present():
+        raise engine_error(
+            "Spark needs a Java runtime (17 or newer) on PATH or in JAVA_HOME; "
+            "on Debian/Ubuntu: apt-get install -y default-jre-headless"
+        )
+    scratch = tempfile.mkdtemp(prefix="labkit-spark-")
+    log4j = os.path.join(scratch, "log4j2.properties")
+    with open(log4j, "w", encoding="utf-8") as fh:
+        fh.write(LOG4J)
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    java_options = f"-Duser.timezone=UTC -Dlog4j2.configurationFile=file:{log4j}"
+    builder = (
+        SparkSession.builder.master(SPARK_MASTER)
+        .appName("labkit")
+        .config("spark.driver.memory", SPARK_DRIVER_MEMORY)
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.extraJavaOptions", java_options)
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.default.parallelism", "2")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.sql.catalogImplementation", "in-memory")
+        .config("spark.sql.warehouse.dir", os.path.join(scratch, "warehouse"))
+        .config("spark.local.dir", os.path.join(scratch, "local"))
+    )
+    try:
+        session = builder.getOrCreate()
+    except Exception as exc:  # noqa: BLE001 - the JVM did not start
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise engine_error(f"Spark did not start: {first_line(exc, 300)}") from None
+    session.sparkContext.setLogLevel("ERROR")
+    _SPARK.update(session=session, scratch=scratch)
+    atexit.register(_stop_spark)
+    return session
+
+
+def _stop_spark() -> None:
+    session = _SPARK.pop("session", None)
+    if session is not None:
+        try:
+            session.stop()
+        except Exception:  # noqa: BLE001 - stopping at exit is best effort
+            pass
+    scratch = _SPARK.pop("scratch", None)
+    if scratch:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def connect_spark() -> ibis.BaseBackend:
+    """An Ibis backend on the process's session, whose SQL time zone is UTC: a session labkit did not
+    make (a notebook's cluster session) may run in another zone, and Spark casts between naive and zoned
+    timestamps, and dates to timestamps, in the session zone. It is a runtime setting, set on the live
+    session (Ibis's connect sets it too; set here so the guarantee does not rest on Ibis); the notebook's
+    later queries on that session then run in UTC as well."""
+    import ibis
+
+    session = spark_session()
+    session.conf.set("spark.sql.session.timeZone", "UTC")
+    return ibis.pyspark.connect(session)
+
+
+def spark_error(exc: BaseException, source: str) -> DataError:
+    """A Spark failure in one line: its class and first line, with every quoted or bracketed part masked —
+    a cast or parse error quotes the offending value (``The value 'n/a' …``, a malformed record in
+    brackets), and a value may be a customer's."""
+    shown = mask_values(first_line(exc, 300))
+    return DataError(source, f"Spark: the query failed: {type(exc).__name__}: {shown}")
+
+
+def mask_values(text: str) -> str:
+    """Quoted ('…', "…") and bracketed-record ([…] after a colon) parts replaced by …; Spark's error
+    class in brackets at the start of the line is kept."""
+    import re
+
+    text = re.sub(r"'[^']*'|\"[^\"]*\"", "…", text)
+    return re.sub(r"(:\s*)\[[^\]]*\]", r"\1[…]", text)
+
+
+def open_table(con, lab: Lab, name: str, spec, view: str) -> tuple[ibis.Table, str | None]:
+    """Source ``name`` on the session ``con`` (a Guarded backend): a table of the session's catalog, or its
+    ``path`` read as the temporary view ``view``. Returns the table and the view to drop on close (None for
+    a catalog table)."""
+    if spec.table:
+        try:
+            return con.table(spec.table), None
+        except LabkitError:
+            raise
+        except Exception:
+            raise DataError(name, f"no table '{spec.table}' in the Spark session's catalog") from None
+    path = lab.source_path(name)
+    if not path.exists():
+        raise DataError(name, f"{lab.display(path)} does not exist")
+    try:
+        if path.suffix.lower() == ".csv":
+            table = con.read_csv(str(path), table_name=view)
+        else:
+            table = con.read_parquet(str(path), table_name=view)
+    except LabkitError:
+        raise
+    except Exception as exc:
+        shown = mask_values(first_line(exc))  # quoted values masked, as in every Spark error
+        raise DataError(name, f"Spark cannot read {lab.display(path)}: {shown}") from None
+    return table, view

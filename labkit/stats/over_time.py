@@ -1,0 +1,90 @@
+"""The primary metric's effect on each day since the start, from its per-arm moments on each day
+(``labkit.data.over_time``): the rows of the JSON's ``over_time`` block and of the MLflow metric history.
+
+Each day is compared as a look on that day is (``labkit.methods.estimate`` for a mean): Welch's t on the
+arms' cumulative moments (``labkit.stats.means.welch``), and in sequential mode the same estimate widened to
+the always-valid confidence sequence tuned to the cap (``labkit.stats.sequential.always_valid``, n = the
+customers of the two arms). So the row of day d is the interval `labkit analyze --as-of <start + d days>`
+reports for a Welch metric, and the block says which kind it is: ``interval`` is "confidence sequence"
+(safe to read every day) or "fixed-horizon" (valid for one pre-planned look; reading the curve daily and
+stopping at the first exclusion of 0 inflates the false-positive rate).
+
+Every metric is compared with Welch here, proportions (an ``any`` aggregate) included: at a day's counts
+the unpooled z-test and Welch agree to the t/z difference, and one method keeps the curve comparable day
+to day. A CUPED metric's curve is unadjusted (its covariate is not carried over time), so its last day can
+be wider than the analysis' adjusted interval. A day on which an arm has no variance yet (no events) has
+the point effect and no interval (``None``), never a NaN.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from labkit.stats.means import welch
+from labkit.stats.moments import ArmMoments, check_alpha
+from labkit.stats.sequential import always_valid
+
+#: The keys of one row, in order (DESIGN.md, the JSON's ``over_time`` block).
+ROW_KEYS = ("day", "as_of", "metric", "arm", "n_control", "n_treatment", "effect", "ci_low", "ci_high")
+CONFIDENCE_SEQUENCE, FIXED_HORIZON = "confidence sequence", "fixed-horizon"
+
+
+@dataclass(frozen=True)
+class EffectOverTime:
+    """One metric's effect per (day, treatment arm), day by day; ``interval`` says which kind the
+    intervals are and ``method`` names the test (``welch-t``, or ``welch-t+cs`` in sequential mode)."""
+
+    metric: str
+    interval: str
+    method: str
+    rows: tuple[dict, ...]
+
+    def to_list(self) -> list[dict]:
+        """The rows, JSON-ready (``as_of`` as an ISO date)."""
+        return [dict(r) for r in self.rows]
+
+
+def effect_over_time(
+    metric: str,
+    days: Sequence[int],
+    as_of: Sequence[dt.date | str],
+    arms: Mapping[str, Sequence[ArmMoments]],
+    *,
+    control: str,
+    alpha: float = 0.05,
+    sequential: bool = False,
+    n_tuning: float | None = None,
+) -> EffectOverTime:
+    """Per day, each treatment arm (in ``arms``' order) against ``control``: effect and interval at level
+    1 − alpha. ``arms[a][i]`` are arm a's cumulative moments on ``days[i]``, the look at ``as_of[i]``;
+    ``n_tuning`` is what the confidence sequence is tuned to (the cap; default each day's n)."""
+    alpha = check_alpha(alpha)
+    if len(days) != len(as_of):
+        raise ValueError(f"{len(days)} days but {len(as_of)} as_of dates")
+    if control not in arms:
+        raise ValueError(f"no moments for the control arm '{control}'")
+    for arm, series in arms.items():
+        if len(series) != len(days):
+            raise ValueError(f"arm '{arm}' has {len(series)} days of moments for {len(days)} days")
+    rows = []
+    for i, day in enumerate(days):
+        c = arms[control][i]
+        for arm, series in arms.items():
+            if arm == control:
+                continue
+            t = series[i]
+            est = welch(c, t, alpha=alpha)
+            if sequential and est.reason is None:
+                est = always_valid(est, n=c.n + t.n, n_tuning=n_tuning or c.n + t.n, alpha=alpha)
+            when = as_of[i]
+            values = (int(day), when if isinstance(when, str) else when.isoformat(), metric, arm,
+                      est.n_control, est.n_treatment, est.effect, est.ci_low, est.ci_high)  # fmt: skip
+            rows.append(dict(zip(ROW_KEYS, values, strict=True)))
+    return EffectOverTime(
+        metric=metric,
+        interval=CONFIDENCE_SEQUENCE if sequential else FIXED_HORIZON,
+        method="welch-t+cs" if sequential else "welch-t",
+        rows=tuple(rows),
+    )
