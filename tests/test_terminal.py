@@ -295,3 +295,45 @@ def test_analyze_keeps_every_value_whole_at_every_width(lab):
             assert_whole(out.getvalue(), values)
     finally:
         os.environ.pop("COLUMNS", None) if saved is None else os.environ.__setitem__("COLUMNS", saved)
+
+
+LONG_PILOTS = ("marketing-ambassadors-by-community", "pr-linkedin-quarterly-thought-leadership")
+
+
+def _outcomes():
+    from labkit.pipeline import Outcome
+
+    return [
+        Outcome(pilot=p, function="marketing", status="FINISHED", decision="inconclusive", recommendation="extend",
+                run_id=f"{i}" * 32, seconds=12.3, folder=f"results/{p}/runs/20261206T091721459745Z")
+        for i, p in enumerate(LONG_PILOTS, start=1)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("columns", [80, 100, None])
+def test_the_run_summary_reads_whole_at_80_and_100_columns_and_piped(columns, monkeypatch):
+    """`labkit run`'s summary: at 80 and 100 columns (and piped: full width, plain) every pilot id, status,
+    decision, recommendation, the run ids and the folders are whole. The table (or its stacked blocks) fits
+    the width; the run and folder lines after it are one line each by design, never broken inside an id or a
+    path (the terminal folds them)."""
+    import io
+
+    from rich.console import Console
+
+    from labkit.pipeline import render_outcomes
+
+    out = io.StringIO()
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+        monkeypatch.setattr("sys.stdout", out)
+        render_outcomes(_outcomes())
+    else:
+        render_outcomes(_outcomes(), console=Console(file=out, width=columns, force_terminal=True))
+    text = out.getvalue()
+    if columns:
+        check_width("\n".join(line for line in text.splitlines() if not line.startswith(LONG_PILOTS)), columns)
+    else:
+        assert "\x1b[" not in text
+    assert "…" not in text
+    values = [*LONG_PILOTS, "FINISHED", "inconclusive", "extend", "1" * 32, "2" * 32]
+    assert_whole(text, values + [f"results/{p}/runs/20261206T091721459745Z" for p in LONG_PILOTS])

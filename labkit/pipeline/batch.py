@@ -232,10 +232,11 @@ def render_outcomes(outcomes: list[Outcome], console=None) -> None:
     """The batch's summary table, then for each pilot its MLflow run — the id in full, with the run's link on
     a tracking server or the `labkit ui` hint on a local store — and its output folder, each on one line
     that is never cut (a terminal too narrow for a table cell folds or truncates a 32-character id)."""
-    from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    from labkit.render import fits, print_stacked, terminal_console
+
+    console = console or terminal_console()  # piped: plain text at full width, nothing cut
     table = Table(title=f"{len(outcomes)} pilot run(s)")
     for col in ("pilot", "function", "status", "decision", "recommendation", "time"):
         table.add_column(col)
@@ -249,7 +250,15 @@ def render_outcomes(outcomes: list[Outcome], console=None) -> None:
             o.recommendation or "–",
             f"{o.seconds:.1f} s",
         )
-    console.print(table)
+    if fits(console, table):
+        console.print(table)
+    else:  # too narrow for the table: one block per pilot, its id whole on its own line
+        fields = ("function", "status", "decision", "recommendation")
+        blocks = [
+            (o.pilot, [*((f, getattr(o, f) or "–") for f in fields), ("time", f"{o.seconds:.1f} s")])
+            for o in outcomes
+        ]
+        print_stacked(console, table.title, blocks)
 
     def say(text: str, style: str | None = None) -> None:
         # One line each, whatever the terminal width (soft_wrap: rich inserts no line breaks), and as plain
@@ -272,7 +281,7 @@ def render_outcomes(outcomes: list[Outcome], console=None) -> None:
         if o.folder and o.status != "NOT-RUN":
             say(f"{o.pilot}: outputs in {o.folder}/")
     if local:
-        say("`labkit ui` starts the MLflow UI on this lab's store and prints the link to its runs table")
+        say("`labkit ui` serves this lab's MLflow store and prints the link to its runs")
 
 
 def all_pilots(lab: Lab) -> list[str]:
