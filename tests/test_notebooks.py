@@ -373,8 +373,10 @@ def test_each_notebook_runs_as_is_from_its_folder_with_its_figures_inline(demo_l
     ]
     saved = re.findall(r'savefig\(out / "(\w+\.png)"', _code(nb))
     scratch = demo_lab.root / "results" / "scratch" / "service-twitter-fast-reply"
-    if not json.loads((scratch / "results.json").read_text()).get("over_time"):  # drawn only with the block
-        saved = [name for name in saved if name != "effect_over_time.png"]
+    blocks = json.loads((scratch / "results.json").read_text())
+    for block, figure in (("over_time", "effect_over_time.png"), ("segments", "segments.png")):
+        if not blocks.get(block):  # drawn only with the block
+            saved = [name for name in saved if name != figure]
     assert len(images) >= len(saved) >= 2, "every figure the notebook saves is also shown inline"
     for heading in ("## The primary metric", "## First-response time by arm"):
         at = next((i for i, c in enumerate(nb.cells) if "".join(c.source).startswith(heading)), None)
