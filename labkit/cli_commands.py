@@ -83,11 +83,13 @@ def _pilot(args):
 
 
 def cmd_plan(args) -> int:
+    from labkit.listing import record_plan
     from labkit.planning import plan
     from labkit.render import print_json, render_plan
 
     pilot = _pilot(args)
     result = plan(pilot)
+    record_plan(pilot, result.to_dict())
     fmt = _format(args)
     if fmt == "json":
         print_json(result.to_dict())

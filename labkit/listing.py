@@ -16,7 +16,9 @@ from labkit.spec import Pilot, list_pilots, parse_pilot
 class Status:
     """Where a pilot stands, derived from its files and the date alone (no data source is read):
 
-    - ``drafted``: a valid pilot file, no assignment yet (nothing records a plan, so there is no "planned");
+    - ``drafted``: a valid pilot file, no assignment yet, and no plan of this very pilot file;
+    - ``planned``: `labkit plan` recorded a plan (``results/<id>/plan.json``) for the pilot file as it is now
+      (same ``spec_sha256``); editing the pilot afterwards makes it ``drafted`` again, until planned anew;
     - ``assigned``: an assignment exists and the start (``cohort.start``) is in the future;
     - ``running``: day N of the outcome window, with the customers exposed (assigned) against the cap;
     - ``ready``: the outcome window has closed — ready to analyse;
@@ -29,7 +31,7 @@ class Status:
     """
 
     pilot: str
-    status: str  # drafted | assigned | running | ready | decided
+    status: str  # drafted | planned | assigned | running | ready | decided
     line: str
     start: dt.date | None = None
     window_days: int = 0
@@ -96,6 +98,37 @@ def _assigned(pilot: Pilot) -> int | None:
         return None if not (pilot.results_dir / "assignment.parquet").is_file() else 0
 
 
+PLAN_FILE = "plan.json"
+
+
+def record_plan(pilot: Pilot, plan: dict) -> None:
+    """Keep the plan `labkit plan` printed, with the hash of the pilot file it was made for: the status
+    ``planned`` holds while the file is unchanged. Best effort: a plan that cannot be written is still
+    printed (the status then stays ``drafted``)."""
+    from labkit._files import write_atomic
+
+    record = {
+        "pilot": pilot.id,
+        "spec_sha256": pilot.spec_sha256,
+        "planned_at": today_utc().isoformat(),
+        **plan,
+    }
+    try:
+        pilot.results_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(pilot.results_dir / PLAN_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    except OSError:
+        pass
+
+
+def recorded_plan(pilot: Pilot) -> dict | None:
+    """The recorded plan of this very pilot file (same spec hash), else None."""
+    try:
+        record = json.loads((pilot.results_dir / PLAN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("spec_sha256") == pilot.spec_sha256 else None
+
+
 def pilot_status(pilot: Pilot, today: dt.date | None = None) -> Status:
     """The pilot's status on ``today`` (default: today in UTC), from its files (see :class:`Status`)."""
     today = today or today_utc()
@@ -107,6 +140,11 @@ def pilot_status(pilot: Pilot, today: dt.date | None = None) -> Status:
         return Status(status="decided", line=f"decided: {decision}", decision=decision, **base)
     assigned = (pilot.results_dir / "assignment.parquet").is_file()
     if not assigned:
+        planned = recorded_plan(pilot)
+        if planned is not None:
+            need = planned.get("required_per_arm")
+            need = f"{need:,} customers per arm needed; " if isinstance(need, int) else ""
+            return Status(status="planned", line=f"planned: {need}run `labkit assign {pilot.id}`", **base)
         line = f"drafted: not assigned yet; run `labkit assign {pilot.id}`"
         return Status(status="drafted", line=line, **base)
     exposed = _assigned(pilot)

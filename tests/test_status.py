@@ -178,3 +178,33 @@ def test_analyse_is_analyze(spelling):
 
     args = build_parser().parse_args([spelling, "p", "--json"])
     assert COMMANDS[args.command] is COMMANDS["analyze"] and args.json
+
+
+def test_labkit_plan_records_the_planned_status_until_the_pilot_file_changes(tiny_lab):
+    """drafted → `labkit plan` → planned (with the customers per arm it printed) → the pilot edited →
+    drafted again → planned anew → assigned: a plan counts only for the pilot file it was made for."""
+    customers(tiny_lab)
+    text = pilot_text(dt.date(2026, 12, 13))  # no outcome data yet: planned on an assumed baseline
+    path = tiny_lab.pilot(
+        text.replace("mde: {relative: 0.15}", "mde: {relative: 0.15}\n  baseline: {rate: 0.12}")
+    )
+    assert "drafted" in run(tiny_lab, "list").stdout
+
+    out = run(tiny_lab, "plan", path.stem, "--json")
+    assert out.returncode == 0, out.stderr
+    need = json.loads(out.stdout)["required_per_arm"]
+    pilot = labkit.load_pilot(path, lab=labkit.load_lab(tiny_lab.root / "configs" / "lab.yaml"))
+    status = pilot_status(pilot, today=dt.date(2026, 12, 6))
+    assert status.status == "planned"
+    assert status.line == f"planned: {need:,} customers per arm needed; run `labkit assign {pilot.id}`"
+    assert "planned" in run(tiny_lab, "list").stdout
+
+    path.write_text(path.read_text().replace("mde: {relative: 0.15}", "mde: {relative: 0.25}"))
+    edited = labkit.load_pilot(path, lab=labkit.load_lab(tiny_lab.root / "configs" / "lab.yaml"))
+    assert edited.spec_sha256 != pilot.spec_sha256
+    assert pilot_status(edited, today=dt.date(2026, 12, 6)).status == "drafted"
+
+    assert run(tiny_lab, "plan", path.stem).returncode == 0
+    assert pilot_status(edited, today=dt.date(2026, 12, 6)).status == "planned"
+    labkit.assign(edited)
+    assert pilot_status(edited, today=dt.date(2026, 12, 6)).status == "assigned"
