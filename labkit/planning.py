@@ -47,6 +47,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+from labkit._validation import unlocated
 from labkit.errors import AssignmentError, LabkitError, SpecError
 from labkit.result import Plan
 from labkit.spec import Pilot
@@ -92,15 +93,46 @@ def make_plan(pilot: Pilot, baseline, baseline_from: str, *, design=None) -> Pla
 
 
 def assumed_baseline(pilot: Pilot) -> tuple[float, float] | None:
-    """(mean, per-customer SD) of ``hypothesis.baseline``, or None: sqrt(p(1 − p)) for an assumed rate."""
+    """(mean, per-customer SD) of ``hypothesis.baseline``, or None: sqrt(p(1 − p)) for an assumed rate;
+    for ``{pilot: id}`` the control arm of that pilot's latest recorded run (:func:`past_pilot_baseline`)."""
     b = pilot.spec.hypothesis.baseline
     if b is None:
         return None
+    if b.pilot is not None:
+        return past_pilot_baseline(pilot, b.pilot)
     if b.rate is not None:
         return b.rate, math.sqrt(b.rate * (1 - b.rate))
     if b.mean is not None and b.sd is not None:
         return b.mean, b.sd
     return None
+
+
+def past_pilot_baseline(pilot: Pilot, past: str) -> tuple[float, float]:
+    """The control arm's mean and per-customer SD of the primary metric (same name) in the latest recorded
+    run of the past pilot ``past`` (``results/<past>/runs/*/results.json``): SD sqrt(p(1 − p)) for a
+    proportion, sqrt(Var(mean) · n) otherwise — the variance the analysis used, so a CUPED metric's
+    reduced SD. One clear error when there is no such run or metric."""
+    import json
+
+    name = pilot.spec.hypothesis.metric
+    where = f"hypothesis.baseline.pilot: '{past}'"
+    runs = sorted((pilot.lab.results_dir / past / "runs").glob("*/results.json"))
+    if not runs:
+        raise unlocated(f"{where} has no recorded run in results/{past}/runs/; run it first, or give numbers")
+    try:
+        rows = json.loads(runs[-1].read_text(encoding="utf-8")).get("metrics") or []
+    except (OSError, ValueError, AttributeError):
+        rows = []
+    row = next((r for r in rows if r.get("metric") == name and r.get("mean_control") is not None), None)
+    if row is None:
+        raise unlocated(f"{where}: its latest run has no control mean for '{name}'; give numbers instead")
+    mean = float(row["mean_control"])
+    if row.get("type") == "proportion":
+        return mean, math.sqrt(mean * (1 - mean))
+    var, n = row.get("var_mean_control"), row.get("n_control")
+    if not var or not n:
+        raise unlocated(f"{where}: its latest run has no variance for '{name}'; give {{mean, sd}} instead")
+    return mean, math.sqrt(float(var) * float(n))
 
 
 def _measured(pilot: Pilot, baseline) -> tuple[float | None, float | None]:
@@ -134,10 +166,13 @@ def _make_plan(
     warnings: list[str] = []
     n_measured = baseline.n if baseline is not None else 0
     mean, sd = _measured(pilot, baseline) if baseline is not None else (None, None)
-    assumed = assumed_baseline(pilot)
-    if not _usable(pilot, mean, sd) and assumed is not None:
+    # read only when needed: a past pilot's baseline reads its results, and says so when it cannot
+    assumed = None if _usable(pilot, mean, sd) else assumed_baseline(pilot)
+    if assumed is not None:
         why = missing or f"the {baseline_from} data holds no usable baseline for '{m.name}' yet"
-        warnings.append(f"{why}: planned from the assumed baseline (hypothesis.baseline)")
+        past = pilot.spec.hypothesis.baseline.pilot
+        source = f"pilot '{past}''s latest recorded control arm" if past else "the assumed baseline"
+        warnings.append(f"{why}: planned from {source} (hypothesis.baseline)")
         mean, sd, n_measured, baseline_from = assumed[0], assumed[1], 0, "assumption"
     elif missing is not None:
         warnings.append(missing)

@@ -255,3 +255,35 @@ def test_plan_command_says_the_baseline_is_assumed(lab):
         data["baseline_from"] == "assumption"
         and data["required_by_arm"]["control"] == data["required_per_arm"]
     )
+
+
+def test_a_past_pilots_recorded_control_arm_is_the_baseline(lab):
+    """`hypothesis.baseline: {pilot: id}`: the control mean and per-customer SD of the same metric in that
+    pilot's latest recorded run (results/<id>/runs/*/results.json) plan the new pilot exactly as the same
+    numbers given by hand; a past pilot without a run, or a pilot naming itself, is one clear message."""
+    import json as _json
+
+    from_past = load(lab, pilot_yaml("from-past", kind="mean", baseline="{pilot: old-pilot}"))
+    with pytest.raises(labkit.LabkitError, match=r"has no recorded run in results/old-pilot/runs/"):
+        labkit.plan(from_past)
+    folder = lab / "results" / "old-pilot" / "runs" / "20261101T000000Z"
+    folder.mkdir(parents=True)
+    row = {
+        "metric": "spend",
+        "type": "mean",
+        "mean_control": 5.0,
+        "n_control": 400,
+        "var_mean_control": 6.25 / 400,
+    }
+    (folder / "results.json").write_text(_json.dumps({"metrics": [row]}))
+    by_hand = labkit.plan(
+        load(lab, pilot_yaml("numbers", kind="mean", baseline="{mean: 5.0, sd: 2.5}"))
+    ).to_dict()
+    planned = labkit.plan(from_past).to_dict()
+    assert planned["required_per_arm"] == by_hand["required_per_arm"] is not None
+    assert planned["mde_at_cap"] == pytest.approx(by_hand["mde_at_cap"])
+    assert any("pilot 'old-pilot''s latest recorded control arm" in w for w in planned["warnings"])
+
+    (lab / "experiments" / "self.yaml").write_text(pilot_yaml("self", kind="mean", baseline="{pilot: self}"))
+    out = subprocess.run([*LABKIT, "validate"], cwd=lab, capture_output=True, text=True, timeout=120)
+    assert "hypothesis.baseline.pilot: a pilot cannot be its own baseline" in out.stdout + out.stderr

@@ -29,13 +29,17 @@ class Amount(Strict):
 
 class Baseline(Strict):
     """An assumed baseline for planning before data exists (``labkit.planning``): ``{rate: p}`` for a
-    proportion, ``{mean: m, sd: s}`` for a mean. Measured data, when there is some, takes precedence."""
+    proportion, ``{mean: m, sd: s}`` for a mean, or ``{pilot: id}``: a past pilot's recorded control arm.
+    Measured data, when there is some, takes precedence."""
 
     rate: float | None = Field(None, gt=0, lt=1, allow_inf_nan=False)
     mean: float | None = Field(None, allow_inf_nan=False)
     sd: float | None = Field(None, gt=0, allow_inf_nan=False)
     # a cluster pilot's assumed intra-cluster correlation (labkit.planning), where its data give none
     icc: float | None = Field(None, ge=0, lt=1, allow_inf_nan=False)
+    # a past pilot of this lab whose latest recorded run measured the same metric: its control arm's mean
+    # and per-customer SD stand in (labkit.planning.assumed_baseline)
+    pilot: str | None = Field(None, min_length=1)
 
 
 class Hypothesis(Strict):

@@ -153,7 +153,7 @@ _LATER_FIELDS = {
     "metric": {"missing": None},
     "assignment": {"arms": None, "strata": []},
     "hypothesis": {"baseline": None},
-    "baseline": {"icc": None},
+    "baseline": {"icc": None, "pilot": None},
     "cohort": {"unit_column": None, "max_clusters": None, "saturation": None},
     "analysis": {"segments": None},
 }

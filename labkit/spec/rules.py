@@ -104,7 +104,15 @@ def check_pilot(spec: PilotSpec, doc: YamlDoc, lab: Lab, stem: str | None) -> li
             return
         kind = next(m.type for m in spec.metrics if m.name == spec.hypothesis.metric)
         loc = ("hypothesis", "baseline")
-        given = ", ".join(k for k in ("rate", "mean", "sd") if getattr(b, k) is not None) or "nothing"
+        given = (
+            ", ".join(k for k in ("rate", "mean", "sd", "pilot") if getattr(b, k) is not None) or "nothing"
+        )
+        if b.pilot is not None:
+            if given != "pilot":
+                err(loc, f"give a past pilot alone ({{pilot: id}}), or the numbers, not {given}")
+            elif b.pilot == spec.id:
+                err((*loc, "pilot"), "a pilot cannot be its own baseline; name a past pilot of this lab")
+            return
         if b.icc is not None and spec.cohort.unit_column is None:
             err(
                 (*loc, "icc"),
