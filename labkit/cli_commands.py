@@ -116,10 +116,14 @@ def cmd_assign(args) -> int:
             pilot.id, f"cannot write the assignment in {folder}: {exc.strerror or exc}; nothing was written"
         ) from None
     if kept:  # assign never redraws silently: say that nothing was drawn, and which file stands
+        from labkit.render import terminal_console
+
         drawn = str(result.meta.get("created_at") or "?")[:10]
-        print(
+        terminal_console().print(  # wrapped at spaces on a terminal: no number or path is cut
             f"{pilot.id}: kept the existing assignment {pilot.lab.display(result.path)} (drawn {drawn}, "
-            f"{result.assigned:,} customers); `labkit assign {pilot.id} --force` archives it and draws anew"
+            f"{result.assigned:,} customers); `labkit assign {pilot.id} --force` archives it and draws anew",
+            markup=False,
+            highlight=False,
         )
         return 0
     render_assignment(pilot, result)

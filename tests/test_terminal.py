@@ -337,3 +337,18 @@ def test_the_run_summary_reads_whole_at_80_and_100_columns_and_piped(columns, mo
     assert "…" not in text
     values = [*LONG_PILOTS, "FINISHED", "inconclusive", "extend", "1" * 32, "2" * 32]
     assert_whole(text, values + [f"results/{p}/runs/20261206T091721459745Z" for p in LONG_PILOTS])
+
+
+@pytest.mark.parametrize("columns", [80, 100])
+def test_assign_reads_whole_at_80_and_100_columns(lab, columns):
+    """`labkit assign`'s line, drawn anew (--force) and kept: wrapped at spaces, so the pilot id, the counts
+    and the file's path are whole at 80 and 100 columns."""
+    meta = json.loads((lab / "results" / PID / "assignment.json").read_text())
+    total = f"{meta['assigned']:,}"
+    path = f"results/{PID}/assignment.parquet"
+    drawn = run(lab, "assign", PID, "--force", columns=columns).stdout
+    kept = run(lab, "assign", PID, columns=columns).stdout
+    for out in (drawn, kept):
+        check_width(out, columns)
+        assert_whole(out, [PID, total, path])
+    assert "kept the existing assignment" in kept
