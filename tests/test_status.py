@@ -160,9 +160,12 @@ def test_assign_on_an_existing_assignment_says_it_kept_it(tiny_lab):
     meta = json.loads((tiny_lab.root / "results" / "p" / "assignment.json").read_text())
     again = run(tiny_lab, "assign", "p")
     assert again.returncode == 0, again.stderr
-    assert " ".join(again.stdout.split()) == (  # wrapped at spaces where COLUMNS is set (pytest sets 80)
-        f"p: kept the existing assignment results/p/assignment.parquet (drawn {meta['created_at'][:10]}, "
-        "200 customers); `labkit assign p --force` archives it and draws anew"
+    assert (
+        " ".join(again.stdout.split())
+        == (  # wrapped at spaces where COLUMNS is set (pytest sets 80)
+            f"p: kept the existing assignment results/p/assignment.parquet (drawn {meta['created_at'][:10]}, "
+            "200 customers); `labkit assign p --force` archives it and draws anew"
+        )
     )
 
 

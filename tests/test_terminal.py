@@ -331,7 +331,9 @@ def test_the_run_summary_reads_whole_at_80_and_100_columns_and_piped(columns, mo
         render_outcomes(_outcomes(), console=Console(file=out, width=columns, force_terminal=True))
     text = out.getvalue()
     if columns:
-        check_width("\n".join(line for line in text.splitlines() if not line.startswith(LONG_PILOTS)), columns)
+        check_width(
+            "\n".join(line for line in text.splitlines() if not line.startswith(LONG_PILOTS)), columns
+        )
     else:
         assert "\x1b[" not in text
     assert "…" not in text
