@@ -243,6 +243,15 @@ def _build_engine():
             super().__init__(nb_man, **kw)
             self.labkit = labkit_state
             labkit_state.nb = nb_man.nb
+            start = nb_man.cell_start
+
+            def cell_start(cell, cell_index=None, **kwargs):
+                # papermill saves the cell as running before execute_cell is called: a signal in between
+                # must name that cell, the one the saved notebook (and the user) sees running
+                labkit_state.cell_index = cell_index
+                return start(cell, cell_index, **kwargs)
+
+            nb_man.cell_start = cell_start
 
         def papermill_execute_cells(self):
             if getattr(self.km, "ipykernel", False):
