@@ -259,7 +259,14 @@ def test_plan_sizes_clusters_like_statsmodels_and_agrees_with_analyze(lab):
     pilot, rows = assigned_lab(lab)
     planned = labkit.plan(pilot)
     analysed = labkit.analyze(pilot).to_dict()["plan"]
-    assert planned.to_dict() == analysed
+    planned_dict = planned.to_dict()
+    assert planned_dict.keys() == analysed.keys()
+    # the same sums, but DuckDB's parallel sums may differ in the last bit: floats to 1e-12
+    for key, value in planned_dict.items():
+        if isinstance(value, float):
+            assert value == pytest.approx(analysed[key], rel=1e-12), key
+        else:
+            assert value == analysed[key], key
     assert set(analysed) >= {"clusters_per_arm", "icc", "design_effect"}
     sizes = rows.groupby("community").size().to_numpy(dtype=float)
     n_bar, n_w = sizes.mean(), (sizes**2).sum() / sizes.sum()
