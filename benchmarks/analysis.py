@@ -9,13 +9,19 @@ window as a CTE) and runs the same scipy tests; labkit additionally validates th
 (duplicate ids, missing customers, SRM) and applies the decision rules. A second pilot adds a median
 (``bench-quantile``): its raw values are pulled into memory by design, so its peak RSS is reported
 against the memory model of the README.
+
+Issue #16 (Speed): one pilot (``data.build_social``: the same metrics, its primary the 30-day event-window
+count) analysed (a) as drawn per customer, (b) drawn per account (``cohort.unit_column``, 20,000 accounts at
+1M customers: cluster totals) and (c) as (a) with ``over_time=True`` (the primary's effect on each day);
+the three alternate in each round, every side with the same modules imported before the clock starts; best
+of 3 each, and the ratios (b)/(a) and (c)/(a) against the issue's 2.
 """
 
 from __future__ import annotations
 
 from benchmarks import data
 from benchmarks.common import LABKIT as LABKIT_CLI
-from benchmarks.common import PEAK_RSS, PYTHON, Ctx, alternated, best_of, ratio
+from benchmarks.common import PEAK_RSS, PYTHON, Ctx, alternated, best_of, ratio, run_script
 
 LABKIT = """
 import json, time
@@ -159,6 +165,86 @@ def whole_rows(ctx: Ctx) -> list[dict]:
     return rows
 
 
+# (a), (b) and (c) of issue #16: PILOT and OVER replaced; every side imports what any of them uses.
+SOCIAL = """
+import json, time
+t0 = time.perf_counter()
+import labkit
+import labkit.analysis, labkit.data.aggregate, labkit.stats, labkit.assignment, ibis, pandas, scipy.stats
+import labkit.clustered, labkit.data.clusters, labkit.stats.cluster, labkit.over_time, labkit.data.over_time
+import labkit.stats.over_time
+ibis.duckdb.connect().disconnect()
+imports = time.perf_counter() - t0
+t, cpu = time.perf_counter(), time.process_time()
+lab = labkit.load_lab("configs/lab.yaml")
+result = labkit.analyze(labkit.load_pilot("PILOT", lab=lab), over_time=OVER)
+seconds, cpu = time.perf_counter() - t, time.process_time() - cpu  # CPU: every thread's, DuckDB's included
+ot = result.over_time
+print(json.dumps({"seconds": seconds, "cpu_s": cpu, "rss_mb": PEAK_RSS, "decision": result.decision,
+                  "imports": imports, "over_time_rows": len(ot.rows) if ot else None,
+                  "note": ot.note if ot else None}))
+""".replace("PEAK_RSS", PEAK_RSS)
+SOCIAL_TARGET = 2.0
+
+
+def social_sizes(ctx: Ctx) -> list[int]:
+    return {"tiny": [2_000], "quick": [100_000], "full": [1_000_000]}[ctx.mode]
+
+
+def social_rows(ctx: Ctx) -> list[dict]:
+    """Issue #16's two rows: the cluster pilot and the over-time analysis, each against the plain analysis
+    of the same pilot (module docstring); sides alternated per round, best of 3 (1 in tiny)."""
+    rows = []
+    repeat = 1 if ctx.mode == "tiny" else 3
+    sides = {
+        "plain": (data.SOCIAL_ID, False),
+        "cluster": (data.CLUSTER_ID, False),
+        "over_time": (data.SOCIAL_ID, True),
+    }
+    for n in social_sizes(ctx):
+        root = data.build_social(ctx, n)
+        k = data.clusters_of(n)
+        ctx.say(f"analysis: {n:,} customers plain, in {k:,} clusters, and over time")
+        runs: dict[str, list[dict]] = {side: [] for side in sides}
+        for _ in range(repeat):
+            for side, (pid, over) in sides.items():
+                runs[side].append(run_script(SOCIAL.replace("PILOT", pid).replace("OVER", str(over)), root))
+        best = {side: min(rs, key=lambda r: r["seconds"]) for side, rs in runs.items()}
+        base = best["plain"]
+        for side, what in (
+            ("cluster", f"analyze, cluster pilot ({k:,} clusters)"),
+            ("over_time", "analyze, over time"),
+        ):
+            got = best[side]
+            r = ratio(got["seconds"], base["seconds"])
+            rows.append(
+                {
+                    "benchmark": what,
+                    "customers": n,
+                    "clusters": k if side == "cluster" else None,
+                    "days": data.WINDOW_DAYS if side == "over_time" else None,
+                    "labkit_s": round(got["seconds"], 3),
+                    "baseline_s": round(base["seconds"], 3),  # the same pilot's plain analysis
+                    "ratio": r,
+                    "target_ratio": SOCIAL_TARGET,
+                    "met": r is not None and r <= SOCIAL_TARGET,
+                    "labkit_rss_mb": round(got["rss_mb"]),
+                    "baseline_rss_mb": round(base["rss_mb"]),
+                    # CPU seconds (least of the runs), which the machine's load hardly moves
+                    "labkit_cpu_s": round(min(x["cpu_s"] for x in runs[side]), 2),
+                    "baseline_cpu_s": round(min(x["cpu_s"] for x in runs["plain"]), 2),
+                    "cpu_ratio": ratio(
+                        min(x["cpu_s"] for x in runs[side]), min(x["cpu_s"] for x in runs["plain"])
+                    ),
+                    "labkit_all_s": [round(x["seconds"], 3) for x in runs[side]],
+                    "baseline_all_s": [round(x["seconds"], 3) for x in runs["plain"]],
+                    "over_time_rows": got["over_time_rows"] if side == "over_time" else None,
+                    "notes": [got["note"]] if side == "over_time" and got["note"] else [],
+                }
+            )
+    return rows
+
+
 def sizes(ctx: Ctx) -> list[int]:
     return {"tiny": [2_000], "quick": [10_000, 100_000], "full": [100_000, 1_000_000, 10_000_000]}[ctx.mode]
 
@@ -190,4 +276,4 @@ def run(ctx: Ctx) -> list[dict]:
                 "baseline_all_s": base["all"],
             }
         )
-    return rows + whole_rows(ctx)
+    return rows + whole_rows(ctx) + social_rows(ctx)

@@ -7,6 +7,11 @@ CRMs. The lab holds three pilots over the same customers: ``bench`` (a proportio
 ratio and an event-window count), ``bench-quantile`` (a proportion and a median, the raw-value path),
 both assigned once by ``labkit assign`` when the lab is built, and ``bench-assign``, which the
 assignment benchmark draws afresh on every repetition.
+
+A second kind of lab (``social-n<N>-s<seed>``, ``build_social``) gives each customer an ``account_id`` (N / 50
+accounts: 20,000 at 1M) and holds the same metrics with the event-window count first, so that the
+effect over time applies: ``social`` drawn per customer, ``social-cluster`` drawn per account
+(``cohort.unit_column``).
 """
 
 from __future__ import annotations
@@ -137,6 +142,65 @@ def build_imported(ctx: Ctx, n: int) -> Path:
     return root
 
 
+# Issue #16 (Speed): the same pilot drawn per customer and per account, its primary the 30-day event-window
+# count (the metric an over-time analysis follows); customers hold an account_id, CUSTOMERS_PER_CLUSTER each
+# on average.
+CUSTOMERS_PER_CLUSTER = 50
+SOCIAL_ID, CLUSTER_ID = "social", "social-cluster"
+SOCIAL_PILOT = (
+    PILOT.replace("metric: converted, direction: increase", "metric: replies, direction: increase")
+    .split("metrics:")[0]
+    .replace("  start: 2026-01-01\n", "  start: 2026-01-01\n{unit}")
+    + """metrics:
+  - name: replies
+    type: mean
+    source: events
+    event: {{column: event_type, equals: reply}}
+    aggregate: count
+    window_days: {window}
+  - {{name: converted, type: proportion, source: outcomes, column: converted}}
+  - {{name: spend, type: mean, source: outcomes, column: spend, covariate: pre_spend}}
+  - name: tickets_per_contact
+    type: ratio
+    numerator: {{source: outcomes, column: tickets}}
+    denominator: {{source: outcomes, column: contacts}}
+"""
+)
+ASSIGN_SOCIAL = f"""
+import labkit
+lab = labkit.load_lab("configs/lab.yaml")
+for pid in ({SOCIAL_ID!r}, {CLUSTER_ID!r}):
+    labkit.assign(labkit.load_pilot(pid, lab=lab))
+print("{{}}")
+"""
+
+
+def clusters_of(n: int) -> int:
+    return max(2, n // CUSTOMERS_PER_CLUSTER)
+
+
+def build_social(ctx: Ctx, n: int) -> Path:
+    """The lab of n customers in ``clusters_of(n)`` accounts, with ``social`` and ``social-cluster``
+    assigned; cached."""
+    root = ctx.labs / f"social-n{n}-s{ctx.seed}"
+    if (root / ".complete").is_file():
+        return root
+    reset(root)
+    ctx.say(
+        f"building the {n:,}-customer lab in {clusters_of(n):,} accounts (cached for later runs) under {root}"
+    )
+    for sub in ("configs", "experiments", "data"):
+        (root / sub).mkdir(parents=True)
+    (root / "configs" / "lab.yaml").write_text(LAB.replace("FMT", "parquet"))
+    for pid, unit in ((SOCIAL_ID, ""), (CLUSTER_ID, "  unit_column: account_id\n")):
+        text = SOCIAL_PILOT.format(id=pid, n=n, window=WINDOW_DAYS, unit=unit)
+        (root / "experiments" / f"{pid}.yaml").write_text(text)
+    _write_tables(root / "data", n, ctx.seed, clusters=clusters_of(n))
+    run_script(ASSIGN_SOCIAL, root)
+    (root / ".complete").write_text("")
+    return root
+
+
 def lab_root(ctx: Ctx, n: int) -> Path:
     return ctx.labs / f"n{n}-s{ctx.seed}"
 
@@ -161,8 +225,11 @@ def build(ctx: Ctx, n: int) -> Path:
     return root
 
 
-def _write_tables(folder: Path, n: int, seed: int, *, arms: bool = False) -> None:
-    """customers, outcomes and events; with ``arms``, outcomes only, with a 50/50 ``arm`` column."""
+def _write_tables(
+    folder: Path, n: int, seed: int, *, arms: bool = False, clusters: int | None = None
+) -> None:
+    """customers, outcomes and events; with ``arms``, outcomes only, with a 50/50 ``arm`` column; with
+    ``clusters``, customers hold an ``account_id`` drawn uniformly among that many accounts."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -198,6 +265,9 @@ def _write_tables(folder: Path, n: int, seed: int, *, arms: bool = False) -> Non
                     }
                 ),
             }
+            if clusters is not None:  # only in the social lab: the other labs draw as before
+                account = rng.integers(0, clusters, m).astype(np.int64)
+                tables["customers"] = tables["customers"].append_column("account_id", pa.array(account))
             if arms:
                 arm = pa.DictionaryArray.from_arrays(
                     rng.integers(0, 2, m).astype(np.int8), pa.array(["control", "treatment"])

@@ -32,7 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from labkit import __version__
-from labkit.clustered import cluster_srm, cluster_summary, is_clustered, spillover
+from labkit.clustered import cluster_srm, cluster_summary, few_clusters_warning, is_clustered, spillover
 from labkit.decision import ArmResult, GuardrailCheck, Verdict, decide, recommend
 from labkit.methods import dropped_strata_warning, estimate, shown_estimate
 from labkit.result import METRIC_FIELDS, Analysis, BayesSummary, MetricQuality, MetricRow, Plan, SrmSummary
@@ -229,9 +229,9 @@ def _estimate_rows(
                     quality=quality[m.name], clusters=cluster_summary(pilot, md, arm),
                 )
             )  # fmt: skip
-            dropped = dropped_strata_warning(md, pilot, arm)
-            if dropped:
-                warnings.append(dropped)
+            for warning in (dropped_strata_warning(md, pilot, arm), few_clusters_warning(pilot, md, arm)):
+                if warning:
+                    warnings.append(warning)
             if est.reason == "suppressed_small_cell":  # a withheld number is said, not just missing
                 warnings.append(
                     f"metric '{m.name}', arm '{arm}': fewer than {pilot.lab.spec.privacy.min_cell_size} "

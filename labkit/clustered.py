@@ -10,7 +10,13 @@ comparison, turns the contrast into the ``Estimate`` every other method returns 
 
 Choices (README "Statistics"):
 - Proportions, means and ratios run on cluster totals (a ratio's n is its denominator total). Quantiles
-  have no totals; validation refuses them for cluster pilots (a cluster bootstrap is not built yet).
+  have no totals: their values come with their clusters (``labkit.data.cluster_values``) and get the
+  cluster bootstrap of ``labkit.stats.cluster_bootstrap`` (whole clusters resampled within each arm; no
+  interval below its ``MIN_CLUSTERS`` clusters per arm, where it under-covers), seeded like the
+  customer-level bootstrap (``labkit.methods.bootstrap_seed``'s formula). A quantile row has no ICC and no
+  design effect (None, as for a ratio: the design effect 1 + (n̄ − 1)·ICC is a mean's); a plan with a
+  quantile primary takes its values' ICC, a stand-in as the plan's SD is. Saturation designs refuse
+  quantile metrics at validation (their direct and spillover effects are contrasts of cell totals).
 - CUPED on cluster totals: θ is the slope of the cluster-level residual totals, pooled within the compared
   cells (all three cells of a saturation design), θ = Σ e_y·e_x / Σ e_x² with e_y = y_g − ȳ_c·n_g and e_x = x_g − x̄_c·n_g (the θ that minimises the
   cluster-robust variance the test uses, as the customer-level CUPED's θ minimises Welch's). The adjusted
@@ -33,13 +39,14 @@ Choices (README "Statistics"):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis
     import numpy
 
+    from labkit.data.cluster_values import ClusterValues
     from labkit.data.clusters import ClusterTotals
     from labkit.data.sources import Engine
     from labkit.result import ClusterSummary, SpilloverRow
@@ -65,8 +72,11 @@ class ClusterData:
     covariate: str | None
     totals: ClusterTotals
     shares: dict[str, float] | None = None
-    values: None = None  # no quantile here (MetricData's field, read by the dispatch)
+    values: dict | None = None  # a quantile's sorted values per arm (MetricData's field: the privacy floor)
     strata: None = None
+    cluster_values: ClusterValues | None = None  # a quantile's values with their clusters
+    # a quantile's bootstrap replicates per arm, reused at every level (labkit.stats.cluster_bootstrap)
+    replicates: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 def is_clustered(data) -> bool:
@@ -74,13 +84,19 @@ def is_clustered(data) -> bool:
 
 
 def cluster_data(engine: Engine, pilot: Pilot, units: ibis.Table, *, as_of=None) -> dict[str, ClusterData]:
-    """Every metric of a cluster pilot, in the order of the pilot file: one ``GROUP BY`` per metric."""
-    from labkit.data.clusters import cluster_totals
+    """Every metric of a cluster pilot, in the order of the pilot file, batched as a plain pilot's
+    (``labkit.data.clusters.pilot_totals``: one query for the per-customer metrics, one per event metric)."""
+    from labkit.data.cluster_values import cluster_values
+    from labkit.data.clusters import pilot_totals
 
     unit = pilot.spec.cohort.unit_column
     shares = _shares(engine, units) if pilot.spec.cohort.saturation else None
+    batched = [m for m in pilot.spec.metrics if m.type != "quantile"]  # a quantile: its values, one query
+    totals = pilot_totals(engine, pilot, batched, units, unit, as_of=as_of) if batched else {}
     return {
-        m.name: of_totals(pilot, cluster_totals(engine, pilot, m, units, unit, as_of=as_of), shares)
+        m.name: of_values(pilot, cluster_values(engine, pilot, m, units, unit, as_of=as_of))
+        if m.type == "quantile"
+        else of_totals(pilot, totals[m.name], shares)
         for m in pilot.spec.metrics
     }
 
@@ -117,6 +133,16 @@ def of_totals(pilot: Pilot, totals: ClusterTotals, shares: dict[str, float] | No
     )
 
 
+def of_values(pilot: Pilot, values: ClusterValues) -> ClusterData:
+    """A quantile's values with their clusters as ``ClusterData``: the per-arm moments of its totals, the
+    sorted values per arm (the privacy floor of ``labkit.methods.suppress`` counts them)."""
+    import numpy as np
+
+    data = of_totals(pilot, values.totals)
+    arms = {a: np.sort(values.of(a)[0]) for a in data.arms}
+    return replace(data, values=arms, cluster_values=values)
+
+
 # --------------------------------------------------------------------------------------------------
 # the cells of a comparison
 
@@ -143,7 +169,8 @@ def _rows(pilot: Pilot, data: ClusterData, arm: str) -> _Rows:
         share = np.array([data.shares.get(str(g), 0.0) for g in t.cluster], dtype=float)
         cell = np.where(t.arm == arm, 1, np.where(share > 0, 2, 0))
     ratio = data.kind == "ratio"
-    y2 = None if ratio else (t.y if data.kind == "proportion" else t.y2)[keep]
+    # no customer-level ICC for a ratio (n is a denominator) nor a quantile (its design effect is no mean's)
+    y2 = None if ratio or data.kind == "quantile" else (t.y if data.kind == "proportion" else t.y2)[keep]
     n = (t.x if ratio else t.n)[keep]
     cells = ClusterCells.of(t.cluster[keep], cell[keep], t.y[keep], n, y2)
     return _Rows(cells, np.zeros(n.size) if ratio else t.x[keep].astype(float), t.n[keep].astype(float))
@@ -186,17 +213,58 @@ def cluster_estimate(pilot: Pilot, data: ClusterData, arm: str, *, alpha: float)
     from labkit import stats
 
     rows = _rows(pilot, data, arm)
-    cells, raw = adjusted_cells(pilot, data, arm, rows)
-    counts = (
-        int(rows.customers[rows.cells.cell == 0].sum()),
-        int(rows.customers[rows.cells.cell == 1].sum()),
-    )
-    est = contrast_estimate(cells, 1, 0, alpha=alpha, raw=raw, counts=counts)
-    if pilot.settings.sequential and est.reason is None:
+    if data.kind == "quantile":
+        est = quantile_estimate(pilot, data, arm, alpha=alpha)
+        cells = rows.cells
+    else:
+        cells, raw = adjusted_cells(pilot, data, arm, rows)
+        counts = (
+            int(rows.customers[rows.cells.cell == 0].sum()),
+            int(rows.customers[rows.cells.cell == 1].sum()),
+        )
+        est = contrast_estimate(cells, 1, 0, alpha=alpha, raw=raw, counts=counts)
+    if pilot.settings.sequential and stats.widens(est):
         n = cells.clusters_in(0) + cells.clusters_in(1)
         tuning = pilot.spec.cohort.max_clusters or len(set(data.totals.cluster))
         est = stats.always_valid(est, n=n, n_tuning=max(tuning, n), alpha=alpha)
     return est
+
+
+def quantile_estimate(pilot: Pilot, data: ClusterData, arm: str, *, alpha: float) -> Estimate:
+    """A quantile's (arm vs control) cluster bootstrap (module docstring), seeded by the pilot id and the
+    metric name with ``labkit.methods.bootstrap_seed``'s formula (imported from there it would close an
+    import cycle: methods dispatches here)."""
+    import hashlib
+
+    from labkit.stats.cluster_bootstrap import cluster_bootstrap_quantile
+
+    if data.shares is not None:  # pragma: no cover - validation refuses quantiles in saturation designs
+        raise ValueError(f"metric '{data.metric}': a quantile has no saturation-design estimate")
+    seed = int.from_bytes(hashlib.sha256(f"{pilot.id}\x1f{data.metric}".encode()).digest()[:4], "big")
+    values = data.cluster_values
+    return cluster_bootstrap_quantile(
+        *values.of(pilot.control), *values.of(arm), q=pilot.metric(data.metric).quantile, alpha=alpha,
+        seed=seed, n_boot=pilot.settings.bootstrap_samples, memo=data.replicates.setdefault(arm, {}),
+    )  # fmt: skip
+
+
+def few_clusters_warning(pilot: Pilot, data, arm: str) -> str | None:
+    """The warning for a quantile whose cluster bootstrap has fewer than ``MIN_CLUSTERS`` clusters with a
+    value in an arm (no interval: it would under-cover), else None."""
+    if getattr(data, "cluster_values", None) is None:
+        return None
+    import numpy as np
+
+    from labkit.stats.cluster_bootstrap import MIN_CLUSTERS
+
+    counts = {a: int(np.unique(data.cluster_values.of(a)[1]).size) for a in (pilot.control, arm)}
+    if min(counts.values()) >= MIN_CLUSTERS:
+        return None
+    return (
+        f"metric '{data.metric}', arm '{arm}': {counts[pilot.control]} clusters in '{pilot.control}' and "
+        f"{counts[arm]} in '{arm}'; a quantile's cluster bootstrap needs at least {MIN_CLUSTERS} clusters per "
+        "arm for an interval (with fewer it under-covers), so only the quantiles are shown"
+    )
 
 
 def contrast_estimate(
@@ -294,8 +362,8 @@ def cluster_srm(pilot: Pilot, data: ClusterData) -> SrmResult:
 def spillover(pilot: Pilot, data: ClusterData, *, alpha: float) -> tuple[SpilloverRow, ...] | None:
     """The primary metric's direct effect (cell 1 vs 0) and spillover (cell 2 vs 0) per treatment arm, each
     cluster-robust (CR2, Bell–McCaffrey t); None without a saturation design."""
-    if not is_clustered(data) or data.shares is None:
-        return None
+    if not is_clustered(data) or data.shares is None or data.kind == "quantile":
+        return None  # a quantile: refused with a saturation design at validation (module docstring)
     from labkit.result import SpilloverRow
 
     out = []

@@ -460,9 +460,10 @@ def _cluster_design(engine, pilot: Pilot, today):
     import ibis
 
     from labkit.assignment import assignment_path
-    from labkit.clustered import of_totals, plan_design
+    from labkit.clustered import of_totals, of_values, plan_design
     from labkit.cohort import eligible
     from labkit.data.aggregate import units_table
+    from labkit.data.cluster_values import cluster_values
     from labkit.data.clusters import cluster_totals
     from labkit.errors import DataError
 
@@ -482,7 +483,10 @@ def _cluster_design(engine, pilot: Pilot, today):
                 pop = eligible(engine, pilot)
                 units = pop.filter(pop[c.unit_column].notnull()).select(customer_id=pop[c.id_column])
             units = units.select("customer_id", arm=ibis.literal("all"), assigned_at=start)
-        data = of_totals(pilot, cluster_totals(engine, pilot, m, units, c.unit_column))
+        if m.type == "quantile":  # no totals: its values with their clusters (labkit.data.cluster_values)
+            data = of_values(pilot, cluster_values(engine, pilot, m, units, c.unit_column))
+        else:
+            data = of_totals(pilot, cluster_totals(engine, pilot, m, units, c.unit_column))
     except (DataError, AssignmentError):
         data = None
     control = data.arms.get(pilot.control) if data is not None and started else None

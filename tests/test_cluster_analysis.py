@@ -305,7 +305,7 @@ def test_an_assumed_icc_plans_where_the_data_give_none_else_the_default_with_a_w
     assert not any("assumed ICC" in w for w in assumed.warnings)
 
 
-def test_validation_refuses_quantiles_and_an_icc_without_clusters(lab):
+def test_validation_takes_quantiles_and_refuses_an_icc_without_clusters(lab):
     from labkit.errors import SpecErrors
 
     write_customers(lab)
@@ -313,8 +313,7 @@ def test_validation_refuses_quantiles_and_an_icc_without_clusters(lab):
         "  - name: p50\n    type: quantile\n    quantile: 0.5\n    source: outcomes\n    column: spend\n"
     )
     lab.write("experiments/q.yaml", PILOT.format(id="q", primary="spend", extra="") + quantile)
-    with pytest.raises(SpecErrors, match="quantile metrics are not supported for cluster pilots yet"):
-        load_pilot("q")
+    assert load_pilot("q").metric("p50").type == "quantile"  # a cluster bootstrap (labkit.clustered)
     plain = PILOT.format(id="r", primary="spend", extra="").replace("  unit_column: community\n", "")
     lab.write(
         "experiments/r.yaml",
@@ -385,3 +384,67 @@ def test_three_arms_and_the_bayesian_engine_read_cluster_rows_as_any_other(lab):
     assert [r["arm"] for r in spend] == ["a", "b"] and all("chance_to_beat" in r for r in spend)
     assert data["srm"]["counts"] == frame.groupby("arm").cluster.nunique().to_dict()
     assert data["plan"]["clusters_per_arm"] >= 2 and "spillover" not in data
+
+
+def quantile_lab(lab, n_clusters: int = 36):
+    """A cluster pilot whose primary metric is the p75 of spend: (pilot, customer rows with their arm)."""
+    write_customers(lab, n_clusters=n_clusters)
+    quantile = (
+        "  - name: p75\n    type: quantile\n    quantile: 0.75\n    source: outcomes\n    column: spend\n"
+    )
+    lab.write("experiments/p.yaml", PILOT.format(id="p", primary="p75", extra="") + quantile)
+    pilot = load_pilot("p")
+    frame = labkit.assign(pilot).frame()
+    joined = frame[["customer_id", "arm", "cluster"]].rename(columns={"cluster": "community"})
+    write_outcomes(lab, joined.assign(treated_cluster=(joined.arm == "fast").to_numpy()), direct=3.0)
+    return pilot, joined.merge(pd.read_csv(lab.root / "data" / "outcomes.csv"), on="customer_id")
+
+
+def test_a_quantile_metric_gets_the_cluster_bootstrap_of_its_customer_values(lab):
+    from labkit.methods import bootstrap_seed
+    from labkit.stats.cluster_bootstrap import cluster_bootstrap_quantile
+
+    pilot, rows = quantile_lab(lab)
+    result = labkit.analyze(pilot)
+    data, r = result.to_dict(), row(result, "p75")
+    c, t = rows[rows.arm == "control"], rows[rows.arm == "fast"]
+    ref = cluster_bootstrap_quantile(
+        c.spend, c.community, t.spend, t.community, q=0.75, seed=bootstrap_seed("p", "p75"),
+        n_boot=pilot.settings.bootstrap_samples,
+    )  # fmt: skip
+    assert r["method"] == "cluster bootstrap" and r["reason"] is None
+    assert r["mean_control"] == pytest.approx(np.quantile(c.spend, 0.75), rel=1e-12)
+    assert r["effect"] == pytest.approx(np.quantile(t.spend, 0.75) - np.quantile(c.spend, 0.75), rel=1e-9)
+    for key in ("ci_low", "ci_high", "p_value", "se", "lift_ci_low", "lift_ci_high"):
+        assert r[key] == pytest.approx(getattr(ref, key), rel=1e-12), key
+    assert (r["ci_low"] > 0 or r["ci_high"] < 0) == (r["p_value"] < 0.05)
+    clusters = (c.community.nunique(), t.community.nunique())
+    assert (r["n_clusters_control"], r["n_clusters_treatment"]) == clusters
+    assert r["icc"] is None and r["design_effect"] is None  # a quantile's design effect is no mean's
+    assert data["srm"]["counts"] == rows.groupby("arm").community.nunique().to_dict()
+    assert r["n_control"] == len(c) and data["plan"]["clusters_per_arm"] >= 2
+    planned = labkit.plan(pilot)  # the plan measures the quantile's clusters as analyze does
+    assert planned.clusters_per_arm == data["plan"]["clusters_per_arm"]
+
+
+def test_a_quantile_over_too_few_clusters_is_shown_without_an_interval_and_says_why(lab):
+    from labkit.clustered import cluster_data, few_clusters_warning
+    from labkit.data.aggregate import units_table
+    from labkit.data.sources import Engine
+
+    pilot, rows = quantile_lab(lab, n_clusters=14)
+    r = row(labkit.analyze(pilot), "p75")
+    assert r["reason"] == "too_few" and r["p_value"] is None and r["ci_low"] is None
+    assert r["mean_control"] == pytest.approx(np.quantile(rows[rows.arm == "control"].spend, 0.75), rel=1e-12)
+    engine = Engine.for_lab(pilot.lab)
+    try:
+        data = cluster_data(engine, pilot, units_table(engine, pilot))
+    finally:
+        engine.close()
+    k = rows.groupby("arm").community.nunique()
+    assert few_clusters_warning(pilot, data["p75"], "fast") == (
+        f"metric 'p75', arm 'fast': {k['control']} clusters in 'control' and {k['fast']} in 'fast'; a "
+        "quantile's cluster bootstrap needs at least 10 clusters per arm for an interval (with fewer it "
+        "under-covers), so only the quantiles are shown"
+    )
+    assert few_clusters_warning(pilot, data["spend"], "fast") is None

@@ -15,6 +15,13 @@ pattern of the post-stratified (arm, stratum) cells — so its one ``GROUP BY`` 
 (``ClusterCells.of`` compares them as text too). A customer whose cluster is NULL (or who is absent from
 the cohort source) cannot have inherited a cluster's arm: refused with the count, as is a customer twice
 in the cohort source. Quantile metrics need values, not totals (a cluster bootstrap): refused here.
+
+A pilot's metrics are batched as the plain path batches them (``labkit.data.aggregate.aggregate_pilot``):
+``pilot_totals`` joins the clusters to the units once, fuses every per-customer metric into one query
+(``build_tables``: each source read and joined once), runs one query per event metric (its window is per
+customer) and counts the units once — instead of a query and a count per metric. The rows of a metric are
+the same either way (the same expressions, the same groups); they are ordered by (arm, cluster), so the
+arrays do not depend on the engine's hash order.
 """
 
 from __future__ import annotations
@@ -23,18 +30,20 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from labkit.data.checks import raise_on_checks, raise_on_duplicates
-from labkit.data.query import ARM, CELL, UNIT, build_metric, id_match, renamed_units
+from labkit.data.query import ARM, CELL, UNIT, build_metric, build_tables, id_match, renamed_units
 from labkit.errors import AssignmentError, DataError
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis
     import numpy
+    import pyarrow
 
+    from labkit.data.query import Built
     from labkit.data.sources import Engine
     from labkit.spec import Metric, Pilot
     from labkit.stats.cluster import ClusterCells
 
-__all__ = ["ClusterTotals", "cluster_totals", "mixed_clusters", "raise_on_mixed_clusters"]
+__all__ = ["ClusterTotals", "cluster_totals", "mixed_clusters", "pilot_totals", "raise_on_mixed_clusters"]
 
 _CLUSTER = "_lk_cluster"
 _SUMS = ("n", "sum", "sum_sq", "sum_x", "sum_x_sq", "sum_xy")
@@ -96,21 +105,74 @@ def cluster_totals(
     """The metric's totals per (cluster, arm) in one ``GROUP BY`` (module docstring); ``units`` is the
     assignment (``labkit.data.aggregate.units_table``), ``source`` the table holding ``unit_column`` (the
     cohort source by default), ``as_of`` a look's date as in ``aggregate_metric``."""
-    if metric.type == "quantile":
+    return pilot_totals(engine, pilot, [metric], units, unit_column, source=source, as_of=as_of)[metric.name]
+
+
+def pilot_totals(
+    engine: Engine,
+    pilot: Pilot,
+    metrics: list[Metric],
+    units: ibis.Table,
+    unit_column: str,
+    *,
+    source: str | None = None,
+    as_of=None,
+) -> dict[str, ClusterTotals]:
+    """Each metric's totals per (cluster, arm), in the order of ``metrics``: the per-customer metrics in one
+    query, one query per event metric, one count of the units (module docstring). The refusals are
+    ``cluster_totals``' — a duplicate id (the cohort source included), NaN/inf, a proportion's value other
+    than 0/1, customers without a cluster with their count — checked query by query in the order of the
+    metrics, so a pilot with one problem gets the same error as its metrics taken one at a time."""
+    import numpy as np
+
+    quantile = next((m for m in metrics if m.type == "quantile"), None)
+    if quantile is not None:
         raise ValueError(
-            f"metric '{metric.name}': a quantile has no cluster totals (it needs a cluster bootstrap)"
+            f"metric '{quantile.name}': a quantile has no cluster totals (it needs a cluster bootstrap)"
         )
     source = source or pilot.spec.cohort.source
     plain = renamed_units(units)
-    u = _clustered(engine, pilot, plain, unit_column, source, by_cluster=True)
-    built = build_metric(engine, pilot, metric, u, as_of=as_of)
-    rows = engine.con.to_pyarrow(built.summary).to_pylist()
+    u = clustered_units(engine, pilot, plain, unit_column, source, by_cluster=True)
+    tables = [m for m in metrics if m.event is None]
+    queries: list[Built] = []  # built in the order of the metrics (a missing column is named as before)
+    for m in metrics:
+        if m.event is not None:
+            queries.append(build_metric(engine, pilot, m, u, as_of=as_of))
+        elif m is tables[0]:  # every per-customer metric in one query
+            queries.append(build_tables(engine, pilot, tables, u))
+    fetched = [engine.con.to_pyarrow(b.summary) for b in queries]  # Arrow columns: a row per (cluster, arm)
     units_n = int(engine.con.to_pyarrow(plain.aggregate(n=plain.count())).to_pylist()[0]["n"])
-    # a customer twice in the cohort source (or a per-customer metric source) doubles its rows: named here
-    checked = replace(built, sources={**built.sources, source: [unit_column]})
-    raise_on_duplicates(engine, pilot, checked, u, rows, units_n=units_n)
-    raise_on_checks(rows, built.checks)
-    loose = sum(int(r["rows"]) for r in rows if CELL not in str(r[ARM]))
+    for b, rows in zip(queries, fetched):
+        # a customer twice in the cohort source (or a per-customer metric source) doubles its rows: named here
+        checked = replace(b, sources={**b.sources, source: [unit_column]})
+        total = [_sums(rows, ["rows", *(c.name for c in b.checks)])]  # all the checks read: their sums
+        raise_on_duplicates(engine, pilot, checked, u, total, units_n=units_n)
+        raise_on_checks(total, b.checks)
+        _raise_on_loose(rows, source, unit_column)
+    out = {}
+    for b, rows in zip(queries, fetched):
+        rows = rows.sort_by(ARM)  # (arm, cluster): not the engine's hash order
+        keys = [k.partition(CELL) for k in rows.column(ARM).to_pylist()]
+        arm = np.array([k[0] for k in keys], dtype=object)
+        cluster = np.array([k[2] for k in keys], dtype=object)
+        for m, prefix in b.parts:
+            out[m.name] = _totals(m, unit_column, b.covariates[m.name], rows, prefix, arm, cluster)
+    return {m.name: out[m.name] for m in metrics}
+
+
+def _sums(rows: pyarrow.Table, names: list[str]) -> dict[str, int]:
+    """The columns ``names`` of the per-(cluster, arm) rows summed (what the checks count, in one row)."""
+    import pyarrow.compute as pc
+
+    return {name: int(pc.sum(rows.column(name)).as_py() or 0) for name in names}
+
+
+def _raise_on_loose(rows: pyarrow.Table, source: str, unit_column: str) -> None:
+    """Customers without a cluster (NULL, or absent from the cohort source) inherit no cluster's arm."""
+    import pyarrow.compute as pc
+
+    alone = pc.invert(pc.match_substring(rows.column(ARM), CELL))
+    loose = int(pc.sum(pc.filter(rows.column("rows"), alone)).as_py() or 0)
     if loose:
         raise DataError(
             source,
@@ -119,7 +181,6 @@ def cluster_totals(
             column=unit_column,
             rows=loose,
         )
-    return _totals(metric, unit_column, built.covariates[metric.name], rows)
 
 
 def mixed_clusters(
@@ -129,7 +190,7 @@ def mixed_clusters(
     customer of a cluster the same arm); one ``GROUP BY`` cluster, only the count comes back. Customers
     without a cluster are not counted here (``cluster_totals`` refuses them)."""
     source = source or pilot.spec.cohort.source
-    u = _clustered(engine, pilot, renamed_units(units), unit_column, source, by_cluster=False)
+    u = clustered_units(engine, pilot, renamed_units(units), unit_column, source, by_cluster=False)
     u = u.filter(u[_CLUSTER].notnull())
     per = u.group_by(_CLUSTER).aggregate(_lk_arms=u[ARM].nunique())
     mixed = per.filter(per["_lk_arms"] > 1)
@@ -147,7 +208,7 @@ def raise_on_mixed_clusters(pilot: Pilot, mixed: int, unit_column: str) -> None:
         )
 
 
-def _clustered(
+def clustered_units(
     engine: Engine, pilot: Pilot, u: ibis.Table, unit_column: str, source: str, *, by_cluster: bool
 ) -> ibis.Table:
     """The renamed units with each customer's cluster (text, NULL when it has none) left-joined from
@@ -164,25 +225,33 @@ def _clustered(
     return j.select(**({c: j[c] for c in u.columns} | {ARM: arm, _CLUSTER: cluster}))
 
 
-def _totals(metric: Metric, unit_column: str, covariate: str | None, rows: list[dict]) -> ClusterTotals:
-    """The per-(cluster, arm) rows of the query as parallel arrays (an empty sum, SQL NULL, is 0)."""
+def _totals(
+    metric: Metric,
+    unit_column: str,
+    covariate: str | None,
+    rows: pyarrow.Table,
+    prefix: str,
+    arm: numpy.ndarray,
+    cluster: numpy.ndarray,
+) -> ClusterTotals:
+    """One metric's columns (``prefix``, as in a fused query) of the per-(cluster, arm) rows, whose keys are
+    ``arm`` and ``cluster``, as parallel arrays (an empty sum, SQL NULL, is 0)."""
     import numpy as np
-
-    keys = [str(r[ARM]).partition(CELL) for r in rows]
+    import pyarrow.compute as pc
 
     def column(name: str, dtype=float) -> np.ndarray:
-        return np.array([r[name] or 0 for r in rows], dtype=dtype)
+        return np.asarray(pc.fill_null(rows.column(name), 0).to_numpy()).astype(dtype)
 
-    sums = {k: column(k) for k in _SUMS}
+    sums = {k: column(prefix + k) for k in _SUMS}
     return ClusterTotals(
         metric=metric.name,
         kind=metric.type,
         unit_column=unit_column,
         covariate=covariate,
-        cluster=np.array([k[2] for k in keys], dtype=object),
-        arm=np.array([k[0] for k in keys], dtype=object),
+        cluster=cluster,
+        arm=arm,
         assigned=column("rows", np.int64),
-        missing=column("missing", np.int64),
+        missing=column(prefix + "missing", np.int64),
         n=sums["n"].astype(np.int64),
         y=sums["sum"],
         y2=sums["sum_sq"],

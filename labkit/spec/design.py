@@ -5,7 +5,10 @@ the line of its field.
 
 A saturation design (Baird, Bohren, McIntosh & Özler 2018) needs pure-control clusters to measure the
 spillover against, so 0 must be among its shares; its one treatment arm is the pilot's non-control arm,
-and the arms' weights have no effect there (the shares decide), so they must be equal.
+and the arms' weights have no effect there (the shares decide), so they must be equal. Quantile metrics
+get a cluster bootstrap (``labkit.stats.cluster_bootstrap``) in a cluster pilot, but not in a saturation
+design, whose cells are compared on cluster totals, nor as the primary metric of a cluster pilot with
+``analysis.segments`` (each segment's estimate is on cluster totals, ``labkit.segments``).
 """
 
 from __future__ import annotations
@@ -56,13 +59,13 @@ def check_clusters(spec: PilotSpec, doc: YamlDoc, column: Column) -> list[SpecEr
             )
     if c.saturation is not None:
         errors.extend(_check_saturation(c, doc))
-    if c.unit_column is not None:
+    if c.unit_column is not None and c.saturation is not None:
         for i, m in enumerate(spec.metrics):
-            if m.type == "quantile":  # a quantile has no cluster totals (labkit.clustered)
+            if m.type == "quantile":  # a cluster bootstrap compares arms, not a saturation's cells
                 err(
                     ("metrics", i, "type"),
-                    "quantile metrics are not supported for cluster pilots yet (they need a cluster "
-                    "bootstrap); use a proportion, mean or ratio, or remove cohort.unit_column",
+                    "a saturation design estimates its direct and spillover effects on cluster totals, which "
+                    "a quantile has none of; use a proportion, mean or ratio, or remove cohort.saturation",
                 )
     return errors
 
@@ -107,6 +110,14 @@ def check_segments(spec: PilotSpec, doc: YamlDoc, column: Column) -> list[SpecEr
     loc = ("analysis", "segments")
     if not segments:
         err(loc, "the list is empty; name at least one cohort-source column (e.g. [segment]), or remove it")
+    primary = next((m for m in spec.metrics if m.name == spec.hypothesis.metric), None)
+    if spec.cohort.unit_column is not None and primary is not None and primary.type == "quantile":
+        err(  # labkit.segments estimates a cluster pilot's segments on cluster totals
+            loc,
+            f"the primary metric '{primary.name}' is a quantile: a cluster pilot's segments are estimated on "
+            "cluster totals, which a quantile has none of; remove analysis.segments, or make the primary a "
+            "proportion, mean or ratio",
+        )
     seen: dict[str, int] = {}
     for i, name in enumerate(segments):
         column((*loc, i), name)

@@ -104,6 +104,22 @@ def bootstrap_quantile(
     rng = np.random.default_rng(seed)
     boot_c = bootstrap_quantiles(np.sort(control), q, n_boot, rng)
     boot_t = bootstrap_quantiles(np.sort(treatment), q, n_boot, rng)
+    return replicate_estimate(method, n_c, n_t, q_c, q_t, boot_c, boot_t, alpha)
+
+
+def replicate_estimate(
+    method: str,
+    n_c: int,
+    n_t: int,
+    q_c: float,
+    q_t: float,
+    boot_c: np.ndarray,
+    boot_t: np.ndarray,
+    alpha: float,
+) -> Estimate:
+    """The ``Estimate`` of the arms' quantiles ``q_c``, ``q_t`` from their replicates (module docstring: the
+    p-value, the percentile interval that inverts it, the lift, se and the arm variances); shared with the
+    cluster bootstrap (``labkit.stats.cluster_bootstrap``)."""
     diffs = boot_t - boot_c
     v_c, v_t = float(np.var(boot_c, ddof=1)), float(np.var(boot_t, ddof=1))
     se = math.sqrt(v_c + v_t)
@@ -111,7 +127,7 @@ def bootstrap_quantile(
         # every replicate gave the same difference (e.g. a median stuck on a mass of zeros)
         return point_only(method, n_c, n_t, q_c, q_t, "zero_variance")
     tail = min(np.count_nonzero(diffs <= 0), np.count_nonzero(diffs >= 0))
-    p_value = min(1.0, 2 * (1 + tail) / (n_boot + 1))
+    p_value = min(1.0, 2 * (1 + tail) / (diffs.size + 1))
     ci_low, ci_high = percentile_bounds(diffs, alpha)
     z = float(special.ndtri(1 - alpha / 2))
     lift = lift_interval(q_c, q_t, v_c, v_t, z)

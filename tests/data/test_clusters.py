@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import fields
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,13 @@ import pytest
 from pg_server import postgres_server  # noqa: F401 -- the session fixture
 
 from labkit.data.aggregate import units_table
-from labkit.data.clusters import cluster_totals, mixed_clusters, raise_on_mixed_clusters
+from labkit.data.clusters import (
+    ClusterTotals,
+    cluster_totals,
+    mixed_clusters,
+    pilot_totals,
+    raise_on_mixed_clusters,
+)
 from labkit.data.sources import Engine
 from labkit.errors import AssignmentError, DataError
 from labkit.lab import load_lab
@@ -323,3 +330,143 @@ def test_postgres_gives_the_same_totals(lab, postgres_server, monkeypatch):  # n
         assert mixed_clusters(engine, pilot, units_table(engine, pilot), "account_id") == 0
     finally:
         engine.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# a pilot's metrics batched (pilot_totals): the same totals as one metric at a time, in fewer queries
+
+BATCHED = {  # every demo-like kind, with the missing policies, over two per-customer sources and events
+    "churned": {"type": "proportion", "source": "outcomes", "column": "churned"},
+    "churned_zero": {"type": "proportion", "source": "outcomes", "column": "churned", "missing": "zero"},
+    "churned_excl": {"type": "proportion", "source": "outcomes", "column": "churned", "missing": "exclude"},
+    "spend": {"type": "mean", "source": "outcomes", "column": "spend", "covariate": "pre_spend"},
+    "spend_zero": {"type": "mean", "source": "outcomes", "column": "spend", "missing": "zero"},
+    "size": {"type": "mean", "source": "customers", "column": "account_id"},
+    "per_contact": {"type": "ratio", "numerator": {"source": "outcomes", "column": "tickets"},
+                    "denominator": {"source": "outcomes", "column": "contacts"}},
+    "per_contact_zero": {"type": "ratio", "numerator": {"source": "outcomes", "column": "tickets"},
+                         "denominator": {"source": "outcomes", "column": "contacts"}, "missing": "zero"},
+    "replies": {"type": "mean", "source": "events", "event": {"column": "event_type", "equals": "reply"},
+                "aggregate": "count", "window_days": W, "cuped": True},
+    "replied": {"type": "proportion", "source": "events", "event": {"column": "event_type", "equals": "reply"},
+                "aggregate": "any", "window_days": 5},
+}  # fmt: skip
+
+
+def batched_pilot(tiny_lab, names=tuple(BATCHED), *, cohort: str = ""):
+    """The pilot with the ``BATCHED`` metrics ``names`` (in that order) and ``cohort`` lines added, loaded."""
+    import json
+
+    head = PILOT.split("metrics:")[0].replace("metric: churned", f"metric: {names[0]}") + cohort
+    lines = [f"  - {json.dumps({'name': n, **BATCHED[n]})}" for n in names]
+    tiny_lab.pilot(head + "metrics:\n" + "\n".join(lines) + "\n")
+    return load_pilot("experiments/p.yaml", lab=load_lab(tiny_lab.root))
+
+
+def both_ways(pilot, unit_column: str = "account_id"):
+    """(pilot_totals of every metric, {metric: cluster_totals of it alone}, queries the batch ran)."""
+    engine = Engine.for_lab(pilot.lab)
+    try:
+        units = units_table(engine, pilot)
+        queries = []
+        run = engine.con.to_pyarrow
+        engine.con.to_pyarrow = lambda expr, *a, **k: queries.append(expr) or run(expr, *a, **k)
+        batched = pilot_totals(engine, pilot, list(pilot.spec.metrics), units, unit_column)
+        engine.con.to_pyarrow = run
+        alone = {m.name: cluster_totals(engine, pilot, m, units, unit_column) for m in pilot.spec.metrics}
+    finally:
+        engine.close()
+    return batched, alone, len(queries)
+
+
+def test_batched_totals_are_the_per_metric_totals(lab):
+    pilot = batched_pilot(lab)
+    batched, alone, queries = both_ways(pilot)
+    assert list(batched) == list(BATCHED)
+    for name, t in batched.items():
+        one = alone[name]
+        for field in fields(ClusterTotals):
+            got, want = getattr(t, field.name), getattr(one, field.name)
+            if isinstance(want, np.ndarray):
+                assert got.dtype == want.dtype and np.array_equal(got, want), (name, field.name)
+            else:
+                assert got == want, (name, field.name)
+    assert queries == 1 + 2 + 1  # per-customer metrics, each event metric, the units' count
+    # and what they hold is the independent reference's
+    for name in ("churned", "spend", "per_contact", "replies"):
+        got, want = as_dict(batched[name]), reference(per_customer(lab, name))
+        assert got.keys() == want.keys()
+        for key, exp in want.items():
+            assert got[key] == pytest.approx(exp, rel=1e-12, abs=1e-9), (name, key)
+
+
+def test_batched_totals_follow_the_missing_policies(lab):
+    batched, _, _ = both_ways(batched_pilot(lab))
+    f = lab.frames
+    o = f["units"].merge(f["outcomes"], on="customer_id", how="left")
+    for name, counted in (
+        ("churned_zero", len(o)),  # absent and NULL: 0
+        ("churned_excl", int(o["churned"].notna().sum())),  # both excluded
+        ("spend_zero", len(o)),
+    ):
+        t = batched[name]
+        assert t.n.sum() == counted, name
+        assert t.y.sum() == pytest.approx(o[BATCHED[name]["column"]].fillna(0.0).sum(), rel=1e-12), name
+    assert batched["per_contact_zero"].x.sum() == pytest.approx(o["contacts"].fillna(0).sum())
+    assert batched["replied"].y.sum() <= batched["replied"].n.sum() == len(o)
+
+
+@pytest.mark.parametrize("problem", ["no cluster", "twice in the cohort", "nan", "not 0/1"])
+def test_batched_totals_refuse_as_each_metric_does(lab, problem):
+    data = lab.root / "data"
+    if problem in ("no cluster", "twice in the cohort"):
+        c = pd.read_parquet(data / "customers.parquet")
+        if problem == "no cluster":
+            c["account_id"] = c["account_id"].astype("Float64")
+            c.loc[c.index[:4], "account_id"] = pd.NA
+        else:
+            c = pd.concat([c, c.iloc[:2].assign(account_id=999)])
+        c.to_parquet(data / "customers.parquet")
+    else:
+        o = pd.read_csv(data / "outcomes.csv")
+        o.loc[o.index[7:9], "spend" if problem == "nan" else "churned"] = np.inf if problem == "nan" else 2.0
+        o.to_csv(data / "outcomes.csv", index=False)
+    names = ("replies", "spend", "churned", "per_contact")
+    pilot = batched_pilot(lab, names)
+    engine = Engine.for_lab(pilot.lab)
+    try:
+        units = units_table(engine, pilot)
+        with pytest.raises(DataError) as batched:
+            pilot_totals(engine, pilot, list(pilot.spec.metrics), units, "account_id")
+        first = None
+        for m in pilot.spec.metrics:  # the first metric that refuses, taken alone
+            try:
+                cluster_totals(engine, pilot, m, units, "account_id")
+            except DataError as exc:
+                first = exc
+                break
+    finally:
+        engine.close()
+    assert first is not None and str(batched.value) == str(first)
+
+
+def test_a_cluster_pilot_is_analysed_from_the_batched_totals(lab):
+    from labkit.clustered import cluster_data, of_totals
+
+    pilot = batched_pilot(
+        lab, ("churned", "spend", "per_contact", "replies"), cohort="  unit_column: account_id\n"
+    )
+    assert pilot.spec.cohort.unit_column == "account_id"
+    engine = Engine.for_lab(pilot.lab)
+    try:
+        units = units_table(engine, pilot)
+        data = cluster_data(engine, pilot, units)
+        alone = {m.name: of_totals(pilot, cluster_totals(engine, pilot, m, units, "account_id"))
+                 for m in pilot.spec.metrics}  # fmt: skip
+    finally:
+        engine.close()
+    assert list(data) == list(alone)
+    for name, d in data.items():
+        assert (d.arms, d.assigned, d.missing, d.covariate) == (
+            alone[name].arms, alone[name].assigned, alone[name].missing, alone[name].covariate,
+        ), name  # fmt: skip

@@ -49,6 +49,35 @@ def test_a_cluster_saturation_pilot_with_segments_loads(tiny_lab):
     assert pilot.spec.analysis.segments == ["segment", "region"]
 
 
+QUANTILE = "  - name: p50\n    type: quantile\n    quantile: 0.5\n    source: outcomes\n    column: spend\n"
+
+
+def test_a_cluster_pilot_with_a_quantile_metric_loads(tiny_lab):
+    pilot = load(tiny_lab, with_cohort("unit_column: community") + QUANTILE)
+    assert pilot.spec.cohort.unit_column == "community"
+    assert pilot.metric("p50").type == "quantile"
+
+
+def test_a_saturation_pilot_refuses_quantile_metrics(tiny_lab):
+    equal = PILOT_YAML.replace("arms: {control: 0.5, fast: 0.5}", "arms: {control: 1, fast: 1}")
+    text = with_cohort("unit_column: community", "saturation: [0, 1]", text=equal) + QUANTILE
+    (msg,) = problems(tiny_lab, text)
+    assert msg == (
+        f"{F}:36: metrics.2.type: a saturation design estimates its direct and spillover effects on cluster "
+        "totals, which a quantile has none of; use a proportion, mean or ratio, or remove cohort.saturation"
+    )
+
+
+def test_a_cluster_pilot_with_segments_refuses_a_quantile_primary(tiny_lab):
+    text = with_cohort("unit_column: community").replace("metric: churned", "metric: p50")
+    (msg,) = problems(tiny_lab, text + QUANTILE + "analysis: {segments: [segment]}\n")
+    assert msg == (
+        f"{F}:39: analysis.segments: the primary metric 'p50' is a quantile: a cluster pilot's segments are "
+        "estimated on cluster totals, which a quantile has none of; remove analysis.segments, or make the "
+        "primary a proportion, mean or ratio"
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # cohort.unit_column, max_clusters, saturation
 
