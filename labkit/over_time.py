@@ -12,9 +12,17 @@ which the terminal prints — so a run of the default notebook writes the same r
 analyze --json` for a per-customer metric.
 
 Which metrics have a history: an event metric with a window whose aggregate accumulates (count, sum, any),
-of type proportion or mean, in a pilot randomised per customer. A per-customer table is a snapshot with no
-event time; a ratio or a quantile is not a mean of per-customer values; a cluster pilot's interval needs
-cluster totals per day (a customer-level curve would under-cover): those say so instead.
+of type proportion or mean. A per-customer table is a snapshot with no event time; a ratio or a quantile
+is not a mean of per-customer values: those say so instead.
+
+A cluster-randomised pilot (``cohort.unit_column``) gets its curve from cluster totals, never from
+customers (a customer-level interval would under-cover): the one query returns the daily deltas per
+(cluster, arm) (``labkit.data.over_time.daily_cluster_totals``), and each day's totals go through the
+analysis' own estimator (``labkit.clustered.cluster_estimate``: CR2 with Bell–McCaffrey df, CUPED on
+cluster totals, a saturation design's direct effect, in sequential mode the confidence sequence with the
+clusters as the sample size). So its last day is the analysis itself, CUPED included, and the rows and the
+label are those of any pilot; ``method`` names the cluster test. (A saturation design also reads its
+clusters' treated shares from the assignment: one small query, not per day.)
 
 A look (``as_of``) shows no day after it: the days stop at the last midnight on or before the look (the
 row of day d is the look at ``start + d days``), or at the day every window has closed if that is earlier.
@@ -23,6 +31,7 @@ row of day d is the look at ``start + d days``), or at the day every window has 
 from __future__ import annotations
 
 import datetime as dt
+import textwrap
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -38,12 +47,15 @@ __all__ = ["OverTime", "over_time", "over_time_lines", "unavailable", "with_over
 
 #: The terminal shows every day up to this many days, else every 7th day and the last (the JSON has all).
 ALL_DAYS_UP_TO = 14
+#: The title line's width: a longer one wraps.
+TITLE_WIDTH = 80
 
 
 @dataclass(frozen=True)
 class OverTime:
     """The primary metric's effect per day (``rows``: ``labkit.stats.over_time.ROW_KEYS``), the kind of
-    interval and the test; or, when it has none, ``note``: why, in one line."""
+    interval and the test (``welch-t``, or a cluster pilot's ``cluster-robust t (CR2)``, with ``+cuped``
+    and ``+cs`` as its analysis has them); or, when it has none, ``note``: why, in one line."""
 
     metric: str
     rows: tuple[dict, ...] = ()
@@ -63,8 +75,6 @@ def unavailable(pilot: Pilot) -> str | None:
     None when it has one (module docstring)."""
     m = pilot.primary
     head = f"no over-time for '{m.name}'"
-    if pilot.spec.cohort.unit_column is not None:
-        return f"{head}: a cluster pilot's daily intervals need cluster totals (not computed yet)"
     if m.type not in ("proportion", "mean"):
         return f"{head}: a {m.type} metric has no daily history (proportions and means have)"
     if m.event is None:
@@ -91,7 +101,8 @@ def over_time(
     engine: Engine, pilot: Pilot, units: ibis.Table, *, as_of: dt.datetime | None = None
 ) -> OverTime:
     """The primary metric's effect on each day since the start, at the pilot's alpha, sequential in
-    sequential mode (the confidence sequence tuned to the cap, as ``labkit.methods.estimate``)."""
+    sequential mode (the confidence sequence tuned to the cap, as ``labkit.methods.estimate``; a cluster
+    pilot's to its clusters, as ``labkit.clustered``)."""
     from labkit.data.over_time import daily_moments
     from labkit.stats.over_time import effect_over_time
 
@@ -102,6 +113,8 @@ def over_time(
     last = look_day(pilot.start, as_of)
     if last is not None and last < 1:
         return OverTime(metric.name, note=f"no over-time for '{metric.name}': the look is before day 1")
+    if pilot.spec.cohort.unit_column is not None:
+        return _cluster_over_time(engine, pilot, units, last)
     daily = daily_moments(engine, pilot, metric, units)
     if daily is None:  # pragma: no cover - unavailable() said it has a history
         return OverTime(metric.name, note=f"no over-time for '{metric.name}'")
@@ -112,6 +125,31 @@ def over_time(
         sequential=s.sequential, n_tuning=pilot.cap,
     )  # fmt: skip
     return OverTime(metric.name, rows=effect.rows, interval=effect.interval, method=effect.method)
+
+
+def _cluster_over_time(engine: Engine, pilot: Pilot, units: ibis.Table, last: int | None) -> OverTime:
+    """A cluster pilot's curve: each day's (cluster, arm) totals estimated as the analysis estimates them."""
+    from labkit.clustered import cluster_estimate, of_totals
+    from labkit.data.over_time import cluster_shares, daily_cluster_totals
+    from labkit.stats.over_time import interval_kind, over_time_row
+
+    metric, s = pilot.primary, pilot.settings
+    unit = pilot.spec.cohort.unit_column
+    daily = daily_cluster_totals(engine, pilot, metric, units, unit)
+    if daily is None:  # pragma: no cover - unavailable() said it has a history
+        return OverTime(metric.name, note=f"no over-time for '{metric.name}'")
+    daily = daily.until(last)
+    shares = cluster_shares(engine, units) if pilot.spec.cohort.saturation else None
+    rows, methods = [], []
+    for i, day in enumerate(daily.days):
+        data = of_totals(pilot, daily.on(i), shares)
+        for arm in pilot.treatments:
+            est = cluster_estimate(pilot, data, arm, alpha=s.alpha)
+            rows.append(over_time_row(day, daily.as_of[i], metric.name, arm, est))
+            methods.append((est.reason is None, est.method))
+    # the test of a day with an interval (a day without variance is not widened: its name lacks "+cs")
+    method = max(methods, key=lambda m: m[0])[1] if methods else None
+    return OverTime(metric.name, rows=tuple(rows), interval=interval_kind(s.sequential), method=method)
 
 
 def _until(daily: DailyMoments, last: int | None) -> DailyMoments:
@@ -149,8 +187,10 @@ def over_time_lines(block: OverTime) -> list[str]:
     days = shown_days(sorted({int(r["day"]) for r in block.rows}))
     every = "" if len(days) == len({r["day"] for r in block.rows}) else "; every 7th day and the last"
     arm_w = max([len("arm"), *(len(str(r["arm"])) for r in block.rows)])
+    title = f"effect over time: {block.metric} ({block.interval}, {block.method}{every})"
     lines = [
-        f"effect over time: {block.metric} ({block.interval}, {block.method}{every})",
+        # a long title (a cluster pilot's "cluster-robust t (CR2)+cuped+cs") wraps at 80 columns, indented
+        *textwrap.wrap(title, TITLE_WIDTH, subsequent_indent="  ", break_long_words=False),
         f"{'day':>4}  {'as of':<10}  {'arm':<{arm_w}}  {'n ctrl':>6}  {'n trt':>6}  {'effect':>9}  interval",
     ]
     wanted = set(days)

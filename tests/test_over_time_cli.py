@@ -7,6 +7,13 @@ window (treated customers reply a little more), and two pilots — ``ev``, whose
 event count (no CUPED, so the last day is the analysis itself), and ``tab``, whose primary is a
 per-customer table column (no over-time). The statistics per day are tested in tests/stats and
 tests/data; here: the shape, the agreement with the plain analysis, and the wiring.
+
+A second lab holds cluster-randomised pilots (24 accounts, ``cohort.unit_column: account_id``): their curve
+comes from cluster totals, and each day is checked against statsmodels OLS on that day's cumulative
+per-customer values recomputed from the parquet files (effect; CR1 se of the pandas totals = statsmodels'
+cluster-robust se), the CR2 se from its matrix definition, the interval by ``cluster_contrast`` on those
+totals (CUPED, the confidence sequence and a saturation design's direct effect too), the last day = the
+analysis, and `labkit analyze --over-time --json`.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import contextlib
 import datetime as dt
 import io
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -40,6 +48,10 @@ REPLIES = {
     "aggregate": "count", "window_days": WINDOW,
 }  # fmt: skip
 CHURNED = {"name": "churned", "type": "proportion", "source": "outcomes", "column": "churned"}
+RATIO = {
+    "name": "replies", "type": "ratio", "numerator": {"source": "outcomes", "column": "churned"},
+    "denominator": {"source": "outcomes", "column": "churned"},
+}  # fmt: skip
 
 
 def _pilot(pid: str, primary: str, **overrides) -> str:
@@ -210,9 +222,10 @@ def test_which_primary_metrics_have_no_over_time_and_the_days_the_terminal_shows
 
     lab = labkit.load_lab(lab_root / "configs" / "lab.yaml")
     cases = {
-        "cluster": (
-            {"cohort.unit_column": "account_id"},
-            "no over-time for 'replies': a cluster pilot's daily intervals need cluster totals (not computed yet)",
+        "cluster": ({"cohort.unit_column": "account_id"}, None),  # from cluster totals (tests below)
+        "cluster-ratio": (
+            {"cohort.unit_column": "account_id", "metrics.0": RATIO},
+            "no over-time for 'replies': a ratio metric has no daily history (proportions and means have)",
         ),
         "top": (
             {"metrics.0": REPLIES | {"aggregate": "max", "column": "value"}},
@@ -226,3 +239,288 @@ def test_which_primary_metrics_have_no_over_time_and_the_days_the_terminal_shows
         assert unavailable(labkit.load_pilot(path, lab=lab)) == want, pid
     assert shown_days(list(range(1, 15))) == list(range(1, 15))
     assert shown_days(list(range(1, 31))) == [1, 7, 14, 21, 28, 30]
+
+
+# --------------------------------------------------------------------------------------------------
+# cluster-randomised pilots (cohort.unit_column): the curve from cluster totals, each day checked against
+# statsmodels on that day's cumulative per-customer values, recomputed here from the raw rows
+
+N_ACCOUNTS = 24
+CLUSTER_PILOTS = {
+    "cl": {},
+    "clseq": {"analysis.sequential": True, "cohort.max_clusters": 40},  # tuned to 40 clusters, 24 drawn
+    "clcuped": {"metrics.0": REPLIES | {"cuped": True}},
+    "clany": {"metrics.0": REPLIES | {"type": "proportion", "aggregate": "any"}},
+    "clsat": {"cohort.saturation": [0, 0.5, 1]},
+}
+
+
+@pytest.fixture(scope="module")
+def cluster_root(tmp_path_factory) -> Path:
+    """A lab of 24 accounts of 3–20 customers, the cluster pilots drawn, then reply events with an account
+    effect (ICC well above 0), more for treated accounts, in and before the windows."""
+    root = tmp_path_factory.mktemp("over-time-clusters").resolve()
+    for sub in ("configs", "experiments", "data"):
+        (root / sub).mkdir()
+    (root / "configs" / "lab.yaml").write_text(LAB_YAML)
+    rng = np.random.default_rng(61)
+    sizes = rng.integers(3, 21, N_ACCOUNTS)
+    accounts = np.repeat([f"A{g:02d}" for g in range(N_ACCOUNTS)], sizes)
+    ids = [f"K{i:04d}" for i in range(accounts.size)]
+    pd.DataFrame({"customer_id": ids, "account_id": accounts, "has_twitter": True}).to_parquet(
+        root / "data" / "customers.parquet"
+    )
+    pd.DataFrame({"customer_id": ids, "churned": 0}).to_csv(root / "data" / "outcomes.csv", index=False)
+    lab = labkit.load_lab(root / "configs" / "lab.yaml")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LABKIT_ID_KEY", "test-key-0123456789abcdef")
+        for pid, overrides in CLUSTER_PILOTS.items():
+            text = _pilot(pid, "replies", **{"cohort.unit_column": "account_id"}, **overrides)
+            (root / "experiments" / f"{pid}.yaml").write_text(text)
+            labkit.assign(labkit.load_pilot(root / "experiments" / f"{pid}.yaml", lab=lab))
+    arms = pd.read_parquet(root / "results" / "cl" / "assignment.parquet").set_index("customer_id")["arm"]
+    treated = np.array([arms.get(i) == "fast" for i in ids])
+    account_rate = rng.gamma(2.0, 0.5, N_ACCOUNTS)[pd.factorize(accounts)[0]]
+    k = rng.poisson(account_rate * np.where(treated, 2.6, 2.0))
+    who = np.repeat(np.arange(accounts.size), k)
+    seconds = rng.integers(-10 * 86_400, (WINDOW + 3) * 86_400, who.size)
+    pd.DataFrame(
+        {
+            "customer_id": np.asarray(ids)[who],
+            "ts": (START + pd.to_timedelta(seconds, unit="s")).astype("datetime64[us]"),
+            "event_type": rng.choice(["reply", "reply", "like"], who.size),
+        }
+    ).to_parquet(root / "data" / "events.parquet", index=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def analysed(cluster_root):
+    """``analysed(pid)``: the cluster pilot's analysis with its over-time, computed once for the module."""
+    done = {}
+
+    def get(pid: str):
+        if pid not in done:
+            done[pid] = labkit.analyze(load(cluster_root, pid), over_time=True)
+        return done[pid]
+
+    return get
+
+
+def cumulative_customers(root: Path, pid: str, day: int) -> pd.DataFrame:
+    """Each assigned customer on ``day``: arm, account, replies in [at, min(at + window, start + day)) and
+    in the pre-period [at − window, at), straight from the parquet files."""
+    units = pd.read_parquet(root / "results" / pid / "assignment.parquet")
+    units["assigned_at"] = pd.to_datetime(units["assigned_at"]).dt.tz_localize(None)
+    accounts = pd.read_parquet(root / "data" / "customers.parquet")[["customer_id", "account_id"]]
+    ev = pd.read_parquet(root / "data" / "events.parquet")
+    ev = ev[ev.event_type == "reply"].merge(units[["customer_id", "assigned_at"]], on="customer_id")
+    window = pd.Timedelta(days=WINDOW)
+    look = START + pd.Timedelta(days=day)
+    post = ev[(ev.ts >= ev.assigned_at) & (ev.ts < ev.assigned_at + window) & (ev.ts < look)]
+    pre = ev[(ev.ts >= ev.assigned_at - window) & (ev.ts < ev.assigned_at)]
+    out = units[["customer_id", "arm"]].merge(accounts, on="customer_id")
+    out["y"] = out.customer_id.map(post.groupby("customer_id").size()).fillna(0).astype(float)
+    out["x"] = out.customer_id.map(pre.groupby("customer_id").size()).fillna(0).astype(float)
+    return out
+
+
+def cr2_reference(y: np.ndarray, X: np.ndarray, groups: np.ndarray) -> float:
+    """The CR2 standard error of the arm's coefficient (Bell & McCaffrey 2002), from its matrix definition."""
+    bread = np.linalg.inv(X.T @ X)
+    e = y - X @ (bread @ X.T @ y)
+    meat = np.zeros((X.shape[1], X.shape[1]))
+    for g in np.unique(groups):
+        s = groups == g
+        w, v = np.linalg.eigh(np.eye(s.sum()) - X[s] @ bread @ X[s].T)
+        u = X[s].T @ (v @ np.diag(1 / np.sqrt(np.clip(w, 1e-12, None))) @ v.T) @ e[s]
+        meat += np.outer(u, u)
+    return float(np.sqrt((bread @ meat @ bread)[1, 1]))
+
+
+@pytest.mark.parametrize("pid", ["cl", "clany"])
+def test_a_cluster_pilots_days_match_statsmodels_on_each_days_customers(cluster_root, analysed, pid):
+    """Each day: the effect is OLS's arm coefficient on that day's cumulative per-customer values, the CR1
+    se of the same day's cluster totals (computed here by pandas) is statsmodels' cluster-robust se (so the
+    totals are right), and the interval is the CR2 one labkit states (se from the matrix definition, t with
+    Bell–McCaffrey df, by ``cluster_contrast`` on the pandas totals)."""
+    import statsmodels.api as sm
+
+    from labkit.stats.cluster import ClusterCells, cluster_contrast
+
+    result = analysed(pid).to_dict()
+    rows = result["over_time"]
+    assert result["over_time_interval"] == "fixed-horizon" and [r["day"] for r in rows] == list(range(1, 15))
+    effects = []
+    for r in rows:
+        d = cumulative_customers(cluster_root, pid, r["day"])
+        if pid == "clany":
+            d["y"] = (d.y > 0).astype(float)
+        treat = (d.arm == "fast").to_numpy(dtype=float)
+        X, y, groups = sm.add_constant(treat), d.y.to_numpy(), pd.factorize(d.account_id)[0]
+        ols = sm.OLS(y, X).fit(cov_type="cluster", cov_kwds={"groups": groups})
+        assert r["effect"] == pytest.approx(ols.params[1], rel=1e-9, abs=1e-12)
+        assert (r["n_control"], r["n_treatment"]) == (int((treat == 0).sum()), int(treat.sum()))
+        g = d.groupby(["account_id", "arm"], as_index=False).agg(y=("y", "sum"), n=("y", "size"))
+        cells = ClusterCells.of(g.account_id, (g.arm == "fast").astype(int), g.y, g.n)
+        assert cluster_contrast(cells, 1, 0, small_sample="cr1").se == pytest.approx(ols.bse[1], rel=1e-9)
+        ref = cluster_contrast(cells, 1, 0)
+        assert ref.se == pytest.approx(cr2_reference(y, X, groups), rel=1e-9)
+        assert (r["ci_low"], r["ci_high"]) == pytest.approx((ref.ci_low, ref.ci_high), rel=1e-9, abs=1e-12)
+        effects.append(r["effect"])
+    assert len(set(np.round(effects, 9))) > 3  # a curve, not one number repeated
+
+
+@pytest.mark.parametrize("pid", ["cl", "clseq", "clcuped", "clany", "clsat"])
+def test_a_cluster_pilots_last_day_is_its_analysis(analysed, pid):
+    """The windows close on day 14, so the last row is the analysis' own primary row: effect, interval and
+    counts (CUPED on cluster totals, and the confidence sequence with clusters as the sample size, too)."""
+    result = analysed(pid).to_dict()
+    last, want = result["over_time"][-1], primary_row(result)
+    assert want["method"].startswith("cluster-robust t (CR2)")
+    assert (last["n_control"], last["n_treatment"]) == (want["n_control"], want["n_treatment"])
+    assert last["effect"] == pytest.approx(want["effect"], rel=1e-9, abs=1e-12)
+    assert (last["ci_low"], last["ci_high"]) == pytest.approx((want["ci_low"], want["ci_high"]), rel=1e-9)
+    sequential = pid == "clseq"
+    assert result["over_time_interval"] == ("confidence sequence" if sequential else "fixed-horizon")
+    block = analysed(pid).over_time
+    assert block.method == want["method"]
+
+
+def test_a_cluster_pilots_cuped_days_adjust_with_the_cluster_theta(cluster_root, analysed):
+    """Each CUPED day against the cluster-total CUPED of labkit.clustered's docstring, computed here in
+    numpy on pandas totals (θ from the residual totals pooled within arms, x centred at the pooled mean)."""
+    from labkit.stats.cluster import ClusterCells, cluster_contrast
+
+    rows = analysed("clcuped").to_dict()["over_time"]
+    for r in rows[::4]:
+        d = cumulative_customers(cluster_root, "clcuped", r["day"])
+        g = d.groupby(["account_id", "arm"], as_index=False).agg(
+            y=("y", "sum"), x=("x", "sum"), n=("y", "size")
+        )
+        cell = (g.arm == "fast").astype(int).to_numpy()
+        y, x, n = g.y.to_numpy(), g.x.to_numpy(), g.n.to_numpy(dtype=float)
+        my = np.array([y[cell == c].sum() / n[cell == c].sum() for c in (0, 1)])
+        mx = np.array([x[cell == c].sum() / n[cell == c].sum() for c in (0, 1)])
+        ey, ex = y - my[cell] * n, x - mx[cell] * n
+        theta = (ey @ ex) / (ex @ ex)
+        adjusted = y - theta * (x - x.sum() / n.sum() * n)
+        ref = cluster_contrast(ClusterCells.of(g.account_id, cell, adjusted, n), 1, 0)
+        assert r["effect"] == pytest.approx(ref.effect, rel=1e-9, abs=1e-12)
+        assert (r["ci_low"], r["ci_high"]) == pytest.approx((ref.ci_low, ref.ci_high), rel=1e-9, abs=1e-12)
+
+
+def test_analyze_over_time_json_of_a_cluster_pilot(cluster_root):
+    """`labkit analyze --over-time --json` on a cluster pilot: the contract's rows, the label, and the rest
+    of the JSON as without --over-time; a look stops at its day."""
+    code, out, err = run_cli(cluster_root, "analyze", "cl", "--over-time", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    rows = data["over_time"]
+    assert data["over_time_interval"] == "fixed-horizon"
+    assert [r["day"] for r in rows] == list(range(1, WINDOW + 1))
+    assert all(list(r) == ROW_KEYS and r["metric"] == "replies" and r["arm"] == "fast" for r in rows)
+    assert rows[-1]["effect"] == pytest.approx(primary_row(data)["effect"], rel=1e-9, abs=1e-12)
+    code, plain, _ = run_cli(cluster_root, "analyze", "cl", "--json")
+    plain = json.loads(plain)
+    for d in (data, plain):
+        d["meta"].pop("analysed_at")
+    assert {k: v for k, v in data.items() if not k.startswith("over_time")} == plain
+    code, out, err = run_cli(cluster_root, "analyze", "cl", "--over-time")
+    assert code == 0, err
+    assert "effect over time: replies (fixed-horizon, cluster-robust t (CR2))" in out
+    look = labkit.analyze(load(cluster_root, "cl"), as_of="2026-11-06", over_time=True).to_dict()
+    assert [r["day"] for r in look["over_time"]] == list(range(1, 6))
+    assert look["over_time"][-1]["effect"] == pytest.approx(primary_row(look)["effect"], rel=1e-9, abs=1e-12)
+
+
+def test_a_cluster_pilots_sequential_days_widen_with_clusters_as_the_sample_size(cluster_root, analysed):
+    """In sequential mode each day's interval is the cluster-robust se (pandas totals, ``cluster_contrast``)
+    times the confidence-sequence multiplier h (Waudby-Smith et al. 2023, eq. 9, written out here) at n =
+    the clusters of both arms, tuned to ``max_clusters``."""
+    from labkit.stats.cluster import ClusterCells, cluster_contrast
+
+    rows = analysed("clseq").to_dict()["over_time"]
+    for r in rows[::3]:
+        d = cumulative_customers(cluster_root, "clseq", r["day"])
+        g = d.groupby(["account_id", "arm"], as_index=False).agg(y=("y", "sum"), n=("y", "size"))
+        ref = cluster_contrast(ClusterCells.of(g.account_id, (g.arm == "fast").astype(int), g.y, g.n), 1, 0)
+        two = -2 * math.log(0.05)
+        u = d.account_id.nunique() / 40 * (math.log1p(two) + two)
+        h = math.sqrt((u + 1) / u * (math.log1p(u) + two))
+        assert r["effect"] == pytest.approx(ref.effect, rel=1e-9, abs=1e-12)
+        assert (r["ci_low"], r["ci_high"]) == pytest.approx(
+            (ref.effect - h * ref.se, ref.effect + h * ref.se)
+        )
+
+
+def test_a_saturation_pilots_days_are_the_direct_effect(cluster_root, analysed):
+    """A saturation design's curve is its direct effect (treated customers against pure-control clusters'),
+    each day OLS's coefficient of the treated cell on that day's customers with the cluster-robust CR2
+    interval of the three cells' pandas totals."""
+    import statsmodels.api as sm
+
+    from labkit.stats.cluster import ClusterCells, cluster_contrast
+
+    rows = analysed("clsat").to_dict()["over_time"]
+    units = pd.read_parquet(cluster_root / "results" / "clsat" / "assignment.parquet")
+    share = units.set_index("customer_id")["saturation"]
+    for r in rows[::4] + rows[-1:]:
+        d = cumulative_customers(cluster_root, "clsat", r["day"])
+        cell = np.where(d.arm == "fast", 1, np.where(d.customer_id.map(share) > 0, 2, 0))
+        X = np.column_stack([np.ones(len(d)), cell == 1, cell == 2]).astype(float)
+        ols = sm.OLS(d.y.to_numpy(), X).fit()
+        assert r["effect"] == pytest.approx(ols.params[1], rel=1e-9, abs=1e-12)
+        assert (r["n_control"], r["n_treatment"]) == (int((cell == 0).sum()), int((cell == 1).sum()))
+        g = (
+            d.assign(cell=cell)
+            .groupby(["account_id", "cell"], as_index=False)
+            .agg(y=("y", "sum"), n=("y", "size"))
+        )
+        ref = cluster_contrast(ClusterCells.of(g.account_id, g.cell, g.y, g.n), 1, 0)
+        assert (r["ci_low"], r["ci_high"]) == pytest.approx((ref.ci_low, ref.ci_high), rel=1e-9, abs=1e-12)
+
+
+def test_a_long_title_wraps_at_80_columns_and_a_short_one_stays_one_line():
+    """A sequential CUPED cluster pilot over 30 days names a long test: its title wraps, indented; the
+    plain title of a per-customer pilot is the one line it always was."""
+    from labkit.over_time import OverTime, over_time_lines
+
+    rows = tuple(
+        dict(zip(ROW_KEYS, (d, f"2026-11-{d:02d}", "replies", "fast", 150, 176, 0.1, -0.2, 0.4), strict=True))
+        for d in range(1, 31)
+    )
+    long = OverTime("replies", rows, "confidence sequence", "cluster-robust t (CR2)+cuped+cs")
+    lines = over_time_lines(long)
+    assert lines[:2] == [
+        "effect over time: replies (confidence sequence, cluster-robust t (CR2)+cuped+cs;",
+        "  every 7th day and the last)",
+    ]
+    assert all(len(line) <= 80 for line in lines) and len(lines) == 3 + 6
+    short = over_time_lines(OverTime("replies", rows[:14], "fixed-horizon", "welch-t"))
+    assert short[0] == "effect over time: replies (fixed-horizon, welch-t)"
+
+
+def test_a_cluster_pilots_curve_is_metric_history_and_the_notebooks_figure(analysed):
+    """What `labkit run` records of a cluster pilot's curve, without running it: the MLflow points of its
+    results.json (``labkit.tracking.history``, unchanged: a point per day at step = day, stamped at the
+    day's midnight) and the notebook's figure of the rows (a confidence sequence here)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from labkit.notebook import over_time_figure, over_time_of
+    from labkit.tracking.history import over_time_history
+
+    results = json.loads(json.dumps(analysed("clseq").to_dict()))
+    rows = results["over_time"]
+    points = [p for p in over_time_history(results) if p["key"] == "over_time.replies.fast.ci_high"]
+    assert [p["step"] for p in points] == [r["day"] for r in rows]
+    assert [p["value"] for p in points] == [r["ci_high"] for r in rows]
+    midnight = [dt.datetime.fromisoformat(r["as_of"]).replace(tzinfo=dt.UTC).timestamp() * 1000 for r in rows]
+    assert [p["timestamp"] for p in points] == midnight
+    assert over_time_of(results) == (rows, "confidence sequence")
+    fig = over_time_figure(rows, "confidence sequence", good="increase")
+    assert fig.axes[0].get_title(loc="left") == "replies: effect over time, with its confidence sequence"
+    plt.close(fig)

@@ -14,6 +14,9 @@ the unpooled z-test and Welch agree to the t/z difference, and one method keeps 
 to day. A CUPED metric's curve is unadjusted (its covariate is not carried over time), so its last day can
 be wider than the analysis' adjusted interval. A day on which an arm has no variance yet (no events) has
 the point effect and no interval (``None``), never a NaN.
+
+A cluster-randomised pilot's days are estimated by the cluster estimator instead (``labkit.over_time``):
+its rows are made here too (:func:`over_time_row`), labelled the same way (:func:`interval_kind`).
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from labkit.stats.means import welch
-from labkit.stats.moments import ArmMoments, check_alpha
-from labkit.stats.sequential import always_valid
+from labkit.stats.moments import ArmMoments, Estimate, check_alpha
+from labkit.stats.sequential import always_valid, widens
 
 #: The keys of one row, in order (DESIGN.md, the JSON's ``over_time`` block).
 ROW_KEYS = ("day", "as_of", "metric", "arm", "n_control", "n_treatment", "effect", "ci_low", "ci_high")
@@ -76,15 +79,26 @@ def effect_over_time(
                 continue
             t = series[i]
             est = welch(c, t, alpha=alpha)
-            if sequential and est.reason is None:
+            if sequential and widens(est):
                 est = always_valid(est, n=c.n + t.n, n_tuning=n_tuning or c.n + t.n, alpha=alpha)
-            when = as_of[i]
-            values = (int(day), when if isinstance(when, str) else when.isoformat(), metric, arm,
-                      est.n_control, est.n_treatment, est.effect, est.ci_low, est.ci_high)  # fmt: skip
-            rows.append(dict(zip(ROW_KEYS, values, strict=True)))
+            rows.append(over_time_row(day, as_of[i], metric, arm, est))
     return EffectOverTime(
         metric=metric,
-        interval=CONFIDENCE_SEQUENCE if sequential else FIXED_HORIZON,
+        interval=interval_kind(sequential),
         method="welch-t+cs" if sequential else "welch-t",
         rows=tuple(rows),
     )
+
+
+def over_time_row(day: int, as_of: dt.date | str, metric: str, arm: str, est: Estimate) -> dict:
+    """One row of the ``over_time`` block (``ROW_KEYS``) from that day's estimate of ``arm``, whatever the
+    estimator (Welch here, the cluster-robust t in ``labkit.over_time``)."""
+    when = as_of if isinstance(as_of, str) else as_of.isoformat()
+    values = (int(day), when, metric, arm, est.n_control, est.n_treatment, est.effect, est.ci_low,
+              est.ci_high)  # fmt: skip
+    return dict(zip(ROW_KEYS, values, strict=True))
+
+
+def interval_kind(sequential: bool) -> str:
+    """The label of a curve's intervals: a confidence sequence in sequential mode, else fixed-horizon."""
+    return CONFIDENCE_SEQUENCE if sequential else FIXED_HORIZON

@@ -1,6 +1,8 @@
 """A metric's moments on each day since the start (labkit.data.over_time), in one query, checked against
 pandas recomputing each day's cumulative per-customer values from the same rows — exactly for counts and
-whole-number sums — on DuckDB, PostgreSQL and random event logs (hypothesis)."""
+whole-number sums — on DuckDB, PostgreSQL and random event logs (hypothesis). For a cluster pilot
+(``daily_cluster_totals``) the same per (community, arm) pair, a CUPED covariate's Σx, Σx², Σxy included,
+equal to ``cluster_totals`` of a look on that day, and one query."""
 
 from __future__ import annotations
 
@@ -336,3 +338,183 @@ def test_postgres_gives_the_same_moments(tmp_path, postgres_server, monkeypatch)
     days = closing_day(units)
     for metric in ("replies", "points"):
         assert got(run(tmp_path, metric)) == reference(units, events, metric, days), metric
+
+
+# --------------------------------------------------------------------------------------------------
+# cluster-randomised pilots: the same query per (cluster, arm), cumulated in numpy
+
+
+def cluster_lab(root: Path, seed: int, n: int = 80) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The event log with customers in 9 communities, each community's customers in one arm, and a pilot
+    ``pc`` randomising communities whose metrics add a CUPED count."""
+    units, events = event_log(seed, n)
+    community = (units["customer_id"] * 7 % 9).map(lambda g: f"com-{g}")
+    units["arm"] = np.where(community.isin(["com-0", "com-2", "com-3", "com-7"]), "fast", "control")
+    write_lab(root, units, events)
+    pd.DataFrame({"customer_id": units["customer_id"], "community": community}).to_parquet(
+        root / "data" / "customers.parquet"
+    )
+    text = (
+        pilot_text()
+        .replace("id: p\n", "id: pc\n")
+        .replace("  id_column: customer_id\n", "  id_column: customer_id\n  unit_column: community\n")
+    )
+    cuped = "  - {name: replies_adj, type: mean, source: events, event: {column: event_type, equals: reply}, "
+    text += cuped + f"aggregate: count, window_days: {W}, cuped: true}}\n"
+    (root / "experiments" / "pc.yaml").write_text(text)
+    (root / "results" / "pc").mkdir(parents=True, exist_ok=True)
+    units.to_parquet(root / "results" / "pc" / "assignment.parquet")
+    return units.assign(community=community), events
+
+
+def run_clusters(root: Path, metric: str, **kw):
+    from labkit.data.over_time import daily_cluster_totals
+
+    pilot = load_pilot(str(root / "experiments" / "pc.yaml"), lab=load_lab(root))
+    engine = Engine.for_lab(pilot.lab)
+    try:
+        units = units_table(engine, pilot)
+        return daily_cluster_totals(engine, pilot, pilot.metric(metric), units, "community", **kw)
+    finally:
+        engine.close()
+
+
+def cluster_reference(units: pd.DataFrame, events: pd.DataFrame, metric: str, days: int) -> dict:
+    """Per (community, arm): n, Σx, Σx² (the pre-period count) and per day (Σc, Σc², Σxc), from scratch."""
+    agg, column = AGGREGATES["replies" if metric == "replies_adj" else metric]
+    ev = events[events["event_type"] == "reply"].merge(
+        units[["customer_id", "assigned_at"]], on="customer_id"
+    )
+    post = ev[(ev["ts"] >= ev["assigned_at"]) & (ev["ts"] < ev["assigned_at"] + W * DAY)]
+    pre = ev[(ev["ts"] >= ev["assigned_at"] - W * DAY) & (ev["ts"] < ev["assigned_at"])]
+    base = units.set_index("customer_id")
+    x = base.index.map(pre.groupby("customer_id").size()).fillna(0).to_numpy(dtype=float)
+    base = base.assign(x=x if metric == "replies_adj" else 0.0)
+    out = {}
+    for d in range(1, days + 1):
+        seen = post[post["ts"] < START + d * DAY].groupby("customer_id")
+        c = seen.size() if column is None else seen[column].sum()
+        c = (c > 0).astype(float) if agg == "any" else c.astype(float)
+        b = base.assign(c=base.index.map(c).fillna(0.0).to_numpy(dtype=float))
+        for (g, arm), part in b.groupby(["community", "arm"]):
+            first = out.setdefault((g, arm), {"n": len(part), "x": part.x.sum(), "x2": (part.x**2).sum(),
+                                              "y": [], "y2": [], "xy": []})  # fmt: skip
+            first["y"].append(part.c.sum())
+            first["y2"].append((part.c**2).sum())
+            first["xy"].append((part.x * part.c).sum())
+    return out
+
+
+@pytest.fixture(scope="module")
+def clusters(tmp_path_factory):
+    root = tmp_path_factory.mktemp("over-time-clusters")
+    units, events = cluster_lab(root, 8)
+    return root, units, events
+
+
+@pytest.mark.parametrize("metric", ["replies", "replied", "points", "replies_adj"])
+def test_each_days_cluster_totals_equal_pandas_exactly(clusters, metric):
+    root, units, events = clusters
+    m = run_clusters(root, metric)
+    days = closing_day(units)
+    assert m.days == tuple(range(1, days + 1)) and m.as_of[-1] == dt.date(2026, 11, 1) + dt.timedelta(days)
+    assert list(m.arm) == sorted(m.arm, key=["control", "fast"].index)  # the pilot's arm order
+    want = cluster_reference(units, events, metric, days)
+    assert sorted(zip(m.cluster, m.arm)) == sorted(want)
+    for j, key in enumerate(zip(m.cluster, m.arm)):
+        w = want[key]
+        assert (m.n[j], m.x[j], m.x2[j]) == (w["n"], w["x"], w["x2"])
+        assert (list(m.y[:, j]), list(m.y2[:, j]), list(m.xy[:, j])) == (w["y"], w["y2"], w["xy"])
+    assert m.covariate == ("pre-period count over 7 days" if metric == "replies_adj" else None)
+    if metric != "replies_adj":
+        assert not m.x.any() and not m.xy.any()
+
+
+def test_a_days_cluster_totals_are_the_analysis_totals_of_a_look_that_day(clusters):
+    """``on(i)`` is what ``cluster_totals`` gives for `--as-of start + day` (the final analysis' query), on
+    days after the last assignment (a look before a customer's assignment cuts its pre-period short; the
+    curve keeps the covariate the final analysis uses)."""
+    from labkit.data.clusters import cluster_totals
+
+    root, _, _ = clusters
+    pilot = load_pilot(str(root / "experiments" / "pc.yaml"), lab=load_lab(root))
+    m = run_clusters(root, "replies_adj")
+    engine = Engine.for_lab(pilot.lab)
+    try:
+        units = units_table(engine, pilot)
+        for i in (3, len(m.days) - 1):  # assignments end before day 3's midnight
+            look = dt.datetime.combine(m.as_of[i], dt.time())
+            want = cluster_totals(engine, pilot, pilot.metric("replies_adj"), units, "community", as_of=look)
+            have = m.on(i)
+            order = {k: j for j, k in enumerate(zip(want.cluster, want.arm))}
+            idx = [order[k] for k in zip(have.cluster, have.arm)]
+            for name in ("assigned", "missing", "n", "y", "y2", "x", "x2", "xy"):
+                assert list(getattr(have, name)) == list(getattr(want, name)[idx]), (i, name)
+    finally:
+        engine.close()
+    assert m.until(3).days == (1, 2, 3) and m.until(3).y.shape == (3, m.n.size)
+
+
+def test_cluster_totals_over_time_are_one_query(clusters):
+    from labkit.data.over_time import daily_cluster_totals_expr
+
+    root, _, _ = clusters
+    pilot = load_pilot(str(root / "experiments" / "pc.yaml"), lab=load_lab(root))
+    engine = Engine.for_lab(pilot.lab)
+    calls = []
+    real = engine.con.to_pyarrow
+    try:
+        units = units_table(engine, pilot)
+        for name in ("replies", "replies_adj"):
+            expr = daily_cluster_totals_expr(
+                engine, pilot, pilot.metric(name), units, "community", start=dt.date(2026, 11, 1)
+            )
+            sql = str(engine.con.compile(expr)).upper()
+            assert sql.count(" OVER ") == 1 and "UNION ALL" in sql, name  # no query per day
+            assert "CUSTOMER_ID" not in {c.upper() for c in expr.columns}
+        engine.con.to_pyarrow = lambda *a, **k: calls.append(a) or real(*a, **k)
+        from labkit.data.over_time import daily_cluster_totals
+
+        daily_cluster_totals(engine, pilot, pilot.metric("replies_adj"), units, "community")
+    finally:
+        engine.con.to_pyarrow = real
+        engine.close()
+    assert len(calls) == 1
+
+
+def test_a_customer_without_a_cluster_is_refused_with_the_count(tmp_path):
+    units, _ = cluster_lab(tmp_path, 4, n=30)
+    keep = units["customer_id"] > 2  # two customers absent from the cohort source: no community
+    pd.DataFrame(
+        {"customer_id": units["customer_id"][keep], "community": units["community"][keep]}
+    ).to_parquet(tmp_path / "data" / "customers.parquet")
+    with pytest.raises(DataError, match=r"2 assigned customers have no community; in a cluster-randomised"):
+        run_clusters(tmp_path, "replies")
+
+
+def test_postgres_gives_the_same_cluster_totals(tmp_path, postgres_server, monkeypatch):  # noqa: F811
+    import psycopg
+
+    units, events = cluster_lab(tmp_path, 23, n=40)
+    url = postgres_server.create_database("over_time_clusters")
+    with psycopg.connect(url, autocommit=True) as con:
+        con.execute("CREATE TABLE customers (customer_id bigint, community text)")
+        con.execute("CREATE TABLE outcomes (customer_id bigint, churned bigint)")
+        con.execute("CREATE TABLE events (customer_id bigint, ts timestamptz, event_type text, value double precision,"
+                    " share double precision)")  # fmt: skip
+        with con.cursor() as cur:
+            cur.executemany("INSERT INTO customers VALUES (%s, %s)",
+                            [(int(r.customer_id), r.community) for r in units.itertuples()])  # fmt: skip
+            cur.executemany(
+                "INSERT INTO events VALUES (%s, %s, %s, %s, %s)",
+                [(int(r.customer_id), r.ts.to_pydatetime().replace(tzinfo=dt.UTC), r.event_type, r.value, r.share)
+                 for r in events.itertuples()],
+            )  # fmt: skip
+    monkeypatch.setenv(URL_ENV, url)
+    (tmp_path / "configs" / "lab.yaml").write_text(PG_LAB)
+    days = closing_day(units)
+    for metric in ("replies_adj", "points"):
+        m, want = run_clusters(tmp_path, metric), cluster_reference(units, events, metric, days)
+        got_totals = {(g, a): (m.n[j], m.x[j], list(m.y[:, j]), list(m.xy[:, j]))
+                      for j, (g, a) in enumerate(zip(m.cluster, m.arm))}  # fmt: skip
+        assert got_totals == {k: (w["n"], w["x"], w["y"], w["xy"]) for k, w in want.items()}, metric

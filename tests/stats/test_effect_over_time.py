@@ -138,3 +138,23 @@ def test_each_sequence_contains_the_fixed_interval_and_both_contain_the_effect(s
             assert s["ci_low"] is None
             continue
         assert s["ci_low"] <= f["ci_low"] <= f["effect"] <= f["ci_high"] <= s["ci_high"]
+
+
+def test_a_row_of_any_estimator_has_the_contracts_keys_and_the_label_follows_the_mode():
+    """``over_time_row`` turns a day's estimate (here a point-only one, as a day without clusters enough
+    gives) into the block's row; ``interval_kind`` labels the curve as ``effect_over_time`` does."""
+    from labkit.stats.means import point_only
+    from labkit.stats.over_time import interval_kind, over_time_row
+
+    est = point_only("cluster-robust t (CR2)", 40, 38, 1.5, 1.75, "too_few")
+    row = over_time_row(3, START + dt.timedelta(days=3), "replies", "fast", est)
+    assert tuple(row) == ROW_KEYS
+    assert row == {"day": 3, "as_of": "2026-11-04", "metric": "replies", "arm": "fast", "n_control": 40,
+                   "n_treatment": 38, "effect": 0.25, "ci_low": None, "ci_high": None}  # fmt: skip
+    assert over_time_row(3, "2026-11-04T12:00:00", "replies", "fast", est)["as_of"] == "2026-11-04T12:00:00"
+    days, as_of, arms = series(days=2)
+    for sequential in (False, True):
+        kind = effect_over_time(
+            "replies", days, as_of, arms, control="control", sequential=sequential
+        ).interval
+        assert interval_kind(sequential) == kind == ("confidence sequence" if sequential else "fixed-horizon")
