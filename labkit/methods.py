@@ -72,7 +72,7 @@ def estimate(pilot: Pilot, data, arm: str, *, alpha: float):
         est = cuped(c, t, alpha=alpha)
     else:
         est = stats.welch(c, t, alpha=alpha)
-    if pilot.settings.sequential and est.reason is None:
+    if pilot.settings.sequential and stats.widens(est):
         est = stats.always_valid(est, n=c.n + t.n, n_tuning=pilot.cap or c.n + t.n, alpha=alpha)
     return est
 

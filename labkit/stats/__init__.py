@@ -15,7 +15,7 @@ _WHERE = {
     "Estimate": "moments", "adjust": "multiplicity", "mde_at_n": "power", "proportion_sd": "power",
     "sample_size_per_arm": "power", "compare_proportions": "proportions", "wilson_interval": "proportions",
     "bootstrap_quantile": "quantiles", "delta_ratio": "ratios", "always_valid": "sequential",
-    "multiplier": "sequential", "SrmResult": "srm", "srm_test": "srm",
+    "multiplier": "sequential", "widens": "sequential", "SrmResult": "srm", "srm_test": "srm",
 }  # fmt: skip
 
 
@@ -53,5 +53,6 @@ __all__ = [
     "sample_size_per_arm",
     "srm_test",
     "welch",
+    "widens",
     "wilson_interval",
 ]

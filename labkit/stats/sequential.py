@@ -69,6 +69,14 @@ def always_valid_p_value(z: float, n: float, n_tuning: float) -> float:
     return math.exp(root)
 
 
+def widens(estimate: Estimate) -> bool:
+    """Whether a sequential pilot's estimate has an effect interval to widen: none of the degenerate
+    reasons, or only a zero control mean (the lift is undefined, the effect's interval is not). Checking
+    ``reason is None`` alone left a zero-control-mean day with Welch's fixed-horizon interval under the
+    confidence-sequence label (tests/stats/test_over_time_validity.py)."""
+    return estimate.reason in (None, "zero_control_mean")
+
+
 def always_valid(estimate: Estimate, *, n: float, n_tuning: float, alpha: float) -> Estimate:
     """Widen an Estimate's effect and lift intervals to a confidence sequence; always-valid p-value; method+"+cs"."""
     alpha = check_alpha(alpha)

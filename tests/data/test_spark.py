@@ -15,6 +15,8 @@ import json
 import os
 import shutil
 
+import numpy as np
+import pyarrow as pa
 import pytest
 from backend_lab import (
     PILOT_ID,
@@ -31,6 +33,8 @@ from pg_server import postgres_server  # noqa: F401 -- the session fixture
 import labkit
 from labkit.assignment import assign
 from labkit.cli import main
+
+from conftest import pilot_yaml
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -142,3 +146,116 @@ def test_spark_analyses_in_utc_even_from_a_session_in_another_zone(tmp_path, spa
     for source in tz_lab.TABLE_SOURCES:
         m = metrics[f"{source}_count"]
         assert (m["mean_control"], m["mean_treatment"]) == pytest.approx((ref["control"], ref["fast"]))
+
+
+# --------------------------------------------------------------------------------------------------
+# issue #16 on Spark: cluster-randomised pilots and the effect over time
+
+REPLIES = {"name": "replies", "type": "mean", "source": "events", "aggregate": "count", "window_days": 30,
+           "event": {"column": "event_type", "equals": "reply"}}  # fmt: skip
+CLUSTER_PILOT = pilot_yaml(
+    id="cl", title="Community replies",
+    **{
+        "hypothesis.metric": "replies", "hypothesis.direction": "increase",
+        "cohort.unit_column": "community", "cohort.stratify_by": ["region"], "cohort.max_size": 1500,
+        "cohort.salt": "cl-1",
+        "metrics": [
+            {"name": "churned", "type": "proportion", "source": "outcomes", "column": "churned"},
+            {"name": "spend", "type": "mean", "source": "outcomes", "column": "spend",
+             "covariate": "pre_spend"},
+            REPLIES,
+            {"name": "orders_per_visit", "type": "ratio",
+             "numerator": {"source": "outcomes", "column": "orders"},
+             "denominator": {"source": "outcomes", "column": "visits"}},
+        ],
+    },
+)  # fmt: skip
+SATURATION_PILOT = pilot_yaml(  # its own path: the direct effect and the spillover (two metrics: Spark is slow)
+    id="sat", title="Community replies, saturation",
+    **{
+        "hypothesis.metric": "replies", "hypothesis.direction": "increase",
+        "cohort.unit_column": "community", "cohort.saturation": [0, 0.5, 1], "cohort.max_size": 1500,
+        "cohort.salt": "cl-1", "metrics.1": REPLIES,
+    },
+)  # fmt: skip
+UP = {"hypothesis.direction": "increase"}
+OVER_TIME_PILOTS = {  # the three aggregates that add up day by day; a confidence sequence and a look
+    "ot-count": pilot_yaml(id="ot-count", **UP, **{"hypothesis.metric": "replies",
+                                                   "analysis": {"sequential": True}}),
+    "ot-any": pilot_yaml(id="ot-any", **UP, **{"hypothesis.metric": "replied",
+                                               "metrics.1": {**REPLIES, "name": "replied",
+                                                             "type": "proportion", "aggregate": "any"}}),
+    "ot-sum": pilot_yaml(id="ot-sum", **UP, **{"hypothesis.metric": "reply_value",
+                                               "metrics.1": {**REPLIES, "name": "reply_value",
+                                                             "column": "value", "aggregate": "sum"}}),
+}  # fmt: skip
+
+
+def crm_with_communities(seed: int = 16) -> dict[str, pa.Table]:
+    """The CRM of tests/backend_lab.py, its customers in 90 communities of unequal sizes (2 % in none)."""
+    tables = crm_tables()
+    customers = tables["customers"]
+    rng = np.random.default_rng(seed)
+    sizes = rng.gamma(2.0, 1.0, 90)
+    community = rng.choice(90, customers.num_rows, p=sizes / sizes.sum())
+    values = [None if rng.random() < 0.02 else f"com-{g:03d}" for g in community]
+    tables["customers"] = customers.append_column("community", pa.array(values, pa.string()))
+    return tables
+
+
+def duckdb_and_spark_labs(tmp_path, pilots: dict[str, str]) -> dict[str, dict]:
+    """{kind: {pilot id: Pilot}} for a lab of files and a Spark lab of the same CRM and pilot files."""
+    tables = crm_with_communities()
+    out = {}
+    for kind in ("files", "spark"):
+        root = write_lab(tmp_path / kind, kind, tables)
+        for pid, text in pilots.items():
+            (root / "experiments" / f"{pid}.yaml").write_text(text)
+        lab = labkit.load_lab(root)
+        out[kind] = {pid: labkit.load_pilot(pid, lab=lab) for pid in pilots}
+    return out
+
+
+def numbers(pilot, **kw) -> dict:
+    data = labkit.analyze(pilot, **kw).to_dict()
+    data.pop("meta")
+    return data
+
+
+def test_a_cluster_pilot_draws_and_analyses_on_spark_as_on_duckdb(tmp_path, spark):
+    """A stratified, capped cluster draw and a randomised-saturation draw write the same bytes on Spark,
+    and the cluster analysis (CR2 on cluster totals, CUPED, ratio, ICC, design effect, spillover, and the
+    primary metric's cluster curve) gives DuckDB's numbers to 1e-9 relative."""
+    pilots = duckdb_and_spark_labs(tmp_path, {"cl": CLUSTER_PILOT, "sat": SATURATION_PILOT})
+    for pid in ("cl", "sat"):
+        drawn = {kind: assign(p[pid]) for kind, p in pilots.items()}
+        assert drawn["spark"].path.read_bytes() == drawn["files"].path.read_bytes(), pid
+        assert drawn["spark"].meta["clusters"] == drawn["files"].meta["clusters"], pid
+        assert drawn["spark"].meta["strata"] == drawn["files"].meta["strata"], pid
+        want = numbers(pilots["files"][pid], over_time=True)
+        assert_same_numbers(numbers(pilots["spark"][pid], over_time=True), want, f"spark {pid}")
+        rows = {m["metric"]: m for m in want["metrics"]}
+        assert set(rows) == (
+            {"churned", "spend", "replies", "orders_per_visit"} if pid == "cl" else {"churned", "replies"}
+        )
+        assert min(rows["churned"]["n_clusters_control"], rows["churned"]["n_clusters_treatment"]) >= 20, pid
+        assert rows["churned"]["design_effect"] is not None, pid
+        assert len(want["over_time"]) == 30, pid  # the cluster curve (labkit.over_time) compared too
+    assert want["spillover"] and want["spillover"][0]["n_clusters"] >= 60
+
+
+def test_the_effect_over_time_on_spark_equals_duckdb(tmp_path, spark):
+    """The daily curve of a count (confidence sequence), of an any (fixed-horizon, stopped at a look) and
+    of a sum: Spark's rows equal DuckDB's."""
+    pilots = duckdb_and_spark_labs(tmp_path, OVER_TIME_PILOTS)
+    for pid in OVER_TIME_PILOTS:
+        # a draw per customer on Spark is test_one_pilot_on_duckdb_postgres_and_spark's: DuckDB's is copied
+        assign(pilots["files"][pid])
+        shutil.copytree(pilots["files"][pid].results_dir, pilots["spark"][pid].results_dir)
+        look = {"as_of": "2026-11-20"} if pid == "ot-any" else {}
+        want = numbers(pilots["files"][pid], over_time=True, **look)
+        assert_same_numbers(numbers(pilots["spark"][pid], over_time=True, **look), want, f"spark {pid}")
+        days = {r["day"] for r in want["over_time"]}
+        assert days == set(range(1, 20 if look else 31)), pid
+        sequential = pid == "ot-count"
+        assert want["over_time_interval"] == ("confidence sequence" if sequential else "fixed-horizon"), pid

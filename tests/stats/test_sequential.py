@@ -187,3 +187,23 @@ def test_peeking_with_the_library_estimates_end_to_end():
         f"always-valid: {cs_hits}/{reps} ever significant over {looks} looks; bound {high}"
     )
     assert naive_hits > high, f"naive: {naive_hits}/{reps} should exceed the alpha={alpha} bound {high}"
+
+
+def test_a_zero_control_mean_still_gets_its_effect_widened():
+    """Only the lift is undefined when the control mean is 0: the effect's interval is widened to the
+    confidence sequence like any other (before 2026-12-06 it kept Welch's fixed-horizon interval, which
+    read daily lets the false-positive rate grow: tests/stats/test_over_time_validity.py)."""
+    from labkit.stats import widens
+
+    c, t = ArmMoments(n=200, sum=0.0, sum_sq=0.0), ArmMoments(n=200, sum=9.0, sum_sq=13.0)
+    fixed = welch(c, t, alpha=0.05)
+    assert fixed.reason == "zero_control_mean" and widens(fixed)
+    seq = always_valid(fixed, n=400, n_tuning=1000, alpha=0.05)
+    h = multiplier(400, 1000, 0.05)
+    assert seq.ci_high - seq.ci_low == pytest.approx(2 * h * fixed.se, rel=1e-12)
+    assert seq.method == fixed.method + "+cs" and seq.lift is None and seq.lift_ci_low is None
+    assert seq.p_value == pytest.approx(always_valid_p_value(fixed.effect / fixed.se, 400, 1000), rel=1e-12)
+    for reason in ("empty_arm", "too_few", "zero_variance", "zero_denominator", "suppressed_small_cell"):
+        from dataclasses import replace
+
+        assert not widens(replace(fixed, reason=reason))
