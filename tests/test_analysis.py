@@ -883,3 +883,23 @@ def test_intervals_at_the_adjusted_level_agree_with_the_adjusted_p_values(fixtur
             assert low <= r["ci_low"] and r["ci_high"] <= high
             checked += 1
     assert checked > 0
+
+
+def test_sequential_mode_says_when_an_event_window_is_longer_than_its_sequences_were_shown_for(two_arms):
+    """Daily looks at a fixed cohort over a window beyond 90 days can exceed alpha (test_over_time_validity):
+    sequential mode says so for such a metric; a fixed-horizon pilot, or a 30-day window, does not."""
+    lab = two_arms.lab
+    long = METRICS.replace("window_days: 30", "window_days: 120")
+    for analysis, metrics, said in [
+        ("{sequential: true}", long, True),
+        ("{}", long, False),
+        ("{sequential: true}", METRICS, False),
+    ]:
+        folder = f"window-{said}-{len(metrics)}-{len(analysis)}"
+        _, result = analyze(lab.pilot(pilot_yaml("p", analysis=analysis, metrics=metrics), folder=folder))
+        found = [w for w in result["warnings"] if "confidence sequences were shown" in w]
+        assert found == (
+            ["metric 'replies': its 120-day window is longer than the 90 days over which sequential mode's "
+             "confidence sequences were shown to keep alpha for a fixed cohort read daily (over 730 days of "
+             "rare events, ~6 % at alpha 5 %); weigh daily looks accordingly"] if said else []
+        )  # fmt: skip

@@ -15,6 +15,11 @@ to day. A CUPED metric's curve is unadjusted (its covariate is not carried over 
 be wider than the analysis' adjusted interval. A day on which an arm has no variance yet (no events) has
 the point effect and no interval (``None``), never a NaN.
 
+Validity, measured (tests/stats/test_over_time_validity.py): the customers are fixed, so the sequence's
+multiplier (tuned to n) is the same every day while the information grows with the accumulated outcomes;
+over 30-day windows the curve is ever wrong in 1.4–3.1 % of A/A pilots at alpha 5 %, over 730 days of rare
+events ~6 % (``labkit.analysis`` warns for windows over 90 days).
+
 A cluster-randomised pilot's days are estimated by the cluster estimator instead (``labkit.over_time``):
 its rows are made here too (:func:`over_time_row`), labelled the same way (:func:`interval_kind`).
 """
