@@ -1,0 +1,105 @@
+"""`make test` on a fresh machine: tools/system-deps installs what the PostgreSQL, Spark and browser tests
+need when it is missing (root, or passwordless sudo), else says in one line what to install (issue #18).
+
+The script runs for real (bash) against a fake root (``SYSTEM_DEPS_ROOT``: where it looks for Chromium
+and PostgreSQL's binaries) and a PATH of fake commands: ``id`` answers the uid we choose, ``sudo`` and
+``apt-get`` record how they were called. So the machine this suite runs on (which has everything) does
+not decide what is proven, and nothing is installed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "system-deps"
+BASH = shutil.which("bash")
+
+
+def fake_machine(tmp_path: Path, *, uid: int, sudo: bool, have: set[str], apt_fails: bool = False) -> dict:
+    """A fake root and bin folder; ``have`` among {"postgresql", "java", "chromium"}."""
+    root, bin_ = tmp_path / "root", tmp_path / "bin"
+    bin_.mkdir()
+    log = tmp_path / "calls.log"
+
+    def command(name: str, body: str) -> None:
+        path = bin_ / name
+        path.write_text(f"#!{BASH}\n{body}\n")
+        path.chmod(0o755)
+
+    command("id", f'[ "$1" = "-u" ] && echo {uid}')
+    command("mkdir", 'exec /bin/mkdir "$@"')
+    command(
+        "apt-get",
+        f'echo "apt-get $*" >> {log}; ' + ('[ "$1" = update ] || exit 100' if apt_fails else "exit 0"),
+    )
+    if sudo:
+        command(
+            "sudo", f'echo "sudo $*" >> {log}; [ "$1" = -n ] && shift; [ "$1" = true ] && exit 0; exec "$@"'
+        )
+    if "java" in have:
+        command("java", "exit 0")
+    if "postgresql" in have:
+        pg = root / "usr/lib/postgresql/16/bin"
+        pg.mkdir(parents=True)
+        (pg / "pg_ctl").write_text("")
+    if "chromium" in have:
+        (root / "usr/bin").mkdir(parents=True)
+        (root / "usr/bin/chromium").write_text("")
+        (root / "usr/bin/chromium").chmod(0o755)
+    env = {"PATH": str(bin_), "SYSTEM_DEPS_ROOT": str(root), "HOME": str(tmp_path)}
+    return {"env": env, "log": log}
+
+
+def run(machine: dict) -> tuple[subprocess.CompletedProcess, list[str]]:
+    done = subprocess.run([BASH, str(SCRIPT)], env=machine["env"], capture_output=True, text=True, timeout=60)
+    calls = machine["log"].read_text().splitlines() if machine["log"].exists() else []
+    return done, calls
+
+
+def test_as_root_every_missing_package_is_installed_with_apt_get(tmp_path):
+    done, calls = run(fake_machine(tmp_path, uid=0, sudo=False, have=set()))
+    assert done.returncode == 0, done.stderr
+    assert calls == [
+        "apt-get update -q",
+        "apt-get install -y -q --no-install-recommends postgresql default-jre-headless chromium",
+    ]
+    assert done.stdout.splitlines() == [
+        "system-deps: installing postgresql default-jre-headless chromium (apt-get)",
+        "system-deps: installed postgresql default-jre-headless chromium",
+    ]
+    assert (tmp_path / "root/usr/share/man/man1").is_dir()  # the JRE's postinst needs it on slim images
+
+
+def test_only_chromium_missing_installs_only_chromium_through_passwordless_sudo(tmp_path):
+    done, calls = run(fake_machine(tmp_path, uid=1000, sudo=True, have={"postgresql", "java"}))
+    assert done.returncode == 0, done.stderr
+    assert calls[0] == "sudo -n true"
+    assert "sudo -n apt-get install -y -q --no-install-recommends chromium" in calls
+    assert "apt-get install -y -q --no-install-recommends chromium" in calls
+
+
+def test_without_root_or_sudo_one_line_says_what_to_install_and_the_suite_goes_on(tmp_path):
+    done, calls = run(fake_machine(tmp_path, uid=1000, sudo=False, have={"java"}))
+    assert done.returncode == 0 and calls == [] and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "system-deps: the PostgreSQL, Spark and browser tests need Debian packages that are missing; "
+        "install them with: sudo apt-get install postgresql chromium"
+    ]
+
+
+def test_a_machine_with_everything_is_left_alone_and_silent(tmp_path):
+    done, calls = run(fake_machine(tmp_path, uid=0, sudo=False, have={"postgresql", "java", "chromium"}))
+    assert (done.returncode, done.stdout, done.stderr, calls) == (0, "", "", [])
+
+
+def test_a_failed_install_stops_make_test_with_its_reason(tmp_path):
+    done, _ = run(fake_machine(tmp_path, uid=0, sudo=False, have={"postgresql", "java"}, apt_fails=True))
+    assert done.returncode == 1
+    assert done.stderr.strip() == "system-deps: apt-get install chromium failed"
+
+
+def test_make_test_runs_system_deps_before_pytest():
+    makefile = (SCRIPT.parents[1] / "Makefile").read_text()
+    assert "test: system-deps $(STAMP)" in makefile and "system-deps:\n\t@tools/system-deps" in makefile
