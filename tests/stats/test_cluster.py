@@ -260,3 +260,35 @@ def test_saturation_recovers_direct_and_spillover_effects():
             cover[r, j] = res.ci_low <= truth <= res.ci_high
     assert est.mean(axis=0) == pytest.approx([0.4, 0.15], abs=0.02)
     assert (cover.mean(axis=0) >= 0.92).all()
+
+
+def test_cluster_contrast_ignores_row_order_labels_and_earlier_calls():
+    """A ClusterCells keeps factorised labels and per-cell results (module docstring "Speed"): shuffled rows
+    with renamed clusters give the same contrasts, and a derived object (CUPED's ``replace``) or a call on
+    another cell pair never reuses a result of a different one."""
+    from dataclasses import asdict, replace
+
+    rng = np.random.default_rng(16)
+    g = cells_of(simulate_saturation(rng, 30, direct=0.4, spill=0.15), "cell")
+    g = pd.DataFrame({"cluster": g.cluster, "cell": g.cell, "y": g.y, "n": g.n})
+    g = pd.concat([g, pd.DataFrame({"cluster": [g.cluster[0]], "cell": [2], "y": [0.0], "n": [0.0]})])
+    shuffled = g.sample(frac=1.0, random_state=3)
+    cells = ClusterCells.of(g.cluster, g.cell, g.y, g.n)
+    other = ClusterCells.of(
+        "z" + (1000 - shuffled.cluster).astype(str), shuffled.cell, shuffled.y, shuffled.n
+    )
+    combos = [(s, t, c) for s in ("cr2", "cr1") for t, c in [(1, 0), (2, 0), (1, 2), (2, 1), (0, 0)]]
+    ours = {k: asdict(cluster_contrast(cells, k[1], k[2], small_sample=k[0])) for k in combos}
+    theirs = {k: asdict(cluster_contrast(other, k[1], k[2], small_sample=k[0])) for k in reversed(combos)}
+    for k in combos:
+        assert ours[k].pop("method") == theirs[k].pop("method")
+        assert theirs[k] == pytest.approx(ours[k], rel=1e-12, abs=1e-15, nan_ok=True), k
+    nonempty = g[g.n > 0]
+    assert cells.n_clusters == other.n_clusters == g.cluster.nunique()
+    for c in range(4):
+        assert cells.clusters_in(c) == other.clusters_in(c) == nonempty.cluster[nonempty.cell == c].nunique()
+    adjusted_y = g.y.to_numpy() * 2.0 - g.n.to_numpy()
+    derived = cluster_contrast(replace(cells, y=adjusted_y), 1, 0)
+    fresh = cluster_contrast(ClusterCells.of(g.cluster, g.cell, adjusted_y, g.n), 1, 0)
+    assert derived == fresh
+    assert derived != cluster_contrast(cells, 1, 0)
