@@ -18,11 +18,18 @@ estimates instead.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+import statsmodels.api as sm
+import yaml
+from scipy import stats as sps
 
 from labkit import demo
+from labkit.stats.cluster import ClusterCells, cluster_contrast
 
 REPO = Path(__file__).resolve().parents[2]
 PILOT_IDS = sorted(p.stem for p in (REPO / "experiments").glob("*.yaml"))
@@ -123,3 +130,114 @@ def test_decision_matches_what_the_generator_did(demo_truth, pilot_id):
     else:
         assert expected == "null"
         assert data["decision"] not in ("ship", "harm"), data["reason"]
+
+
+def cluster_pilot_rows(demo_lab, pilot_id: str) -> tuple[str, pd.DataFrame]:
+    """(the unit column, one row per counted customer: arm, cluster, y), rebuilt in pandas from the lab's
+    files: the assignment (results/<id>/assignment.parquet, labkit/assignment/store.py) joined to the
+    customer table's unit column and to the primary metric's column as the pilot file defines it."""
+    spec = yaml.safe_load((demo_lab.root / "experiments" / f"{pilot_id}.yaml").read_text())
+    cohort = spec["cohort"]
+    (metric,) = [m for m in spec["metrics"] if m["name"] == spec["hypothesis"]["metric"]]
+    # what is rebuilt here: a per-customer proportion under its default missing policy (DESIGN.md: an
+    # assigned customer absent from the table counts as 0, a NULL inside it is left out); no window
+    assert (metric["type"], set(metric)) == ("proportion", {"name", "type", "source", "column"}), metric
+    idc, unit, column = cohort["id_column"], cohort["unit_column"], metric["column"]
+
+    def read(source: str, columns: list[str]) -> pd.DataFrame:
+        path = demo_lab.lab.source_path(source)
+        if demo_lab.lab.source(source).format == "csv":
+            return pd.read_csv(path, usecols=columns)
+        return pd.read_parquet(path, columns=columns)
+
+    units = pd.read_parquet(demo_lab.root / "results" / pilot_id / "assignment.parquet")
+    customers = read(cohort["source"], [idc, unit]).rename(columns={idc: "customer_id"})
+    rows = units[["customer_id", "arm", "cluster"]].merge(customers, on="customer_id", validate="1:1")
+    assert len(rows) == len(units) and (rows[unit].astype(str) == rows["cluster"]).all()
+    values = read(metric["source"], [idc, column]).rename(columns={idc: "customer_id"})
+    rows = rows.merge(values, on="customer_id", how="left", validate="1:1", indicator="_source")
+    rows["missing"] = rows[column].isna()  # absent from the table, or NULL in it
+    rows["y"] = rows[column].where(rows["_source"] == "both", 0.0).astype(float)
+    return unit, rows
+
+
+def cr2_bell_mccaffrey(y: np.ndarray, X: np.ndarray, groups: np.ndarray, j: int = 1) -> tuple[float, float]:
+    """The CR2 variance of coefficient j and its Bell–McCaffrey degrees of freedom, from the matrix
+    definitions (Bell & McCaffrey 2002) as tests/stats/test_cluster.py's ``cr2_reference`` takes them,
+    block by block so that no N × N matrix is made (6,000 customers): p_g = (I − H_gg)^(−1/2)·X_g·(X'X)⁻¹·c,
+    Var = Σ_g (p_g'·e_g)², df = (tr Q)² / tr Q² with Q = P'(I − H)P = P'P − (P'X)(X'X)⁻¹(X'P)."""
+    bread = np.linalg.inv(X.T @ X)
+    e = y - X @ (bread @ (X.T @ y))
+    c = np.zeros(X.shape[1])
+    c[j] = 1.0
+    var, pp, px = 0.0, [], []
+    for g in np.unique(groups):
+        s = groups == g
+        xg = X[s]
+        w, v = np.linalg.eigh(np.eye(int(s.sum())) - xg @ bread @ xg.T)
+        p = v @ ((v.T @ (xg @ bread @ c)) / np.sqrt(w))
+        var += float(p @ e[s]) ** 2
+        pp.append(float(p @ p))
+        px.append(p @ xg)
+    px_ = np.array(px)
+    q = np.diag(pp) - px_ @ bread @ px_.T
+    return var, float(np.trace(q) ** 2 / np.trace(q @ q))
+
+
+def test_the_demo_cluster_pilot_matches_statsmodels_the_cr2_formula_and_the_anova_icc(demo_truth, demo_lab):
+    """#16's "Done when": the demo's cluster-randomised pilot, recomputed from the lab's own files in pandas
+    (not through labkit's engine query). Its effect is statsmodels OLS's coefficient of the arm; the
+    cluster totals give statsmodels' ``cov_type='cluster'`` standard error under labkit's "cr1" (CR1, the
+    correction G/(G−1)·(N−1)/(N−k)); the reported CR2 interval is the CR2 sandwich with Bell–McCaffrey df
+    from their matrix definitions at the pilot's alpha; the ICC is the one-way ANOVA estimator pooled within
+    arms and the design effect 1 + (n̄_w − 1)·ICC; the clusters per arm are counted in the assignment."""
+    _, analyses = demo_truth
+    pilot_id = demo.AMBASSADOR_PILOTS[0]
+    data = analyses[pilot_id]
+    (r,) = primary_rows(data).values()
+    assert r["method"] == "cluster-robust t (CR2)"  # fixed-horizon, no CUPED: the formulas below
+    unit, rows = cluster_pilot_rows(demo_lab, pilot_id)
+    assert set(rows.arm) == {r["arm"], r["control_arm"]}
+    assert (rows.groupby(unit).arm.nunique() == 1).all()  # every customer inherits its cluster's arm
+    missing = rows.groupby("arm").missing.sum()
+    assert (r["missing_control"], r["missing_treatment"]) == (missing[r["control_arm"]], missing[r["arm"]])
+    rows = rows[rows.y.notna()]  # the compared customers
+    treated = (rows.arm == r["arm"]).to_numpy(dtype=float)
+    assert (r["n_control"], r["n_treatment"]) == (int((treated == 0).sum()), int((treated == 1).sum()))
+    clusters = rows.groupby("arm")[unit].nunique()
+    assert (r["n_clusters_control"], r["n_clusters_treatment"]) == (
+        clusters[r["control_arm"]],
+        clusters[r["arm"]],
+    )
+
+    y, X = rows.y.to_numpy(), sm.add_constant(treated)
+    groups = pd.factorize(rows[unit])[0]
+    ols = sm.OLS(y, X).fit(cov_type="cluster", cov_kwds={"groups": groups})
+    assert r["effect"] == pytest.approx(ols.params[1], rel=1e-9)
+    totals = rows.assign(t=treated).groupby([unit, "t"], as_index=False).agg(y=("y", "sum"), n=("y", "size"))
+    cells = ClusterCells.of(totals[unit], totals.t.astype(int), totals.y, totals.n)
+    cr1 = cluster_contrast(cells, 1, 0, alpha=data["meta"]["alpha"], small_sample="cr1")
+    assert cr1.effect == pytest.approx(ols.params[1], rel=1e-9)
+    assert cr1.se == pytest.approx(ols.bse[1], rel=1e-9)
+
+    var, df = cr2_bell_mccaffrey(y, X, groups)
+    se, crit = math.sqrt(var), sps.t.ppf(1 - data["meta"]["alpha"] / 2, df)
+    assert r["se"] == pytest.approx(se, rel=1e-9)
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx(
+        (ols.params[1] - crit * se, ols.params[1] + crit * se), rel=1e-9
+    )
+    assert r["p_value"] == pytest.approx(2 * sps.t.sf(abs(ols.params[1]) / se, df), rel=1e-7)
+
+    # the one-way ANOVA ICC within arms (clusters are the groups) and the design effect
+    by = rows.groupby(unit)
+    sizes, means = by.y.size(), by.y.mean()
+    ssw = float(((rows.y - by.y.transform("mean")) ** 2).sum())
+    arm_mean = by.arm.first().map(rows.groupby("arm").y.mean())
+    ssb = float((sizes * (means - arm_mean) ** 2).sum())
+    n, g, k = len(rows), len(sizes), 2
+    msb, msw = ssb / (g - k), ssw / (n - g)
+    n0 = (n - float((sizes**2).sum()) / n) / (g - k)
+    icc = (msb - msw) / (msb + (n0 - 1) * msw)
+    assert icc > 0 and r["icc"] == pytest.approx(icc, rel=1e-9)
+    n_w = float((sizes**2).sum() / sizes.sum())
+    assert r["design_effect"] == pytest.approx(1 + (n_w - 1) * icc, rel=1e-9)
