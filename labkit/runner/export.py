@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 from labkit._files import write_atomic
+from labkit.runner.lazy_iri import defer_iri_grammars
 
 log = logging.getLogger("labkit.runner")
 
@@ -113,6 +114,7 @@ def warm_html_export() -> None:
     """Import nbconvert and render a small notebook once, in this process: its first export (templates,
     Markdown and highlighting set up) costs ~0.7 s against ~0.1 s later. `labkit run` calls this in a
     background thread while the kernels run, so no pilot waits for it after its notebook."""
+    defer_iri_grammars()  # nbconvert and nbformat import jsonschema (labkit.runner.lazy_iri)
     try:
         import nbformat
 
