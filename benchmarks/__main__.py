@@ -20,7 +20,7 @@ SECTIONS = ("analysis", "assign", "cli", "runs", "compare", "spark")
 SHOWN = (
     "benchmark", "customers", "runs", "pilots", "labkit_s", "baseline_s", "ratio", "target_ratio", "target_s",
     "met", "cpu_ratio", "labkit_rss_mb", "baseline_rss_mb", "quantile_rss_mb", "labkit_imports_s", "overhead_s",
-    "driver_rows_max", "same_arms", "heavy",
+    "driver_rows_max", "same_arms", "labkit_cpu_s", "baseline_cpu_s", "cpu_overhead_s", "load", "heavy",
 )  # fmt: skip
 
 

@@ -92,6 +92,7 @@ __all__ = [
     "aggregate_pilot",
     "baseline",
     "check_metrics",
+    "fetch_tables",
     "moments_expr",
     "units_table",
 ]
@@ -144,7 +145,9 @@ def aggregate_pilot(engine: Engine, pilot: Pilot, units: ibis.Table, *, as_of=No
     # rows are the units, one each (events are grouped per customer before the units are joined); a pilot
     # without event metrics counts them in one more query, run with the rest.
     count = tables and not events
-    fetched = _fetch(engine, queries + ([u.aggregate(n=u.count())] if count else []))
+    fetched = [
+        t.to_pylist() for t in fetch_tables(engine, queries + ([u.aggregate(n=u.count())] if count else []))
+    ]
     out = {}
     if tables:
         rows = fetched[1] if events else fetched[-1]
@@ -315,14 +318,14 @@ def _events_data(pilot: Pilot, metric: Metric, built: Built, rows: list[dict]) -
     return metric_data(metric, "", rows, assigned, order, None, built.covariates[metric.name])
 
 
-def _fetch(engine: Engine, queries: list) -> list[list[dict]]:
-    """The rows of several small (per-arm) queries. On DuckDB they run at the same time, each on its own
+def fetch_tables(engine: Engine, queries: list) -> list:
+    """The results (Arrow tables) of several small (per-arm, per-cluster) queries. On DuckDB they run at the same time, each on its own
     cursor of the one sandboxed database: a scan of a file of one row group runs on one thread, so a
     per-customer table read beside a parallel event scan fills the idle core. Elsewhere (PostgreSQL, Spark)
     one after the other, on the pilot's one connection. The first failing query's error is raised, as if
     they had run in order, as the engine's one-line error (``Engine.error``: never a row's content)."""
     if len(queries) < 2 or engine.kind != "duckdb" or any(_has_memtable(q) for q in queries):
-        return [engine.con.to_pyarrow(q).to_pylist() for q in queries]
+        return [engine.con.to_pyarrow(q) for q in queries]
     from concurrent.futures import ThreadPoolExecutor
 
     backend = engine.con
@@ -340,7 +343,7 @@ def _fetch(engine: Engine, queries: list) -> list[list[dict]]:
         try:
             for ddl in views:
                 cur.execute(ddl)
-            return cur.sql(sql).to_arrow_table().cast(schema).to_pylist()
+            return cur.sql(sql).to_arrow_table().cast(schema)
         finally:
             cur.close()
 

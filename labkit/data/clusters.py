@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from labkit.data.aggregate import fetch_tables
 from labkit.data.checks import raise_on_checks, raise_on_duplicates
 from labkit.data.query import ARM, CELL, UNIT, build_metric, build_tables, id_match, renamed_units
 from labkit.errors import AssignmentError, DataError
@@ -140,8 +141,9 @@ def pilot_totals(
             queries.append(build_metric(engine, pilot, m, u, as_of=as_of))
         elif m is tables[0]:  # every per-customer metric in one query
             queries.append(build_tables(engine, pilot, tables, u))
-    fetched = [engine.con.to_pyarrow(b.summary) for b in queries]  # Arrow columns: a row per (cluster, arm)
-    units_n = int(engine.con.to_pyarrow(plain.aggregate(n=plain.count())).to_pylist()[0]["n"])
+    # Arrow columns, a row per (cluster, arm); on DuckDB the queries run at the same time, as a plain pilot's
+    *fetched, count = fetch_tables(engine, [*(b.summary for b in queries), plain.aggregate(n=plain.count())])
+    units_n = int(count.to_pylist()[0]["n"])
     for b, rows in zip(queries, fetched):
         # a customer twice in the cohort source (or a per-customer metric source) doubles its rows: named here
         checked = replace(b, sources={**b.sources, source: [unit_column]})

@@ -587,13 +587,13 @@ def test_duplicates_are_found_when_an_event_metric_counts_the_units(lab):
 
 
 def test_queries_run_together_on_duckdb_raise_the_first_failure_in_order(lab):
-    """aggregate_pilot's queries run at the same time on DuckDB cursors (labkit.data.aggregate._fetch):
+    """aggregate_pilot's queries run at the same time on DuckDB cursors (labkit.data.aggregate.fetch_tables):
     the rows are those of one query after the other, a failing query raises its own error, as in order,
     and a cursor is held by the same sandbox (it cannot read outside the lab either)."""
     import duckdb
     import ibis
 
-    from labkit.data.aggregate import _fetch
+    from labkit.data.aggregate import fetch_tables
     from labkit.errors import LabkitError
 
     pilot = pilot_with(lab, "  - {name: spend, type: mean, source: outcomes, column: spend}")
@@ -604,13 +604,14 @@ def test_queries_run_together_on_duckdb_raise_the_first_failure_in_order(lab):
             t.group_by("customer_id").aggregate(s=t.spend.sum()).order_by("customer_id"),
             t.count().as_table(),
         ]
-        assert _fetch(engine, queries) == [engine.con.to_pyarrow(q).to_pylist() for q in queries]
+        got = [table.to_pylist() for table in fetch_tables(engine, queries)]
+        assert got == [engine.con.to_pyarrow(q).to_pylist() for q in queries]
         bad = t.select(x=ibis.literal("not a number").cast("float64")).aggregate(s=ibis._.x.sum())
         # the engine's error, as one labkit line that names the failure but never quotes DuckDB's text
         with pytest.raises(LabkitError, match=r"\(ConversionException\)") as failed:
-            _fetch(engine, [queries[1], bad])
+            fetch_tables(engine, [queries[1], bad])
         assert "not a number" not in str(failed.value)
-        cursor = engine.con.con.cursor()  # what _fetch runs each query on
+        cursor = engine.con.con.cursor()  # what fetch_tables runs each query on
         with pytest.raises(duckdb.PermissionException):
             cursor.sql("SELECT count(*) FROM read_csv('/etc/passwd')").fetchall()
         cursor.close()

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from pg_server import postgres_server  # noqa: F401 -- the session fixture
 
+from labkit.data import clusters
 from labkit.data.aggregate import units_table
 from labkit.data.clusters import (
     ClusterTotals,
@@ -368,11 +369,27 @@ def both_ways(pilot, unit_column: str = "account_id"):
     engine = Engine.for_lab(pilot.lab)
     try:
         units = units_table(engine, pilot)
-        queries = []
-        run = engine.con.to_pyarrow
-        engine.con.to_pyarrow = lambda expr, *a, **k: queries.append(expr) or run(expr, *a, **k)
-        batched = pilot_totals(engine, pilot, list(pilot.spec.metrics), units, unit_column)
-        engine.con.to_pyarrow = run
+        queries, inside = [], []
+        fetch, direct = clusters.fetch_tables, engine.con.to_pyarrow
+
+        def fetch_counted(engine, exprs):  # the batch's queries, run at once on DuckDB
+            queries.extend(exprs)
+            inside.append(True)
+            try:
+                return fetch(engine, exprs)
+            finally:
+                inside.pop()
+
+        def direct_counted(expr, *a, **k):  # any other query that reaches the engine
+            if not inside:
+                queries.append(expr)
+            return direct(expr, *a, **k)
+
+        clusters.fetch_tables, engine.con.to_pyarrow = fetch_counted, direct_counted
+        try:
+            batched = pilot_totals(engine, pilot, list(pilot.spec.metrics), units, unit_column)
+        finally:
+            clusters.fetch_tables, engine.con.to_pyarrow = fetch, direct
         alone = {m.name: cluster_totals(engine, pilot, m, units, unit_column) for m in pilot.spec.metrics}
     finally:
         engine.close()
