@@ -1,4 +1,4 @@
-"""labkit.cli: `labkit run` ends without the interpreter's last collections over its heap (1.2 s of ~8 s);
+"""labkit.cli: `labkit run` and `labkit analyze` end without the interpreter's last collections over its heap (1.2 s of ~8 s);
 the other commands end as Python does."""
 
 from __future__ import annotations
@@ -23,4 +23,5 @@ def _ends(args: list[str], tmp_path) -> str:
 def test_labkit_run_freezes_its_heap_at_exit_and_validate_does_not(tmp_path):
     # no lab here: both commands stop at once with their one-line error, after the exit hook was chosen
     assert _ends(["run", "some-pilot"], tmp_path) == "frozen"
+    assert _ends(["analyze", "some-pilot"], tmp_path) == "frozen"
     assert _ends(["validate"], tmp_path) == "not frozen"
