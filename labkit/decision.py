@@ -32,7 +32,7 @@ DECISIONS = ("ship", "harm", "no-effect", "inconclusive", "invalid")
 
 _PLAIN_REASONS = {
     "empty_arm": "an arm has no customers",
-    "too_few": "an arm has too few customers to estimate anything",
+    "too_few": "an arm has too few customers (in a cluster pilot: clusters) for an interval",
     "zero_variance": "the metric does not vary, so nothing can be estimated",
     "zero_control_mean": "the control mean is zero, so a relative lift is undefined",
     "zero_denominator": "the ratio's denominator is zero in an arm",

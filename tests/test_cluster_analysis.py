@@ -433,7 +433,14 @@ def test_a_quantile_over_too_few_clusters_is_shown_without_an_interval_and_says_
     from labkit.data.sources import Engine
 
     pilot, rows = quantile_lab(lab, n_clusters=14)
-    r = row(labkit.analyze(pilot), "p75")
+    result = labkit.analyze(pilot)
+    r = row(result, "p75")
+    # the verdict names clusters, not customers: each arm has hundreds of customers
+    assert result.reason == (
+        "The primary metric 'p75' cannot be estimated: an arm has too few customers (in a cluster pilot: "
+        "clusters) for an interval."
+    )
+    assert any("clusters per arm for an interval" in w for w in result.warnings)
     assert r["reason"] == "too_few" and r["p_value"] is None and r["ci_low"] is None
     assert r["mean_control"] == pytest.approx(np.quantile(rows[rows.arm == "control"].spend, 0.75), rel=1e-12)
     engine = Engine.for_lab(pilot.lab)
