@@ -24,9 +24,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from labkit.data.checks import raise_on_checks, raise_on_duplicates
-from labkit.data.clusters import ClusterTotals, clustered_units
+from labkit.data.clusters import ClusterTotals, clustered_units, loose_customers, raise_on_loose
 from labkit.data.query import ARM, CELL, Y, build_metric, renamed_units
-from labkit.errors import DataError
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis
@@ -92,30 +91,17 @@ def cluster_values(
     plain = renamed_units(units)
     u = clustered_units(engine, pilot, plain, unit_column, source, by_cluster=True)
     built = build_metric(engine, pilot, metric, u, as_of=as_of)
-    rows = sorted(engine.con.to_pyarrow(built.summary).to_pylist(), key=lambda r: str(r[ARM]))
+    fetched = engine.con.to_pyarrow(built.summary)
+    rows = sorted(fetched.to_pylist(), key=lambda r: str(r[ARM]))
     units_n = int(engine.con.to_pyarrow(plain.aggregate(n=plain.count())).to_pylist()[0]["n"])
     # a customer twice in the cohort source (or the metric's source) doubles its rows: named here
     checked = replace(built, sources={**built.sources, source: [unit_column]})
     raise_on_duplicates(engine, pilot, checked, u, rows, units_n=units_n)
     raise_on_checks(rows, built.checks)
-    _raise_on_loose(rows, source, unit_column)
+    raise_on_loose(loose_customers(fetched), source, unit_column)
     pc = built.per_customer
     table = engine.con.to_pyarrow(pc.filter(pc[Y].notnull()).select(ARM, Y))
     return _values(metric, unit_column, rows, table.column(ARM), table.column(Y))
-
-
-def _raise_on_loose(rows: list[dict], source: str, unit_column: str) -> None:
-    """``cluster_totals``' refusal of customers without a cluster (NULL, or absent from the cohort source):
-    they inherit no cluster's arm. The same message."""
-    loose = sum(int(r["rows"]) for r in rows if CELL not in str(r[ARM]))
-    if loose:
-        raise DataError(
-            source,
-            f"{loose} assigned customer{'s' if loose != 1 else ''} {'have' if loose != 1 else 'has'} no "
-            f"{unit_column}; in a cluster-randomised pilot every customer inherits its cluster's arm",
-            column=unit_column,
-            rows=loose,
-        )
 
 
 def _values(metric: Metric, unit_column: str, rows: list[dict], keys, ys) -> ClusterValues:

@@ -44,7 +44,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from labkit.spec import Metric, Pilot
     from labkit.stats.cluster import ClusterCells
 
-__all__ = ["ClusterTotals", "cluster_totals", "mixed_clusters", "pilot_totals", "raise_on_mixed_clusters"]
+__all__ = [
+    "ClusterTotals",
+    "cluster_totals",
+    "loose_customers",
+    "mixed_clusters",
+    "pilot_totals",
+    "raise_on_loose",
+    "raise_on_mixed_clusters",
+]
 
 _CLUSTER = "_lk_cluster"
 _SUMS = ("n", "sum", "sum_sq", "sum_x", "sum_x_sq", "sum_xy")
@@ -150,7 +158,7 @@ def pilot_totals(
         total = [_sums(rows, ["rows", *(c.name for c in b.checks)])]  # all the checks read: their sums
         raise_on_duplicates(engine, pilot, checked, u, total, units_n=units_n)
         raise_on_checks(total, b.checks)
-        _raise_on_loose(rows, source, unit_column)
+        raise_on_loose(loose_customers(rows), source, unit_column)
     out = {}
     for b, rows in zip(queries, fetched):
         rows = rows.sort_by(ARM)  # (arm, cluster): not the engine's hash order
@@ -169,12 +177,17 @@ def _sums(rows: pyarrow.Table, names: list[str]) -> dict[str, int]:
     return {name: int(pc.sum(rows.column(name)).as_py() or 0) for name in names}
 
 
-def _raise_on_loose(rows: pyarrow.Table, source: str, unit_column: str) -> None:
-    """Customers without a cluster (NULL, or absent from the cohort source) inherit no cluster's arm."""
+def loose_customers(rows: pyarrow.Table) -> int:
+    """Assigned customers counted in rows whose group key has no cluster (``rows``' ``rows`` column)."""
     import pyarrow.compute as pc
 
     alone = pc.invert(pc.match_substring(rows.column(ARM), CELL))
-    loose = int(pc.sum(pc.filter(rows.column("rows"), alone)).as_py() or 0)
+    return int(pc.sum(pc.filter(rows.column("rows"), alone)).as_py() or 0)
+
+
+def raise_on_loose(loose: int, source: str, unit_column: str) -> None:
+    """The one refusal of customers without a cluster (NULL, or absent from the cohort source), whichever
+    query counted them (totals, a quantile's values, the daily totals): they inherit no cluster's arm."""
     if loose:
         raise DataError(
             source,

@@ -389,14 +389,9 @@ def daily_cluster_totals(
     raise_on_checks([{_NF: int(cols[_NF].sum())}], [check] if metric.column else [])
     base = cols[_DD] == 0
     loose = int(sum(n for k, n in zip(cols[ARM][base], cols[_UNITS][base]) if CELL not in k))
-    if loose:
-        raise DataError(
-            source,
-            f"{loose} assigned customer{'s' if loose != 1 else ''} {'have' if loose != 1 else 'has'} no "
-            f"{unit_column}; in a cluster-randomised pilot every customer inherits its cluster's arm",
-            column=unit_column,
-            rows=loose,
-        )
+    from labkit.data.clusters import raise_on_loose
+
+    raise_on_loose(loose, source, unit_column)
     return _cluster_cumulated(pilot, metric, unit_column, start, cols, days)
 
 
