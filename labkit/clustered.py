@@ -13,7 +13,7 @@ Choices (README "Statistics"):
   have no totals: their values come with their clusters (``labkit.data.cluster_values``) and get the
   cluster bootstrap of ``labkit.stats.cluster_bootstrap`` (whole clusters resampled within each arm; no
   interval below its ``MIN_CLUSTERS`` clusters per arm, where it under-covers), seeded like the
-  customer-level bootstrap (``labkit.methods.bootstrap_seed``'s formula). A quantile row has no ICC and no
+  customer-level bootstrap (``labkit.stats.quantiles.bootstrap_seed``). A quantile row has no ICC and no
   design effect (None, as for a ratio: the design effect 1 + (n̄ − 1)·ICC is a mean's); a plan with a
   quantile primary takes its values' ICC, a stand-in as the plan's SD is. Saturation designs refuse
   quantile metrics at validation (their direct and spillover effects are contrasts of cell totals).
@@ -232,15 +232,13 @@ def cluster_estimate(pilot: Pilot, data: ClusterData, arm: str, *, alpha: float)
 
 def quantile_estimate(pilot: Pilot, data: ClusterData, arm: str, *, alpha: float) -> Estimate:
     """A quantile's (arm vs control) cluster bootstrap (module docstring), seeded by the pilot id and the
-    metric name with ``labkit.methods.bootstrap_seed``'s formula (imported from there it would close an
-    import cycle: methods dispatches here)."""
-    import hashlib
-
+    metric name as the customer-level bootstrap is (``labkit.stats.quantiles.bootstrap_seed``)."""
     from labkit.stats.cluster_bootstrap import cluster_bootstrap_quantile
+    from labkit.stats.quantiles import bootstrap_seed
 
     if data.shares is not None:  # pragma: no cover - validation refuses quantiles in saturation designs
         raise ValueError(f"metric '{data.metric}': a quantile has no saturation-design estimate")
-    seed = int.from_bytes(hashlib.sha256(f"{pilot.id}\x1f{data.metric}".encode()).digest()[:4], "big")
+    seed = bootstrap_seed(pilot.id, data.metric)
     values = data.cluster_values
     return cluster_bootstrap_quantile(
         *values.of(pilot.control), *values.of(arm), q=pilot.metric(data.metric).quantile, alpha=alpha,

@@ -19,7 +19,6 @@ Quantile statistics of an arm smaller than the lab's ``privacy.min_cell_size`` a
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import replace
 
 from labkit.spec import Pilot
@@ -29,12 +28,6 @@ _WITHHELD = (
     "mean_control", "mean_treatment", "effect", "se", "ci_low", "ci_high", "lift", "lift_ci_low",
     "lift_ci_high", "lift_se", "var_mean_control", "var_mean_treatment", "p_value",
 )  # fmt: skip
-
-
-def bootstrap_seed(pilot_id: str, metric: str) -> int:
-    """The bootstrap's seed for one metric of one pilot: the same numbers on every run, other numbers for
-    another metric or pilot."""
-    return int.from_bytes(hashlib.sha256(f"{pilot_id}\x1f{metric}".encode()).digest()[:4], "big")
 
 
 def estimate(pilot: Pilot, data, arm: str, *, alpha: float):
@@ -59,6 +52,8 @@ def estimate(pilot: Pilot, data, arm: str, *, alpha: float):
     elif data.kind == "ratio":
         est = stats.delta_ratio(c, t, alpha=alpha)
     elif data.kind == "quantile":
+        from labkit.stats.quantiles import bootstrap_seed
+
         metric = pilot.metric(data.metric)
         est = stats.bootstrap_quantile(
             data.values[pilot.control],

@@ -401,8 +401,8 @@ def quantile_lab(lab, n_clusters: int = 36):
 
 
 def test_a_quantile_metric_gets_the_cluster_bootstrap_of_its_customer_values(lab):
-    from labkit.methods import bootstrap_seed
     from labkit.stats.cluster_bootstrap import cluster_bootstrap_quantile
+    from labkit.stats.quantiles import bootstrap_seed
 
     pilot, rows = quantile_lab(lab)
     result = labkit.analyze(pilot)

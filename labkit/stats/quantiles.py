@@ -29,6 +29,7 @@ interpolation (Hyndman & Fan type 7), for the point estimate and for every repli
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -36,6 +37,12 @@ from scipy import special
 
 from labkit.stats.means import lift_interval, point_only
 from labkit.stats.moments import Estimate, check_alpha
+
+
+def bootstrap_seed(pilot_id: str, metric: str) -> int:
+    """The bootstrap's seed for one metric of one pilot, customer-level or cluster: the same numbers on
+    every run, other numbers for another metric or pilot."""
+    return int.from_bytes(hashlib.sha256(f"{pilot_id}\x1f{metric}".encode()).digest()[:4], "big")
 
 
 def _values(values, name: str) -> np.ndarray:
