@@ -191,7 +191,18 @@ def run_batch(
     track: bool = True,
     console=None,
 ) -> tuple[list[Outcome], int]:
-    """Run pilots in parallel with one progress display; returns the outcomes and the exit code."""
+    """Run pilots in parallel with one progress display; returns the outcomes and the exit code.
+
+    The kernels of a batch of two or more are forked from one process that imported their libraries once
+    (:mod:`labkit.runner.warm`); it starts now, beside the preflight, and a refusal stops it before any kernel
+    or run exists."""
+    from labkit.runner.warm import warm_kernels
+
+    with warm_kernels(len(pilots) > 1):
+        return _run_batch(lab, pilots, workers=workers, as_of=as_of, track=track, console=console)
+
+
+def _run_batch(lab: Lab, pilots: list[Pilot], *, workers, as_of, track, console) -> tuple[list[Outcome], int]:
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from labkit._files import write_atomic
+from labkit.runner import warm
 
 log = logging.getLogger("labkit.runner")
 
@@ -263,6 +264,9 @@ def _build_engine():
 
         def create_kernel_manager(self):
             km = super().create_kernel_manager()
+            provisioner = warm.provisioner_for(km)  # in a batch: a kernel forked from a pre-imported one
+            if provisioner is not None:
+                km.provisioner = provisioner
             self.labkit.km = km
             return km
 
