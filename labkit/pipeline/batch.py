@@ -193,12 +193,12 @@ def run_batch(
 ) -> tuple[list[Outcome], int]:
     """Run pilots in parallel with one progress display; returns the outcomes and the exit code.
 
-    The kernels of a batch of two or more are forked from one process that imported their libraries once
-    (:mod:`labkit.runner.warm`); it starts now, beside the preflight, and a refusal stops it before any kernel
-    or run exists."""
+    The kernels are forked from one process that imported their notebooks' libraries once
+    (:mod:`labkit.runner.warm`): it starts now, its imports on another core while the preflight runs, and a
+    refusal stops it before any kernel or run exists."""
     from labkit.runner.warm import warm_kernels
 
-    with warm_kernels(len(pilots) > 1):
+    with warm_kernels(sorted({p.notebook_path for p in pilots})):
         return _run_batch(lab, pilots, workers=workers, as_of=as_of, track=track, console=console)
 
 

@@ -2,7 +2,8 @@
 
 A batch of pilots starts one kernel per pilot, and each fresh kernel spends most of its CPU importing the
 same libraries (ipykernel, matplotlib, pandas, labkit's analysis with Ibis, DuckDB and scipy: ~3 s of the
-~4.5 s a demo pilot's kernel takes). This process imports them once (:data:`PRELOAD`), then, for every
+~4.5 s a demo pilot's kernel takes). This process imports them once — ipykernel, the modules the batch's
+notebooks import, and labkit's analysis engine when they import labkit (:func:`preload`) — then, for every
 request on its Unix socket, forks a child that becomes a kernel exactly as ``python -m ipykernel_launcher
 -f <connection file>`` would: its own session and process group (so labkit's SIGKILL of the group reaches
 the kernel and whatever it started), the request's working directory, environment and stdout/stderr, the
@@ -14,7 +15,8 @@ Protocol (one connection per kernel): the client sends a 4-byte length and a JSO
 when it reaped the child (the code as :class:`subprocess.Popen` gives it: minus the signal number).
 
 The server forks only while it has a single thread, and only when the request's environment agrees with
-its own on every variable that shapes how the preloaded libraries were imported (:func:`env_mismatch`).
+its own on every variable that shapes how the preloaded libraries were imported (:func:`env_mismatch`), and
+only when the kernel's folder holds no module of its own that a fresh kernel would import instead (:func:`shadowed`).
 It ends when its stdin closes — labkit closes it at the end of the batch, and the kernel dies with labkit —
 SIGKILLing the process group of every kernel still alive. Run by :mod:`labkit.runner.warm`, never by hand.
 """
@@ -35,30 +37,22 @@ import threading
 import time
 import traceback
 
-# What a demo pilot's kernel imports, in the order it needs them; a missing one only costs time.
-PRELOAD = (
-    "setproctitle",
-    "ipykernel.kernelapp",
-    "ipykernel.ipkernel",
-    "ipykernel.zmqshell",
-    "IPython.core.interactiveshell",
-    "matplotlib_inline.backend_inline",
-    "matplotlib.pyplot",
-    "numpy",
-    "pandas",
+# Every kernel imports these before its first cell; the server adds the imports of the batch's notebooks.
+BASE = ("setproctitle", "ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell")
+# What `labkit.analyze` imports on first use (its engine): preloaded when a notebook imports labkit.
+LABKIT_ENGINE = (
+    "labkit.analysis",
+    "labkit.notebook",
+    "labkit.methods",
+    "labkit.data.aggregate",
+    "labkit.data.sources",
+    "labkit.stats.sequential",
     "pyarrow",
     "duckdb",
     "ibis",
     "ibis.backends.duckdb",
     "ibis.backends.sql.compilers",
     "ibis.formats.pandas",
-    "labkit",
-    "labkit.notebook",
-    "labkit.analysis",
-    "labkit.data.aggregate",
-    "labkit.data.sources",
-    "labkit.methods",
-    "labkit.stats.sequential",
 )
 # Variables whose value at import time shapes the preloaded libraries (paths, threads, locale, backends).
 _SHAPING = ("PYTHON", "MPL", "MATPLOTLIB", "OMP_", "OPENBLAS", "MKL_", "NUMEXPR", "VECLIB", "LD_", "MALLOC",
@@ -74,10 +68,13 @@ def env_mismatch(server_env: dict[str, str], kernel_env: dict[str, str]) -> str 
     return None
 
 
-def preload() -> None:
-    # the backend ipykernel would choose when it starts (kernelapp.init_gui_pylab), before matplotlib reads it
+def preload(modules: list[str]) -> None:
+    # the backend ipykernel sets when it starts (kernelapp.init_io), before matplotlib reads it at import
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    for name in PRELOAD:
+    wanted = [*BASE, *modules]
+    if any(m == "labkit" or m.startswith("labkit.") for m in modules):
+        wanted += LABKIT_ENGINE
+    for name in dict.fromkeys(wanted):
         try:
             __import__(name)
         except Exception:  # noqa: BLE001 - the kernel imports it itself, as a fresh one would
@@ -85,12 +82,12 @@ def preload() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    (path,) = argv if argv is not None else sys.argv[1:]
+    path, *modules = argv if argv is not None else sys.argv[1:]
     if sys.path and sys.path[0] in ("", os.getcwd()):
         del sys.path[0]  # as ipykernel_launcher does: a kernel's own folder is added back by IPython
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C is labkit's to handle
     env = dict(os.environ)
-    preload()
+    preload(modules)
     _retitle(None)  # setproctitle finds the argv area now, while the environment is the interpreter's
     gc.collect()
     gc.freeze()  # the children share these pages; a frozen heap is not rewritten by their collections
@@ -215,7 +212,28 @@ def _refusal(request: dict, env: dict[str, str], fds: list[int]) -> str | None:
     if threading.active_count() != 1:
         return "the server has started a thread; forking it is not safe"
     key = env_mismatch(env, request["env"])
-    return f"the kernel's environment differs in {key}" if key else None
+    if key:
+        return f"the kernel's environment differs in {key}"
+    shadow = shadowed(request["cwd"], {name.partition(".")[0] for name in sys.modules})
+    return f"the kernel's folder has its own {shadow}, which a fresh kernel would import" if shadow else None
+
+
+def shadowed(folder: str, names: set[str]) -> str | None:
+    """A module of ``names`` that ``folder`` (first on a fresh kernel's path) would provide instead."""
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return None
+    for entry in sorted(entries):
+        stem = entry.partition(".")[0]
+        if stem not in names:
+            continue
+        full = os.path.join(folder, entry)
+        if entry.endswith((".py", ".pyc", ".so", ".pyd")) or os.path.isfile(
+            os.path.join(full, "__init__.py")
+        ):
+            return entry
+    return None
 
 
 def _become_kernel(request: dict, fds: list[int], conns: list[socket.socket], own_fds: tuple) -> None:

@@ -42,12 +42,12 @@ def enabled() -> bool:
 
 
 @contextmanager
-def warm_kernels(wanted: bool = True) -> Iterator[KernelServer | None]:
-    """Kernels started inside this block are forked from one pre-imported server (when ``wanted``)."""
+def warm_kernels(notebooks: list[Path] = (), wanted: bool = True) -> Iterator[KernelServer | None]:
+    """Kernels started inside this block are forked from one server that imported what ``notebooks`` import."""
     if not (wanted and enabled()) or _CURRENT:
         yield None
         return
-    server = KernelServer()
+    server = KernelServer(imports_of(notebooks))
     _CURRENT.append(server)
     try:
         yield server
@@ -63,7 +63,7 @@ def current() -> KernelServer | None:
 class KernelServer:
     """The forkserver process of one batch: started at once, ready after its imports."""
 
-    def __init__(self) -> None:
+    def __init__(self, modules: list[str] = ()) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="labkit-kernels-"))  # mode 0700: only this user connects
         self.path = self.dir / "socket"
         self.log_path = self.dir / "server.log"
@@ -71,7 +71,7 @@ class KernelServer:
         self.failed: str | None = None
         with open(self.log_path, "wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "labkit.runner.forkserver", str(self.path)],
+                [sys.executable, "-m", "labkit.runner.forkserver", str(self.path), *modules],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=err,
@@ -130,6 +130,35 @@ class KernelServer:
             if self.proc.stdout:
                 self.proc.stdout.close()
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def imports_of(notebooks) -> list[str]:
+    """The absolute imports in the code cells of ``notebooks``, in order; cells that do not parse are skipped."""
+    import ast
+
+    found: dict[str, None] = {}
+    for path in notebooks:
+        try:
+            cells = json.loads(Path(path).read_text(encoding="utf-8")).get("cells", [])
+        except (OSError, ValueError):
+            continue
+        for cell in cells:
+            if cell.get("cell_type") != "code":
+                continue
+            source = cell.get("source", "")
+            source = "".join(source) if isinstance(source, list) else source
+            # IPython's magics and shell escapes are not Python
+            lines = ["" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines()]
+            try:
+                tree = ast.parse("\n".join(lines))
+            except SyntaxError:
+                continue
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    found.update((alias.name, None) for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    found[node.module] = None
+    return list(found)
 
 
 def _standard(cmd: list[str]) -> bool:

@@ -25,6 +25,7 @@ from labkit.runner import cancel_all, execute, warm
 TOKEN = "warm-5e1f"
 PROBE = """\
 import json, os, sys, pathlib, random
+import labkit
 import matplotlib
 import numpy as np
 facts = {
@@ -65,7 +66,7 @@ def facts(tmp_path_factory):
     mp.setenv("LABKIT_TEST_MARK", "m-42")
     try:
         fresh, fresh_run = probe(tmp, "fresh")
-        with warm.warm_kernels() as server:
+        with warm.warm_kernels([notebook(tmp / "probe.ipynb", PROBE)]) as server:
             assert server is not None
             forked = [probe(tmp, f"warm{i}") for i in (1, 2)]
             server_pid = server.proc.pid
@@ -152,7 +153,7 @@ time.sleep(600)
 
 def test_a_cancelled_warm_kernel_dies_with_its_group_and_shows_as_a_kernel(tmp_path):
     nb = notebook(tmp_path / "sleeps.ipynb", SLEEPER)
-    with warm.warm_kernels():
+    with warm.warm_kernels([nb]):
         t, box = _run_in_thread(nb, tmp_path / "out", tmp_path)
         kernel, child = map(int, _wait_for(tmp_path / "out" / "pids").split())
         cmdline = " ".join(psutil.Process(kernel).cmdline())
@@ -166,7 +167,7 @@ def test_a_cancelled_warm_kernel_dies_with_its_group_and_shows_as_a_kernel(tmp_p
 def test_a_warm_kernel_that_exits_fails_the_run_as_a_fresh_one_does(tmp_path):
     nb = notebook(tmp_path / "exits.ipynb", "import os\nos._exit(3)")
     fresh = execute(nb, tmp_path / "fresh", {}, cwd=tmp_path, run_token=TOKEN, timeout_s=60)
-    with warm.warm_kernels():
+    with warm.warm_kernels([nb]):
         forked = execute(nb, tmp_path / "warm", {}, cwd=tmp_path, run_token=TOKEN, timeout_s=60)
     assert (forked.status, forked.ename) == (fresh.status, fresh.ename) == ("FAILED", "DeadKernelError")
 
@@ -179,8 +180,12 @@ def test_what_the_server_cannot_serve_starts_a_fresh_kernel(tmp_path, monkeypatc
         assert run.status == "FINISHED", run.message
         return json.loads((tmp_path / name / "facts.json").read_text())["ppid"]
 
-    with warm.warm_kernels() as server:
+    with warm.warm_kernels([nb]) as server:
         assert server.usable()
+        # a module of the server's that this folder provides too: a fresh kernel would import the folder's
+        (tmp_path / "setproctitle.py").write_text("")
+        assert ppid("shadowed") == os.getpid()
+        (tmp_path / "setproctitle.py").unlink()
         with monkeypatch.context() as m:
             m.setenv("PYTHONWARNINGS", "ignore")  # shapes imports: the server refuses
             assert ppid("env") == os.getpid()
@@ -191,6 +196,16 @@ def test_what_the_server_cannot_serve_starts_a_fresh_kernel(tmp_path, monkeypatc
     monkeypatch.setenv("LABKIT_WARM_KERNELS", "0")
     with warm.warm_kernels() as server:
         assert server is None
+
+
+def test_the_server_imports_what_the_notebooks_import(tmp_path):
+    nb = notebook(
+        tmp_path / "a.ipynb",
+        "%matplotlib inline\nimport pandas as pd, json\nfrom scipy import stats\n!ls",
+        "from . import local\nif True:\n    import fractions",
+        "def broken(:",
+    )
+    assert warm.imports_of([nb, tmp_path / "missing.ipynb"]) == ["pandas", "json", "scipy", "fractions"]
 
 
 def test_env_mismatch_names_the_first_variable_that_shapes_imports():
@@ -210,7 +225,7 @@ KILLED_PARENT = """\
 import sys
 from pathlib import Path
 from labkit.runner import execute, warm
-with warm.warm_kernels():
+with warm.warm_kernels([Path(sys.argv[1])]):
     execute(Path(sys.argv[1]), Path(sys.argv[2]), {}, cwd=Path(sys.argv[3]), run_token="t", timeout_s=600)
 """
 
@@ -238,3 +253,19 @@ def test_the_server_ends_with_its_batch_and_leaves_no_folder(tmp_path):
         folder, pid = server.dir, server.proc.pid
         assert oct(folder.stat().st_mode & 0o777) == "0o700"
     assert gone(pid, 5) and not folder.exists()
+
+
+def test_only_modules_and_packages_of_the_kernels_folder_shadow(tmp_path):
+    from labkit.runner.forkserver import shadowed
+
+    names = {"pandas", "data", "labkit", "six"}
+    (tmp_path / "data").mkdir()  # a plain folder: a namespace portion loses to an installed package
+    (tmp_path / "labkit.yaml").write_text("")
+    assert shadowed(str(tmp_path), names) is None
+    (tmp_path / "six.cpython-311-x86_64-linux-gnu.so").write_text("")
+    assert shadowed(str(tmp_path), names) == "six.cpython-311-x86_64-linux-gnu.so"
+    (tmp_path / "six.cpython-311-x86_64-linux-gnu.so").unlink()
+    (tmp_path / "pandas").mkdir()
+    (tmp_path / "pandas" / "__init__.py").write_text("")
+    assert shadowed(str(tmp_path), names) == "pandas"
+    assert shadowed(str(tmp_path / "missing"), names) is None
