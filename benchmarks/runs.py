@@ -9,6 +9,8 @@ waited for, ``os.wait4``), which the load of a shared machine hardly moves; ``lo
 
 Batch: `labkit run` over 16 demo pilots (the demo's 9 and 7 copies) with the default workers (one per
 core); ``ratio`` is the batch time over one pilot's `labkit run` time, target ≤ 4 on 2 cores (issue #18).
+Both are measured twice: with warm kernels (the default, labkit.runner.warm) and with every kernel started
+afresh (``LABKIT_WARM_KERNELS=0``), as labkit ran before them.
 """
 
 from __future__ import annotations
@@ -46,8 +48,13 @@ def run(ctx: Ctx) -> list[dict]:
     ]  # fmt: skip
     ctx.say(f"runs: labkit run {PILOT} and papermill on {notebook.name}, alternated")
     load = os.getloadavg()[0]
+    cold = ["env", "LABKIT_WARM_KERNELS=0", *LABKIT]  # env execs labkit: the same process is timed
     got = alternated(
-        {"labkit": [*LABKIT, "run", PILOT, "--workers", "1"], "papermill": papermill},
+        {
+            "labkit": [*LABKIT, "run", PILOT, "--workers", "1"],
+            "fresh": [*cold, "run", PILOT, "--workers", "1"],
+            "papermill": papermill,
+        },
         root,
         ctx.repeat,
         warm=0,
@@ -66,6 +73,10 @@ def run(ctx: Ctx) -> list[dict]:
     load = os.getloadavg()[0]
     batch = run_whole([*LABKIT, "run", *pilots], root, env={"MLFLOW_DISABLE_TELEMETRY": "true"})
     batch_load = round((load + os.getloadavg()[0]) / 2, 1)
+    load = os.getloadavg()[0]
+    fresh_batch = run_whole([*cold, "run", *pilots], root, env={"MLFLOW_DISABLE_TELEMETRY": "true"})
+    fresh_load = round((load + os.getloadavg()[0]) / 2, 1)
+    fresh = got["fresh"]
     return [
         {
             "benchmark": "run: one pilot vs bare papermill",
@@ -82,6 +93,31 @@ def run(ctx: Ctx) -> list[dict]:
             "met": single["seconds"] - bare["seconds"] <= OVERHEAD_S,
             "labkit_all_s": single["all"],
             "baseline_all_s": bare["all"],
+        },
+        {
+            "benchmark": "run: one pilot, fresh kernel (LABKIT_WARM_KERNELS=0) vs bare papermill",
+            "pilots": 1,
+            "labkit_s": round(fresh["median"], 2),
+            "baseline_s": round(bare["seconds"], 2),
+            "ratio": ratio(fresh["median"], bare["seconds"]),
+            "overhead_s": round(fresh["median"] - bare["seconds"], 2),
+            "labkit_cpu_s": round(fresh["cpu_s"], 2),
+            "baseline_cpu_s": round(bare["cpu"], 2),
+            "cpu_overhead_s": round(fresh["cpu_s"] - bare["cpu"], 2),
+            "load": single_load,
+            "labkit_all_s": fresh["all"],
+            "notes": ["the same run with every kernel started afresh, as before warm kernels"],
+        },
+        {
+            "benchmark": "run: batch, fresh kernels (LABKIT_WARM_KERNELS=0) vs one pilot",
+            "pilots": len(pilots),
+            "labkit_s": round(fresh_batch["seconds"], 2),
+            "baseline_s": round(fresh["median"], 2),
+            "baseline": "one pilot's labkit run, fresh kernel",
+            "ratio": ratio(fresh_batch["seconds"], fresh["median"]),
+            "labkit_cpu_s": round(fresh_batch["cpu_s"], 2),
+            "load": fresh_load,
+            "notes": ["the batch with every kernel started afresh, as before warm kernels"],
         },
         {
             "benchmark": "run: batch vs one pilot",
