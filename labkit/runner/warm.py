@@ -34,7 +34,8 @@ from pathlib import Path
 log = logging.getLogger("labkit.runner")
 
 READY_WAIT_S = 60  # the first kernel of a batch waits this long for the server's imports, then starts afresh
-_CURRENT: list[KernelServer] = []
+_CURRENT: list[KernelServer] = []  # the server of the batches running in this process (one at most)
+_LOCK = threading.Lock()
 
 
 def enabled() -> bool:
@@ -44,20 +45,26 @@ def enabled() -> bool:
 @contextmanager
 def warm_kernels(notebooks: list[Path] = (), wanted: bool = True) -> Iterator[KernelServer | None]:
     """Kernels started inside this block are forked from one server that imported what ``notebooks`` import."""
-    if not (wanted and enabled()) or _CURRENT:
+    if not (wanted and enabled()):
         yield None
         return
-    server = KernelServer(imports_of(notebooks))
-    _CURRENT.append(server)
+    with _LOCK:
+        if not _CURRENT:  # a batch already running in this process shares its server: it ends with the last
+            _CURRENT.append(KernelServer(imports_of(notebooks)))
+        server = _CURRENT[0]
+        server.users += 1
     try:
         yield server
     finally:
-        _CURRENT.remove(server)
-        server.close()
+        with _LOCK:
+            server.users -= 1
+            if server.users == 0:
+                _CURRENT.remove(server)
+                server.close()
 
 
 def current() -> KernelServer | None:
-    return _CURRENT[-1] if _CURRENT else None
+    return _CURRENT[0] if _CURRENT else None
 
 
 class KernelServer:
@@ -69,6 +76,7 @@ class KernelServer:
         self.log_path = self.dir / "server.log"
         self.ready = threading.Event()
         self.failed: str | None = None
+        self.users = 0
         with open(self.log_path, "wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "labkit.runner.forkserver", str(self.path), *modules],

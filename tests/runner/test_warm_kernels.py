@@ -269,3 +269,11 @@ def test_only_modules_and_packages_of_the_kernels_folder_shadow(tmp_path):
     (tmp_path / "pandas" / "__init__.py").write_text("")
     assert shadowed(str(tmp_path), names) == "pandas"
     assert shadowed(str(tmp_path / "missing"), names) is None
+
+
+def test_batches_in_one_process_share_the_server_until_the_last_ends():
+    with warm.warm_kernels() as first:
+        with warm.warm_kernels() as second:
+            assert second is first and first.users == 2
+        assert first.proc.poll() is None and warm.current() is first  # still serving the first batch
+    assert gone(first.proc.pid, 5) and warm.current() is None
