@@ -5,10 +5,13 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 from labkit.stats import srm as srm_module
 from labkit.stats import srm_test
+from labkit.stats.srm import binomial_two_sided_p
 
 
 @pytest.mark.parametrize(
@@ -54,6 +57,15 @@ def test_small_two_arm_cohorts_use_the_exact_binomial_test(n_control, n_treatmen
     assert result.method == "binomial-exact"
     ref = stats.binomtest(n_control, n_control + n_treatment, weight).pvalue
     assert result.p_value == pytest.approx(ref, rel=1e-9)
+
+
+@settings(max_examples=300, deadline=None)
+@given(n=st.integers(1, 400), data=st.data(), p=st.floats(0.01, 0.99))
+def test_the_exact_binomial_p_value_equals_scipys_binomtest_for_any_count_and_rate(n, data, p):
+    k = data.draw(st.integers(0, n))
+    assert binomial_two_sided_p(k, n, p) == pytest.approx(
+        stats.binomtest(k, n, p).pvalue, rel=1e-9, abs=1e-300
+    )
 
 
 def _brute_force_multinomial_p(counts, probs):
