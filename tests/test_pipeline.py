@@ -4,23 +4,25 @@ Real ipykernel kernels, real sqlite stores, a real `mlflow server` (the session 
 no mocks. A tiny lab is built once (seeded customers parquet with ids, emails and handles, outcomes csv,
 events parquet; every pilot but ``unassigned`` assigned with ``labkit.assign``; the repo's
 ``notebooks/pilot_analysis.ipynb`` and the fixture notebooks of ``tests/notebooks`` copied in), then copied
-into one lab folder per scenario, so that each scenario has its own MLflow store, its own ``lab.yaml`` (the
-timeout scenario sets a 3 s cell timeout) and its own kernels (labkit starts every kernel in the lab root,
-which is how "no kernel left" is checked).
+into one lab folder per scenario, so that each scenario has its own MLflow store, its own ``lab.yaml`` and
+its own kernels (labkit starts every kernel in the lab root, which is how "no kernel left" is checked).
 
 The scenarios are sequences of ``python -m labkit.cli`` subprocesses, as a user types them, at the
 80 columns rich uses for a pipe. They run two at a time in worker threads from the module fixture
 ``scenarios`` (each is ~20-50 s of notebooks on a 2-core machine: one after the other the module takes
 twice as long); each test waits for the scenario it reads:
 
-- ``history``: ``main`` (default notebook) run as written, after a comments-only edit, after an MDE change
+- ``history``: ``main`` (default notebook) run as written, after a comments-only edit, after an MDE change;
+  its first run is the parallel batch ``main``, ``bat-1`` (default notebook), ``bat-ok`` (ok.ipynb) and
+  ``bat-exit`` (exits_early.ipynb) with ``--workers 2``, read by the batch tests as it stood then
 - ``server``: ``srv`` through the `mlflow server`, then with the server unreachable, then ``--record-only``
   twice
-- ``batch``: ``bat-1``, ``bat-2`` (default notebook), ``bat-ok`` (ok.ipynb), ``bat-exit`` (exits_early.ipynb)
-  with ``--workers 2``
-- ``failures``: ``f-raises`` alone; then ``f-dies`` and ``f-sleeps`` with a 3 s cell timeout
-- ``signals``: SIGINT, SIGTERM and SIGKILL to three ``labkit run`` of sleeps.ipynb at once, then a new
-  ``labkit run`` (``k-after``, ok.ipynb) that sweeps the SIGKILLed run
+- ``signals``: SIGKILL to a ``labkit run`` of sleeps.ipynb mid-cell, then a new ``labkit run`` (``k-after``,
+  ok.ipynb) that sweeps the SIGKILLed run
+
+A cell that raises, a kernel that dies, a hung cell (RELIABILITY #21-23) and SIGINT/SIGTERM to `labkit run`
+(#27) are tests/reliability/test_faults.py's: one batch there carries every fault, through the same
+``run_batch`` a single pilot goes through (a pool of one), so no scenario here repeats them.
 
 The preflight refusals and ``labkit analyze --json`` call ``labkit.cli.main`` in this process instead (the
 same code path, without a new interpreter's ~6 s of imports).
@@ -29,7 +31,6 @@ same code path, without a new interpreter's ~6 s of imports).
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import hashlib
 import io
 import json
@@ -64,7 +65,6 @@ BASE_ENV = dict(os.environ)  # what every labkit subprocess starts from (threads
 N_CUSTOMERS = 400
 START = pd.Timestamp("2026-11-01")
 BUDGET = {"cost": 1000, "value_per_unit": 50}
-TIMEOUT_S = 3  # the cell timeout of the failures lab
 DEFAULT_ARTIFACTS = {
     "results.json",
     "report.html",  # the notebook without code (tests/test_notebooks.py)
@@ -74,20 +74,15 @@ DEFAULT_ARTIFACTS = {
     "figures/primary_effect.png",
     "figures/other_effects.png",
 }
-DEFAULT_PILOTS = ("main", "srv", "bat-1", "bat-2")
+DEFAULT_PILOTS = ("main", "srv", "bat-1")
 FIXTURE_PILOTS = {
     "bat-ok": "ok",
     "bat-exit": "exits_early",
-    "f-raises": "raises",
-    "f-dies": "dies",
-    "f-sleeps": "sleeps",
-    "k-int": "sleeps",
-    "k-term": "sleeps",
     "k-kill": "sleeps",
     "k-after": "ok",
     "bad-noparams": "no_parameters",
 }
-BATCH = ("bat-1", "bat-2", "bat-ok", "bat-exit")
+BATCH = ("main", "bat-1", "bat-ok", "bat-exit")  # the first run of `main`
 
 
 # ------------------------------------------------------------------------------------------ the labs
@@ -389,9 +384,14 @@ def without_volatile(results: dict) -> dict:
 
 
 def history_scenario(lab: PipelineLab) -> dict:
-    """``labkit run main`` three times: as written, after a comments-only edit, after changing the MDE."""
+    """``labkit run main`` three times: as written (in the batch of BATCH, two at a time), after a comments-only
+    edit, after changing the MDE. The batch's runs and folders are read right after it."""
     text = (lab.root / "experiments" / "main.yaml").read_text()
-    first = labkit_cli(lab, "run", "main")
+    first = labkit_cli(lab, "run", *BATCH, "--workers", "2")
+    batch = {
+        "lab": lab, "proc": first, "runs": {pid: lab.runs(pid) for pid in BATCH},
+        "dirs": {pid: lab.run_dirs(pid) for pid in BATCH}, "kernels_left": not no_kernel_left(lab),
+    }  # fmt: skip
     reformatted = (
         "# Pilot main: reply fast to complaint tweets.\n"
         + text.replace(
@@ -403,7 +403,9 @@ def history_scenario(lab: PipelineLab) -> dict:
     comments = labkit_cli(lab, "run", "main")
     lab.write_pilot("main", reformatted.replace("relative: 0.15", "relative: 0.2"))
     changed = labkit_cli(lab, "run", "main")
-    return {"lab": lab, "procs": [first, comments, changed], "kernels_left": not no_kernel_left(lab)}
+    return {
+        "lab": lab, "procs": [first, comments, changed], "batch": batch, "kernels_left": not no_kernel_left(lab)
+    }  # fmt: skip
 
 
 def server_scenario(lab: PipelineLab, server) -> dict:
@@ -432,47 +434,21 @@ def server_scenario(lab: PipelineLab, server) -> dict:
     }  # fmt: skip
 
 
-def batch_scenario(lab: PipelineLab) -> dict:
-    proc = labkit_cli(lab, "run", *BATCH, "--workers", "2")
-    return {"lab": lab, "proc": proc, "kernels_left": not no_kernel_left(lab)}
-
-
-def failures_scenario(lab: PipelineLab) -> dict:
-    """A cell that raises (alone, as `labkit run f-raises`); a kernel that dies and a hung cell, together."""
-    raises = labkit_cli(lab, "run", "f-raises")
-    raises_kernels_left = not no_kernel_left(lab)
-    began = time.monotonic()
-    deaths = labkit_cli(lab, "run", "f-dies", "f-sleeps", "--workers", "2")
-    return {
-        "lab": lab, "raises": raises, "raises_kernels_left": raises_kernels_left, "deaths": deaths,
-        "deaths_seconds": time.monotonic() - began, "kernels_left": not no_kernel_left(lab),
-    }  # fmt: skip
-
-
 def signals_scenario(lab: PipelineLab) -> dict:
-    """SIGINT, SIGTERM and SIGKILL to three `labkit run` mid-cell; then a new `labkit run` sweeps."""
-    pilots = {"k-int": signal.SIGINT, "k-term": signal.SIGTERM, "k-kill": signal.SIGKILL}
-    procs = {pid: labkit_popen(lab, "run", pid) for pid in pilots}
-    done = {}
+    """SIGKILL to a `labkit run` mid-cell, once its MLflow run is RUNNING; then a new `labkit run` sweeps."""
+    proc = labkit_popen(lab, "run", "k-kill")
     try:
-        kernels = {pid: wait_for_sleep_cell(lab, pid, proc) for pid, proc in procs.items()}
-        # The MLflow run is created beside the notebook, once the store is open (and stale runs swept): the
-        # SIGKILL case is a labkit killed while its run is RUNNING, and the other two have swept already —
-        # else one of them, opening its store later, would sweep the killed run before the rerun does.
-        for pid in pilots:
-            wait_for(lambda pid=pid: running_in_store(lab, pid), f"{pid}'s RUNNING run")
-        for pid, signum in pilots.items():
-            procs[pid].send_signal(signum)
-        for pid, proc in procs.items():
-            stdout, stderr = proc.communicate(timeout=120)
-            done[pid] = {"code": proc.returncode, "stdout": stdout, "stderr": stderr, "kernels": kernels[pid]}
-        for pid in pilots:  # ipykernel's parent poller ends the SIGKILLed labkit's orphan within seconds
-            done[pid]["kernels_gone"] = gone(done[pid]["kernels"], within_s=10 if pid == "k-kill" else 5)
+        kernels = wait_for_sleep_cell(lab, "k-kill", proc)
+        wait_for(lambda: running_in_store(lab, "k-kill"), "k-kill's RUNNING run")
+        proc.send_signal(signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=120)
+        # ipykernel's parent poller ends the SIGKILLed labkit's orphan within seconds
+        done = {"code": proc.returncode, "stdout": stdout, "stderr": stderr, "kernels": kernels}
+        done["kernels_gone"] = gone(kernels, within_s=10)
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     left = lab.runs("k-kill")
     rerun = labkit_cli(lab, "run", "k-after")
     return {"lab": lab, "done": done, "left": left, "rerun": rerun, "kernels_left": not no_kernel_left(lab)}
@@ -483,19 +459,13 @@ def scenarios(template, tmp_path_factory, mlflow_server) -> dict[str, Future]:
     """Every scenario, two at a time (2 cores), each in its own copy of the lab; tests wait for theirs."""
     labs = {
         "history": clone(template, tmp_path_factory, "history"),
-        "batch": clone(template, tmp_path_factory, "batch"),
         "server": clone(template, tmp_path_factory, "server"),
-        "failures": clone(
-            template, tmp_path_factory, "failures", f"runner: {{timeout_seconds: {TIMEOUT_S}}}\n"
-        ),
         "signals": clone(template, tmp_path_factory, "signals"),
     }
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="scenario")
     futures = {
         "history": pool.submit(history_scenario, labs["history"]),
-        "batch": pool.submit(batch_scenario, labs["batch"]),
         "server": pool.submit(server_scenario, labs["server"], mlflow_server),
-        "failures": pool.submit(failures_scenario, labs["failures"]),
         "signals": pool.submit(signals_scenario, labs["signals"]),
     }
     yield futures
@@ -514,7 +484,8 @@ def history(scenarios) -> dict:
 
 def test_each_run_is_one_finished_mlflow_run_and_one_results_folder(history):
     procs, runs, dirs = history["procs"], history["runs"], history["dirs"]
-    assert [p.returncode for p in procs] == [0, 0, 0], [output(p) for p in procs]
+    # the first is the batch, which exits 1 for bat-exit alone (test_a_parallel_batch_records_each_pilot_once_...)
+    assert [p.returncode for p in procs] == [1, 0, 0], [output(p) for p in procs]
     assert [r.info.status for r in runs] == ["FINISHED"] * 3
     assert len(dirs) == 3
     for run, folder in zip(runs, dirs, strict=True):
@@ -747,8 +718,7 @@ def test_record_only_records_the_kept_run_exactly_once(server_flow):
 
 @pytest.fixture(scope="module")
 def batch(scenarios) -> dict:
-    got = scenarios["batch"].result()
-    return got | {"runs": {pid: got["lab"].runs(pid) for pid in BATCH}}
+    return scenarios["history"].result()["batch"]
 
 
 def test_a_parallel_batch_records_each_pilot_once_and_fails_for_the_failing_one(batch):
@@ -757,15 +727,15 @@ def test_a_parallel_batch_records_each_pilot_once_and_fails_for_the_failing_one(
     assert proc.returncode == 1, text
     assert "Traceback" not in text
     assert {pid: [r.info.status for r in rs] for pid, rs in runs.items()} == {
-        "bat-1": ["FINISHED"], "bat-2": ["FINISHED"], "bat-ok": ["FINISHED"], "bat-exit": ["FAILED"],
+        "main": ["FINISHED"], "bat-1": ["FINISHED"], "bat-ok": ["FINISHED"], "bat-exit": ["FAILED"],
     }  # fmt: skip
     assert "4 pilot run(s)" in proc.stdout
     for pid, (run,) in runs.items():
         row = one_line_with(proc.stdout, f"│ {pid} ")  # the summary table: pilot, function, status, ...
         assert run.info.status in row and "service" in row
-        assert len(lab.run_dirs(pid)) == 1
+        assert len(batch["dirs"][pid]) == 1
         assert run.data.tags["labkit.latest"] == ("false" if pid == "bat-exit" else "true")
-    for pid in ("bat-1", "bat-2"):
+    for pid in ("main", "bat-1"):
         assert lab.artifacts(runs[pid][0]) == DEFAULT_ARTIFACTS | {f"pilot/{pid}.yaml"}
     # --workers 2: two notebooks at a time, never more
     spans = [(r.info.start_time, r.info.end_time) for (r,) in runs.values()]
@@ -787,77 +757,6 @@ def test_a_notebook_that_exits_early_is_failed_not_finished(batch):
     }
 
 
-# ----------------------------------------------------------------------------------------- failures
-
-
-@pytest.fixture(scope="module")
-def failures(scenarios) -> dict:
-    return scenarios["failures"].result()
-
-
-def test_a_cell_that_raises_fails_the_run_and_names_the_cell_in_one_line(failures):
-    lab, proc = failures["lab"], failures["raises"]
-    assert proc.returncode == 1, output(proc)
-    assert "Traceback" not in output(proc)
-    line = one_line_with(proc.stdout, "f-raises:", "cell 2")
-    cell = 'cell 2 (raise ValueError("bad input: x must be positive"))'
-    assert line == f"f-raises: {cell} raised ValueError: bad input: x must be positive"
-    (run,) = lab.runs("f-raises")
-    assert run.info.status == "FAILED"
-    assert run.data.tags["labkit.decision"] == "failed"
-    assert "ValueError" in run.data.tags["labkit.error"]
-    assert "FAILED" in one_line_with(proc.stdout, "│ f-raises ")
-    assert not failures["raises_kernels_left"]
-
-
-def test_the_partial_notebook_of_a_failed_run_is_kept_and_attached(failures):
-    lab = failures["lab"]
-    (run,) = lab.runs("f-raises")
-    (folder,) = lab.run_dirs("f-raises")
-    assert (folder / "raises.ipynb").is_file() and not (folder / "results.json").exists()
-    assert lab.artifacts(run) == {"pilot/f-raises.yaml", "notebook/raises.ipynb", "notebook/raises.html"}
-    executed = json.loads(lab.download(run, "notebook/raises.ipynb").read_text())
-    errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    assert [(e["ename"], e["evalue"]) for e in errors] == [("ValueError", "bad input: x must be positive")]
-    assert run.data.metrics == {}  # no results, no numbers
-
-
-def test_a_kernel_that_dies_fails_the_run(failures):
-    lab, proc = failures["lab"], failures["deaths"]
-    assert proc.returncode == 1, output(proc)
-    assert "Traceback" not in output(proc)
-    (run,) = lab.runs("f-dies")
-    assert run.info.status == "FAILED"
-    line = one_line_with(proc.stdout, "f-dies:", "DeadKernelError")
-    assert "the kernel died in cell 2 (os._exit(1))" in line
-    assert lab.artifacts(run) == {"pilot/f-dies.yaml", "notebook/dies.ipynb", "notebook/dies.html"}
-    assert not failures["kernels_left"]
-
-
-def test_a_hung_cell_fails_within_the_timeout_and_leaves_no_kernel(failures):
-    lab, proc = failures["lab"], failures["deaths"]
-    (run,) = lab.runs("f-sleeps")
-    assert run.info.status == "FAILED"
-    line = one_line_with(proc.stdout, "f-sleeps:", "CellTimeoutError")
-    assert f"cell 2 (time.sleep(10**6)) ran longer than the {TIMEOUT_S} s cell timeout" in line
-    # the kernel stopped within the timeout plus a little grace after the sleep cell started
-    (folder,) = lab.run_dirs("f-sleeps")
-    cells = json.loads((folder / "sleeps.ipynb").read_text())["cells"]
-    (sleeping,) = [c for c in cells if c["cell_type"] == "code" and "time.sleep" in "".join(c["source"])]
-    started = dt.datetime.fromisoformat(sleeping["metadata"]["papermill"]["start_time"]).timestamp()
-    assert TIMEOUT_S <= run.info.end_time / 1000 - started < TIMEOUT_S + 5
-    assert failures["deaths_seconds"] < 120
-    assert lab.artifacts(run) == {"pilot/f-sleeps.yaml", "notebook/sleeps.ipynb", "notebook/sleeps.html"}
-    assert not failures["kernels_left"]
-
-
-def test_no_failed_run_is_left_running(failures):
-    lab = failures["lab"]
-    assert sorted((r.data.tags["labkit.pilot"], r.info.status) for r in lab.runs()) == [
-        ("f-dies", "FAILED"), ("f-raises", "FAILED"), ("f-sleeps", "FAILED"),
-    ]  # fmt: skip
-
-
 # ------------------------------------------------------------------------------------------ signals
 
 
@@ -866,26 +765,8 @@ def signals(scenarios) -> dict:
     return scenarios["signals"].result()
 
 
-@pytest.mark.parametrize(("pid", "code", "name"), [("k-int", 130, "SIGINT"), ("k-term", 143, "SIGTERM")])
-def test_a_signal_to_labkit_run_kills_the_run_and_keeps_the_partial_notebook(signals, pid, code, name):
-    lab, got = signals["lab"], signals["done"][pid]
-    text = got["stdout"] + got["stderr"]
-    assert got["code"] == code, text
-    assert "Traceback" not in text
-    assert len(got["kernels"]) == 1 and got["kernels_gone"]
-    (run,) = lab.runs(pid)
-    assert run.info.status == "KILLED"
-    assert run.data.tags["labkit.decision"] == "killed"
-    line = one_line_with(got["stdout"], f"{pid}:", f"interrupted by {name}")
-    assert "cell 2 (time.sleep(10**6))" in line
-    (folder,) = lab.run_dirs(pid)
-    assert "labkit: this run KILLED" in (folder / "sleeps.ipynb").read_text()
-    assert lab.artifacts(run) == {f"pilot/{pid}.yaml", "notebook/sleeps.ipynb", "notebook/sleeps.html"}
-    assert not signals["kernels_left"]
-
-
 def test_sigkill_leaves_a_running_run_that_the_next_labkit_run_sweeps(signals):
-    lab, got = signals["lab"], signals["done"]["k-kill"]
+    lab, got = signals["lab"], signals["done"]
     assert got["code"] == -signal.SIGKILL
     assert len(got["kernels"]) == 1 and got["kernels_gone"]
     (left,) = signals["left"]
@@ -951,7 +832,8 @@ def test_no_customer_identifier_reaches_mlflow_or_the_run_outputs(scenarios, tem
             p for p in (lab.root / "results" / "mlflow.db", lab.root / "results" / "mlruns") if p.exists()
         ]
         scanned += [folder for pid in (*DEFAULT_PILOTS, *FIXTURE_PILOTS) for folder in lab.run_dirs(pid)]
-    assert sum(1 for p in scanned for _ in Path(p).rglob("*.ipynb")) >= 20  # executed notebooks were scanned
+    # executed notebooks were scanned: the 10 run folders' and the 9 attached to MLflow runs (at least)
+    assert sum(1 for p in scanned for _ in Path(p).rglob("*.ipynb")) >= 19
     assert scan_for_identifiers(scanned, identifiers) == []
     for lab in labs:  # and nothing is left RUNNING anywhere
         assert [r.data.tags["labkit.pilot"] for r in lab.runs() if r.info.status == "RUNNING"] == []

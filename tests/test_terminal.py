@@ -113,11 +113,28 @@ def assert_whole(text: str, values) -> None:
         assert any(value in line for line in lines), f"{value!r} not whole on any line of:\n{text}"
 
 
-def analysis_values(root: Path) -> list[str]:
+@pytest.fixture(scope="module")
+def analyzed(lab) -> dict:
+    """`labkit analyze <pilot> --json`, run once: the numbers every other output of the analysis must show."""
+    return json.loads(run(lab, "analyze", PID, "--json", columns=None).stdout)
+
+
+@pytest.fixture(scope="module")
+def planned(lab) -> dict:
+    """`labkit plan <pilot> --json`, run once."""
+    return json.loads(run(lab, "plan", PID, "--json", columns=None).stdout)
+
+
+@pytest.fixture(scope="module")
+def compared(lab) -> dict:
+    """`labkit compare --format json`, run once."""
+    return json.loads(run(lab, "compare", "--format", "json", columns=None).stdout)
+
+
+def analysis_values(data: dict) -> list[str]:
     """The pilot id, the metric names, the decision and the numbers as labkit prints them (from --json)."""
     from labkit.render import _f
 
-    data = json.loads(run(root, "analyze", PID, "--json", columns=None).stdout)
     values = [PID, data["decision"], *METRICS]
     for r in data["metrics"]:
         values += [r["arm"], _f(r["mean_control"]), _f(r["mean_treatment"]), _f(r["effect"], "+.4g")]
@@ -126,21 +143,20 @@ def analysis_values(root: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("columns", [80, 100])
-def test_analyze_reads_whole_at_80_and_100_columns(lab, columns):
+def test_analyze_reads_whole_at_80_and_100_columns(lab, analyzed, columns):
     out = run(lab, "analyze", PID, columns=columns).stdout
     check_width(out, columns)
-    assert_whole(out, analysis_values(lab))
+    assert_whole(out, analysis_values(analyzed))
     assert "…" not in out
 
 
-def test_analyze_piped_is_plain_text_at_full_width(lab):
+def test_analyze_piped_is_plain_text_at_full_width(lab, analyzed):
     out = run(lab, "analyze", PID, columns=None).stdout
     assert "\x1b[" not in out and "…" not in out
-    assert_whole(out, analysis_values(lab))
+    assert_whole(out, analysis_values(analyzed))
     from labkit.render import _f
 
-    data = json.loads(run(lab, "analyze", PID, "--json", columns=None).stdout)
-    row = data["metrics"][0]  # one table row stays on one line: its metric, effect and p together
+    row = analyzed["metrics"][0]  # one table row stays on one line: its metric, effect and p together
     effect, p = _f(row["effect"], "+.4g"), _f(row["p_value_adjusted"], ".3g")
     assert any(row["metric"] in line and effect in line and p in line for line in out.splitlines()), out
 
@@ -158,21 +174,19 @@ def test_list_piped_is_one_line_per_pilot(lab):
 
 
 @pytest.mark.parametrize("columns", [80, 100])
-def test_plan_reads_whole_at_80_and_100_columns(lab, columns):
+def test_plan_reads_whole_at_80_and_100_columns(lab, planned, columns):
     from labkit.render import _f
 
     out = run(lab, "plan", PID, columns=columns).stdout
     check_width(out, columns)
-    data = json.loads(run(lab, "plan", PID, "--json", columns=None).stdout)
-    assert_whole(out, [PID, METRICS[0], _f(data["required_total"], ","), _f(data["baseline_mean"])])
+    assert_whole(out, [PID, METRICS[0], _f(planned["required_total"], ","), _f(planned["baseline_mean"])])
 
 
 @pytest.mark.parametrize("columns", [80, 100])
-def test_compare_reads_whole_at_80_and_100_columns(lab, columns):
+def test_compare_reads_whole_at_80_and_100_columns(lab, compared, columns):
     out = run(lab, "compare", columns=columns).stdout
     check_width(out, columns)
-    data = json.loads(run(lab, "compare", "--format", "json", columns=None).stdout)
-    (row,) = data["pilots"]
+    (row,) = compared["pilots"]
     assert_whole(out, [PID, METRICS[0], row["decision"], "service", f"{row['exposed']:,}"])
     assert "…" not in out
 
@@ -206,9 +220,9 @@ def same(cell: str, value) -> bool:
     return cell == str(value)
 
 
-def test_analyze_formats_agree_and_json_is_an_alias(lab):
+def test_analyze_formats_agree_and_json_is_an_alias(lab, analyzed):
     data = json.loads(run(lab, "analyze", PID, "--format", "json", columns=None).stdout)
-    assert json.loads(run(lab, "analyze", PID, "--json", columns=None).stdout)["metrics"] == data["metrics"]
+    assert analyzed["metrics"] == data["metrics"]  # --json is --format json
     rows = read_csv(run(lab, "analyze", PID, "--format", "csv", columns=None).stdout)
     assert len(rows) == len(data["metrics"]) == 2  # one row per metric and arm
     for row, want in zip(rows, data["metrics"]):
@@ -218,9 +232,9 @@ def test_analyze_formats_agree_and_json_is_an_alias(lab):
     assert METRICS[0] in run(lab, "analyze", PID, "--format", "table", columns=None).stdout
 
 
-def test_plan_formats_agree_and_json_is_an_alias(lab):
+def test_plan_formats_agree_and_json_is_an_alias(lab, planned):
     data = json.loads(run(lab, "plan", PID, "--format", "json", columns=None).stdout)
-    assert json.loads(run(lab, "plan", PID, "--json", columns=None).stdout) == data
+    assert planned == data  # --json is --format json
     rows = read_csv(run(lab, "plan", PID, "--format", "csv", columns=None).stdout)
     assert [r["arm"] for r in rows] == list(data["required_by_arm"]) == ["control", "fast"]  # one row per arm
     for row in rows:
@@ -270,7 +284,7 @@ def test_list_keeps_every_value_whole_at_every_width(width, rows):
         assert_whole(text, [str(v) for v in row.values()])
 
 
-def test_analyze_keeps_every_value_whole_at_every_width(lab):
+def test_analyze_keeps_every_value_whole_at_every_width(lab, analyzed):
     """`render_analysis` at every width from 60 to 160 columns (COLUMNS, as rich reads it)."""
     import contextlib
     import io
@@ -283,7 +297,7 @@ def test_analyze_keeps_every_value_whole_at_every_width(lab):
             lab / "experiments" / f"{PID}.yaml", lab=labkit.load_lab(lab / "configs" / "lab.yaml")
         )
     )
-    values = analysis_values(lab)
+    values = analysis_values(analyzed)
     saved = os.environ.get("COLUMNS")
     try:
         for width in range(60, 161, 5):

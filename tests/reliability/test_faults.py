@@ -16,12 +16,12 @@ Where each case is proved (what existing tests prove is not repeated here; ``::n
 
 | case | fault | tests |
 | --- | --- | --- |
-| 21 | a cell raises | tests/test_pipeline.py::test_a_cell_that_raises_fails_the_run_and_names_the_cell_in_one_line and ::test_the_partial_notebook_of_a_failed_run_is_kept_and_attached (one pilot alone); ::test_each_fault_fails_its_run_keeps_the_partial_notebook_and_says_so[raise] (in a mixed batch), ::test_once_the_faults_are_fixed_a_rerun_is_finished_and_latest |
-| 22 | ``os._exit(1)``; SIGKILL to the kernel pid | tests/test_pipeline.py::test_a_kernel_that_dies_fails_the_run, tests/runner/test_runner.py::test_sigkill_of_the_kernel_is_a_dead_kernel (runner only); ::test_each_fault_...[os_exit] and [sigkill] (through `labkit run` into MLflow) |
-| 23 | ``time.sleep(10**6)`` | tests/test_pipeline.py::test_a_hung_cell_fails_within_the_timeout_and_leaves_no_kernel; ::test_each_fault_...[sleep], ::test_a_hung_cell_stops_at_the_timeout, ::test_no_kernel_and_no_running_run_is_left |
-| 24 | ``sys.exit(0)``; no results.json | tests/test_pipeline.py::test_a_notebook_that_exits_early_is_failed_not_finished; ::test_each_fault_...[exit] |
+| 21 | a cell raises | ::test_each_fault_fails_its_run_keeps_the_partial_notebook_and_says_so[raise] (the one line, FAILED, the partial notebook kept and attached with the error output), ::test_once_the_faults_are_fixed_a_rerun_is_finished_and_latest; in a batch of 50: tests/reliability/test_load.py; in the runner: tests/runner/test_runner.py::test_cell_that_raises_fails_naming_cell_and_error |
+| 22 | ``os._exit(1)``; SIGKILL to the kernel pid | ::test_each_fault_...[os_exit] and [sigkill] (through `labkit run` into MLflow), tests/runner/test_runner.py::test_sigkill_of_the_kernel_is_a_dead_kernel (runner only) |
+| 23 | ``time.sleep(10**6)`` | ::test_each_fault_...[sleep], ::test_a_hung_cell_stops_at_the_timeout, ::test_no_kernel_and_no_running_run_is_left |
+| 24 | ``sys.exit(0)``; no results.json | ::test_each_fault_...[exit]; tests/test_pipeline.py::test_a_notebook_that_exits_early_is_failed_not_finished (beside the analysis notebook in a batch) |
 | 25 | a cell prints 200 MB | tests/runner/test_runner.py::test_printing_200_mb_keeps_labkit_memory_bounded (peak RSS), ::test_output_is_capped_per_cell; ::test_200_mb_of_output_is_capped_and_the_run_finishes (through the CLI into MLflow) |
-| 27, 40 | SIGINT/SIGTERM/SIGHUP to `labkit run` with 4 pilots in flight; SIGKILL, then rerun | ::test_a_signal_kills_all_four_runs_in_flight[SIGINT-130-0/SIGTERM-143-1/SIGHUP-129-2], ::test_once_the_faults_are_fixed_a_rerun_is_finished_and_latest; SIGKILL and the sweep: tests/test_pipeline.py::test_sigkill_leaves_a_running_run_that_the_next_labkit_run_sweeps, tests/test_tracking.py::test_sweep_stale_kills_the_running_run_of_a_dead_process |
+| 27, 40 | SIGINT/SIGTERM/SIGHUP to `labkit run` with 4 pilots in flight; SIGKILL, then rerun | ::test_a_signal_kills_all_four_runs_in_flight[SIGINT-130-0/SIGTERM-143-1/SIGHUP-129-2] (a single pilot goes through the same batch code, a pool of one), ::test_once_the_faults_are_fixed_a_rerun_is_finished_and_latest; SIGKILL and the sweep: tests/test_pipeline.py::test_sigkill_leaves_a_running_run_that_the_next_labkit_run_sweeps, tests/test_tracking.py::test_sweep_stale_kills_the_running_run_of_a_dead_process |
 | 30 | results dir read-only, or full | ::test_a_read_only_results_dir_is_one_clear_error_and_no_running_run, ::test_a_full_results_disk_fails_the_run_cleanly — a real read-only bind mount and a real 1 MB tmpfs (`mount`, as root: root ignores file modes, so chmod would prove nothing) |
 | 18 | an interrupted `labkit assign` (issue #7 lists it with the faults) | tests/assignment/test_assign.py::test_sigkill_mid_write_leaves_no_parquet_and_the_rerun_reclaims_the_lock, ::test_ctrl_c_mid_write_leaves_nothing_behind |
 
@@ -316,6 +316,12 @@ def test_each_fault_fails_its_run_keeps_the_partial_notebook_and_says_so(world, 
     assert banner in json.dumps(partial)
     assert lab.artifacts(run) == FAULT_ARTIFACTS | {f"pilot/{pid}.yaml"}
     assert "<html" in lab.download(run, "notebook/fault.html").read_text().lower()
+    if fault == "raise":  # the attached notebook shows the error, as the kernel raised it
+        attached = json.loads(lab.download(run, "notebook/fault.ipynb").read_text())
+        errors = [
+            o for c in attached["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"
+        ]
+        assert [(e["ename"], e["evalue"]) for e in errors] == [("ValueError", "injected fault")]
 
 
 def test_a_hung_cell_stops_at_the_timeout(world):
