@@ -50,7 +50,12 @@ def warm_kernels(notebooks: list[Path] = (), wanted: bool = True) -> Iterator[Ke
         return
     with _LOCK:
         if not _CURRENT:  # a batch already running in this process shares its server: it ends with the last
-            _CURRENT.append(KernelServer(imports_of(notebooks)))
+            try:
+                _CURRENT.append(KernelServer(imports_of(notebooks)))
+            except OSError as e:  # no temporary folder, no process: fresh kernels, as without the server
+                log.info("warm kernels: the server did not start (%s); fresh kernels", e)
+                yield None
+                return
         server = _CURRENT[0]
         server.users += 1
     try:
@@ -148,18 +153,18 @@ def imports_of(notebooks) -> list[str]:
     for path in notebooks:
         try:
             cells = json.loads(Path(path).read_text(encoding="utf-8")).get("cells", [])
-        except (OSError, ValueError):
-            continue
-        for cell in cells:
-            if cell.get("cell_type") != "code":
+        except (OSError, ValueError, AttributeError):
+            continue  # not a notebook: the preflight refuses it in one line
+        for cell in cells if isinstance(cells, list) else []:
+            if not isinstance(cell, dict) or cell.get("cell_type") != "code":
                 continue
             source = cell.get("source", "")
-            source = "".join(source) if isinstance(source, list) else source
+            source = "".join(map(str, source)) if isinstance(source, list) else str(source)
             # IPython's magics and shell escapes are not Python
             lines = ["" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines()]
             try:
                 tree = ast.parse("\n".join(lines))
-            except SyntaxError:
+            except (SyntaxError, ValueError):  # ValueError: a NUL byte
                 continue
             for node in ast.walk(tree):
                 if isinstance(node, ast.Import):

@@ -19,6 +19,8 @@ from pathlib import Path
 import nbformat
 import psutil
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from labkit.runner import cancel_all, execute, warm
 
@@ -205,7 +207,16 @@ def test_the_server_imports_what_the_notebooks_import(tmp_path):
         "from . import local\nif True:\n    import fractions",
         "def broken(:",
     )
-    assert warm.imports_of([nb, tmp_path / "missing.ipynb"]) == ["pandas", "json", "scipy", "fractions"]
+    hostile = [tmp_path / f"h{i}.ipynb" for i in range(5)]
+    for path, text in zip(hostile, ["1", '{"cells": 3}', '{"cells": [1, {"cell_type": "code", "source": 5}]}',
+                                    "[]", '{"cells": [{"cell_type": "code", "source": "import a\\u0000"}]}']):  # fmt: skip
+        path.write_text(text)
+    assert warm.imports_of([nb, tmp_path / "missing.ipynb", *hostile]) == [
+        "pandas",
+        "json",
+        "scipy",
+        "fractions",
+    ]
 
 
 def test_env_mismatch_names_the_first_variable_that_shapes_imports():
@@ -277,3 +288,23 @@ def test_batches_in_one_process_share_the_server_until_the_last_ends():
             assert second is first and first.users == 2
         assert first.proc.poll() is None and warm.current() is first  # still serving the first batch
     assert gone(first.proc.pid, 5) and warm.current() is None
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["cells", "cell_type", "source", "code"]) | st.text(max_size=5), inner, max_size=4
+        )
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(document=JSON)
+def test_any_json_file_as_a_notebook_gives_a_list_of_imports_never_an_error(tmp_path, document):
+    path = tmp_path / "any.ipynb"
+    path.write_text(json.dumps(document))
+    assert isinstance(warm.imports_of([path]), list)
