@@ -67,25 +67,27 @@ DEMO_LAB_MODULES = {
     "tests/test_jupyterlab.py",
     "tests/test_notebooks.py",
 }
-# Units that take longest (``--durations``, 2 cores), slowest first: they start first, so that none is
-# left running alone at the end. A name missing here only loses its place.
+# Units that take longest (wall per unit in a profiled `make test`, 2026-12-06), slowest first: they
+# start first, so that none is left running alone at the end. A name missing here only loses its place.
 SLOWEST_FIRST = (
-    "tests/reliability/test_concurrency.py",
     "demo_lab",
     "tests/test_pipeline.py",
     "tests/reliability/test_faults.py",
     "tests/reliability/test_shared_server.py",
+    "tests/reliability/test_concurrency.py",
     "tests/reliability/test_load.py",
-    "tests/tracking/test_compare.py",
-    "tests/reliability/test_security.py",
     "tests/data/test_spark.py",
     "tests/runner/test_runner.py",
     "tests/test_analysis.py",
-    "tests/reliability/test_input.py",
-    "tests/stats/test_proportions.py",
-    "tests/reliability/test_store.py",
-    "tests/tracking/test_ui.py",
+    "tests/tracking/test_compare.py",
     "tests/demo/test_demo.py",
+    "tests/reliability/test_store.py",
+    "tests/reliability/test_security.py",
+    "tests/reliability/test_input.py",
+    "tests/test_bench_smoke.py",
+    "tests/data/test_postgres.py",
+    "tests/tracking/test_ui.py",
+    "tests/stats/test_proportions.py",
 )
 
 
