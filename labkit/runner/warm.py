@@ -5,7 +5,8 @@ active, every kernel whose command is the standard ``<this python> -m ipykernel_
 forked by it (:class:`ForkProvisioner`) instead of started afresh, saving each kernel the ~3 s of CPU of
 its imports. Anything else — another kernel, a server not ready within :data:`READY_WAIT_S`, a server
 gone, a refusal (it has a thread, the environment differs) — starts a fresh kernel as before, so a warm
-kernel is only ever a faster start of the same kernel. ``LABKIT_WARM_KERNELS=0`` turns it off.
+kernel is only ever a faster start of the same kernel. ``LABKIT_WARM_KERNELS=0`` turns it off; it is
+Linux only.
 
 A forked kernel is not labkit's child: :class:`ForkedKernel` stands in for its :class:`subprocess.Popen`
 (poll, wait, signals), with the exit code the server reports when it reaps the kernel. The kernel leads
@@ -39,7 +40,10 @@ _LOCK = threading.Lock()
 
 
 def enabled() -> bool:
-    return os.environ.get("LABKIT_WARM_KERNELS", "1").strip().lower() not in ("0", "false", "no", "off")
+    """On by default on Linux; elsewhere a fork of a process that imported GUI-capable libraries (macOS) is
+    not safe, and there is no fork (Windows)."""
+    off = os.environ.get("LABKIT_WARM_KERNELS", "1").strip().lower() in ("0", "false", "no", "off")
+    return sys.platform.startswith("linux") and not off
 
 
 @contextmanager
