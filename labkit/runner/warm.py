@@ -135,8 +135,11 @@ class KernelServer:
         return kernel
 
     def close(self) -> None:
-        """Stop the server (it SIGKILLs any kernel still alive) and remove its folder."""
+        """Stop the server at once and remove its folder: SIGTERM ends it mid-import (a refused batch pays no
+        more of its imports), or, once it serves, makes it SIGKILL any kernel still alive and exit."""
         try:
+            if self.proc.poll() is None:
+                self.proc.terminate()
             if self.proc.stdin:
                 self.proc.stdin.close()
             self.proc.wait(timeout=10)

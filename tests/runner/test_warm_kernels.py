@@ -258,12 +258,19 @@ def test_when_labkit_is_killed_the_server_and_its_kernels_die_too(tmp_path):
             proc.kill()
 
 
+def test_a_batch_refused_at_once_stops_the_server_in_its_imports(tmp_path):
+    nb = notebook(tmp_path / "heavy.ipynb", "import labkit, matplotlib.pyplot")  # seconds of imports
+    with warm.warm_kernels([nb]) as server:
+        pass  # the preflight refused: no kernel was asked for
+    assert server.proc.returncode == -signal.SIGTERM  # once serving, SIGTERM is handled: it exits 0
+
+
 def test_the_server_ends_with_its_batch_and_leaves_no_folder(tmp_path):
     with warm.warm_kernels() as server:
         assert server.usable()
         folder, pid = server.dir, server.proc.pid
         assert oct(folder.stat().st_mode & 0o777) == "0o700"
-    assert gone(pid, 5) and not folder.exists()
+    assert gone(pid, 5) and not folder.exists() and server.proc.returncode == 0
 
 
 def test_only_modules_and_packages_of_the_kernels_folder_shadow(tmp_path):
