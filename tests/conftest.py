@@ -112,6 +112,16 @@ def pytest_xdist_make_scheduler(config, log):
     return UnitScheduling(config, log)
 
 
+def pytest_collection_finish(session):
+    """Freeze what the imports and the collection built (hundreds of thousands of objects on a worker):
+    the interpreter's full collections, which statsmodels and others also call, then skip them. Only the
+    collector's work changes; nothing frozen was garbage."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def pytest_sessionfinish(session):
     """The xdist controller, once every worker has ended, stops the run's shared mlflow server."""
     config = session.config

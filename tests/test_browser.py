@@ -344,13 +344,22 @@ def test_mlflow_ui_filters_runs_by_function_and_shows_each_decision(demo_lab, ui
 
 
 def test_compare_html_report_renders_offline_in_chromium(demo_lab, browser, shots):
+    import contextlib
+    import io
+
+    from labkit.cli import main
+
     report = shots / "portfolio.html"
-    done = subprocess.run(
-        [sys.executable, "-m", "labkit.cli", "compare", "--by", "function", "--format", "html", "--output",
-         str(report)],
-        cwd=demo_lab.root, env=demo_lab.env(), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:  # the console script's main in the demo's environment
+        for name in set(os.environ) - set(demo_lab.env()):
+            patch.delenv(name)
+        for name, value in demo_lab.env().items():
+            patch.setenv(name, value)
+        patch.chdir(demo_lab.root)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            code = main(["compare", "--by", "function", "--format", "html", "--output", str(report)])
+    assert code == 0, out.getvalue()
     pilots = _pilots(demo_lab)
     functions = {p.spec.function for p in pilots.values()}
     decisions = {}

@@ -456,20 +456,38 @@ def test_a_pilot_cannot_mix_files_and_postgres(tmp_path, tables, crm_env):
 # the URL never leaves the environment
 
 
+# One interpreter runs the console script's ``main`` for each command in turn (a real process: what reaches
+# its stdout and stderr file descriptors is checked, not only Python's streams), each command's output
+# ended by a NUL line on both streams; one start instead of three saves two interpreters' imports.
+COMMANDS = (
+    "import json, sys\n"
+    "from labkit.cli import main\n"
+    "for command in json.loads(sys.argv[1]):\n"
+    "    code = main(command)\n"
+    "    print(f'\\x00{code}', flush=True)\n"
+    "    print('\\x00', file=sys.stderr, flush=True)\n"
+)
+
+
 def test_the_connection_string_appears_in_no_output_or_file(tmp_path, tables, crm_env, postgres_server):  # noqa: F811
     pg = write_lab(tmp_path / "pg", "postgres", tables)
     env = {**os.environ, URL_ENV: crm_env, "LABKIT_DEBUG": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    commands = [["assign", PILOT_ID], ["analyze", PILOT_ID, "--json"], ["plan", PILOT_ID, "--json"]]
+    done = subprocess.run(
+        [sys.executable, "-c", COMMANDS, json.dumps([["--lab", str(pg), *c] for c in commands])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    *stdouts, rest = re.split(r"\x00(-?\d+)\n", done.stdout)  # output, exit code, output, exit code, ...
+    *stderrs, after = done.stderr.split("\x00\n")
+    assert rest == after == "" and len(stdouts) == len(stderrs) * 2 == 2 * len(commands), done
     outputs = []
-    for command in (["assign", PILOT_ID], ["analyze", PILOT_ID, "--json"], ["plan", PILOT_ID, "--json"]):
-        done = subprocess.run(
-            [sys.executable, "-m", "labkit.cli", "--lab", str(pg), *command],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stderr
-        outputs += [done.stdout, done.stderr]
+    for command, out, code, err in zip(commands, stdouts[::2], stdouts[1::2], stderrs):
+        assert code == "0", (command, err)
+        outputs += [out, err]
     result = json.loads(outputs[2])
     assert result["pilot"] == PILOT_ID and result["srm"]["counts"]
     secrets = [crm_env, postgres_server.password, crm_env.split("@")[0]]

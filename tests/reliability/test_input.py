@@ -2,8 +2,8 @@
 
 One lab is built for the module: seeded CRM extracts (customers parquet with ids, emails and handles,
 outcomes csv, events parquet), the repo's analysis notebook, a valid pilot ``p`` that is assigned and run
-once with ``python -m labkit.cli run`` so that ``results/`` holds an assignment, an executed notebook and a
-real sqlite MLflow store with one FINISHED run. Each test then breaks one thing (a pilot file, the lab
+once (``labkit.cli.main``: ``assign p``, ``run p``) so that ``results/`` holds an assignment, an executed
+notebook and a real sqlite MLflow store with one FINISHED run. Each test then breaks one thing (a pilot file, the lab
 file, a notebook, a data file) and drives ``labkit.cli.main`` in this process — the code path of the
 console script, without a new interpreter's seconds of imports — for every command that reads it
 (``validate``, ``plan``, ``assign``, ``analyze``, ``run``). The default expectation of RELIABILITY.md is
@@ -93,8 +93,6 @@ import json
 import os
 import resource
 import shutil
-import subprocess
-import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -198,12 +196,22 @@ def build_lab(root: Path) -> Path:
     shutil.copy(REPO / "notebooks" / "pilot_analysis.ipynb", root / "notebooks" / "pilot_analysis.ipynb")
     build_data(root)
     for command in (["assign", "p"], ["run", "p"]):
-        done = subprocess.run(
-            [sys.executable, "-m", "labkit.cli", *command], cwd=root, env=cli_env(), capture_output=True,
-            text=True, timeout=300,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stdout + done.stderr
+        code, out, err = cli_in(root, *command)
+        assert code == 0, out + err
     return root
+
+
+def cli_in(root: Path, *args: str) -> tuple[int, str, str]:
+    """``labkit ARGS`` run in ``root`` with a user's environment (``cli_env``), in this process: the same
+    commands as a subprocess would run, without its ~2 CPU-s of imports (the kernel of a run is still its
+    own process)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        for name in ("LABKIT_LAB", "LABKIT_TRACKING_URI", "COLUMNS", "LINES"):
+            patch.delenv(name, raising=False)
+        for name, value in cli_env().items():
+            patch.setenv(name, value)
+        return cli_main(*args)
 
 
 class HostileLab:
@@ -1006,11 +1014,8 @@ def test_reordered_and_appended_rows_keep_the_assignment_and_flag_the_data_end_t
     appended, n = digest()
     assert appended not in (recorded, reordered) and n == exposed  # the same customers are analysed
 
-    done = subprocess.run(
-        [sys.executable, "-m", "labkit.cli", "run", "p"], cwd=lab.root, env=cli_env(), capture_output=True,
-        text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
+    code, out, err = cli_in(lab.root, "run", "p")
+    assert code == 0, out + err
     assert assignment.read_bytes() == drawn
     second = latest_run(lab)
     assert second.info.run_id != first.info.run_id and second.info.status == "FINISHED"

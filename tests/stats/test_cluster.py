@@ -36,11 +36,17 @@ def simulate(rng, n_clusters, icc, effect=0.0, base=0.0, binary=False, sizes=(5,
 
 
 def cells_of(df: pd.DataFrame, cell_col="arm") -> ClusterCells:
-    g = df.groupby(["cluster", cell_col]).agg(
-        y=("y", "sum"), n=("y", "size"), y2=("y", lambda s: (s * s).sum())
+    """Each (cluster, cell)'s sum, count and sum of squares of y, with numpy (integer labels): a pandas
+    groupby with a lambda per group was ~90% of the simulations' time."""
+    keys, where = np.unique(df[["cluster", cell_col]].to_numpy(), axis=0, return_inverse=True)
+    where = where.ravel()
+    y = df["y"].to_numpy(dtype=float)
+    sums = np.bincount(where, weights=y)
+    squares = np.bincount(where, weights=y * y)
+    n = np.bincount(where)
+    return ClusterCells.of(
+        pd.Series(keys[:, 0]), pd.Series(keys[:, 1]), pd.Series(sums), pd.Series(n), pd.Series(squares)
     )
-    g = g.reset_index()
-    return ClusterCells.of(g["cluster"], g[cell_col], g["y"], g["n"], g["y2"])
 
 
 def statsmodels_contrast(df: pd.DataFrame, cell_col: str, treatment: int, control: int, k: int):
