@@ -3,7 +3,8 @@
 A batch of pilots starts one kernel per pilot, and each fresh kernel spends most of its CPU importing the
 same libraries (ipykernel, matplotlib, pandas, labkit's analysis with Ibis, DuckDB and scipy: ~3 s of the
 ~4.5 s a demo pilot's kernel takes). This process imports them once — ipykernel, the modules the batch's
-notebooks import, and labkit's analysis engine when they import labkit (:func:`preload`) — then, for every
+notebooks import (of the standard library and labkit's own libraries), and labkit's analysis engine
+when they import labkit (:func:`preload`) — then, for every
 request on its Unix socket, forks a child that becomes a kernel exactly as ``python -m ipykernel_launcher
 -f <connection file>`` would: its own session and process group (so labkit's SIGKILL of the group reaches
 the kernel and whatever it started), the request's working directory, environment and stdout/stderr, the
@@ -54,6 +55,16 @@ LABKIT_ENGINE = (
     "ibis.backends.sql.compilers",
     "ibis.formats.pandas",
 )
+# Of a notebook's imports the server takes only the standard library's and those of the libraries labkit
+# itself installs: importing a module runs its code, and another package's import may have effects (open a
+# connection, write a file) that must not happen in a server started before the preflight has passed.
+KNOWN = frozenset({
+    "labkit", "numpy", "pandas", "scipy", "matplotlib", "matplotlib_inline", "IPython", "ipykernel", "duckdb",
+    "ibis", "pyarrow", "yaml", "pydantic", "rich", "dateutil", "pytz", "nbformat", "traitlets", "zmq",
+})  # fmt: skip
+NOT_STDLIB = frozenset(
+    {"antigravity", "this", "turtle", "turtledemo", "tkinter", "idlelib"}
+)  # effects on import
 # Variables whose value at import time shapes the preloaded libraries (paths, threads, locale, backends).
 _SHAPING = ("PYTHON", "MPL", "MATPLOTLIB", "OMP_", "OPENBLAS", "MKL_", "NUMEXPR", "VECLIB", "LD_", "MALLOC",
             "LC_", "LANG", "HOME", "XDG_", "IPYTHON", "JUPYTER", "LABKIT_", "ARROW_", "TZ", "PATH", "VIRTUAL_ENV")  # fmt: skip
@@ -68,9 +79,17 @@ def env_mismatch(server_env: dict[str, str], kernel_env: dict[str, str]) -> str 
     return None
 
 
+def preloadable(name: str) -> bool:
+    """A module the server may import for a notebook: the standard library's (bar a few with effects on
+    import) and those of the libraries labkit installs (:data:`KNOWN`)."""
+    top = name.partition(".")[0]
+    return top in KNOWN or (top in sys.stdlib_module_names and top not in NOT_STDLIB)
+
+
 def preload(modules: list[str]) -> None:
     # the backend ipykernel sets when it starts (kernelapp.init_io), before matplotlib reads it at import
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    modules = [m for m in modules if preloadable(m)]
     wanted = [*BASE, *modules]
     if any(m == "labkit" or m.startswith("labkit.") for m in modules):
         wanted += LABKIT_ENGINE

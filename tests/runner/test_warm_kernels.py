@@ -219,6 +219,24 @@ def test_the_server_imports_what_the_notebooks_import(tmp_path):
     ]
 
 
+def test_the_server_imports_only_the_standard_library_and_labkits_own_libraries(tmp_path):
+    nb = notebook(
+        tmp_path / "mixed.ipynb",
+        "import json, pathlib, sys\n"
+        "facts = {m: m in sys.modules for m in ('wave', 'hypothesis', 'antigravity')}\n"
+        "pathlib.Path(output_dir, 'facts.json').write_text(json.dumps(facts))\n"
+        "pathlib.Path(output_dir, 'results.json').write_text(json.dumps({'meta': {'run_token': run_token}}))",
+        "if False:\n    import wave, hypothesis, antigravity",  # named, never run
+    )
+    with warm.warm_kernels([nb]):
+        run = execute(nb, tmp_path / "out", {}, cwd=tmp_path, run_token=TOKEN, timeout_s=60)
+    assert run.status == "FINISHED", run.message
+    facts = json.loads((tmp_path / "out" / "facts.json").read_text())
+    # wave: preloaded (standard library, imported by nothing else); hypothesis: another package's import may
+    # have effects, so its import is the kernel's own; antigravity opens a web browser on import
+    assert facts == {"wave": True, "hypothesis": False, "antigravity": False}
+
+
 def test_env_mismatch_names_the_first_variable_that_shapes_imports():
     base = {"HOME": "/h", "PATH": "/bin", "MLFLOW_RUN_ID": "a", "JPY_PARENT_PID": "1"}
     assert warm_env(base, base | {"MLFLOW_RUN_ID": "b", "JPY_SESSION_NAME": "x"}) is None
