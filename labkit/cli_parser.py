@@ -16,7 +16,8 @@ EPILOG = {
     "plan": "example: labkit plan service-twitter-fast-reply",
     "assign": "example: labkit assign service-twitter-fast-reply",
     "analyze": "example: labkit analyze service-twitter-fast-reply --json  (also spelt: labkit analyse)",
-    "run": "example: labkit run experiments/",
+    "run": "example: labkit run experiments/  (kernels are forked from one pre-imported process on Linux; "
+    "LABKIT_WARM_KERNELS=0 starts each afresh)",
     "compare": "example: labkit compare --by function --format html > report.html",
     "ui": "example: labkit ui --port 5000",
     "demo": "example: labkit demo",

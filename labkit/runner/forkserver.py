@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         while True:
             ready, _, _ = select.select([listener, sys.stdin, wake_r], [], [], 1.0)
-            if wake_r in ready and _drain(wake_r) and _got_sigterm():
+            if wake_r in ready and _sigterm_in(wake_r):
                 break
             _reap(children)
             if sys.stdin in ready and not os.read(sys.stdin.fileno(), 4096):
@@ -143,21 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-_SIGTERM = [False]
-
-
-def _got_sigterm() -> bool:
-    return _SIGTERM[0]
-
-
-def _drain(fd: int) -> bool:
+def _sigterm_in(fd: int) -> bool:
+    """Drain the signal wakeup pipe; whether SIGTERM was among the signals."""
     try:
         data = os.read(fd, 4096)
     except BlockingIOError:
         return False
-    if signal.SIGTERM in data:
-        _SIGTERM[0] = True
-    return True
+    return signal.SIGTERM in data
 
 
 def _reap(children: dict[int, socket.socket]) -> None:
