@@ -60,78 +60,72 @@ def run(ctx: Ctx) -> list[dict]:
         warm=1,  # the first processes fill the bytecode cache (benchmarks.common.BYTECODE) for the server too
         env={"MLFLOW_DISABLE_TELEMETRY": "true"},
     )
-    single = {"seconds": got["labkit"]["median"], "all": got["labkit"]["all"], "cpu": got["labkit"]["cpu_s"]}
-    bare = {
-        "seconds": got["papermill"]["median"],
-        "all": got["papermill"]["all"],
-        "cpu": got["papermill"]["cpu_s"],
-    }
+    single, fresh, bare = got["labkit"], got["fresh"], got["papermill"]
     single_load = round((load + os.getloadavg()[0]) / 2, 1)
     reset(out)
     pilots = demo_lab.pilot_ids(root)
     ctx.say(f"runs: labkit run over {len(pilots)} pilots")
-    load = os.getloadavg()[0]
-    batch = run_whole([*LABKIT, "run", *pilots], root, env={"MLFLOW_DISABLE_TELEMETRY": "true"})
-    batch_load = round((load + os.getloadavg()[0]) / 2, 1)
-    load = os.getloadavg()[0]
-    fresh_batch = run_whole([*cold, "run", *pilots], root, env={"MLFLOW_DISABLE_TELEMETRY": "true"})
-    fresh_load = round((load + os.getloadavg()[0]) / 2, 1)
-    fresh = got["fresh"]
+    batches = {}
+    for name, prefix in (("warm", LABKIT), ("fresh", cold)):
+        load = os.getloadavg()[0]
+        batch = run_whole([*prefix, "run", *pilots], root, env={"MLFLOW_DISABLE_TELEMETRY": "true"})
+        batches[name] = batch | {"load": round((load + os.getloadavg()[0]) / 2, 1)}
+    afresh = "with every kernel started afresh, as before warm kernels"
     return [
-        {
-            "benchmark": "run: one pilot vs bare papermill",
-            "pilots": 1,
-            "labkit_s": round(single["seconds"], 2),
-            "baseline_s": round(bare["seconds"], 2),
-            "ratio": ratio(single["seconds"], bare["seconds"]),
-            "overhead_s": round(single["seconds"] - bare["seconds"], 2),
-            "labkit_cpu_s": round(single["cpu"], 2),
-            "baseline_cpu_s": round(bare["cpu"], 2),
-            "cpu_overhead_s": round(single["cpu"] - bare["cpu"], 2),
-            "load": single_load,
+        _one_pilot_row("run: one pilot vs bare papermill", single, bare, single_load)
+        | {
             "target_s": OVERHEAD_S,
-            "met": single["seconds"] - bare["seconds"] <= OVERHEAD_S,
-            "labkit_all_s": single["all"],
+            "met": single["median"] - bare["median"] <= OVERHEAD_S,
             "baseline_all_s": bare["all"],
-        },
-        {
-            "benchmark": "run: one pilot, fresh kernel (LABKIT_WARM_KERNELS=0) vs bare papermill",
-            "pilots": 1,
-            "labkit_s": round(fresh["median"], 2),
-            "baseline_s": round(bare["seconds"], 2),
-            "ratio": ratio(fresh["median"], bare["seconds"]),
-            "overhead_s": round(fresh["median"] - bare["seconds"], 2),
-            "labkit_cpu_s": round(fresh["cpu_s"], 2),
-            "baseline_cpu_s": round(bare["cpu"], 2),
-            "cpu_overhead_s": round(fresh["cpu_s"] - bare["cpu"], 2),
-            "load": single_load,
-            "labkit_all_s": fresh["all"],
-            "notes": ["the same run with every kernel started afresh, as before warm kernels"],
-        },
-        {
-            "benchmark": "run: batch, fresh kernels (LABKIT_WARM_KERNELS=0) vs one pilot",
-            "pilots": len(pilots),
-            "labkit_s": round(fresh_batch["seconds"], 2),
-            "baseline_s": round(fresh["median"], 2),
-            "baseline": "one pilot's labkit run, fresh kernel",
-            "ratio": ratio(fresh_batch["seconds"], fresh["median"]),
-            "labkit_cpu_s": round(fresh_batch["cpu_s"], 2),
-            "load": fresh_load,
-            "notes": ["the batch with every kernel started afresh, as before warm kernels"],
-        },
-        {
-            "benchmark": "run: batch vs one pilot",
-            "pilots": len(pilots),
-            "labkit_s": round(batch["seconds"], 2),
-            "baseline_s": round(single["seconds"], 2),
+        },  # fmt: skip
+        _one_pilot_row(
+            "run: one pilot, fresh kernel (LABKIT_WARM_KERNELS=0) vs bare papermill", fresh, bare, single_load
+        )
+        | {"notes": [f"the same run {afresh}"]},
+        _batch_row(
+            "run: batch, fresh kernels (LABKIT_WARM_KERNELS=0) vs one pilot",
+            batches["fresh"],
+            fresh,
+            len(pilots),
+        )
+        | {"baseline": "one pilot's labkit run, fresh kernel", "notes": [f"the batch {afresh}"]},
+        _batch_row("run: batch vs one pilot", batches["warm"], single, len(pilots))
+        | {
             "baseline": "one pilot's labkit run",
-            "ratio": ratio(batch["seconds"], single["seconds"]),
-            "labkit_cpu_s": round(batch["cpu_s"], 2),
-            "load": batch_load,
             "target_ratio": BATCH_RATIO,
-            "met": batch["seconds"] <= BATCH_RATIO * single["seconds"],
+            "met": batches["warm"]["seconds"] <= BATCH_RATIO * single["median"],
             "notes": [
                 f"{len(pilots)} pilots on the default workers (one per core); serial would be ~{len(pilots)}x"
             ],
         },
     ]
+
+
+def _one_pilot_row(name: str, side: dict, bare: dict, load: float) -> dict:
+    """A one-pilot row: ``side`` and ``bare`` as :func:`benchmarks.common.alternated` gives them."""
+    return {
+        "benchmark": name,
+        "pilots": 1,
+        "labkit_s": round(side["median"], 2),
+        "baseline_s": round(bare["median"], 2),
+        "ratio": ratio(side["median"], bare["median"]),
+        "overhead_s": round(side["median"] - bare["median"], 2),
+        "labkit_cpu_s": round(side["cpu_s"], 2),
+        "baseline_cpu_s": round(bare["cpu_s"], 2),
+        "cpu_overhead_s": round(side["cpu_s"] - bare["cpu_s"], 2),
+        "load": load,
+        "labkit_all_s": side["all"],
+    }
+
+
+def _batch_row(name: str, batch: dict, one: dict, pilots: int) -> dict:
+    """A batch row: ``batch`` from :func:`benchmarks.common.run_whole`, ``one`` the one-pilot side."""
+    return {
+        "benchmark": name,
+        "pilots": pilots,
+        "labkit_s": round(batch["seconds"], 2),
+        "baseline_s": round(one["median"], 2),
+        "ratio": ratio(batch["seconds"], one["median"]),
+        "labkit_cpu_s": round(batch["cpu_s"], 2),
+        "load": batch["load"],
+    }
