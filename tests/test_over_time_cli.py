@@ -86,14 +86,19 @@ def lab_root(tmp_path_factory) -> Path:
     k = rng.poisson(np.where(treated, 2.6, 2.0))
     who = np.repeat(np.arange(N), k)
     seconds = rng.integers(-5 * 86_400, (WINDOW + 5) * 86_400, who.size)
+    write_events(root, np.asarray(ids)[who], seconds, rng)
+    return root
+
+
+def write_events(root: Path, customers: np.ndarray, seconds: np.ndarray, rng) -> None:
+    """The lab's events file: one event per (customer, seconds after START), two replies to a like."""
     pd.DataFrame(
         {
-            "customer_id": np.asarray(ids)[who],
+            "customer_id": customers,
             "ts": (START + pd.to_timedelta(seconds, unit="s")).astype("datetime64[us]"),
-            "event_type": rng.choice(["reply", "reply", "like"], who.size),
+            "event_type": rng.choice(["reply", "reply", "like"], customers.size),
         }
     ).to_parquet(root / "data" / "events.parquet", index=False)
-    return root
 
 
 def run_cli(root: Path, *args: str) -> tuple[int, str, str]:
@@ -282,13 +287,7 @@ def cluster_root(tmp_path_factory) -> Path:
     k = rng.poisson(account_rate * np.where(treated, 2.6, 2.0))
     who = np.repeat(np.arange(accounts.size), k)
     seconds = rng.integers(-10 * 86_400, (WINDOW + 3) * 86_400, who.size)
-    pd.DataFrame(
-        {
-            "customer_id": np.asarray(ids)[who],
-            "ts": (START + pd.to_timedelta(seconds, unit="s")).astype("datetime64[us]"),
-            "event_type": rng.choice(["reply", "reply", "like"], who.size),
-        }
-    ).to_parquet(root / "data" / "events.parquet", index=False)
+    write_events(root, np.asarray(ids)[who], seconds, rng)
     return root
 
 
