@@ -361,6 +361,21 @@ def test_latest_is_the_newest_finished_run_of_each_pilot(backend):
     assert tracker.latest_runs(function="pr") == []
 
 
+def test_latest_among_runs_started_the_same_millisecond(backend):
+    """Ties on start go to the later end, then to the larger run id — the store's order (one run read)
+    against the rule computed here over every run."""
+    tracker = Tracker(backend.lab)
+    start = time.time() - 60
+    ids = [
+        tracker.record(make_record(backend.root, started_at=start, ended_at=start + end))
+        for end in (5.0, 9.0, 9.0, 1.0)
+    ]
+    runs = runs_of(tracker)
+    want = max(runs, key=lambda r: (r.info.start_time, r.info.end_time, r.info.run_id)).info.run_id
+    assert want in ids[1:3]
+    assert {r.info.run_id for r in runs if r.data.tags["labkit.latest"] == "true"} == {want}
+
+
 def test_concurrent_recorders_agree_on_one_latest_run(backend):
     """Threads with their own trackers (no shared lock over http): the flag still settles on the newest."""
     from concurrent.futures import ThreadPoolExecutor
