@@ -32,6 +32,7 @@ from labkit.notebook import (
     meaning,
     open_pilot,
     row_meaning,
+    show_figure,
 )
 
 matplotlib.use("Agg")  # this test process draws figures without a display; the notebooks draw inline
@@ -213,6 +214,25 @@ def test_the_effect_figure_has_a_legend_of_meanings_and_no_text_overlaps_or_leav
     matplotlib.pyplot.close(fig)
 
 
+def test_show_figure_shows_the_saved_png_once_at_the_inline_size(tmp_path):
+    """The inline output is the saved file byte for byte (one drawing), as wide as the inline backend shows
+    the figure, and the figure is closed so the cell's end does not show it a second time."""
+    import base64
+
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
+
+    InteractiveShell.instance()
+    fig, ax = matplotlib.pyplot.subplots(figsize=(5, 2))
+    ax.plot([0, 1], [1, 0])
+    with capture_output() as shown:
+        assert show_figure(fig, tmp_path / "f.png") is None
+    [out] = shown.outputs
+    assert base64.b64decode(out.data["image/png"]) == (tmp_path / "f.png").read_bytes()
+    assert out.metadata["image/png"]["width"] == 5 * fig.get_dpi()
+    assert not matplotlib.pyplot.fignum_exists(fig.number)
+
+
 # ----------------------------------------------------------------------------- the effect table
 
 _P = st.one_of(st.none(), st.floats(0, 1, allow_nan=False))
@@ -369,7 +389,7 @@ def test_each_notebook_runs_as_is_from_its_folder_with_its_figures_inline(demo_l
         for out in cell.get("outputs", [])
         if "image/png" in out.get("data", {})
     ]
-    saved = re.findall(r'savefig\(out / "(\w+\.png)"', _code(nb))
+    saved = re.findall(r'show_figure\(fig, out / "(\w+\.png)"\)', _code(nb))
     scratch = demo_lab.root / "results" / "scratch" / "service-twitter-fast-reply"
     blocks = json.loads((scratch / "results.json").read_text())
     for block, figure in (("over_time", "effect_over_time.png"), ("segments", "segments.png")):

@@ -39,7 +39,13 @@ import time
 import traceback
 
 # Every kernel imports these before its first cell; the server adds the imports of the batch's notebooks.
-BASE = ("setproctitle", "ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell")
+BASE = (
+    "setproctitle",
+    "ipykernel.kernelapp",
+    "ipykernel.ipkernel",
+    "ipykernel.zmqshell",
+    "ipykernel.debugger",
+)
 # What `labkit.analyze` imports on first use (its engine): preloaded when a notebook imports labkit.
 LABKIT_ENGINE = (
     "labkit.analysis",
@@ -48,6 +54,14 @@ LABKIT_ENGINE = (
     "labkit.data.aggregate",
     "labkit.data.sources",
     "labkit.stats.sequential",
+    "labkit.assignment",
+    "labkit.planning",
+    "labkit.segments",
+    "labkit.over_time",
+    *(
+        f"labkit.stats.{m}"
+        for m in ("cuped", "multiplicity", "over_time", "power", "proportions", "ratios", "srm")
+    ),
     "pyarrow",
     "duckdb",
     "ibis",
@@ -55,6 +69,8 @@ LABKIT_ENGINE = (
     "ibis.backends.sql.compilers",
     "ibis.formats.pandas",
 )
+# What labkit.notebook's figures and `%matplotlib inline` import: preloaded when a notebook uses either.
+FIGURES = ("matplotlib.pyplot", "matplotlib_inline.backend_inline")
 # Of a notebook's imports the server takes only the standard library's and those of the libraries labkit
 # itself installs: importing a module runs its code, and another package's import may have effects (open a
 # connection, write a file) that must not happen in a server started before the preflight has passed.
@@ -93,6 +109,8 @@ def preload(modules: list[str]) -> None:
     wanted = [*BASE, *modules]
     if any(m == "labkit" or m.startswith("labkit.") for m in modules):
         wanted += LABKIT_ENGINE
+    if "labkit.notebook" in modules:
+        wanted += FIGURES
     for name in dict.fromkeys(wanted):
         try:
             __import__(name)

@@ -32,6 +32,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from labkit.runner.forkserver import FIGURES
+
 log = logging.getLogger("labkit.runner")
 
 READY_WAIT_S = 60  # the first kernel of a batch waits this long for the server's imports, then starts afresh
@@ -167,8 +169,10 @@ def imports_of(notebooks) -> list[str]:
                 continue
             source = cell.get("source", "")
             source = "".join(map(str, source)) if isinstance(source, list) else str(source)
-            # IPython's magics and shell escapes are not Python
+            # IPython's magics and shell escapes are not Python; `%matplotlib` imports pyplot and the backend
             lines = ["" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines()]
+            if any(line.lstrip().startswith("%matplotlib") for line in source.splitlines()):
+                found.update(dict.fromkeys(FIGURES))
             try:
                 tree = ast.parse("\n".join(lines))
             except (SyntaxError, ValueError):  # ValueError: a NUL byte

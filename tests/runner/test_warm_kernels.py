@@ -212,6 +212,8 @@ def test_the_server_imports_what_the_notebooks_import(tmp_path):
                                     "[]", '{"cells": [{"cell_type": "code", "source": "import a\\u0000"}]}']):  # fmt: skip
         path.write_text(text)
     assert warm.imports_of([nb, tmp_path / "missing.ipynb", *hostile]) == [
+        "matplotlib.pyplot",  # `%matplotlib inline` imports pyplot and the inline backend
+        "matplotlib_inline.backend_inline",
         "pandas",
         "json",
         "scipy",
