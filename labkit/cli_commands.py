@@ -193,7 +193,7 @@ def _check_run_args(args) -> None:
             "--workers",
             None,
             "",
-            f"{args.workers} is not allowed; give a whole number of 1 or more (default: the number of cores)",
+            f"{args.workers} is not allowed; give a whole number of 1 or more (default: the number of cores + 2)",
         )
     if args.as_of:
         import datetime as dt

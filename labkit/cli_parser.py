@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         "pilots", nargs="*", metavar="PILOT", help="pilot files, ids or folders (default: every pilot)"
     )
     p.add_argument(
-        "--workers", type=int, default=None, help="pilots in parallel (default: the number of cores)"
+        "--workers", type=int, default=None, help="pilots in parallel (default: the number of cores + 2)"
     )
     p.add_argument(
         "--as-of", default=None, metavar="DATE", help="analyse as of this ISO date (a sequential look)"

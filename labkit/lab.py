@@ -68,7 +68,7 @@ class Privacy(Strict):
 
 class Runner(Strict):
     timeout_seconds: int = Field(600, gt=0)  # per notebook cell
-    workers: int | None = Field(None, gt=0)  # default: the number of cores
+    workers: int | None = Field(None, gt=0)  # default: the number of cores + 2 (batch.default_workers)
     kernel: str = "python3"
 
 

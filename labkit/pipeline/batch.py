@@ -149,6 +149,21 @@ def record_only(lab: Lab, pilots: list[Pilot]) -> list[Outcome]:
     return outcomes
 
 
+def default_workers() -> int:
+    """Two more pilots in flight than the cores this process may use.
+
+    A pilot's run is not all CPU on one core: its kernel waits for jupyter_client at start (an IOPub flush
+    of 0.2 s) and at shutdown (polls every 0.1 s), and labkit's own share — saving the notebook after each
+    cell, the two HTML exports, the record — runs in this process under one GIL. With one run per core a
+    core idles through each of those; two more runs fill them (16 demo pilots on 2 cores: ~10 % less time
+    with 4 workers than with 2; benchmarks/README.md)."""
+    try:
+        cores = len(os.sched_getaffinity(0))  # a container's or taskset's share, not the host's count
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return cores + 2
+
+
 class _Signals:
     """SIGTERM or SIGHUP in the main thread cancels every kernel in flight; the exit code says which signal.
 
@@ -210,8 +225,7 @@ def _run_batch(lab: Lab, pilots: list[Pilot], *, workers, as_of, track, console)
 
     console = console or Console(stderr=True)
     preflight_all(pilots)
-    workers = workers or lab.spec.runner.workers or os.cpu_count() or 1
-    workers = min(workers, len(pilots))
+    workers = min(workers or lab.spec.runner.workers or default_workers(), len(pilots))
     tracking = BackgroundTracking(lab, console, workers) if track else None
     # every pilot ends with an HTML export of its notebook: nbconvert's set-up is done while kernels run
     threading.Thread(target=runner.warm_html_export, name="labkit-warm-html", daemon=True).start()

@@ -113,7 +113,7 @@ def one_line_exit_1(proc: subprocess.CompletedProcess) -> str:
 BAD_ARGUMENTS = {
     "run-workers": (
         ("run", "--workers", "-1", "p"),
-        "--workers: -1 is not allowed; give a whole number of 1 or more (default: the number of cores)",
+        "--workers: -1 is not allowed; give a whole number of 1 or more (default: the number of cores + 2)",
     ),
     "run-as-of": (
         ("run", "--as-of", "2026-13-45", "p"),
