@@ -33,6 +33,12 @@ KERNEL_START_TIMEOUT_S = 60
 # moment can draw the same port, and the loser dies before its first reply. Such a start is retried.
 KERNEL_START_ATTEMPTS = 3
 IOPUB_DRAIN_S = 10  # after a cell's reply, how long its last outputs may take to arrive
+# After the last cell, how long jupyter_client lets the kernel exit on its shutdown request (half of it),
+# then on SIGTERM (the other half), before SIGKILL. Its default, 5 s, cost ~2.6 s in one run of six: an
+# ipykernel 7.4 race leaves the control thread flushing stdout through the IOPub thread that is already
+# gone, until the SIGTERM (py-spy; plain jupyter_client shows it too). The run is over by then: the
+# notebook's outputs and results.json are in, so 0.5 s of grace is plenty and a hang costs 0.5 s.
+KERNEL_SHUTDOWN_WAIT_S = 1.0
 _CLIENT_SLACK = 64 * 2**10  # the client-side cap sits above the kernel-side one: room for its note
 
 # Run silently in an IPython kernel before the first cell: cut sys.stdout/sys.stderr writes once a
@@ -362,13 +368,15 @@ def _build_engine():
 
 def _kernel_config():
     """CurveZMQ between labkit and the kernel when pyzmq and the kernelspec support it, so outputs
-    (customer data) do not cross 127.0.0.1 in clear text; jupyter_client refuses 'auto' without curve."""
+    (customer data) do not cross 127.0.0.1 in clear text (jupyter_client refuses 'auto' without curve);
+    and a short exit after the run (:data:`KERNEL_SHUTDOWN_WAIT_S`)."""
     import zmq
     from traitlets.config import Config
 
-    if not zmq.has("curve"):
-        return Config()
-    return Config({"KernelManager": {"transport_encryption": "auto"}})
+    manager = {"shutdown_wait_time": KERNEL_SHUTDOWN_WAIT_S}
+    if zmq.has("curve"):
+        manager["transport_encryption"] = "auto"
+    return Config({"KernelManager": manager})
 
 
 def _cancel_pending_tasks() -> None:

@@ -161,6 +161,32 @@ def test_cell_timeout_fails_and_leaves_no_kernel(tmp_path):
     assert not kernels()
 
 
+def test_a_kernel_that_hangs_on_exit_costs_the_run_under_a_second(tmp_path):
+    """ipykernel 7.4 sometimes hangs ~2.5 s on its shutdown request (its control thread flushes through the
+    IOPub thread already stopped); here a notebook's own atexit handler hangs for a minute. Once the last cell
+    is done, the kernel gets KERNEL_SHUTDOWN_WAIT_S (1 s: 0.5 s, then SIGTERM) — not jupyter_client's 5 s."""
+    import datetime as dt
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell('run_token = ""\noutput_dir = "."', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("import atexit, time\natexit.register(time.sleep, 60)"),
+        nbformat.v4.new_code_cell(
+            "import json, pathlib\n"
+            'pathlib.Path(output_dir, "results.json").write_text(json.dumps({"meta": {"run_token": run_token}}))'
+        ),
+    ]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "hangs_on_exit.ipynb"
+    nbformat.write(nb, path)
+    result = execute(path, tmp_path / "out", {}, cwd=tmp_path, run_token=TOKEN, timeout_s=60)
+    returned = dt.datetime.now(dt.UTC)
+    assert result.status == "FINISHED", result.message
+    last = max(dt.datetime.fromisoformat(c["metadata"]["papermill"]["end_time"]) for c in executed_cells(result))
+    assert (returned - last).total_seconds() < 2.0  # 0.5 s of grace + SIGTERM + the exports; 5 s would be >2.5
+    assert not kernels()
+
+
 def wait_for_sleep_cell(executed: Path, timeout_s: float = 30) -> None:
     """Until papermill has saved the notebook with the time.sleep cell marked running."""
     deadline = time.monotonic() + timeout_s
