@@ -209,11 +209,13 @@ def run_batch(
     """Run pilots in parallel with one progress display; returns the outcomes and the exit code.
 
     The kernels are forked from one process that imported their notebooks' libraries once
-    (:mod:`labkit.runner.warm`): it starts now, its imports on another core while the preflight runs, and a
-    refusal stops it before any kernel or run exists."""
+    (:mod:`labkit.runner.warm`), and the HTML exports run in another (:mod:`labkit.runner.exporter`): both
+    start now, their imports on another core while the preflight runs, and a refusal stops them before any
+    kernel or run exists."""
+    from labkit.runner.exporter import html_exports
     from labkit.runner.warm import warm_kernels
 
-    with warm_kernels(sorted({p.notebook_path for p in pilots})):
+    with warm_kernels(sorted({p.notebook_path for p in pilots})), html_exports():
         return _run_batch(lab, pilots, workers=workers, as_of=as_of, track=track, console=console)
 
 
@@ -222,13 +224,14 @@ def _run_batch(lab: Lab, pilots: list[Pilot], *, workers, as_of, track, console)
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from labkit import runner
+    from labkit.runner import exporter
 
     console = console or Console(stderr=True)
     preflight_all(pilots)
     workers = min(workers or lab.spec.runner.workers or default_workers(), len(pilots))
     tracking = BackgroundTracking(lab, console, workers) if track else None
-    # every pilot ends with an HTML export of its notebook: nbconvert's set-up is done while kernels run
-    threading.Thread(target=runner.warm_html_export, name="labkit-warm-html", daemon=True).start()
+    if exporter.current() is None:  # no export process: nbconvert's set-up is done here while kernels run
+        threading.Thread(target=runner.warm_html_export, name="labkit-warm-html", daemon=True).start()
     code_version = __version__ + (f"+{c}" if (c := _git_commit(lab.root)) else "")
     outcomes: dict[str, Outcome] = {}
     interrupted = None

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import labkit.runner.exporter as exporter
 import labkit.runner.kernels as kernels
 from labkit.errors import RunError
 from labkit.runner.checks import check_parameters, load_notebook
@@ -321,7 +322,7 @@ def _finish(
         redact_errors(job.executed, redact)
     # a reader's report is of a complete analysis; a failed run has its html
     report = report_path(job.output_dir, job.notebook) if status == "FINISHED" else None
-    exported, report, export_error = export_views(job.executed, job.html, report)
+    exported, report, export_error = export_views(job.executed, job.html, report, via=exporter.current())
     if export_error and status == "FINISHED":
         message = f"finished, but the html export failed: {export_error}"
     return NotebookRun(

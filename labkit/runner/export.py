@@ -138,22 +138,28 @@ def export_html(executed: Path, html_path: Path, *, code: bool = True) -> tuple[
         return None, f"{type(e).__name__}: {first_line(str(e))}"
 
 
+def export_both(executed: Path, html_path: Path, report: Path | None):
+    """``((html, error), (report, error))``: the export with code, and the one without (none for no report)."""
+    return export_html(executed, html_path), (
+        export_html(executed, report, code=False) if report is not None else (None, None)
+    )
+
+
 def export_views(
-    executed: Path, html_path: Path, report: Path | None
+    executed: Path, html_path: Path, report: Path | None, *, via=None
 ) -> tuple[Path | None, Path | None, str | None]:
     """The executed notebook's html export, and its export without code to ``report`` (None: no report,
     the run did not finish); returns (html, report, why the html export failed). A failed export is
-    logged and never raised: the run's own outcome stays its message."""
+    logged and never raised: the run's own outcome stays its message. ``via``: a batch's export process
+    (``labkit.runner.exporter.ExportServer``) does the work; without one, or when it fails, this process."""
     if not executed.is_file():
         return None, None, None
-    exported, export_error = export_html(executed, html_path)
+    views = via.export(executed, html_path, report) if via is not None else None
+    (exported, export_error), (written, report_error) = views or export_both(executed, html_path, report)
     if export_error:
         log.warning("%s: html export failed: %s", executed, export_error)
-    written = None
-    if report is not None:
-        written, report_error = export_html(executed, report, code=False)
-        if report_error:
-            log.warning("%s: report export failed: %s", executed, report_error)
+    if report_error:
+        log.warning("%s: report export failed: %s", executed, report_error)
     return exported, written, export_error
 
 

@@ -182,8 +182,12 @@ def test_a_kernel_that_hangs_on_exit_costs_the_run_under_a_second(tmp_path):
     result = execute(path, tmp_path / "out", {}, cwd=tmp_path, run_token=TOKEN, timeout_s=60)
     returned = dt.datetime.now(dt.UTC)
     assert result.status == "FINISHED", result.message
-    last = max(dt.datetime.fromisoformat(c["metadata"]["papermill"]["end_time"]) for c in executed_cells(result))
-    assert (returned - last).total_seconds() < 2.0  # 0.5 s of grace + SIGTERM + the exports; 5 s would be >2.5
+    last = max(
+        dt.datetime.fromisoformat(c["metadata"]["papermill"]["end_time"]) for c in executed_cells(result)
+    )
+    assert (
+        returned - last
+    ).total_seconds() < 2.0  # 0.5 s of grace + SIGTERM + the exports; 5 s would be >2.5
     assert not kernels()
 
 
