@@ -209,13 +209,14 @@ def run_batch(
     """Run pilots in parallel with one progress display; returns the outcomes and the exit code.
 
     The kernels are forked from one process that imported their notebooks' libraries once
-    (:mod:`labkit.runner.warm`), and the HTML exports run in another (:mod:`labkit.runner.exporter`): both
-    start now, their imports on another core while the preflight runs, and a refusal stops them before any
-    kernel or run exists."""
+    (:mod:`labkit.runner.warm`), and the HTML exports of several pilots run in another
+    (:mod:`labkit.runner.exporter`): both start now, their imports on another core while the preflight runs,
+    and a refusal stops them before any kernel or run exists."""
     from labkit.runner.exporter import html_exports
     from labkit.runner.warm import warm_kernels
 
-    with warm_kernels(sorted({p.notebook_path for p in pilots})), html_exports():
+    # one pilot's two exports do not compete with other runs for this process: they stay in it
+    with warm_kernels(sorted({p.notebook_path for p in pilots})), html_exports(wanted=len(pilots) > 1):
         return _run_batch(lab, pilots, workers=workers, as_of=as_of, track=track, console=console)
 
 

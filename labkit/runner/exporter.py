@@ -97,8 +97,12 @@ def _answer(line: str) -> Exported | None:
 
 
 @contextmanager
-def html_exports() -> Iterator[ExportServer | None]:
-    """Exports of runs inside this block go to one export process (batches in one process share it)."""
+def html_exports(wanted: bool = True) -> Iterator[ExportServer | None]:
+    """Exports of runs inside this block go to one export process (batches in one process share it);
+    ``wanted=False``: none of its own (a batch running already still shares its one)."""
+    if not wanted:
+        yield current()
+        return
     with _LOCK:
         if not _CURRENT:
             try:

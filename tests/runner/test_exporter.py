@@ -118,3 +118,10 @@ def test_the_export_process_ends_when_labkit_dies(tmp_path):
         time.sleep(0.05)
     else:
         pytest.fail(f"export process {pid} outlived labkit")
+
+
+def test_a_one_pilot_run_starts_no_export_process():
+    with exporter.html_exports(wanted=False) as none:
+        assert none is None and exporter.current() is None
+    with exporter.html_exports() as batch, exporter.html_exports(wanted=False) as inside:
+        assert inside is batch and batch.users == 1  # a batch running in this process shares its own
