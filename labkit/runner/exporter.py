@@ -27,13 +27,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from labkit.runner.shared import Shared
+
 log = logging.getLogger("labkit.runner")
 
 # One export's answer, as labkit.runner.export.export_both gives it: ((html, error), (report, error)).
 Exported = tuple[tuple[Path | None, str | None], tuple[Path | None, str | None]]
 
-_CURRENT: list[ExportServer] = []  # the server of the batches running in this process (one at most)
-_LOCK = threading.Lock()
+_SHARED: Shared[ExportServer] = Shared("html exports: the export process", "exporting in-process")
 
 
 class ExportServer:
@@ -103,28 +104,12 @@ def html_exports(wanted: bool = True) -> Iterator[ExportServer | None]:
     if not wanted:
         yield current()
         return
-    with _LOCK:
-        if not _CURRENT:
-            try:
-                _CURRENT.append(ExportServer())
-            except OSError as e:  # no process: in-process exports, as without the server
-                log.info("html exports: the export process did not start (%s); exporting in-process", e)
-                yield None
-                return
-        server = _CURRENT[0]
-        server.users += 1
-    try:
+    with _SHARED.use(ExportServer) as server:
         yield server
-    finally:
-        with _LOCK:
-            server.users -= 1
-            if server.users == 0:
-                _CURRENT.remove(server)
-                server.close()
 
 
 def current() -> ExportServer | None:
-    return _CURRENT[0] if _CURRENT else None
+    return _SHARED.current()
 
 
 def main() -> int:

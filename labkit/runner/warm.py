@@ -32,13 +32,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from labkit._process import pid_alive
 from labkit.runner.forkserver import FIGURES
+from labkit.runner.shared import Shared
 
 log = logging.getLogger("labkit.runner")
 
 READY_WAIT_S = 60  # the first kernel of a batch waits this long for the server's imports, then starts afresh
-_CURRENT: list[KernelServer] = []  # the server of the batches running in this process (one at most)
-_LOCK = threading.Lock()
+_SHARED: Shared[KernelServer] = Shared("warm kernels: the server", "fresh kernels")
 
 
 def enabled() -> bool:
@@ -54,28 +55,13 @@ def warm_kernels(notebooks: list[Path] = (), wanted: bool = True) -> Iterator[Ke
     if not (wanted and enabled()):
         yield None
         return
-    with _LOCK:
-        if not _CURRENT:  # a batch already running in this process shares its server: it ends with the last
-            try:
-                _CURRENT.append(KernelServer(imports_of(notebooks)))
-            except OSError as e:  # no temporary folder, no process: fresh kernels, as without the server
-                log.info("warm kernels: the server did not start (%s); fresh kernels", e)
-                yield None
-                return
-        server = _CURRENT[0]
-        server.users += 1
-    try:
+    # a batch already running in this process shares its server: it ends with the last
+    with _SHARED.use(lambda: KernelServer(imports_of(notebooks))) as server:
         yield server
-    finally:
-        with _LOCK:
-            server.users -= 1
-            if server.users == 0:
-                _CURRENT.remove(server)
-                server.close()
 
 
 def current() -> KernelServer | None:
-    return _CURRENT[0] if _CURRENT else None
+    return _SHARED.current()
 
 
 class KernelServer:
@@ -246,7 +232,7 @@ class ForkedKernel:
             if line and line.startswith("exit "):
                 self.returncode = int(line[5:])
                 self._sock.close()
-            elif self._eof and not _alive(self.pid):
+            elif self._eof and (self.pid is None or not pid_alive(self.pid)):
                 self.returncode = -signal.SIGKILL  # the server ended without a word: it killed the kernel
                 self._sock.close()
 
@@ -272,18 +258,6 @@ class ForkedKernel:
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
-
-
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def provisioner_for(km):
