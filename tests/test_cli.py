@@ -225,3 +225,37 @@ def test_validate_data_says_when_a_source_cannot_be_read(tiny_lab):
     out = run("validate", "--data", "experiments/p.yaml", cwd=tiny_lab.root)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.startswith("experiments/p.yaml:13: cohort.source: source 'customers' cannot be read: ")
+
+
+def test_a_command_forked_by_the_test_fork_server_ends_as_a_new_interpreter_does(tiny_lab, tmp_path_factory):
+    """tests/cli_fork.py stands in for ``python -m labkit.cli`` in the modules that start many commands:
+    the same exit codes, stdout and stderr (a traceback ends the same way; its frames above labkit differ)."""
+    import os
+
+    import cli_fork
+
+    tiny_lab.pilot()
+    tmp_path = tmp_path_factory.mktemp("no-lab")
+    env = {k: v for k, v in os.environ.items() if k not in ("LABKIT_LAB", "LABKIT_TRACKING_URI")}
+    for args, cwd in (
+        (["--version"], tmp_path),
+        (["list"], tmp_path),  # no lab: one line, exit 1
+        (["validate"], tiny_lab.root),
+        (["list", "--format", "json"], tiny_lab.root),
+        (["plan", "nope"], tiny_lab.root),
+    ):
+        real, forked = run_process(*args, cwd=cwd), cli_fork.run(args, cwd, env)
+        assert (forked.returncode, forked.stdout, forked.stderr) == (
+            real.returncode,
+            real.stdout,
+            real.stderr,
+        )
+    real, forked = (
+        run_process("--debug", "list", cwd=tmp_path),
+        cli_fork.run(["--debug", "list"], tmp_path, env),
+    )
+    assert forked.returncode == real.returncode == 1
+    assert (
+        forked.stderr.splitlines()[0] == real.stderr.splitlines()[0] == "Traceback (most recent call last):"
+    )
+    assert forked.stderr.splitlines()[-1] == real.stderr.splitlines()[-1]

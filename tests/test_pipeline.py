@@ -7,8 +7,10 @@ events parquet; every pilot but ``unassigned`` assigned with ``labkit.assign``; 
 into one lab folder per scenario, so that each scenario has its own MLflow store, its own ``lab.yaml`` and
 its own kernels (labkit starts every kernel in the lab root, which is how "no kernel left" is checked).
 
-The scenarios are sequences of ``python -m labkit.cli`` subprocesses, as a user types them, at the
-80 columns rich uses for a pipe. They run two at a time in worker threads from the module fixture
+The scenarios are sequences of `labkit` commands, each its own process, as a user types them, at the
+80 columns rich uses for a pipe: the history's first batch a new ``python -m labkit.cli`` interpreter, the
+others forked from the pre-imported fork server of tests/cli_fork.py (the same command in a process of its
+own, without ~3 CPU-s of imports each; the modules of tests/reliability that import these helpers too). They run two at a time in worker threads from the module fixture
 ``scenarios`` (each is ~20-50 s of notebooks on a 2-core machine: one after the other the module takes
 twice as long); each test waits for the scenario it reads:
 
@@ -44,6 +46,7 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import cli_fork
 import numpy as np
 import pandas as pd
 import psutil
@@ -248,19 +251,22 @@ def _default_signals() -> None:  # in the child: Ctrl-C works even if this proce
     signal.signal(signal.SIGHUP, signal.SIG_DFL)  # and SIGHUP, even if the tests run under nohup
 
 
-def labkit_cli(lab: PipelineLab, *args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
-    """``python -m labkit.cli ARGS`` in the lab folder, as a user runs it; stdout and stderr captured."""
+def labkit_cli(
+    lab: PipelineLab, *args: str, timeout: float = 300, fork: bool = True, **env: str
+) -> subprocess.CompletedProcess:
+    """``labkit ARGS`` in the lab folder, as a user runs it; stdout and stderr captured. Forked from the
+    pre-imported fork server of tests/cli_fork.py, or with ``fork=False`` a new ``python -m labkit.cli``."""
+    if fork:
+        return cli_fork.run(list(args), lab.root, _cli_env(env), timeout=timeout)
     return subprocess.run(
         [sys.executable, "-m", "labkit.cli", *args], cwd=lab.root, env=_cli_env(env), capture_output=True,
         text=True, timeout=timeout, preexec_fn=_default_signals,
     )  # fmt: skip
 
 
-def labkit_popen(lab: PipelineLab, *args: str, **env: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "labkit.cli", *args], cwd=lab.root, env=_cli_env(env), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals,
-    )  # fmt: skip
+def labkit_popen(lab: PipelineLab, *args: str, **env: str) -> cli_fork.ForkedProcess:
+    """``labkit ARGS`` started in the lab folder (forked, as :func:`labkit_cli`); stdout and stderr kept."""
+    return cli_fork.popen(list(args), lab.root, _cli_env(env))
 
 
 def labkit_here(lab: PipelineLab, *args: str) -> tuple[int, str, str]:
@@ -387,7 +393,7 @@ def history_scenario(lab: PipelineLab) -> dict:
     """``labkit run main`` three times: as written (in the batch of BATCH, two at a time), after a comments-only
     edit, after changing the MDE. The batch's runs and folders are read right after it."""
     text = (lab.root / "experiments" / "main.yaml").read_text()
-    first = labkit_cli(lab, "run", *BATCH, "--workers", "2")
+    first = labkit_cli(lab, "run", *BATCH, "--workers", "2", fork=False)  # a new interpreter, as typed
     batch = {
         "lab": lab, "proc": first, "runs": {pid: lab.runs(pid) for pid in BATCH},
         "dirs": {pid: lab.run_dirs(pid) for pid in BATCH}, "kernels_left": not no_kernel_left(lab),

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import cli_fork
 import numpy as np
 import pandas as pd
 import pytest
@@ -243,12 +245,10 @@ def test_every_assumed_rate_and_allocation_is_sized_as_statsmodels_does(bare_lab
 
 def test_plan_command_says_the_baseline_is_assumed(lab):
     load(lab, pilot_yaml("cli", baseline="{rate: 0.12}"))
-    table = subprocess.run([*LABKIT, "plan", "cli"], cwd=lab, capture_output=True, text=True, timeout=120)
+    table = cli_fork.run(["plan", "cli"], lab, dict(os.environ), timeout=120)  # processes of their own
     assert table.returncode == 0, table.stderr
     assert "assumed (hypothesis.baseline)" in table.stdout
-    out = subprocess.run(
-        [*LABKIT, "plan", "cli", "--json"], cwd=lab, capture_output=True, text=True, timeout=120
-    )
+    out = cli_fork.run(["plan", "cli", "--json"], lab, dict(os.environ), timeout=120)
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert (

@@ -1,7 +1,8 @@
 """The command line at 80 and 100 columns, and piped: no number or name a reader needs is cut.
 
-Each command runs as a subprocess (the real CLI) on a small lab with data; rich honours COLUMNS, so no pty
-is needed. Every key value (pilot id, metric names, decisions, numbers as labkit prints them) must appear
+Each command runs as a process of its own (the real CLI, forked from the pre-imported fork server of
+tests/cli_fork.py: its output goes to a file, not a terminal, as a pipe's does) on a small lab with data;
+rich honours COLUMNS, so no pty is needed. Every key value (pilot id, metric names, decisions, numbers as labkit prints them) must appear
 whole on one line, and no line may be longer than the width. Piped (no COLUMNS, not a terminal), the
 output is plain text at full width: no escape codes, and a table's row stays on one line.
 """
@@ -11,9 +12,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
+import cli_fork
 import numpy as np
 import pandas as pd
 import pytest
@@ -23,7 +24,6 @@ from hypothesis import strategies as st
 from conftest import LAB_YAML
 from conftest import pilot_yaml as default_pilot_yaml
 
-LABKIT = [sys.executable, "-m", "labkit.cli"]
 PID = "service-twitter-fast-reply-weekend-shift"
 METRICS = ("churned_within_ninety_days", "replies_sent_per_customer")
 
@@ -46,7 +46,7 @@ def run(root: Path, *args: str, columns: int | None) -> subprocess.CompletedProc
     env.pop("LABKIT_TRACKING_URI", None)
     if columns is not None:
         env["COLUMNS"] = str(columns)
-    out = subprocess.run([*LABKIT, *args], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    out = cli_fork.run(list(args), root, env, timeout=120)
     assert out.returncode == 0, out.stderr
     return out
 

@@ -6,7 +6,8 @@ on the same store once it is *warm*, and against a real ``mlflow server`` on 127
 fixture of tests/mlflow_server.py). Four pilots, two processes each: two concurrent runs of one pilot
 must both be recorded and agree on one ``labkit.latest``.
 
-One launcher process imports labkit, MLflow, papermill and what `labkit run` imports on its way, once;
+One launcher process imports labkit, MLflow, papermill and what `labkit run` imports on its way, once
+(tests/cli_fork.py's ``PREIMPORTS``, which also freezes that heap);
 for each round it forks the eight: each child is its own process (its own sqlite connections, store lock,
 MLflow client and kernel) running ``labkit.cli.main(["run", <pilot>])`` as the console script does, with
 the round's environment, its stdout and stderr in files. All eight wait on one pipe that the launcher
@@ -31,6 +32,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_fork import PREIMPORTS
 from test_faults import OK_ARTIFACTS, FaultLab, make_lab, running
 from test_pipeline import _cli_env, output
 
@@ -43,13 +45,9 @@ ROUND_TIMEOUT_S = 300
 # The launcher: the imports once; then, for each round it is sent (a line of JSON on stdin: the round's
 # folder and environment), one forked child per process of PROCESSES, each running ``labkit run <pilot>``
 # as the console script does (labkit.cli.main), released together by a pipe; it answers with their exit codes.
-LAUNCH = """\
-import json, os, sys, threading
-from pathlib import Path
-import mlflow, papermill, labkit.cli, labkit.pipeline, labkit.tracking  # noqa: F401 - before the fork
-# and what `labkit run` imports on its way (preflight, store, kernel, HTML export): none of it runs here
-import alembic.command, duckdb, ibis.backends.duckdb, ipykernel.kernelspec, nbconvert.exporters.html  # noqa
-import mlflow.store.tracking.sqlalchemy_store, rich.progress, rich.table  # noqa: F401
+LAUNCH = (
+    PREIMPORTS
+    + """
 pilots = sys.argv[1:]
 for line in sys.stdin:
     round_ = json.loads(line)
@@ -76,6 +74,7 @@ for line in sys.stdin:
         codes[children[child]] = os.waitstatus_to_exitcode(status)
     print(json.dumps(codes), flush=True)
 """
+)
 
 
 class Launcher:

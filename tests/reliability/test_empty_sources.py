@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
+import cli_fork
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -67,14 +66,7 @@ def test_header_only_csv_files_are_zero_rows_through_the_cli(tmp_path):
     assign(labkit.load_pilot("p", lab=lab))
 
     env = {k: v for k, v in os.environ.items() if k not in ("LABKIT_DEBUG", "LABKIT_LAB")}
-    done = subprocess.run(
-        [sys.executable, "-m", "labkit.cli", "analyze", "p", "--json"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = cli_fork.run(["analyze", "p", "--json"], tmp_path, env, timeout=120)  # a process of its own
     assert done.returncode == 0, done.stderr
     metrics = {m["metric"]: m for m in json.loads(done.stdout)["metrics"]}
     for name in ("replies", "spent", "any_flag"):  # no event: 0 for everyone, nobody missing

@@ -17,10 +17,10 @@ import csv
 import os
 import re
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
+import cli_fork
 import nbformat
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -109,14 +109,7 @@ def lab(tmp_path_factory) -> Path:
 
 def _analyze_cli(root: Path, pilot: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("LABKIT_DEBUG", "LABKIT_LAB")}
-    return subprocess.run(
-        [sys.executable, "-m", "labkit.cli", "analyze", pilot, "--json"],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return cli_fork.run(["analyze", pilot, "--json"], root, env, timeout=120)  # a process of its own
 
 
 def _no_row_content(text: str) -> None:
