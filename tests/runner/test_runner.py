@@ -271,6 +271,9 @@ def test_signal_mid_cell_returns_killed_and_kills_the_kernel(tmp_path, signum, t
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C works in the child even when the suite was started ignoring it (a background job of a
+        # shell without job control): else the child inherits SIG_IGN and SIGINT never reaches it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         wait_for_sleep_cell(out / "sleeps.ipynb")
