@@ -18,7 +18,8 @@ tests/test_pipeline.py, and the import-time budgets (tests/test_layers.py).
 
 :func:`run` is ``subprocess.run(capture_output=True, text=True)`` and :func:`popen` a ``subprocess.Popen``
 for the calls the tests make (``pid``, ``poll``, ``wait``, ``communicate``, ``send_signal``, ``kill``,
-``returncode``), both for ``labkit ARGS`` in ``cwd`` with exactly ``env`` as the environment.
+``returncode``), both for ``labkit ARGS`` in ``cwd`` with exactly ``env`` as the environment; :func:`python`
+is that ``Popen`` for ``python -c CODE ARGS`` (a test's own script that calls labkit).
 """
 
 from __future__ import annotations
@@ -73,6 +74,10 @@ def child(request, inherited):
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
+    if request.get("code") is not None:  # ``python -c CODE ARGS``: the code runs as __main__ does
+        sys.argv = ["-c", *request["args"]]
+        exec(compile(request["code"], "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+        sys.exit(0)
     sys.argv = [labkit.cli.__file__, *request["args"]]
     sys.exit(labkit.cli.main(request["args"]))  # unwinds to the top: the interpreter's own exit
 
@@ -174,8 +179,8 @@ def _server() -> _Server:
 class ForkedProcess:
     """``labkit ARGS`` forked by the server: the subset of ``subprocess.Popen`` the tests use (text mode)."""
 
-    def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
-        self.args = ["labkit", *args]
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str], code: str | None = None) -> None:
+        self.args = ["labkit", *args] if code is None else ["python", "-c", code, *args]
         self.pid: int | None = None
         self.returncode: int | None = None
         self._forked, self._ended = threading.Event(), threading.Event()
@@ -185,9 +190,8 @@ class ForkedProcess:
         fd, err = tempfile.mkstemp(prefix="err-", dir=server.dir)
         os.close(fd)
         self._files = Path(out), Path(err)
-        server.start(
-            self, {"args": list(args), "cwd": str(cwd), "env": dict(env), "stdout": out, "stderr": err}
-        )
+        request = {"args": list(args), "cwd": str(cwd), "env": dict(env), "code": code}
+        server.start(self, request | {"stdout": out, "stderr": err})
 
     def poll(self) -> int | None:
         return self.returncode if self._ended.is_set() else None
@@ -213,6 +217,11 @@ class ForkedProcess:
 def popen(args: list[str], cwd: Path, env: dict[str, str]) -> ForkedProcess:
     """``labkit ARGS`` started in ``cwd`` with ``env``, as ``subprocess.Popen`` would start it."""
     return ForkedProcess(args, cwd, env)
+
+
+def python(code: str, args: list[str], cwd: Path, env: dict[str, str]) -> ForkedProcess:
+    """``python -c CODE ARGS`` started in ``cwd`` with ``env``, forked with labkit and its stack imported."""
+    return ForkedProcess(args, cwd, env, code=code)
 
 
 def run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:

@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+import cli_fork
 import nbformat
 import psutil
 import pytest
@@ -266,15 +267,8 @@ print(json.dumps(result.to_dict()), flush=True)
 )
 def test_signal_mid_cell_returns_killed_and_kills_the_kernel(tmp_path, signum, times):
     out = tmp_path / "out"
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(NOTEBOOKS / "sleeps.ipynb"), str(out)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        # Ctrl-C works in the child even when the suite was started ignoring it (a background job of a
-        # shell without job control): else the child inherits SIG_IGN and SIGINT never reaches it
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    # a process of its own with the signals of a new interpreter, forked with labkit imported (cli_fork.py)
+    child = cli_fork.python(CHILD, [str(NOTEBOOKS / "sleeps.ipynb"), str(out)], tmp_path, dict(os.environ))
     try:
         wait_for_sleep_cell(out / "sleeps.ipynb")
         pids = [
@@ -304,7 +298,7 @@ def test_signal_mid_cell_returns_killed_and_kills_the_kernel(tmp_path, signum, t
 def test_sigkill_of_labkit_leaves_no_kernel_behind(tmp_path):
     """Nothing can run after SIGKILL: ipykernel's parent poller (JPY_PARENT_PID) ends the orphan."""
     out = tmp_path / "out"
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(NOTEBOOKS / "sleeps.ipynb"), str(out)])
+    child = cli_fork.python(CHILD, [str(NOTEBOOKS / "sleeps.ipynb"), str(out)], tmp_path, dict(os.environ))
     try:
         wait_for_sleep_cell(out / "sleeps.ipynb")
         pids = [
