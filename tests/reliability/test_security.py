@@ -34,8 +34,8 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
+import cli_fork
 import pytest
 from backend_lab import PILOT, PILOT_ID, URL_ENV, crm_tables, load_postgres, write_lab
 from pg_server import postgres_server  # noqa: F401 -- the session fixture
@@ -342,12 +342,12 @@ def pg_run(tmp_path_factory, postgres_server):  # noqa: F811
     drop = {"LABKIT_LAB", "LABKIT_TRACKING_URI", "COLUMNS", "LINES", "LABKIT_DEBUG"}
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env |= {URL_ENV: url, "LABKIT_ID_KEY": KEY, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    # One interpreter runs the console script's ``main`` for `assign` then `run` (one start instead of two):
-    # a real process, whose stdout and stderr file descriptors are what the secrets are looked for in.
-    done = subprocess.run(
-        [sys.executable, "-c", ASSIGN_THEN_RUN, PILOT_ID], cwd=root, env=env, capture_output=True, text=True,
-        timeout=600,
-    )  # fmt: skip
+    # One process runs the console script's ``main`` for `assign` then `run`: a process of its own (forked
+    # with labkit imported, tests/cli_fork.py), whose stdout and stderr file descriptors are what the
+    # secrets are looked for in.
+    proc = cli_fork.python(ASSIGN_THEN_RUN, [PILOT_ID], root, env)
+    stdout, stderr = proc.communicate(timeout=600)
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("\x00assigned\n") == 1, done.stdout + done.stderr
     outputs = [done.stdout, done.stderr]
