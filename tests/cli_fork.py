@@ -25,6 +25,7 @@ is that ``Popen`` for ``python -c CODE ARGS`` (a test's own script that calls la
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import shutil
@@ -136,7 +137,7 @@ class _Server:
             self.waiting[self.next_id] = proc
             self.proc.stdin.write(json.dumps(request).encode() + b"\n")
             self.proc.stdin.flush()
-        if not proc._forked.wait(60):
+        if not proc._forked.wait(60) or proc.pid is None:
             raise RuntimeError(f"the labkit fork server did not fork: {self.stderr.read_text()[-3000:]}")
 
     def _answers(self) -> None:
@@ -152,6 +153,12 @@ class _Server:
                     del self.waiting[answer["id"]]
                 proc.returncode = answer["code"]
                 proc._ended.set()
+        # the server ended (killed, or this process is exiting): nobody will answer for its children
+        with self.lock:
+            orphans, self.waiting = list(self.waiting.values()), {}
+        for proc in orphans:
+            proc._lost = self.stderr
+            proc._forked.set(), proc._ended.set()
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -184,6 +191,7 @@ class ForkedProcess:
         self.pid: int | None = None
         self.returncode: int | None = None
         self._forked, self._ended = threading.Event(), threading.Event()
+        self._lost: Path | None = None  # the server's log, had it ended before this process
         server = _server()
         fd, out = tempfile.mkstemp(prefix="out-", dir=server.dir)
         os.close(fd)
@@ -199,6 +207,8 @@ class ForkedProcess:
     def wait(self, timeout: float | None = None) -> int:
         if not self._ended.wait(timeout):
             raise subprocess.TimeoutExpired(self.args, timeout)
+        if self.returncode is None:
+            raise RuntimeError(f"the labkit fork server ended first: {self._lost.read_text()[-3000:]}")
         return self.returncode
 
     def communicate(self, timeout: float | None = None) -> tuple[str, str]:
@@ -208,7 +218,8 @@ class ForkedProcess:
 
     def send_signal(self, signum: int) -> None:
         if not self._ended.is_set():
-            os.kill(self.pid, signum)
+            with contextlib.suppress(ProcessLookupError):  # ended meanwhile: as Popen.send_signal
+                os.kill(self.pid, signum)
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
