@@ -5,16 +5,19 @@ A new interpreter pays ~3 CPU-s of imports (MLflow, SQLAlchemy, nbconvert, Ibis,
 two cores the suite is CPU-bound. Where a test's claim is about what a command does — its runs, its
 store, its outputs, its exit code, how it meets a signal, a fault or a dead server — and not about the
 interpreter starting, it runs the command here: one *fork server* per test process has imported what
-the commands import, and forks a child for each command. The child is a process of its own (its pid, its
-session's signals at their defaults, its working folder, environment, stdin from /dev/null, stdout and
-stderr in files, its own sqlite connections, kernels and MLflow client) that runs ``labkit.cli.main(args)``
+the commands import, and forks a child for each command. The child is a process of its own (its pid, a new
+interpreter's signal dispositions — SIGINT raises KeyboardInterrupt, SIGTERM and SIGHUP kill, SIGPIPE is
+ignored —, its working folder, environment, stdin from /dev/null, stdout and stderr in files, its own sqlite
+connections, kernels and MLflow client) that runs ``labkit.cli.main(args)``
 and exits as ``python -m labkit.cli`` does: through ``sys.exit`` (atexit handlers, flushed streams), an
 uncaught exception printing its traceback and exiting 1. Nothing of labkit is replaced; only the imports
 are shared. tests/reliability/test_concurrency.py forks its eight processes the same way (with a barrier).
 
-The interpreter start itself is still tested where it is the claim: the console script and ``python -m``
-(tests/test_cli.py, tests/test_cli_exit.py), `labkit demo` (tests/demo_lab.py), one batch of
-tests/test_pipeline.py, and the import-time budgets (tests/test_layers.py).
+New interpreters stay where the start or the process's own state is the claim: the console script and
+``python -m`` (tests/test_cli.py, which also checks that a forked command ends as a new interpreter does;
+tests/test_cli_exit.py), `labkit demo` (tests/demo_lab.py), one batch of tests/test_pipeline.py, the
+import-time budgets (tests/test_layers.py), the host time zone (tests/data/test_timezone.py), racers that
+need their own hash seeds (tests/assignment/test_assign.py) and a child's peak memory (test_runner).
 
 :func:`run` is ``subprocess.run(capture_output=True, text=True)`` and :func:`popen` a ``subprocess.Popen``
 for the calls the tests make (``pid``, ``poll``, ``wait``, ``communicate``, ``send_signal``, ``kill``,
