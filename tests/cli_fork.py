@@ -238,9 +238,12 @@ def python(code: str, args: list[str], cwd: Path, env: dict[str, str]) -> Forked
     return ForkedProcess(args, cwd, env, code=code)
 
 
-def run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    """``labkit ARGS`` to its end, as ``subprocess.run(capture_output=True, text=True, timeout=...)``."""
-    proc = ForkedProcess(args, cwd, env)
+def run(
+    args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300, code: str | None = None
+) -> subprocess.CompletedProcess:
+    """``labkit ARGS`` (or ``python -c CODE ARGS``) to its end, as ``subprocess.run(capture_output=True,
+    text=True, timeout=...)``."""
+    proc = ForkedProcess(args, cwd, env, code=code)
     began = time.monotonic()
     try:
         stdout, stderr = proc.communicate(timeout=timeout)

@@ -10,9 +10,10 @@ its own kernels (labkit starts every kernel in the lab root, which is how "no ke
 The scenarios are sequences of `labkit` commands, each its own process, as a user types them, at the
 80 columns rich uses for a pipe: the history's first batch a new ``python -m labkit.cli`` interpreter, the
 others forked from the pre-imported fork server of tests/cli_fork.py (the same command in a process of its
-own, without ~3 CPU-s of imports each; the modules of tests/reliability that import these helpers too). They run two at a time in worker threads from the module fixture
-``scenarios`` (each is ~20-50 s of notebooks on a 2-core machine: one after the other the module takes
-twice as long); each test waits for the scenario it reads:
+own, without ~3 CPU-s of imports each; so are the commands of the tests/reliability modules that import
+these helpers). They run two at a time in worker threads from the module fixture ``scenarios`` (each is
+~20-50 s of notebooks on a 2-core machine: one after the other the module takes twice as long); each test
+waits for the scenario it reads:
 
 - ``history``: ``main`` (default notebook) run as written, after a comments-only edit, after an MDE change;
   its first run is the parallel batch ``main``, ``bat-1`` (default notebook), ``bat-ok`` (ok.ipynb) and

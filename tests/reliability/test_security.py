@@ -345,9 +345,7 @@ def pg_run(tmp_path_factory, postgres_server):  # noqa: F811
     # One process runs the console script's ``main`` for `assign` then `run`: a process of its own (forked
     # with labkit imported, tests/cli_fork.py), whose stdout and stderr file descriptors are what the
     # secrets are looked for in.
-    proc = cli_fork.python(ASSIGN_THEN_RUN, [PILOT_ID], root, env)
-    stdout, stderr = proc.communicate(timeout=600)
-    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    done = cli_fork.run([PILOT_ID], root, env, timeout=600, code=ASSIGN_THEN_RUN)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("\x00assigned\n") == 1, done.stdout + done.stderr
     outputs = [done.stdout, done.stderr]
