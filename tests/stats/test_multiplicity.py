@@ -1,6 +1,7 @@
 """Holm and Benjamini–Hochberg against statsmodels multipletests; None entries; FWER/FDR by simulation."""
 
 import gc
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -45,10 +46,19 @@ def test_matches_statsmodels(p_values, method, reference):
     st.sampled_from([("holm", "holm"), ("bh", "fdr_bh")]),
 )
 def test_matches_statsmodels_on_any_family(p_values, methods):
+    # atol 1e-300: below it floats are subnormal, with a few bits at most, and the order of the operations
+    # decides the last one (test_a_subnormal_p_value_is_adjusted_to_the_correctly_rounded_value)
     method, reference = methods
     np.testing.assert_allclose(
-        adjust(p_values, method), multipletests(p_values, method=reference)[1], rtol=1e-12
+        adjust(p_values, method), multipletests(p_values, method=reference)[1], rtol=1e-12, atol=1e-300
     )
+
+
+def test_a_subnormal_p_value_is_adjusted_to_the_correctly_rounded_value():
+    # found by hypothesis: BH of 5e-324 at rank 2 of 9 is 5e-324 * 9 / 2 = 4.5 subnormal units, which rounds
+    # (half to even) to 4: 2e-323. statsmodels divides by the rounded rank / m and gives 2.5e-323.
+    p_values = [0.0, *[1.0] * 7, 5e-324]
+    assert adjust(p_values, "bh")[8] == float(Fraction(5e-324) * 9 / 2) == 2e-323
 
 
 def test_none_is_passed_through_and_not_counted():
