@@ -31,10 +31,14 @@ system-deps:
 # The suite in parallel (pytest-xdist): each test module is one unit on one worker, the demo lab's
 # readers one unit (tests/conftest.py). Most tests wait on kernels, servers and subprocesses, so more
 # workers than cores pays; TEST_WORKERS=0 runs it in this process, as `python -m pytest` alone does.
+# PYTHONDONTWRITEBYTECODE (CI sandboxes set it) would make every process of the suite — each worker's
+# collection, each kernel, each labkit command in a new interpreter — compile labkit and rewrite the tests
+# from source, as an installed labkit never does (~4 CPU-s per worker): the suite writes its bytecode
+# (into the git-ignored __pycache__ folders beside the sources), as Python does by default.
 TEST_WORKERS ?= 4
 test: system-deps $(STAMP)
 	$(BIN)/ruff check labkit tests benchmarks
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(BIN)/ruff check labkit tests benchmarks

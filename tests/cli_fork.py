@@ -4,8 +4,10 @@ A new interpreter pays ~3 CPU-s of imports (MLflow, SQLAlchemy, nbconvert, Ibis,
 ``labkit run`` does anything; a module of the suite that starts ten of them pays that ten times, and on
 two cores the suite is CPU-bound. Where a test's claim is about what a command does — its runs, its
 store, its outputs, its exit code, how it meets a signal, a fault or a dead server — and not about the
-interpreter starting, it runs the command here: one *fork server* per test process has imported what
-the commands import, and forks a child for each command. The child is a process of its own (its pid, a new
+interpreter starting, it runs the command here: a *fork server* has imported what the commands import,
+and forks a child for each command. Under pytest-xdist the run has one, started by the controller before
+the workers (tests/conftest.py) and shared by them through a Unix socket, so its imports are paid once;
+a test process without it (``-n 0``, ``python -m pytest`` alone) starts one of its own. The child is a process of its own (its pid, a new
 interpreter's signal dispositions — SIGINT raises KeyboardInterrupt, SIGTERM and SIGHUP kill, SIGPIPE is
 ignored —, its working folder, environment, stdin from /dev/null, stdout and stderr in files, its own sqlite
 connections, kernels and MLflow client) that runs ``labkit.cli.main(args)``
@@ -33,6 +35,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -60,12 +63,24 @@ gc.collect()
 gc.freeze()
 """
 
+# The server: ``python -c SERVER SOCKET``. It binds its Unix socket first, so that clients may connect (and
+# queue requests) while it imports; every connection is a test process, every line on it a request: a
+# command to fork. It answers on that connection, one JSON line each: the pid when forked, the exit code
+# once reaped. It ends when its stdin closes (its owner ended).
 SERVER = (
-    PREIMPORTS
+    """\
+import socket, sys
+listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+listener.bind(sys.argv[1])
+listener.listen(64)
+"""
+    + PREIMPORTS
     + """
 def child(request, inherited):
     # in the forked child: the command's process, set up as subprocess.Popen would set up a new one
-    for fd in inherited:  # the server's watches of the other children
+    for sock in inherited:  # the server's socket and its connections
+        sock.close()
+    for fd in list(pidfds):  # its watches of the other children
         os.close(fd)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # as a new interpreter starts (SIGPIPE: ignored)
     for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGCHLD):
@@ -85,66 +100,122 @@ def child(request, inherited):
     sys.argv = [labkit.cli.__file__, *request["args"]]
     sys.exit(labkit.cli.main(request["args"]))  # unwinds to the top: the interpreter's own exit
 
+def answer(client, message):
+    if client in clients:
+        try:
+            clients[client][0].sendall(json.dumps(message).encode() + b"\\n")
+        except OSError:  # the test process is gone: its children run on, as orphans
+            clients.pop(client)[0].close()
+
 os.write(1, b'{"ready": true}\\n')
-pending, pidfds = b"", {}
+clients, pidfds = {}, {}  # connection fd: [socket, unread bytes]; pidfd: (pid, request id, connection fd)
 while True:
-    ready, _, _ = select.select([0, *pidfds], [], [])
+    ready, _, _ = select.select([0, listener.fileno(), *clients, *pidfds], [], [])
     for fd in ready:
         if fd == 0:
-            chunk = os.read(0, 65536)
+            if not os.read(0, 65536):
+                sys.exit(0)  # the owner ended: running children are left as orphans, like any process
+        elif fd == listener.fileno():
+            conn, _ = listener.accept()
+            clients[conn.fileno()] = [conn, b""]
+        elif fd in clients:
+            conn, pending = clients[fd]
+            chunk = conn.recv(65536)
             if not chunk:
-                sys.exit(0)  # the test process ended: running children are left as orphans, like any process
-            pending += chunk
-            *lines, pending = pending.split(b"\\n")
+                clients.pop(fd)[0].close()
+                continue
+            *lines, clients[fd][1] = (pending + chunk).split(b"\\n")
             for line in lines:
                 request = json.loads(line)
                 assert threading.active_count() == 1, "the server must fork from a single thread"
                 pid = os.fork()
                 if pid == 0:
-                    child(request, list(pidfds))
-                pidfds[os.pidfd_open(pid)] = (pid, request["id"])
-                os.write(1, json.dumps({"id": request["id"], "pid": pid}).encode() + b"\\n")
-        else:
-            pid, rid = pidfds.pop(fd)
+                    child(request, [listener] + [c for c, _ in clients.values()])
+                pidfds[os.pidfd_open(pid)] = (pid, request["id"], fd)
+                answer(fd, {"id": request["id"], "pid": pid})
+        elif fd in pidfds:
+            pid, rid, client = pidfds.pop(fd)
             os.close(fd)
             _, status = os.waitpid(pid, 0)
-            os.write(1, json.dumps({"id": rid, "code": os.waitstatus_to_exitcode(status)}).encode() + b"\\n")
+            answer(client, {"id": rid, "code": os.waitstatus_to_exitcode(status)})
 """
 )
 
+# Under pytest-xdist the controller starts one server for the run (tests/conftest.py) and names its socket
+# here; the workers' commands are all forked by it. Without it, a test process starts a server of its own.
+SHARED_SOCKET = "TESTS_CLI_FORK_SOCKET"
+
+
+def start_server(folder: Path) -> subprocess.Popen:
+    """A fork server listening on ``folder/socket`` (its stderr in ``folder/server.err``); it ends when its
+    stdin closes. Returns at once: clients may connect while it imports."""
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LABKIT_", "MLFLOW_"))}
+    with open(folder / "server.err", "wb") as err:
+        return subprocess.Popen(
+            [sys.executable, "-c", SERVER, str(folder / "socket")], stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL, stderr=err, cwd=folder,
+            env=env | {"MLFLOW_DISABLE_TELEMETRY": "true"},
+        )  # fmt: skip
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
 
 class _Server:
-    """The fork server of this test process, started on first use, ended when the process exits."""
+    """This test process's connection to the fork server (the run's shared one, or its own)."""
 
     def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="labkit-cli-fork-"))
-        self.stderr = self.dir / "server.err"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("LABKIT_", "MLFLOW_"))}
-        with open(self.stderr, "wb") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                cwd=self.dir, env=env | {"MLFLOW_DISABLE_TELEMETRY": "true"},
-            )  # fmt: skip
+        self.dir = Path(tempfile.mkdtemp(prefix="labkit-cli-fork-"))  # the commands' stdout and stderr
+        self.owned: subprocess.Popen | None = None
+        path = os.environ.get(SHARED_SOCKET)
+        if not path:
+            self.owned = start_server(self.dir)
+            path = str(self.dir / "socket")
+        self.stderr = Path(path).parent / "server.err"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        deadline = time.monotonic() + 60
+        while True:  # a server of its own binds its socket a moment after it starts
+            try:
+                self.sock.connect(path)
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() > deadline or (self.owned and self.owned.poll() is not None):
+                    raise RuntimeError(f"the labkit fork server did not start: {self._log()}") from None
+                time.sleep(0.05)
+        self.alive = True
         self.lock = threading.Lock()
         self.next_id = 0
         self.waiting: dict[int, ForkedProcess] = {}
-        line = self.proc.stdout.readline()
-        if json.loads(line or "{}").get("ready") is not True:
-            raise RuntimeError(f"the labkit fork server did not start: {self.stderr.read_text()[-3000:]}")
         threading.Thread(target=self._answers, name="labkit-cli-fork", daemon=True).start()
+
+    def _log(self) -> str:
+        try:
+            return self.stderr.read_text()[-3000:]
+        except OSError:
+            return "(no server log)"
 
     def start(self, proc: ForkedProcess, request: dict) -> None:
         with self.lock:
             self.next_id += 1
             request["id"] = self.next_id
             self.waiting[self.next_id] = proc
-            self.proc.stdin.write(json.dumps(request).encode() + b"\n")
-            self.proc.stdin.flush()
-        if not proc._forked.wait(60) or proc.pid is None:
-            raise RuntimeError(f"the labkit fork server did not fork: {self.stderr.read_text()[-3000:]}")
+            try:
+                self.sock.sendall(json.dumps(request).encode() + b"\n")
+            except OSError:
+                pass  # the server is gone: the answers thread fails every waiting command
+        if not proc._forked.wait(120) or proc.pid is None:
+            raise RuntimeError(f"the labkit fork server did not fork: {self._log()}")
 
     def _answers(self) -> None:
-        for line in self.proc.stdout:
+        for line in self.sock.makefile("rb"):
             answer = json.loads(line)
             with self.lock:
                 proc = self.waiting[answer["id"]]
@@ -158,19 +229,18 @@ class _Server:
                 proc._ended.set()
         # the server ended (killed, or this process is exiting): nobody will answer for its children
         with self.lock:
+            self.alive = False
             orphans, self.waiting = list(self.waiting.values()), {}
         for proc in orphans:
             proc._lost = self.stderr
             proc._forked.set(), proc._ended.set()
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        if self.owned is not None:
+            stop_server(self.owned)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -180,7 +250,7 @@ _SERVER_LOCK = threading.Lock()
 
 def _server() -> _Server:
     with _SERVER_LOCK:
-        if not _SERVER or _SERVER[0].proc.poll() is not None:
+        if not _SERVER or not _SERVER[0].alive:
             _SERVER[:] = [_Server()]
             atexit.register(_SERVER[0].close)
         return _SERVER[0]

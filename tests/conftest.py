@@ -122,11 +122,29 @@ def pytest_collection_finish(session):
     gc.freeze()
 
 
+def _xdist_controller(config) -> bool:
+    return not hasattr(config, "workerinput") and bool(getattr(config.option, "numprocesses", None))
+
+
+def pytest_configure(config):
+    """The xdist controller starts the run's one labkit fork server (tests/cli_fork.py) before the workers
+    exist, and names its socket in the environment they inherit: its imports are paid once, not per worker."""
+    if _xdist_controller(config):
+        import shutil
+        import tempfile
+
+        import cli_fork
+
+        folder = Path(tempfile.mkdtemp(prefix="labkit-cli-fork-run-"))  # short: a socket path is <108 bytes
+        config._cli_fork = (cli_fork.start_server(folder), folder)
+        config.add_cleanup(lambda: (cli_fork.stop_server(config._cli_fork[0]), shutil.rmtree(folder, True)))
+        os.environ[cli_fork.SHARED_SOCKET] = str(folder / "socket")
+
+
 def pytest_sessionfinish(session):
     """The xdist controller, once every worker has ended, stops the run's shared mlflow server."""
-    config = session.config
-    if not hasattr(config, "workerinput") and getattr(config.option, "numprocesses", None):
-        stop_shared_server(config._tmp_path_factory.getbasetemp())
+    if _xdist_controller(session.config):
+        stop_shared_server(session.config._tmp_path_factory.getbasetemp())
 
 
 def pytest_collection_modifyitems(config, items):

@@ -152,8 +152,11 @@ def test_no_demo_customer_identifier_key_or_plain_hash_in_mlflow(demo, scanned, 
     key = key_path(lab).read_text().strip()
     assert len(key) >= 16
     identifiers.add(key)
-    # the scanner does find them where they belong: the lab's own CRM extract
-    assert scan_for_identifiers([root / "data" / "crm" / "outcomes.csv"], identifiers)
+    # the scanner does find them where they belong: the lab's own CRM extract (its first 2,000 customers'
+    # rows; the whole file is 80,000 and 2 CPU-s of scanning for the same answer)
+    with open(root / "data" / "crm" / "outcomes.csv", "rb") as crm:
+        (tmp_path / "crm-head.csv").write_bytes(b"".join(line for _, line in zip(range(2001), crm)))
+    assert scan_for_identifiers([tmp_path / "crm-head.csv"], identifiers)
     found = scan_for_identifiers(scanned, identifiers)
     assert found == [], [(str(path), ident) for path, ident in found[:20]]
 
