@@ -371,7 +371,7 @@ def test_each_notebook_runs_as_is_from_its_folder_with_its_figures_inline(demo_l
     import nbformat
     from nbclient import NotebookClient
 
-    from labkit.runner.export import html_exporter
+    from labkit.runner.export import render_html
 
     demo_lab.check()
     folder = demo_lab.root / "notebooks"
@@ -400,7 +400,7 @@ def test_each_notebook_runs_as_is_from_its_folder_with_its_figures_inline(demo_l
         at = next((i for i, c in enumerate(nb.cells) if "".join(c.source).startswith(heading)), None)
         if at is not None:  # the section's figure is in its first code cell
             assert any(i == at + 1 for i, _ in images), heading
-    html, _ = html_exporter().from_notebook_node(nb)
+    html = render_html(nb)
     assert _body(html).count("<img") >= len(saved)
 
     # the default pilot exists in the demo lab and has data; its outputs went to the lab's results/

@@ -87,22 +87,27 @@ def save_partial(executed: Path, nb, status: str, message: str) -> None:
         log.warning("%s: could not save the partial notebook: %s", executed, e)
 
 
-# one HTMLExporter per thread, reused: building one costs ~3x the export of a small notebook
-_EXPORTERS = threading.local()
+# One exporter of each kind per process, used by one export at a time. Building one compiles nbconvert's
+# Jinja templates (~0.2 CPU-s each, ~3x the export of a small notebook), and an exporter is not made to be
+# shared by threads: a lock serialises the exports, which hold the GIL anyway. (Exporters per thread, as
+# before, made the warm-up thread's exporters die with it: every run compiled its templates again.)
+_EXPORTERS: dict[bool, object] = {}
+_EXPORT_LOCK = threading.Lock()
 
 
-def html_exporter(code: bool = True):
-    """The thread's exporter: with code (``<stem>.html``) or without (``report.html``: nbconvert's
+def render_html(nb, *, code: bool = True) -> str:
+    """The HTML of a notebook node: with code (``<stem>.html``) or without (``report.html``: nbconvert's
     ``--no-input``, i.e. no code cells and no In/Out prompts; markdown, outputs and figures kept)."""
-    name = "html" if code else "report"
-    exporter = getattr(_EXPORTERS, name, None)
-    if exporter is None:
-        from nbconvert import HTMLExporter
+    with _EXPORT_LOCK:
+        exporter = _EXPORTERS.get(code)
+        if exporter is None:
+            from nbconvert import HTMLExporter
 
-        exporter = HTMLExporter() if code else HTMLExporter(exclude_input=True, exclude_input_prompt=True,
-                                                            exclude_output_prompt=True)  # fmt: skip
-        setattr(_EXPORTERS, name, exporter)
-    return exporter
+            exporter = HTMLExporter() if code else HTMLExporter(exclude_input=True, exclude_input_prompt=True,
+                                                                exclude_output_prompt=True)  # fmt: skip
+            _EXPORTERS[code] = exporter
+        body, _ = exporter.from_notebook_node(nb)
+    return body
 
 
 def report_path(output_dir: Path, notebook: Path) -> Path:
@@ -121,8 +126,8 @@ def warm_html_export() -> None:
         nb = nbformat.v4.new_notebook(
             cells=[nbformat.v4.new_markdown_cell("**warm-up** `x`"), nbformat.v4.new_code_cell("x = 1  # x")]
         )
-        html_exporter().from_notebook_node(nb)
-        html_exporter(code=False).from_notebook_node(nb)
+        render_html(nb)
+        render_html(nb, code=False)
     except Exception:  # noqa: BLE001 - only a head start: the real export reports its own failure
         pass
 
@@ -131,7 +136,7 @@ def export_html(executed: Path, html_path: Path, *, code: bool = True) -> tuple[
     try:
         import nbformat
 
-        body, _ = html_exporter(code).from_notebook_node(nbformat.read(executed, as_version=4))
+        body = render_html(nbformat.read(executed, as_version=4), code=code)
         write_atomic(html_path, body, fsync=False)
         return html_path, None
     except Exception as e:  # noqa: BLE001 - an export failure never hides the run's outcome

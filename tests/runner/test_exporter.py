@@ -125,3 +125,39 @@ def test_a_one_pilot_run_starts_no_export_process():
         assert none is None and exporter.current() is None
     with exporter.html_exports() as batch, exporter.html_exports(wanted=False) as inside:
         assert inside is batch and batch.users == 1  # a batch running in this process shares its own
+
+
+def test_the_warm_up_threads_exporters_serve_every_later_export_and_threads_export_the_same_bytes(tmp_path):
+    """`labkit run` warms nbconvert in a thread that then ends; the pilots' threads export after it. The
+    exporters it built (their templates compiled) are the ones every later export uses — per-thread
+    exporters died with the warm-up thread, and each run compiled its templates again — and exports from
+    eight threads at once give the bytes of one export alone (one export at a time: an exporter is not
+    made for threads)."""
+    import threading
+
+    from labkit.runner import export
+
+    export._EXPORTERS.clear()
+    warm = threading.Thread(target=export.warm_html_export)
+    warm.start(), warm.join()
+    built = dict(export._EXPORTERS)
+    assert set(built) == {True, False}
+
+    source = executed(tmp_path / "pilot.ipynb")
+    alone = export_both(source, tmp_path / "alone.html", tmp_path / "alone-report.html")
+    assert [error for _, error in alone] == [None, None]
+    results: dict[int, tuple] = {}
+
+    def export_in_thread(i: int) -> None:
+        results[i] = export_both(source, tmp_path / f"{i}.html", tmp_path / f"{i}-report.html")
+
+    threads = [threading.Thread(target=export_in_thread, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert export._EXPORTERS == built and all(export._EXPORTERS[k] is built[k] for k in built)
+    for i in range(8):
+        assert [error for _, error in results[i]] == [None, None]
+        assert (tmp_path / f"{i}.html").read_bytes() == (tmp_path / "alone.html").read_bytes()
+        assert (tmp_path / f"{i}-report.html").read_bytes() == (tmp_path / "alone-report.html").read_bytes()
