@@ -13,7 +13,7 @@ ignored —, its working folder, environment, stdin from /dev/null, stdout and s
 connections, kernels and MLflow client) that runs ``labkit.cli.main(args)``
 and exits as ``python -m labkit.cli`` does: through ``sys.exit`` (atexit handlers, flushed streams), an
 uncaught exception printing its traceback and exiting 1. Nothing of labkit is replaced; only the imports
-are shared. tests/reliability/test_concurrency.py forks its eight processes the same way (with a barrier).
+are shared. tests/reliability/test_concurrency.py forks its eight processes here (behind a barrier).
 
 New interpreters stay where the start or the process's own state is the claim: the console script and
 ``python -m`` (tests/test_cli.py, which also checks that a forked command ends as a new interpreter does;
@@ -44,9 +44,9 @@ import time
 from pathlib import Path
 
 # What the commands import on their way (CLI, spec models, preflight, store, kernels, HTML export): imported
-# once, before any fork (also by tests/reliability/test_concurrency.py's launcher). A child imports anything
-# else itself, as a new interpreter would. Then the heap is frozen: a child's garbage collections skip the
-# imports' objects instead of touching (and so copying) every shared page.
+# once, before any fork. A child imports anything else itself, as a new interpreter would. Then the heap is
+# frozen: a child's garbage collections skip the imports' objects instead of touching (and so copying) every
+# shared page.
 PREIMPORTS = """\
 import gc, json, os, select, signal, sys, threading
 from pathlib import Path

@@ -1,8 +1,8 @@
 """`labkit demo` end to end, as `make demo` runs it, in a copy of the repo's lab (RELIABILITY #32).
 
-The repo's configs/, experiments/ and notebooks/ are copied into a temporary folder and ``python -m
-labkit.cli demo`` runs there once for the session (the ``demo_lab`` fixture of tests/demo_lab.py, ~1-2 min
-on 2 cores, shared with the browser tests): it builds the synthetic CRM, assigns, plans, runs every pilot's
+The repo's configs/, experiments/ and notebooks/ are copied into a temporary folder and ``labkit demo``
+runs there once for the session (the ``demo_lab`` fixture of tests/demo_lab.py, ~30 s on 2 cores, shared
+with the browser tests): it builds the synthetic CRM, assigns, plans, runs every pilot's
 notebook and records it in the lab's sqlite MLflow store. The tests then read that store and scan it, its
 artifact tree, the run folders and the demo command's own stdout and stderr for every demo customer's
 identifiers and the lab's pseudonym key (exact values), for a plain sha256 of any of the 80,000 ids (in

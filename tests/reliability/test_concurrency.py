@@ -6,15 +6,14 @@ on the same store once it is *warm*, and against a real ``mlflow server`` on 127
 fixture of tests/mlflow_server.py). Four pilots, two processes each: two concurrent runs of one pilot
 must both be recorded and agree on one ``labkit.latest``.
 
-One launcher process imports labkit, MLflow, papermill and what `labkit run` imports on its way, once
-(tests/cli_fork.py's ``PREIMPORTS``, which also freezes that heap);
-for each round it forks the eight: each child is its own process (its own sqlite connections, store lock,
+Each of the eight is forked by tests/cli_fork.py's server, which imported labkit, MLflow, papermill and
+what `labkit run` imports on its way once: a process of its own (its own sqlite connections, store lock,
 MLflow client and kernel) running ``labkit.cli.main(["run", <pilot>])`` as the console script does, with
-the round's environment, its stdout and stderr in files. All eight wait on one pipe that the launcher
-closes once the last is forked, so they open the store and record in the same moment. (Eight interpreters
-each importing the same modules cost ~5 CPU-s apiece before the barrier, and the imports are not what this
-case is about: the race is in opening and writing the store. Raw MLflow forked the same way still lost 7
-of 8 runs on a fresh store.)
+the round's environment, its stdout and stderr in files. All eight wait on a shared lock of one file that
+the test holds exclusively until the eighth is waiting, so they open the store and record in the same
+moment. (Eight interpreters each importing the same modules cost ~5 CPU-s apiece before the barrier, and the
+imports are not what this case is about: the race is in opening and writing the store. Raw MLflow forked
+the same way still lost 7 of 8 runs on a fresh store.)
 
 Each round asserts, from the store itself: every run recorded exactly once (one MLflow run per run
 key, its id in ``recorded.json``), FINISHED, with all its metrics (``metrics_from_results`` of its
@@ -25,14 +24,14 @@ race, through less of the product.)
 
 from __future__ import annotations
 
+import fcntl
 import json
-import select
 import subprocess
-import sys
+import time
 from pathlib import Path
 
+import cli_fork
 import pytest
-from cli_fork import PREIMPORTS
 from test_faults import OK_ARTIFACTS, FaultLab, make_lab, running
 from test_pipeline import _cli_env, output
 
@@ -42,83 +41,43 @@ PILOTS = ("c-1", "c-2", "c-3", "c-4")
 PROCESSES = [pid for pid in PILOTS for _ in range(2)]  # eight: two per pilot
 ROUND_TIMEOUT_S = 300
 
-# The launcher: the imports once; then, for each round it is sent (a line of JSON on stdin: the round's
-# folder and environment), one forked child per process of PROCESSES, each running ``labkit run <pilot>``
-# as the console script does (labkit.cli.main), released together by a pipe; it answers with their exit codes.
-LAUNCH = (
-    PREIMPORTS
-    + """
-pilots = sys.argv[1:]
-for line in sys.stdin:
-    round_ = json.loads(line)
-    out = Path(round_["out"])
-    assert threading.active_count() == 1, "the launcher must fork from a single thread"
-    release, go = os.pipe()
-    sys.stdout.flush(), sys.stderr.flush()
-    children = {}
-    for i, pilot in enumerate(pilots):
-        child = os.fork()
-        if child == 0:
-            os.close(go)
-            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-            for fd, name in ((1, f"{i}.out"), (2, f"{i}.err")):
-                os.dup2(os.open(out / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
-            os.environ.update(round_["env"])
-            os.read(release, 1)  # blocks until the launcher closes its end: every child is forked
-            sys.exit(labkit.cli.main(["run", pilot]))
-        children[child] = i
-    os.close(go), os.close(release)
-    codes = {}
-    for _ in children:
-        child, status = os.wait()
-        codes[children[child]] = os.waitstatus_to_exitcode(status)
-    print(json.dumps(codes), flush=True)
+# One of the eight: says it is waiting (its own file beside the barrier), waits for the shared lock of the
+# barrier file — granted to all eight at once when the test lets go of its exclusive one —, then runs
+# ``labkit run <pilot>`` as the console script does.
+RUNNER = """\
+import fcntl, os, sys
+import labkit.cli
+barrier, pilot = sys.argv[1], sys.argv[2]
+held = os.open(barrier, os.O_RDONLY)
+open(f"{barrier}.{os.getpid()}", "w").close()
+fcntl.flock(held, fcntl.LOCK_SH)
+sys.exit(labkit.cli.main(["run", pilot]))
 """
-)
 
 
-class Launcher:
-    """The launcher process of a lab; :meth:`eight_at_once` runs one round through it."""
-
-    def __init__(self, lab: FaultLab):
-        self.lab = lab
-        self.stderr = lab.root.parent / f"{lab.root.name}-launcher.err"
-        with open(self.stderr, "w") as stderr:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", LAUNCH, *PROCESSES], cwd=lab.root, env=_cli_env({}),
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True,
-            )  # fmt: skip
-
-    def eight_at_once(self, name: str, **env: str) -> list[subprocess.CompletedProcess]:
-        """Eight `labkit run <pilot>` processes released together; their exit codes and outputs."""
-        out = self.lab.root.parent / f"{self.lab.root.name}-{name}"
-        out.mkdir()
-        self.proc.stdin.write(json.dumps({"out": str(out), "env": env}) + "\n")
-        self.proc.stdin.flush()
-        if not select.select([self.proc.stdout], [], [], ROUND_TIMEOUT_S)[0]:
-            raise AssertionError(f"the {name} round did not end within {ROUND_TIMEOUT_S} s")
-        answer = self.proc.stdout.readline()
-        if not answer:
-            self.proc.wait(timeout=60)
-            raise AssertionError(
-                f"the launcher ended ({self.proc.returncode}): {self.stderr.read_text()[-3000:]}"
-            )
-        codes = {int(i): code for i, code in json.loads(answer).items()}
-        assert sorted(codes) == list(range(len(PROCESSES))), codes
-        return [
-            subprocess.CompletedProcess(
-                ["labkit", "run", pid],
-                codes[i],
-                (out / f"{i}.out").read_text(),
-                (out / f"{i}.err").read_text(),
-            )
-            for i, pid in enumerate(PROCESSES)
-        ]
-
-    def close(self) -> None:
-        stdout, _ = self.proc.communicate(timeout=60)
-        stderr = self.stderr.read_text()
-        assert self.proc.returncode == 0 and stdout == stderr == "", (self.proc.returncode, stdout, stderr)
+def eight_at_once(lab: FaultLab, name: str, **env: str) -> list[subprocess.CompletedProcess]:
+    """Eight `labkit run <pilot>` processes released together; their exit codes and outputs."""
+    barrier = lab.root.parent / f"{lab.root.name}-{name}.barrier"
+    barrier.touch()
+    with open(barrier) as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        procs = [cli_fork.python(RUNNER, [str(barrier), pid], lab.root, _cli_env(env)) for pid in PROCESSES]
+        deadline = time.monotonic() + 120
+        while len(list(barrier.parent.glob(f"{barrier.name}.*"))) < len(procs):
+            ended = [p.args for p in procs if p.poll() is not None]
+            assert not ended and time.monotonic() < deadline, f"not all eight reached the barrier: {ended}"
+            time.sleep(0.02)
+    # the lock is let go: the eight run
+    done = []
+    for pid, proc in zip(PROCESSES, procs, strict=True):
+        try:
+            out, err = proc.communicate(timeout=ROUND_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise AssertionError(f"the {name} round did not end within {ROUND_TIMEOUT_S} s") from None
+        done.append(subprocess.CompletedProcess(["labkit", "run", pid], proc.returncode, out, err))
+    return done
 
 
 @pytest.fixture(scope="module")
@@ -126,22 +85,15 @@ def rounds(tmp_path_factory, mlflow_server) -> dict:
     lab = make_lab(tmp_path_factory.mktemp("concurrency") / "lab", dict.fromkeys(PILOTS))
     assert not (lab.root / "results" / "mlflow.db").exists()
     got = {}
-    launcher = Launcher(lab)
-    try:
-        for name, uri, env in (
-            ("fresh", None, {}),
-            ("warm", None, {}),
-            ("server", str(mlflow_server), {"LABKIT_TRACKING_URI": str(mlflow_server)}),
-        ):
-            before = {pid: set(lab.run_dirs(pid)) for pid in PILOTS}
-            procs = launcher.eight_at_once(name, **env)
-            folders = [d for pid in PILOTS for d in lab.run_dirs(pid) if d not in before[pid]]
-            got[name] = {"procs": procs, "folders": folders, "uri": uri, "runs": lab.runs(uri=uri)}
-        launcher.close()
-    finally:
-        if launcher.proc.poll() is None:
-            launcher.proc.kill()
-            launcher.proc.wait()
+    for name, uri, env in (
+        ("fresh", None, {}),
+        ("warm", None, {}),
+        ("server", str(mlflow_server), {"LABKIT_TRACKING_URI": str(mlflow_server)}),
+    ):
+        before = {pid: set(lab.run_dirs(pid)) for pid in PILOTS}
+        procs = eight_at_once(lab, name, **env)
+        folders = [d for pid in PILOTS for d in lab.run_dirs(pid) if d not in before[pid]]
+        got[name] = {"procs": procs, "folders": folders, "uri": uri, "runs": lab.runs(uri=uri)}
     return got | {"lab": lab}
 
 
