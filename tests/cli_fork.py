@@ -146,6 +146,13 @@ while True:
 SHARED_SOCKET = "TESTS_CLI_FORK_SOCKET"
 
 
+def server_folder(prefix: str = "labkit-cli-fork-") -> Path:
+    """A new private folder for a server's socket: in the temporary folder unless its path is long (a Unix
+    socket's path must be under 108 bytes), then in /tmp."""
+    base = tempfile.gettempdir()
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=base if len(base) <= 60 else "/tmp"))
+
+
 def start_server(folder: Path) -> subprocess.Popen:
     """A fork server listening on ``folder/socket`` (its stderr in ``folder/server.err``); it ends when its
     stdin closes. Returns at once: clients may connect while it imports."""
@@ -173,7 +180,7 @@ class _Server:
     """This test process's connection to the fork server (the run's shared one, or its own)."""
 
     def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="labkit-cli-fork-"))  # the commands' stdout and stderr
+        self.dir = server_folder()  # the commands' stdout and stderr, and a server of its own's socket
         self.owned: subprocess.Popen | None = None
         path = os.environ.get(SHARED_SOCKET)
         if not path:

@@ -131,11 +131,10 @@ def pytest_configure(config):
     exist, and names its socket in the environment they inherit: its imports are paid once, not per worker."""
     if _xdist_controller(config):
         import shutil
-        import tempfile
 
         import cli_fork
 
-        folder = Path(tempfile.mkdtemp(prefix="labkit-cli-fork-run-"))  # short: a socket path is <108 bytes
+        folder = cli_fork.server_folder("labkit-cli-fork-run-")
         config._cli_fork = (cli_fork.start_server(folder), folder)
         config.add_cleanup(lambda: (cli_fork.stop_server(config._cli_fork[0]), shutil.rmtree(folder, True)))
         os.environ[cli_fork.SHARED_SOCKET] = str(folder / "socket")
