@@ -7,17 +7,18 @@ store, its outputs, its exit code, how it meets a signal, a fault or a dead serv
 interpreter starting, it runs the command here: a *fork server* has imported what the commands import,
 and forks a child for each command. Under pytest-xdist the run has one, started by the controller before
 the workers (tests/conftest.py) and shared by them through a Unix socket, so its imports are paid once;
-a test process without it (``-n 0``, ``python -m pytest`` alone) starts one of its own. The child is a process of its own (its pid, a new
-interpreter's signal dispositions — SIGINT raises KeyboardInterrupt, SIGTERM and SIGHUP kill, SIGPIPE is
-ignored —, its working folder, environment, stdin from /dev/null, stdout and stderr in files, its own sqlite
-connections, kernels and MLflow client) that runs ``labkit.cli.main(args)``
-and exits as ``python -m labkit.cli`` does: through ``sys.exit`` (atexit handlers, flushed streams), an
-uncaught exception printing its traceback and exiting 1. Nothing of labkit is replaced; only the imports
-are shared. tests/reliability/test_concurrency.py forks its eight processes here (behind a barrier).
+a test process without it (``-n 0``, ``python -m pytest`` alone) starts one of its own. The child is a
+process of its own (its pid, a new interpreter's signal dispositions — SIGINT raises KeyboardInterrupt,
+SIGTERM and SIGHUP kill, SIGPIPE is ignored —, its working folder, environment, stdin from /dev/null,
+stdout and stderr in files, its own sqlite connections, kernels and MLflow client) that runs
+``labkit.cli.main(args)`` and exits as ``python -m labkit.cli`` does: through ``sys.exit`` (atexit
+handlers, flushed streams), an uncaught exception printing its traceback and exiting 1. Nothing of labkit
+is replaced; only the imports are shared. ``labkit demo`` of the session's demo lab (tests/demo_lab.py) is
+forked here too. tests/reliability/test_concurrency.py forks its eight processes here (behind a barrier).
 
 New interpreters stay where the start or the process's own state is the claim: the console script and
 ``python -m`` (tests/test_cli.py, which also checks that a forked command ends as a new interpreter does;
-tests/test_cli_exit.py), `labkit demo` (tests/demo_lab.py), one batch of tests/test_pipeline.py, the
+tests/test_cli_exit.py), one batch of tests/test_pipeline.py, the
 import-time budgets (tests/test_layers.py), the host time zone (tests/data/test_timezone.py), racers that
 need their own hash seeds (tests/assignment/test_assign.py) and a child's peak memory (test_runner).
 
@@ -107,7 +108,6 @@ def answer(client, message):
         except OSError:  # the test process is gone: its children run on, as orphans
             clients.pop(client)[0].close()
 
-os.write(1, b'{"ready": true}\\n')
 clients, pidfds = {}, {}  # connection fd: [socket, unread bytes]; pidfd: (pid, request id, connection fd)
 while True:
     ready, _, _ = select.select([0, listener.fileno(), *clients, *pidfds], [], [])

@@ -4,8 +4,9 @@ Under pytest-xdist (``make test`` runs ``-n 4 --dist loadscope``, the Makefile) 
 unit of work, so a module's fixtures (its labs, its scenario threads) are built once, on one worker; the
 modules that read the session's demo lab (tests/demo_lab.py) are one unit, so ``labkit demo`` runs once.
 The slowest units are sent first. The workers share one ``mlflow server`` (tests/mlflow_server.py: the first
-that needs it starts it, the controller stops it at the end); PostgreSQL (tests/pg_server.py, ~1 s to
-start) is per worker.
+that needs it starts it, the controller stops it at the end) and one labkit fork server (tests/cli_fork.py:
+the controller starts it before the workers and stops it at the end); PostgreSQL (tests/pg_server.py, ~1 s
+to start) is per worker.
 """
 
 from __future__ import annotations
