@@ -40,7 +40,8 @@ Files in ``output_dir`` (an earlier run's copies of the first four are removed f
     failure leaves ``report`` None and is logged, never the run's message. (A notebook whose stem is ``report``
     gets ``report.no-input.html``, so that it cannot overwrite ``<stem>.html``.)
 ``<stem>.kernel.log``
-    the kernel process's own stdout/stderr (startup errors, crashes), kept only when not empty.
+    the kernel process's own stdout/stderr (startup errors, crashes), kept only when not empty; the
+    traceback ipykernel sometimes logs as it shuts down (a race of its own, after the notebook) is dropped.
 ``results.json`` and figures
     written by the notebook itself; ``figures`` lists the ``*.png``/``*.svg`` in ``output_dir`` and
     its direct subfolders that the run created or changed.

@@ -23,6 +23,8 @@ import cli_fork
 import nbformat
 import psutil
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from labkit.errors import LabkitError
 from labkit.runner import NotebookRun, cancel_all, check_notebook, check_parameters, execute
@@ -91,6 +93,98 @@ def test_import_is_cheap():
 
 
 # ------------------------------------------------------------------------------------ outcomes
+
+# ipykernel 7.4's shutdown race, as a kernel log caught it once (a fresh clone's `make test`, 2026-12-06)
+SHUTDOWN_NOISE = """\
+ERROR:tornado.general:Uncaught exception in ZMQStream callback
+Traceback (most recent call last):
+  File "/venv/lib/python3.11/site-packages/zmq/eventloop/zmqstream.py", line 585, in _log_error
+    f.result()
+  File "/venv/lib/python3.11/site-packages/ipykernel/kernelbase.py", line 408, in process_control
+    sys.stderr.flush()
+  File "/venv/lib/python3.11/site-packages/ipykernel/iostream.py", line 343, in schedule
+    self._event_pipe.send(b"")
+  File "/venv/lib/python3.11/site-packages/zmq/sugar/socket.py", line 713, in send
+    return super().send(data, flags=flags, copy=copy, track=track)
+           ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+  File "zmq/backend/cython/_zmq.py", line 190, in zmq.backend.cython._zmq._check_rc
+zmq.error.ZMQError: Socket operation on non-socket
+"""
+
+
+@pytest.mark.parametrize(
+    ("at_exit", "kept"),
+    [
+        (SHUTDOWN_NOISE, None),
+        (SHUTDOWN_NOISE + "the kernel's own last words\n", "the kernel's own last words\n"),
+    ],
+    ids=["only-the-race", "the-race-and-more"],
+)
+def test_ipykernels_shutdown_race_is_not_kept_as_the_kernels_output(tmp_path, at_exit, kept):
+    """A real kernel writes the race's traceback to its stderr as it exits (an atexit handler): the run's
+    kernel log drops it, and keeps anything else the kernel said."""
+    nb = nbformat.read(NOTEBOOKS / "ok.ipynb", as_version=4)
+    nb.cells[0].source += '\nat_exit = ""'
+    nb.cells.append(
+        nbformat.v4.new_code_cell("import atexit, os\natexit.register(os.write, 2, at_exit.encode())")
+    )
+    nbformat.write(nb, tmp_path / "ok.ipynb")
+    result = execute(
+        tmp_path / "ok.ipynb",
+        tmp_path / "out",
+        {"at_exit": at_exit},
+        run_token=TOKEN,
+        timeout_s=60,
+        cwd=tmp_path,
+    )
+    assert result.status == "FINISHED", result.message
+    log = result.output_dir / "ok.kernel.log"
+    assert (log.read_text() if log.exists() else None) == kept
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        (SHUTDOWN_NOISE * 2, ""),
+        ("before\n" + SHUTDOWN_NOISE + "after\n", "before\nafter\n"),
+        (SHUTDOWN_NOISE.rstrip("\n"), ""),  # the log's last line, unterminated
+        # the same error without tornado's header, or another error under the header: the kernel's own
+        (SHUTDOWN_NOISE.split("\n", 1)[1], SHUTDOWN_NOISE.split("\n", 1)[1]),
+        (SHUTDOWN_NOISE.replace("Socket operation on non-socket", "Address in use"), None),
+        ("", ""),
+    ],
+)
+def test_only_the_shutdown_race_traceback_is_dropped_from_a_kernel_log(tmp_path, text, kept):
+    from labkit.runner.execute import _drop_shutdown_noise
+
+    log = tmp_path / "k.kernel.log"
+    log.write_text(text)
+    _drop_shutdown_noise(log)
+    assert log.read_text() == (text if kept is None else kept)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    lines=st.lists(
+        st.text(st.characters(blacklist_categories=("Cs",)), max_size=40).map(
+            lambda t: t.replace("\n", " ") + "\n"
+        ),
+        max_size=6,
+    ),
+    at=st.lists(st.integers(0, 6), max_size=3),
+)
+def test_any_kernel_output_around_the_race_is_kept_byte_for_byte(tmp_path_factory, lines, at):
+    """Whatever else the kernel printed, before, between or after any number of the race's tracebacks,
+    is what the log keeps."""
+    from labkit.runner.execute import _drop_shutdown_noise
+
+    with_noise = list(lines)
+    for k in sorted(at, reverse=True):
+        with_noise.insert(min(k, len(with_noise)), SHUTDOWN_NOISE)
+    log = tmp_path_factory.mktemp("log") / "k.kernel.log"
+    log.write_bytes("".join(with_noise).encode())
+    _drop_shutdown_noise(log)
+    assert log.read_bytes() == "".join(lines).encode()
 
 
 def test_ok_finishes_with_results_figure_and_html(runs):
