@@ -174,11 +174,18 @@ _SHUTDOWN_NOISE = re.compile(
 )
 
 
-def _drop_shutdown_noise(log_path: Path) -> None:
-    """Remove ipykernel's shutdown-race tracebacks (``_SHUTDOWN_NOISE``) from a kernel log; the rest stays."""
-    data = log_path.read_bytes()
-    if b"Socket operation on non-socket" in data:
-        log_path.write_bytes(_SHUTDOWN_NOISE.sub(b"", data))
+def _drop_shutdown_noise(log_path: Path, tail_bytes: int = 65536) -> None:
+    """Remove ipykernel's shutdown-race tracebacks (``_SHUTDOWN_NOISE``) from a kernel log; the rest stays.
+    Only the log's end is read: the race comes at shutdown, and a kernel may have written a large log."""
+    with open(log_path, "r+b") as log:
+        start = max(0, log.seek(0, 2) - tail_bytes)
+        log.seek(start)
+        tail = log.read()
+        if b"Socket operation on non-socket" not in tail:
+            return
+        log.seek(start)
+        log.write(_SHUTDOWN_NOISE.sub(b"", tail))
+        log.truncate()
 
 
 @dataclass(frozen=True)

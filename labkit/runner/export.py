@@ -88,9 +88,9 @@ def save_partial(executed: Path, nb, status: str, message: str) -> None:
 
 
 # One exporter of each kind per process, used by one export at a time. Building one compiles nbconvert's
-# Jinja templates (~0.2 CPU-s each, ~3x the export of a small notebook), and an exporter is not made to be
-# shared by threads: a lock serialises the exports, which hold the GIL anyway. (Exporters per thread, as
-# before, made the warm-up thread's exporters die with it: every run compiled its templates again.)
+# Jinja templates (~0.06 CPU-s, ~8x the export of a small notebook with a built exporter), and an exporter
+# is not made to be shared by threads: a lock serialises the exports, which hold the GIL anyway. (Exporters
+# per thread, as before, made the warm-up thread's exporters die with it: every run built them again.)
 _EXPORTERS: dict[bool, object] = {}
 _EXPORT_LOCK = threading.Lock()
 
