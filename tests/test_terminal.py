@@ -2,8 +2,8 @@
 
 Each command runs as a process of its own (the real CLI, forked from the pre-imported fork server of
 tests/cli_fork.py: its output goes to a file, not a terminal, as a pipe's does) on a small lab with data;
-rich honours COLUMNS, so no pty is needed. Every key value (pilot id, metric names, decisions, numbers as labkit prints them) must appear
-whole on one line, and no line may be longer than the width. Piped (no COLUMNS, not a terminal), the
+rich honours COLUMNS, so no pty is needed. Every key value (pilot id, metric names, decisions, numbers as
+labkit prints them) must appear whole on one line, and no line may be longer than the width. Piped (no COLUMNS, not a terminal), the
 output is plain text at full width: no escape codes, and a table's row stays on one line.
 """
 
