@@ -350,7 +350,9 @@ def show_figure(fig, path: Path, *, dpi: int = 110) -> None:
     from IPython.display import Image, display
 
     fig.savefig(path, dpi=dpi)
-    display(Image(data=Path(path).read_bytes(), format="png", width=round(fig.get_figwidth() * fig.get_dpi())))
+    display(
+        Image(data=Path(path).read_bytes(), format="png", width=round(fig.get_figwidth() * fig.get_dpi()))
+    )
     plt.close(fig)  # returns nothing: the last line of a cell shows no path
 
 
