@@ -13,8 +13,9 @@ SIGTERM and SIGHUP kill, SIGPIPE is ignored —, its working folder, environment
 stdout and stderr in files, its own sqlite connections, kernels and MLflow client) that runs
 ``labkit.cli.main(args)`` and exits as ``python -m labkit.cli`` does: through ``sys.exit`` (atexit
 handlers, flushed streams), an uncaught exception printing its traceback and exiting 1. Nothing of labkit
-is replaced; only the imports are shared. ``labkit demo`` of the session's demo lab (tests/demo_lab.py) is
-forked here too. tests/reliability/test_concurrency.py forks its eight processes here (behind a barrier).
+is replaced; only the imports (and the HTML exporters, built once) are shared. ``labkit demo`` of the
+session's demo lab (tests/demo_lab.py) is forked here too. tests/reliability/test_concurrency.py forks its
+eight processes here (behind a barrier).
 
 New interpreters stay where the start or the process's own state is the claim: the console script and
 ``python -m`` (tests/test_cli.py, which also checks that a forked command ends as a new interpreter does;
@@ -45,9 +46,13 @@ import time
 from pathlib import Path
 
 # What the commands import on their way (CLI, spec models, preflight, store, kernels, HTML export): imported
-# once, before any fork. A child imports anything else itself, as a new interpreter would. Then the heap is
-# frozen: a child's garbage collections skip the imports' objects instead of touching (and so copying) every
-# shared page.
+# once, before any fork. A child imports anything else itself, as a new interpreter would. The HTML exporters
+# are built once too (labkit.runner.export keeps one of each kind per process; building them compiles
+# nbconvert's Jinja templates, ~0.35 CPU-s of a forked `labkit run`'s ~0.9): the same warm-up `labkit run`
+# itself starts in a thread. A process's first export from scratch stays proved where `labkit run` starts as a
+# new interpreter (a batch of tests/test_pipeline.py) and by tests/runner/test_exporter.py.
+# Then the heap is frozen: a child's garbage collections skip the imports' objects instead of touching (and
+# so copying) every shared page.
 PREIMPORTS = """\
 import gc, json, os, select, signal, sys, threading
 from pathlib import Path
@@ -60,6 +65,7 @@ import mlflow.store.tracking.sqlalchemy_store, rich.progress, rich.table  # noqa
 import labkit.runner.execute, labkit.runner.export, labkit.runner.warm, labkit.runner.exporter  # noqa: F401
 import labkit.tracking.store, labkit.tracking.writer, labkit.assignment, labkit.data.query  # noqa: F401
 import IPython.lib.lexers, bleach, mistune  # noqa: F401 - what the HTML export imports on first use
+labkit.runner.export.warm_html_export()
 gc.collect()
 gc.freeze()
 """
