@@ -8,6 +8,7 @@ as a user runs it (one line, exit 1), and with ``--debug``, which re-raises, to 
 from __future__ import annotations
 
 import ast
+import functools
 import shutil
 from pathlib import Path
 
@@ -49,6 +50,7 @@ def _called_name(node: ast.AST) -> str | None:
     return None
 
 
+@functools.cache  # the package is parsed once per test process, not once per test
 def _raised() -> dict[str, list[str]]:
     """Each name a ``raise`` statement in labkit/ raises -> the places (``file:line``)."""
     found: dict[str, list[str]] = {}
