@@ -116,17 +116,11 @@ def pytest_xdist_make_scheduler(config, log):
 def pytest_collection_finish(session):
     """Freeze what the imports and the collection built (hundreds of thousands of objects on a worker):
     the interpreter's full collections, which statsmodels and others also call, then skip them. Only the
-    collector's work changes; nothing frozen was garbage.
-
-    Then the young generation is collected every 20,000 allocations instead of 700: the tests build and drop
-    pandas, Ibis and MLflow objects by the million, and the default thresholds spent ~7 % of a worker's CPU in
-    ~4,000 collections per 60 CPU-s (measured with gc.callbacks: 4.4-4.9 s -> 1.7 s). Cycles are still
-    collected, later; labkit's own processes (commands, kernels, their memory tests) keep Python's defaults."""
+    collector's work changes; nothing frozen was garbage."""
     import gc
 
     gc.collect()
     gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
 
 
 def _xdist_controller(config) -> bool:
