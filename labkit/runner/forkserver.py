@@ -38,6 +38,9 @@ import threading
 import time
 import traceback
 
+# The temporary folder labkit.runner.warm makes for the server's socket and log starts with this.
+FOLDER_PREFIX = "labkit-kernels-"
+
 # Every kernel imports these before its first cell; the server adds the imports of the batch's notebooks.
 BASE = (
     "setproctitle",
@@ -158,7 +161,19 @@ def main(argv: list[str] | None = None) -> int:
         while children and time.monotonic() < deadline:
             _reap(children)
             time.sleep(0.01)
+        _remove_own_folder(path)
     return 0
+
+
+def _remove_own_folder(path: str) -> None:
+    """The folder labkit made for this server (its socket and log), removed as the server ends: labkit
+    removes it too when it closes the server, but a labkit killed by SIGKILL cannot, and each such run left
+    one in the temp dir. Only a folder of labkit's own naming is removed."""
+    import shutil
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.basename(folder).startswith(FOLDER_PREFIX):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _sigterm_in(fd: int) -> bool:

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from labkit._process import pid_alive
-from labkit.runner.forkserver import FIGURES
+from labkit.runner.forkserver import FIGURES, FOLDER_PREFIX
 from labkit.runner.shared import Shared
 
 log = logging.getLogger("labkit.runner")
@@ -68,7 +68,7 @@ class KernelServer:
     """The forkserver process of one batch: started at once, ready after its imports."""
 
     def __init__(self, modules: list[str] = ()) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="labkit-kernels-"))  # mode 0700: only this user connects
+        self.dir = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))  # mode 0700: only this user connects
         self.path = self.dir / "socket"
         self.log_path = self.dir / "server.log"
         self.ready = threading.Event()

@@ -269,10 +269,14 @@ def test_when_labkit_is_killed_the_server_and_its_kernels_die_too(tmp_path):
     try:
         kernel, child = map(int, _wait_for(tmp_path / "out" / "pids").split())
         server = psutil.Process(kernel).ppid()
-        assert "labkit.runner.forkserver" in " ".join(psutil.Process(server).cmdline())
+        command = psutil.Process(server).cmdline()
+        assert "labkit.runner.forkserver" in " ".join(command)
+        folder = Path(command[command.index("labkit.runner.forkserver") + 1]).parent  # its socket's
+        assert folder.name.startswith("labkit-kernels-") and folder.is_dir()
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert gone(server) and gone(kernel) and gone(child)
+        assert not folder.exists()  # labkit could not remove it: the server did, as it ended
     finally:
         if proc.poll() is None:
             proc.kill()
