@@ -123,6 +123,13 @@ def preload(modules: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     path, *modules = argv if argv is not None else sys.argv[1:]
+    try:
+        return _main(path, modules)
+    finally:  # also when labkit died before the server was ready (its "ready" then meets a broken pipe)
+        _remove_own_folder(path)
+
+
+def _main(path: str, modules: list[str]) -> int:
     if sys.path and sys.path[0] in ("", os.getcwd()):
         del sys.path[0]  # as ipykernel_launcher does: a kernel's own folder is added back by IPython
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C is labkit's to handle
@@ -161,7 +168,6 @@ def main(argv: list[str] | None = None) -> int:
         while children and time.monotonic() < deadline:
             _reap(children)
             time.sleep(0.01)
-        _remove_own_folder(path)
     return 0
 
 

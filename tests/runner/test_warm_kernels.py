@@ -282,6 +282,30 @@ def test_when_labkit_is_killed_the_server_and_its_kernels_die_too(tmp_path):
             proc.kill()
 
 
+KILLED_EARLY = """\
+import time
+from labkit.runner import warm
+server = warm.KernelServer(["labkit", "matplotlib.pyplot"])  # seconds of imports
+print(server.dir, server.proc.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_when_labkit_is_killed_while_the_server_imports_the_server_still_removes_its_folder():
+    """SIGKILL before the server is ready: it finishes its imports, its "ready" meets a broken pipe, and it
+    ends (as the stdin it watches closed) removing its folder."""
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_EARLY], stdout=subprocess.PIPE, text=True)
+    try:
+        folder, pid = proc.stdout.readline().split()
+        assert Path(folder).is_dir() and psutil.Process(int(pid)).is_running()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert gone(int(pid), 60) and not Path(folder).exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def test_a_batch_refused_at_once_stops_the_server_in_its_imports(tmp_path):
     nb = notebook(tmp_path / "heavy.ipynb", "import labkit, matplotlib.pyplot")  # seconds of imports
     with warm.warm_kernels([nb]) as server:
