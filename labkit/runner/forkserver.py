@@ -19,12 +19,14 @@ The server forks only while it has a single thread, and only when the request's 
 its own on every variable that shapes how the preloaded libraries were imported (:func:`env_mismatch`), and
 only when the kernel's folder holds no module of its own that a fresh kernel would import instead (:func:`shadowed`).
 It ends when its stdin closes — labkit closes it at the end of the batch, and the kernel dies with labkit —
-SIGKILLing the process group of every kernel still alive. Run by :mod:`labkit.runner.warm`, never by hand.
+SIGKILLing the process group of every kernel still alive, removing those kernels' connection files and its
+own folder (a labkit killed by SIGKILL cleans up nothing). Run by :mod:`labkit.runner.warm`, never by hand.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import errno
 import gc
 import json
@@ -40,6 +42,7 @@ import traceback
 
 # The temporary folder labkit.runner.warm makes for the server's socket and log starts with this.
 FOLDER_PREFIX = "labkit-kernels-"
+_ARGV: dict[int, list[str]] = {}  # pid -> the argv of each kernel forked here (its -f connection file)
 
 # Every kernel imports these before its first cell; the server adds the imports of the batch's notebooks.
 BASE = (
@@ -162,13 +165,26 @@ def _main(path: str, modules: list[str]) -> int:
                 conn, _ = listener.accept()
                 _serve(conn, env, children, (listener, wake_r, wake_w))
     finally:
-        for pid in list(children):
+        ending = list(children)
+        for pid in ending:
             _kill_group(pid)
         deadline = time.monotonic() + 5
         while children and time.monotonic() < deadline:
             _reap(children)
             time.sleep(0.01)
+        for pid in ending:  # killed here: no kernel manager will clean up after them if labkit died
+            _remove_connection_file(pid)
     return 0
+
+
+def _remove_connection_file(pid: int) -> None:
+    """The connection file (``-f PATH``: ports and the HMAC key) of a kernel this server killed as it ended.
+    jupyter_client writes it in the temp dir and removes it when it shuts the kernel down; a labkit killed
+    by SIGKILL never does, and each of its kernels left one behind."""
+    argv = _ARGV.pop(pid, [])
+    if "-f" in argv[:-1]:
+        with contextlib.suppress(OSError):
+            os.remove(argv[argv.index("-f") + 1])
 
 
 def _remove_own_folder(path: str) -> None:
@@ -247,6 +263,7 @@ def _serve(conn: socket.socket, env: dict[str, str], children: dict, own_fds: tu
         if pid == 0:  # pragma: no cover - the child never returns (covered through the kernels it runs)
             _become_kernel(request, fds, [conn, *children.values()], own_fds)
         children[pid] = conn
+        _ARGV[pid] = list(request["argv"])
         _reply(conn, f"pid {pid}")
     except (OSError, ValueError) as e:
         _reply(conn, f"no {type(e).__name__}: {e}")

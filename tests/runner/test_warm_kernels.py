@@ -273,10 +273,15 @@ def test_when_labkit_is_killed_the_server_and_its_kernels_die_too(tmp_path):
         assert "labkit.runner.forkserver" in " ".join(command)
         folder = Path(command[command.index("labkit.runner.forkserver") + 1]).parent  # its socket's
         assert folder.name.startswith("labkit-kernels-") and folder.is_dir()
+        # its title, as a fresh kernel's command line: ... ipykernel_launcher -f <connection file>
+        kernel_argv = " ".join(psutil.Process(kernel).cmdline()).split()
+        connection = Path(kernel_argv[kernel_argv.index("-f") + 1])
+        assert json.loads(connection.read_text())["key"]  # the kernel's ports and HMAC key
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert gone(server) and gone(kernel) and gone(child)
-        assert not folder.exists()  # labkit could not remove it: the server did, as it ended
+        # labkit could remove neither: the server did, as it ended
+        assert not folder.exists() and not connection.exists()
     finally:
         if proc.poll() is None:
             proc.kill()
