@@ -42,7 +42,7 @@ import traceback
 
 # The temporary folder labkit.runner.warm makes for the server's socket and log starts with this.
 FOLDER_PREFIX = "labkit-kernels-"
-_ARGV: dict[int, list[str]] = {}  # pid -> the argv of each kernel forked here (its -f connection file)
+_ARGV: dict[int, list[str]] = {}  # pid -> the argv of each live kernel forked here (its -f connection file)
 
 # Every kernel imports these before its first cell; the server adds the imports of the batch's notebooks.
 BASE = (
@@ -165,23 +165,22 @@ def _main(path: str, modules: list[str]) -> int:
                 conn, _ = listener.accept()
                 _serve(conn, env, children, (listener, wake_r, wake_w))
     finally:
-        ending = list(children)
-        for pid in ending:
+        ending = [_ARGV.get(pid, []) for pid in children]
+        for pid in list(children):
             _kill_group(pid)
         deadline = time.monotonic() + 5
         while children and time.monotonic() < deadline:
             _reap(children)
             time.sleep(0.01)
-        for pid in ending:  # killed here: no kernel manager will clean up after them if labkit died
-            _remove_connection_file(pid)
+        for argv in ending:  # killed here: no kernel manager will clean up after them if labkit died
+            _remove_connection_file(argv)
     return 0
 
 
-def _remove_connection_file(pid: int) -> None:
+def _remove_connection_file(argv: list[str]) -> None:
     """The connection file (``-f PATH``: ports and the HMAC key) of a kernel this server killed as it ended.
     jupyter_client writes it in the temp dir and removes it when it shuts the kernel down; a labkit killed
     by SIGKILL never does, and each of its kernels left one behind."""
-    argv = _ARGV.pop(pid, [])
     if "-f" in argv[:-1]:
         with contextlib.suppress(OSError):
             os.remove(argv[argv.index("-f") + 1])
@@ -216,6 +215,7 @@ def _reap(children: dict[int, socket.socket]) -> None:
         if pid == 0:
             return
         conn = children.pop(pid, None)
+        _ARGV.pop(pid, None)  # a kernel that ended is its kernel manager's to clean up
         if conn is not None:
             _reply(conn, f"exit {os.waitstatus_to_exitcode(status)}")
             conn.close()
