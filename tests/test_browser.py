@@ -17,6 +17,9 @@ under ``results/browser/``: screenshots, the report and the UI's log.
    has its summary row, every pilot its hypothesis, decision and recommendation, no literal Markdown
    (``**``) is shown, and no request leaves the machine. Its
    full-page screenshot is copied to the repository's ``results/browser/`` too.
+3. Last, the ``labkit ui`` of 1. is checked from outside (tests/ui_checks.py: its three lines, its bind,
+   the foreign ``Host``) and ended with SIGHUP, which must take its server along (RELIABILITY.md case 40;
+   its SIGKILL is tests/tracking/test_ui.py): one ``mlflow server`` start serves both claims.
 """
 
 from __future__ import annotations
@@ -25,15 +28,18 @@ import os
 import re
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from mlflow_server import _healthy, _tail, free_port, stop_server
+from ui_checks import check_bound_to_localhost, check_links, still_alive
 
 import labkit
 
@@ -123,9 +129,19 @@ def _started(pid: int) -> str:
         return ""
 
 
+class UI(NamedTuple):
+    """A running `labkit ui`: the runs URL it printed, its process, port and log (its stdout and stderr)."""
+
+    url: str
+    proc: subprocess.Popen
+    port: int
+    log: Path
+
+
 @pytest.fixture(scope="module")
 def ui(demo_lab, shots):
-    """`labkit ui` on the demo lab's store, on a free port of 127.0.0.1; yields the runs URL it prints."""
+    """`labkit ui` on the demo lab's store, on a free port of 127.0.0.1, until the module's last test ends it
+    (``test_labkit_ui_ends_with_its_server_on_sighup``) or the module ends."""
     log_path = shots / "labkit-ui.log"
     port = free_port()
     command = [sys.executable, "-m", "labkit.cli", "ui", "--port", str(port)]
@@ -149,7 +165,7 @@ def ui(demo_lab, shots):
             time.sleep(0.25)
         servers = _children(proc.pid)
         assert found.group(1).startswith(f"{base}/#/experiments/"), found.group(1)
-        yield found.group(1)
+        yield UI(found.group(1), proc, port, log_path)
     finally:
         stop_server(proc)
         for pid, started in servers:  # a server its `labkit ui` failed to stop: its own process group
@@ -268,7 +284,7 @@ def test_mlflow_ui_filters_runs_by_function_and_shows_each_decision(demo_lab, ui
     expected = _runs_of(demo_lab, FUNCTION)
     assert {pilot for pilot, _, _ in expected.values()} == wanted, "the store's runs of the function"
 
-    origin = "{0.scheme}://{0.netloc}".format(urlsplit(ui))
+    origin = "{0.scheme}://{0.netloc}".format(urlsplit(ui.url))
     context = browser.new_context(viewport=VIEWPORT)
     foreign: list[str] = []
 
@@ -283,7 +299,7 @@ def test_mlflow_ui_filters_runs_by_function_and_shows_each_decision(demo_lab, ui
     page = context.new_page()
     page.set_default_timeout(WAIT_MS)
     try:
-        page.goto(ui)
+        page.goto(ui.url)
         # the printed link opens labkit's saved view (labkit.tracking.leadership_view): its columns are
         # there without a click in the Columns selector, and the dataset hashes are not
         page.locator(".ag-row[row-id]").first.wait_for()
@@ -330,7 +346,7 @@ def test_mlflow_ui_filters_runs_by_function_and_shows_each_decision(demo_lab, ui
 
         # the filter really selects: another function swaps every row. The shared view keeps no edit (a
         # typed filter replaces its state in the address), so the reader comes back through the link
-        page.goto(ui)
+        page.goto(ui.url)
         page.locator(f'.ag-header-cell[col-id="{DECISION_COL}"]').first.wait_for()
         other = others[0]
         other_runs = _runs_of(demo_lab, other)
@@ -407,3 +423,25 @@ def test_compare_html_report_renders_offline_in_chromium(demo_lab, browser, shot
         assert requests == [report.as_uri()], requests
     finally:
         context.close()
+
+
+def test_labkit_ui_ends_with_its_server_on_sighup(demo_lab, ui):
+    """After the browser tests, the demo lab's `labkit ui` (RELIABILITY.md case 40): its log — its stdout and
+    stderr — holds its three lines and nothing of MLflow's own log; its server binds 127.0.0.1 only and
+    refuses a foreign Host; SIGHUP (a closed terminal) ends it with 128 + 1, and neither its `mlflow server`
+    nor the uvicorn process under it is left running. SIGTERM and SIGINT take the same path; SIGKILL of
+    `labkit ui` is tests/tracking/test_ui.py."""
+    import psutil
+
+    check_links(
+        ui.log.read_text().splitlines(), demo_lab.lab.spec.lab, demo_lab.lab.spec.mlflow_experiment, ui.port
+    )
+    check_bound_to_localhost(ui.proc, ui.port)
+    tree = [p.pid for p in psutil.Process(ui.proc.pid).children(recursive=True)]
+    assert len(tree) >= 2, "mlflow server and its uvicorn process"
+    ui.proc.send_signal(signal.SIGHUP)
+    assert ui.proc.wait(timeout=30) == 128 + signal.SIGHUP
+    assert still_alive(tree, within_s=15) == [], "SIGHUP left the server running"
+    assert len(ui.log.read_text().splitlines()) == 3  # and nothing printed on the way out, no traceback
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", ui.port)) != 0  # nothing serves the port any more

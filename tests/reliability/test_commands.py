@@ -8,7 +8,7 @@ subprocess: what is checked is the same, without ~1-2 CPU-s of imports per comma
 
 | case | input | tests |
 | --- | --- | --- |
-| 40, 41 | `labkit ui`: SIGHUP, SIGKILL; a busy or invalid port | tests/tracking/test_ui.py::test_ui_binds_localhost_and_its_server_ends_with_it_on_sighup_or_sigkill, ::test_ui_on_a_busy_port_is_one_line_and_no_link, ::test_ui_on_an_invalid_port_or_host_is_one_line_and_no_link |
+| 40, 41 | `labkit ui`: SIGHUP, SIGKILL; a busy or invalid port | tests/tracking/test_ui.py::test_ui_binds_localhost_and_its_server_ends_with_it_on_sigkill, ::test_ui_on_a_busy_port_is_one_line_and_no_link, ::test_ui_on_an_invalid_port_or_host_is_one_line_and_no_link, tests/test_browser.py::test_labkit_ui_ends_with_its_server_on_sighup |
 | 43 | `run --workers -1`, `run --as-of 2026-13-45`, `compare --output <folder>`, a 300-character pilot argument; a read-only folder met by any command | ::test_a_bad_argument_is_one_line_and_creates_nothing, ::test_a_read_only_folder_met_by_any_command_is_one_line |
 | 44 | `plan` with `max_size: 1` or `mde: {relative: 1.0e-300}` | ::test_plan_refuses_an_impossible_pilot_in_one_line, ::test_make_plan_never_raises_and_refuses_exactly_the_unreachable |
 | 45 | `assign` on a full disk (a real 8 kB tmpfs) | ::test_assign_on_a_full_disk_is_one_line_and_leaves_nothing |
