@@ -2,7 +2,8 @@
 
 Under pytest-xdist (``make test`` runs ``-n 4 --dist loadscope``, the Makefile) each test module is one
 unit of work, so a module's fixtures (its labs, its scenario threads) are built once, on one worker; the
-modules that read the session's demo lab (tests/demo_lab.py) are one unit, so ``labkit demo`` runs once.
+modules that read the session's demo lab (tests/demo_lab.py) are one unit, so ``labkit demo`` runs once
+(and Chromium starts once: tests/chromium.py).
 The slowest units are sent first. The workers share one ``mlflow server`` (tests/mlflow_server.py: the first
 that needs it starts it, the controller stops it at the end) and one labkit fork server (tests/cli_fork.py:
 the controller starts it before the workers and stops it at the end); PostgreSQL (tests/pg_server.py, ~1 s
@@ -16,6 +17,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from chromium import chromium  # noqa: F401 -- the session fixture: one headless Chromium
 from demo_lab import demo_lab  # noqa: F401 -- the session fixture: `labkit demo` run once
 from mlflow_server import mlflow_server, stop_shared_server  # noqa: F401 -- the session fixture, shared
 from pilots import CHURNED, DROP, pilot_yaml  # noqa: F401 -- CHURNED, DROP: for the tests

@@ -1,8 +1,7 @@
 """The leadership view in a real browser: the MLflow UI on the demo lab's store, and the HTML report.
 
-Debian's Chromium (``/usr/bin/chromium``) is driven headless by Playwright's Python package; nothing is
-downloaded (``playwright install`` is never run). ``make test`` installs both (tools/system-deps), and these tests fail rather
-than skip without them. They share the session's demo lab (tests/demo_lab.py) and add to it only files
+Debian's Chromium is driven headless by Playwright (the session's ``chromium`` fixture, tests/chromium.py);
+these tests fail rather than skip without it. They share the session's demo lab (tests/demo_lab.py) and add to it only files
 under ``results/browser/``: screenshots, the report and the UI's log.
 
 1. ``labkit ui`` serves the lab's store on 127.0.0.1; Chromium opens the runs table it prints — labkit's
@@ -45,19 +44,8 @@ import labkit
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = REPO / "results" / "browser"  # the repository's results/ is git-ignored
-# --headless even where Playwright would add it; the rest keeps Chromium off the network (updates,
-# sync, field trials, QUIC probes) so the tests run the same on a closed CI runner.
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
-INSTALL_HINT = (
-    "`make test` installs them (tools/system-deps): `apt-get install -y --no-install-recommends chromium` (Debian's package; "
-    "never `playwright install`) and `.venv/bin/pip install -e '.[test]'` (the playwright package)"
-)
 FUNCTION = "service"  # filtered for in the MLflow UI; another function of the demo is filtered second
 VIEWPORT = {"width": 1440, "height": 560}
 UI_START_TIMEOUT = 90.0  # seconds; `mlflow server` takes ~10 s on 2 cores
@@ -88,23 +76,6 @@ GRID_READY_JS = """([ids, col]) => {
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """Debian's Chromium, headless, launched by Playwright with a fresh profile; fails if either is missing."""
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"Chromium is not installed at {CHROMIUM}; {INSTALL_HINT}", pytrace=False)
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail(f"the Python package playwright is not installed; {INSTALL_HINT}", pytrace=False)
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +246,7 @@ def _assert_png(path: Path, viewport: dict) -> None:
 # --------------------------------------------------------------------------- tests
 
 
-def test_mlflow_ui_filters_runs_by_function_and_shows_each_decision(demo_lab, ui, browser, shots):
+def test_mlflow_ui_filters_runs_by_function_and_shows_each_decision(demo_lab, ui, chromium, shots):
     pilots = _pilots(demo_lab)
     functions = {pid: p.spec.function for pid, p in pilots.items()}
     wanted = {pid for pid, f in functions.items() if f == FUNCTION}
@@ -285,7 +256,7 @@ def test_mlflow_ui_filters_runs_by_function_and_shows_each_decision(demo_lab, ui
     assert {pilot for pilot, _, _ in expected.values()} == wanted, "the store's runs of the function"
 
     origin = "{0.scheme}://{0.netloc}".format(urlsplit(ui.url))
-    context = browser.new_context(viewport=VIEWPORT)
+    context = chromium.new_context(viewport=VIEWPORT)
     foreign: list[str] = []
 
     def local_only(route):  # the UI is served from 127.0.0.1 and must need nothing else
@@ -359,7 +330,7 @@ def test_mlflow_ui_filters_runs_by_function_and_shows_each_decision(demo_lab, ui
         context.close()
 
 
-def test_compare_html_report_renders_offline_in_chromium(demo_lab, browser, shots):
+def test_compare_html_report_renders_offline_in_chromium(demo_lab, chromium, shots):
     import contextlib
     import io
 
@@ -383,7 +354,7 @@ def test_compare_html_report_renders_offline_in_chromium(demo_lab, browser, shot
         decisions |= {pilot: decision for pilot, _, decision in _runs_of(demo_lab, function).values()}
     assert set(decisions) == set(pilots)
 
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context = chromium.new_context(viewport={"width": 1280, "height": 900})
     requests: list[str] = []
 
     def record(route):  # a self-contained report asks for nothing but its own file

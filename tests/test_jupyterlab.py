@@ -25,7 +25,6 @@ from pathlib import Path
 
 import pytest
 from mlflow_server import _tail, free_port, stop_server
-from test_browser import CHROMIUM, CHROMIUM_ARGS, INSTALL_HINT
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -95,20 +94,6 @@ def jupyter(lab_copy, demo_lab, tmp_path_factory):
         yield base
     finally:
         stop_server(proc)
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"Chromium is not installed at {CHROMIUM}; {INSTALL_HINT}", pytrace=False)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 def _prompts(page) -> list[str]:

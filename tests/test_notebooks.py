@@ -444,13 +444,11 @@ def test_a_run_keeps_a_report_without_code_with_its_figures_in_its_folder_and_in
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_chromium_shows_every_figure_of_the_notebook_html_and_the_report(demo_lab):
+def test_chromium_shows_every_figure_of_the_notebook_html_and_the_report(demo_lab, chromium):
     """The demo's run of a pilot with guardrails, opened as a reader opens its artifacts: every figure the
     run saved is an image Chromium decoded, in the notebook's html and in report.html (which shows no code).
     Full-page screenshots go to the lab's and the repository's results/browser/ (git-ignored)."""
     import os
-
-    from playwright.sync_api import sync_playwright
 
     demo_lab.check()
     folder = sorted((demo_lab.root / "results" / WINBACK / "runs").iterdir())[-1]
@@ -460,33 +458,24 @@ def test_chromium_shows_every_figure_of_the_notebook_html_and_the_report(demo_la
     shots.mkdir(parents=True, exist_ok=True)
     published = REPO / "results" / "browser"
     published.mkdir(parents=True, exist_ok=True)
-    args = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-    ]
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path="/usr/bin/chromium", args=args, headless=True)
-        try:
-            page = chromium.new_page(viewport={"width": 1280, "height": 900})
-            for name in ("pilot_analysis.html", "report.html"):
-                page.goto((folder / name).as_uri(), wait_until="load")
-                images = page.eval_on_selector_all(
-                    "img", "imgs => imgs.map(i => [i.complete, i.naturalWidth, i.naturalHeight])"
-                )
-                assert len(images) == len(figures), name
-                assert all(done and width > 200 and height > 100 for done, width, height in images), images
-                code = page.locator(".jp-InputArea-editor").count()
-                assert (code == 0) if name == "report.html" else (code > 0), name
-                shot = shots / f"notebook-{Path(name).stem}-{WINBACK}.png"
-                page.screenshot(path=str(shot), full_page=True)
-                partial = published / f".{shot.name}.{os.getpid()}.tmp"
-                shutil.copyfile(shot, partial)
-                os.replace(partial, published / shot.name)
-        finally:
-            chromium.close()
+    page = chromium.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    try:
+        for name in ("pilot_analysis.html", "report.html"):
+            page.goto((folder / name).as_uri(), wait_until="load")
+            images = page.eval_on_selector_all(
+                "img", "imgs => imgs.map(i => [i.complete, i.naturalWidth, i.naturalHeight])"
+            )
+            assert len(images) == len(figures), name
+            assert all(done and width > 200 and height > 100 for done, width, height in images), images
+            code = page.locator(".jp-InputArea-editor").count()
+            assert (code == 0) if name == "report.html" else (code > 0), name
+            shot = shots / f"notebook-{Path(name).stem}-{WINBACK}.png"
+            page.screenshot(path=str(shot), full_page=True)
+            partial = published / f".{shot.name}.{os.getpid()}.tmp"
+            shutil.copyfile(shot, partial)
+            os.replace(partial, published / shot.name)
+    finally:
+        page.context.close()
 
 
 # ----------------------------------------------------------------------------- the effect over time
