@@ -1,5 +1,7 @@
 # labkit — the two commands of the README, and the tools around them.
-PYTHON ?= python3.11
+# The interpreter .venv is made from: the distribution's python3.11 where it can make a venv (built with
+# PGO and LTO; ~9 % less CPU than pyenv's default build here), else python3.11 on PATH (tools/python311).
+PYTHON ?= $(shell tools/python311)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
@@ -8,6 +10,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	@echo "creating $(VENV) from $(PYTHON) ($$($(PYTHON) --version 2>&1))"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 

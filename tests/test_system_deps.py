@@ -103,3 +103,51 @@ def test_a_failed_install_stops_make_test_with_its_reason(tmp_path):
 def test_make_test_runs_system_deps_before_pytest():
     makefile = (SCRIPT.parents[1] / "Makefile").read_text()
     assert "test: system-deps $(STAMP)" in makefile and "system-deps:\n\t@tools/system-deps" in makefile
+
+
+# ---------------------------------------------- tools/python311: the interpreter .venv is made from
+
+
+PICK = SCRIPT.parent / "python311"
+
+
+def _pick(candidates: list[str]) -> str:
+    env = {"PATH": "/usr/bin:/bin", "PYTHON311_CANDIDATES": " ".join(candidates)}
+    out = subprocess.run([str(PICK)], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stderr == "", out
+    return out.stdout.strip()
+
+
+def test_the_venv_is_made_from_the_first_candidate_that_is_a_311_able_to_make_venvs(tmp_path):
+    """A missing file, a program that is not Python 3.11, and a 3.11 without ``ensurepip`` (Debian's
+    python3.11 before python3.11-venv is installed) are passed over; the first usable 3.11 is taken."""
+    import sys
+
+    def fake(name: str, body: str) -> str:
+        path = tmp_path / name
+        path.write_text(f"#!{BASH}\n{body}\n")
+        path.chmod(0o755)
+        return str(path)
+
+    other_version = fake("python3.10", "exit 1")  # `-c ...` fails as a 3.10 would
+    no_ensurepip = fake("python3.11-bare", f"exec {sys.executable} -c 'import ensurepip_missing'")
+    real = sys.executable  # the suite's own interpreter: a 3.11 whose venv module works
+    assert _pick([str(tmp_path / "missing"), other_version, no_ensurepip, real]) == real
+    assert (
+        _pick([str(tmp_path / "missing"), other_version, no_ensurepip]) == "python3.11"
+    )  # PATH's, as before
+    assert _pick([]) == "python3.11"
+
+
+def test_make_creates_the_venv_from_the_picked_interpreter_unless_python_is_given():
+    def venv_commands(*args: str) -> list[str]:
+        out = subprocess.run(
+            ["make", "-n", "-B", ".venv/bin/python", *args], cwd=SCRIPT.parents[1], capture_output=True, text=True,
+            timeout=60,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return [line for line in out.stdout.splitlines() if line.endswith(" -m venv .venv")]
+
+    picked = subprocess.run([str(PICK)], capture_output=True, text=True, timeout=30).stdout.strip()
+    assert venv_commands() == [f"{picked} -m venv .venv"]
+    assert venv_commands("PYTHON=/opt/some/python3.11") == ["/opt/some/python3.11 -m venv .venv"]
