@@ -181,6 +181,14 @@ class SignalGuard:
         first = self.state.signal is None
         self.state.signal = self.state.signal or name
         if self.armed and first:
+            if _event_loop_running():
+                # nbclient waits on the kernel inside asyncio's event loop. An exception raised here could
+                # land in one of the loop's callbacks, which logs and drops it (asyncio's Handle._run: only
+                # KeyboardInterrupt and SystemExit get through), or between a task's steps, leaving that
+                # task stranded. The kernel's death ends the run instead: nbclient raises DeadKernelError
+                # within its 1 s liveness poll, and the run is KILLED because state.signal is set.
+                self.state.kill_kernel()
+                return
             raise Interrupted(name)
         if self.armed:
             # a repeated Ctrl-C must not interrupt nbclient's own cleanup, and must still work if
@@ -204,6 +212,14 @@ class SignalGuard:
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
         return False
+
+
+def _event_loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 _REGISTER_LOCK = threading.Lock()

@@ -356,6 +356,66 @@ print(json.dumps(result.to_dict()), flush=True)
 """
 
 
+# A child as CHILD that signals its own process from asyncio's Handle._run once the test creates FLAG: inside
+# the next callback ("inside": a handler's exception there is logged and dropped by the loop unless it is a
+# KeyboardInterrupt or SystemExit) or just before it ("before": in the loop's own frame, between callbacks).
+CHILD_SIGNALLED_IN_THE_LOOP = """\
+import asyncio.events, json, os, signal, sys
+from pathlib import Path
+from labkit.runner import execute
+notebook, out, flag, signum, where = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+original = asyncio.events.Handle._run
+def _run(self):
+    if flag.exists():
+        flag.unlink()
+        if where == "before":
+            os.kill(os.getpid(), signum)
+        callback = self._callback
+        def signalled(*args):
+            os.kill(os.getpid(), signum)
+            return callback(*args)
+        if where == "inside":
+            self._callback = signalled
+    return original(self)
+asyncio.events.Handle._run = _run
+result = execute(notebook, out, {}, cwd=out.parent, run_token="t", timeout_s=120)
+print(json.dumps(result.to_dict()), flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    ("signum", "where"),
+    [(signal.SIGINT, "inside"), (signal.SIGTERM, "inside"), (signal.SIGTERM, "before")],
+    ids=["SIGINT-in-a-callback", "SIGTERM-in-a-callback", "SIGTERM-before-a-task-step"],
+)
+def test_a_signal_while_the_event_loop_runs_ends_the_run_killed(tmp_path, signum, where):
+    """The signal lands while the main thread runs asyncio's event loop, in which nbclient waits on the
+    kernel (on a loaded machine a Ctrl-C often lands there). An exception raised inside a callback was
+    dropped by the loop — the run went on, its sleeping cell for ever (both "in-a-callback" cases hung on the
+    code before); now the handler kills the kernel instead, and the run ends KILLED in its cell, with nothing
+    logged."""
+    out, flag = tmp_path / "out", tmp_path / "signal-now"
+    args = [str(NOTEBOOKS / "sleeps.ipynb"), str(out), str(flag), str(int(signum)), where]
+    child = cli_fork.python(CHILD_SIGNALLED_IN_THE_LOOP, args, tmp_path, dict(os.environ))
+    try:
+        wait_for_sleep_cell(out / "sleeps.ipynb")
+        pids = [p.pid for p in psutil.Process(child.pid).children(recursive=True)]
+        flag.touch()
+        stdout, stderr = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert not flag.exists(), "no asyncio callback ran after the flag"
+    assert child.returncode == 0, stderr
+    assert stderr == "", stderr  # nothing logged by the loop, no task destroyed pending
+    result = json.loads(stdout.strip().splitlines()[-1])
+    name = signal.Signals(signum).name
+    assert (result["status"], result["ename"], result["cell"]) == ("KILLED", name, 2)
+    assert result["message"] == f"interrupted by {name} in cell 2 (time.sleep(10**6))"
+    assert "labkit: this run KILLED" in Path(result["executed"]).read_text()
+    assert gone(pids, within_s=5)
+
+
 @pytest.mark.parametrize(
     ("signum", "times"),
     [(signal.SIGINT, 1), (signal.SIGTERM, 1), (signal.SIGINT, 3)],
