@@ -133,9 +133,8 @@ def test_the_venv_is_made_from_the_first_candidate_that_is_a_311_able_to_make_ve
     no_ensurepip = fake("python3.11-bare", f"exec {sys.executable} -c 'import ensurepip_missing'")
     real = sys.executable  # the suite's own interpreter: a 3.11 whose venv module works
     assert _pick([str(tmp_path / "missing"), other_version, no_ensurepip, real]) == real
-    assert (
-        _pick([str(tmp_path / "missing"), other_version, no_ensurepip]) == "python3.11"
-    )  # PATH's, as before
+    none_usable = [str(tmp_path / "missing"), other_version, no_ensurepip]
+    assert _pick(none_usable) == "python3.11"  # then the python3.11 on PATH, as before
     assert _pick([]) == "python3.11"
 
 

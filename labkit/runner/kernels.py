@@ -184,9 +184,9 @@ class SignalGuard:
             if _event_loop_running():
                 # nbclient waits on the kernel inside asyncio's event loop. An exception raised here could
                 # land in one of the loop's callbacks, which logs and drops it (asyncio's Handle._run: only
-                # KeyboardInterrupt and SystemExit get through), or between a task's steps, leaving that
-                # task stranded. The kernel's death ends the run instead: nbclient raises DeadKernelError
-                # within its 1 s liveness poll, and the run is KILLED because state.signal is set.
+                # KeyboardInterrupt and SystemExit get through), and the run would go on. The kernel's death
+                # ends the run instead: nbclient raises DeadKernelError within its 1 s liveness poll, and
+                # the run is KILLED because state.signal is set.
                 self.state.kill_kernel()
                 return
             raise Interrupted(name)
