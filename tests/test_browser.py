@@ -38,7 +38,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from mlflow_server import _healthy, _tail, free_port, stop_server
-from ui_checks import check_bound_to_localhost, check_links, still_alive
+from processes import still_alive
+from ui_checks import check_bound_to_localhost, check_links
 
 import labkit
 

@@ -53,6 +53,7 @@ import pandas as pd
 import psutil
 import pytest
 from mlflow_server import free_port
+from processes import gone
 
 import labkit
 from labkit import cli
@@ -303,21 +304,6 @@ def no_kernel_left(lab: PipelineLab, within_s: float = 5.0) -> bool:
             return False
         time.sleep(0.1)
     return True
-
-
-def gone(pids: list[int], within_s: float) -> bool:
-    deadline = time.monotonic() + within_s
-    while True:
-        alive = []
-        for pid in pids:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                    alive.append(pid)
-        if not alive:
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
 
 
 def running_in_store(lab: PipelineLab, pid: str) -> bool:

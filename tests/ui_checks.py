@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 
@@ -56,24 +55,6 @@ def socket_inodes(pid: int) -> set[int]:
         if target.startswith("socket:["):
             inodes.add(int(target[8:-1]))
     return inodes
-
-
-def still_alive(pids: list[int], within_s: float) -> list[int]:
-    """The pids still alive (zombies count as gone: they serve nothing) after ``within_s`` seconds."""
-    import psutil
-
-    deadline = time.monotonic() + within_s
-    while True:
-        alive = []
-        for pid in pids:
-            try:
-                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                    alive.append(pid)
-            except psutil.NoSuchProcess:
-                pass
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.1)
 
 
 def check_bound_to_localhost(proc: subprocess.Popen, port: int) -> None:

@@ -25,6 +25,7 @@ import psutil
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from processes import gone
 
 from labkit.errors import LabkitError
 from labkit.runner import NotebookRun, cancel_all, check_notebook, check_parameters, execute
@@ -43,22 +44,6 @@ def kernels() -> list[psutil.Process]:
         except psutil.NoSuchProcess:
             pass
     return found
-
-
-def gone(pids: list[int], within_s: float) -> bool:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        alive = []
-        for pid in pids:
-            try:
-                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                    alive.append(pid)
-            except psutil.NoSuchProcess:
-                pass
-        if not alive:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def run(name: str, out: Path, params: dict | None = None, **kw) -> NotebookRun:

@@ -18,7 +18,8 @@ import sys
 import time
 
 from mlflow_server import free_port
-from ui_checks import check_bound_to_localhost, check_links, get_status, listening, socket_inodes, still_alive
+from processes import still_alive
+from ui_checks import check_bound_to_localhost, check_links, get_status, listening, socket_inodes
 
 
 def test_the_socket_table_reader_sees_a_known_bind():
