@@ -50,10 +50,10 @@ from pathlib import Path
 import nbformat
 import psutil
 import pytest
+from processes import gone
 from test_pipeline import (
     PipelineLab,
     build_data,
-    gone,
     labkit_cli,
     labkit_popen,
     no_kernel_left,
