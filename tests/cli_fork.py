@@ -59,6 +59,8 @@ from pathlib import Path
 import labkit.cli
 with labkit.cli._without_pydantic_plugins():
     import labkit.spec  # noqa: F401 - as main() builds the models: without pydantic's plugin scan
+import labkit.runner.lazy_iri
+labkit.runner.lazy_iri.defer_iri_grammars()  # as `labkit run` does before nbformat is imported
 import mlflow, papermill, labkit.pipeline, labkit.tracking, labkit.analysis  # noqa: F401
 import alembic.command, duckdb, ibis.backends.duckdb, ipykernel.kernelspec, nbconvert.exporters.html  # noqa
 import mlflow.store.tracking.sqlalchemy_store, rich.progress, rich.table  # noqa: F401

@@ -22,6 +22,13 @@ from demo_lab import demo_lab  # noqa: F401 -- the session fixture: `labkit demo
 from mlflow_server import mlflow_server, stop_shared_server  # noqa: F401 -- the session fixture, shared
 from pilots import CHURNED, DROP, pilot_yaml  # noqa: F401 -- CHURNED, DROP: for the tests
 
+from labkit.runner.lazy_iri import defer_iri_grammars
+
+# As labkit does before it imports nbformat (labkit.runner.lazy_iri): jsonschema's IRI grammars load on
+# first use, not when a test module imports nbformat at collection — ~1.8 CPU-s per worker (each collects
+# every module) that no test needs; a schema that checks an IRI still gets the same verdict.
+defer_iri_grammars()
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 REPO = Path(__file__).resolve().parents[1]
