@@ -77,27 +77,45 @@ DEMO_LAB_MODULES = {
     "tests/test_jupyterlab.py",
     "tests/test_notebooks.py",
 }
-# Units that take longest (wall per unit in a profiled `make test`, 2026-12-06), slowest first: they
-# start first, so that none is left running alone at the end. A name missing here only loses its place.
+# Units that take longest (wall per unit in a profiled `make test`, 2026-12-07), slowest first: they
+# start first, so that the run ends on short units and no worker is left running a long one alone (before
+# the list reached past the 18th unit, the last ~15 s ran on one core's worth of load or less: test_tracking,
+# test_terminal and test_over_time_cli went last in file order). A name missing here only loses its place.
 SLOWEST_FIRST = (
     "demo_lab",
-    "tests/test_pipeline.py",
-    "tests/reliability/test_faults.py",
-    "tests/reliability/test_shared_server.py",
-    "tests/reliability/test_concurrency.py",
-    "tests/reliability/test_load.py",
     "tests/data/test_spark.py",
+    "tests/test_pipeline.py",
     "tests/runner/test_runner.py",
+    "tests/reliability/test_faults.py",
     "tests/test_analysis.py",
-    "tests/tracking/test_compare.py",
+    "tests/reliability/test_load.py",
+    "tests/reliability/test_shared_server.py",
     "tests/demo/test_demo.py",
-    "tests/reliability/test_store.py",
-    "tests/reliability/test_security.py",
-    "tests/reliability/test_input.py",
+    "tests/reliability/test_concurrency.py",
     "tests/test_bench_smoke.py",
-    "tests/data/test_postgres.py",
-    "tests/tracking/test_ui.py",
     "tests/stats/test_proportions.py",
+    "tests/test_tracking.py",
+    "tests/tracking/test_compare.py",
+    "tests/test_terminal.py",
+    "tests/runner/test_warm_kernels.py",
+    "tests/reliability/test_input.py",
+    "tests/data/test_postgres.py",
+    "tests/reliability/test_security.py",
+    "tests/test_over_time_cli.py",
+    "tests/tracking/test_ui.py",
+    "tests/reliability/test_properties.py",
+    "tests/data/test_over_time.py",
+    "tests/assignment/test_assign.py",
+    "tests/test_segments.py",
+    "tests/data/test_clusters.py",
+    "tests/data/test_aggregate.py",
+    "tests/stats/test_consistency.py",
+    "tests/stats/test_cluster.py",
+    "tests/reliability/test_store.py",
+    "tests/reliability/test_commands.py",
+    "tests/data/test_timezone.py",
+    "tests/test_cluster_analysis.py",
+    "tests/test_verdicts.py",
 )
 
 
