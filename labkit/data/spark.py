@@ -1,7 +1,7 @@
 """Spark for the engine: the process's session, its errors, and opening a source.
 
 ``pip install 'labkit[spark]'``: the Ibis pyspark backend; needs Java 17+. One local session per process
-(``local[2]``, 1 GB driver, no UI, bound to 127.0.0.1, UTC), made on first use and reused by every engine of
+(``local[2]``, 1 GB driver, no UI, bound to 127.0.0.1, UTC, a JVM tuned to live as long as one command), made on first use and reused by every engine of
 the process (a JVM takes seconds to start); an already active session (e.g. a cluster session in a notebook)
 is used as it is. An engine registers its sources as temporary views under names of its own and drops them
 on ``close()``. Aggregates run in Spark; only the per-arm rows (and, for quantile metrics, the values) come
@@ -31,6 +31,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 SPARK_MASTER = "local[2]"
 SPARK_DRIVER_MEMORY = "1g"
+# The JVM of a session made here lives as long as one labkit command: the client compiler alone and the
+# serial collector. The optimising compiler (C2) and a parallel collector pay back only in long-lived JVMs;
+# here they cost more CPU than they save (benchmarks/README.md, 2026-12-07: the 1M Spark pilot as a whole
+# process 46-48 -> 28-35 machine CPU-s and 26-27 -> 21-25 s; tests/data/test_spark.py 113 -> 51-58 CPU-s).
+SPARK_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 
 _SPARK: dict = {}  # the process's session and its scratch folder
 
@@ -80,7 +85,7 @@ def spark_session():
         fh.write(LOG4J)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    java_options = f"-Duser.timezone=UTC -Dlog4j2.configurationFile=file:{log4j}"
+    java_options = f"{SPARK_JVM_OPTIONS} -Duser.timezone=UTC -Dlog4j2.configurationFile=file:{log4j}"
     builder = (
         SparkSession.builder.master(SPARK_MASTER)
         .appName("labkit")

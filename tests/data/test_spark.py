@@ -53,19 +53,21 @@ def spark():
         pytest.fail(
             "pyspark is missing: pip install -e '.[test]' (the test extra pulls labkit[spark])", pytrace=False
         )
-    # Test-only tuning for a cold JVM on two cores and tiny tables (results do not depend on it): the
-    # client compiler alone, and no whole-stage code generation (compiling it costs more than it saves).
     from labkit.data.spark import spark_session
 
-    before = os.environ.get("JAVA_TOOL_OPTIONS")
-    os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1")
-    try:
-        session = spark_session()
-    finally:
-        if before is None:
-            os.environ.pop("JAVA_TOOL_OPTIONS", None)
+    session = spark_session()
+    # Test-only tuning for tiny tables (results do not depend on it): no whole-stage code generation
+    # (compiling it costs more than it saves on a few thousand rows).
     session.conf.set("spark.sql.codegen.wholeStage", "false")
     return session
+
+
+def test_labkits_own_session_runs_a_jvm_tuned_for_one_command(spark):
+    """The session labkit makes (not a user's) starts its JVM with the client compiler alone and the serial
+    collector (labkit.data.spark.SPARK_JVM_OPTIONS), in UTC."""
+    jvm = spark.sparkContext._jvm
+    arguments = list(jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
+    assert {"-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Duser.timezone=UTC"} <= set(arguments), arguments
 
 
 def test_one_pilot_on_duckdb_postgres_and_spark(tmp_path, postgres_server, spark, monkeypatch):  # noqa: F811
