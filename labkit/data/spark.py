@@ -1,15 +1,15 @@
 """Spark for the engine: the process's session, its errors, and opening a source.
 
 ``pip install 'labkit[spark]'``: the Ibis pyspark backend; needs Java 17+. One local session per process
-(``local[2]``, 1 GB driver, no UI, bound to 127.0.0.1, UTC, a JVM tuned to live as long as one command), made on first use and reused by every engine of
-the process (a JVM takes seconds to start); an already active session (e.g. a cluster session in a notebook)
-is used as it is. An engine registers its sources as temporary views under names of its own and drops them
-on ``close()``. Aggregates run in Spark; only the per-arm rows (and, for quantile metrics, the values) come
-back to the driver, and ``labkit assign`` brings back the drawn assignment itself (id, arm, stratum) to
-write ``results/<id>/assignment.parquet``. The analysis reads that file in place (``spark.read.parquet``).
-A ``path`` ending in ``.csv`` is read with a header and inferred types (which may differ from DuckDB's:
-prefer parquet); any other path is parquet (a file or a folder). A Spark error is one line whose quoted
-values are masked (``spark_error``).
+(``local[2]``, 1 GB driver, no UI, bound to 127.0.0.1, UTC, a JVM tuned to live one command), made on first
+use and reused by every engine of the process (a JVM takes seconds to start); an already active session (e.g.
+a cluster session in a notebook) is used as it is. An engine registers its sources as temporary views under
+names of its own and drops them on ``close()``. Aggregates run in Spark; only the per-arm rows (and, for
+quantile metrics, the values) come back to the driver, and ``labkit assign`` brings back the drawn assignment
+itself (id, arm, stratum) to write ``results/<id>/assignment.parquet``. The analysis reads that file in place
+(``spark.read.parquet``). A ``path`` ending in ``.csv`` is read with a header and inferred types (which may
+differ from DuckDB's: prefer parquet); any other path is parquet (a file or a folder). A Spark error is one
+line whose quoted values are masked (``spark_error``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ SPARK_DRIVER_MEMORY = "1g"
 # The JVM of a session made here lives as long as one labkit command: the client compiler alone and the
 # serial collector. The optimising compiler (C2) and a parallel collector pay back only in long-lived JVMs;
 # here they cost more CPU than they save (benchmarks/README.md, 2026-12-07: the 1M Spark pilot as a whole
-# process 46-48 -> 28-35 machine CPU-s and 26-27 -> 21-25 s; tests/data/test_spark.py 113 -> 51-58 CPU-s).
+# process, alternated, 43.5-50.1 -> 28.5-34.4 machine CPU-s and 24.0-28.2 -> 20.6-24.1 s).
 SPARK_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 
 _SPARK: dict = {}  # the process's session and its scratch folder
