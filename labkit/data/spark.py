@@ -1,9 +1,9 @@
 """Spark for the engine: the process's session, its errors, and opening a source.
 
 ``pip install 'labkit[spark]'``: the Ibis pyspark backend; needs Java 17+. One local session per process
-(``local[2]``, 1 GB driver, no UI, bound to 127.0.0.1, UTC, a JVM tuned to live one command), made on first
-use and reused by every engine of the process (a JVM takes seconds to start); an already active session (e.g.
-a cluster session in a notebook) is used as it is. An engine registers its sources as temporary views under
+(``local[2]``, 1 GB driver, no UI, bound to 127.0.0.1, UTC, no broadcast joins), made on first use and
+reused by every engine of the process (a JVM takes seconds to start); an already active session (e.g. a
+cluster session in a notebook) is used as it is. An engine registers its sources as temporary views under
 names of its own and drops them on ``close()``. Aggregates run in Spark; only the per-arm rows (and, for
 quantile metrics, the values) come back to the driver, and ``labkit assign`` brings back the drawn assignment
 itself (id, arm, stratum) to write ``results/<id>/assignment.parquet``. The analysis reads that file in place
@@ -31,11 +31,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 SPARK_MASTER = "local[2]"
 SPARK_DRIVER_MEMORY = "1g"
-# The JVM of a session made here lives as long as one labkit command: the client compiler alone and the
-# serial collector. The optimising compiler (C2) and a parallel collector pay back only in long-lived JVMs;
-# here they cost more CPU than they save (benchmarks/README.md, 2026-12-07: the 1M Spark pilot as a whole
-# process, alternated, 43.5-50.1 -> 28.5-34.4 machine CPU-s and 24.0-28.2 -> 20.6-24.1 s).
-SPARK_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 
 _SPARK: dict = {}  # the process's session and its scratch folder
 
@@ -85,7 +80,7 @@ def spark_session():
         fh.write(LOG4J)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    java_options = f"{SPARK_JVM_OPTIONS} -Duser.timezone=UTC -Dlog4j2.configurationFile=file:{log4j}"
+    java_options = f"-Duser.timezone=UTC -Dlog4j2.configurationFile=file:{log4j}"
     builder = (
         SparkSession.builder.master(SPARK_MASTER)
         .appName("labkit")
@@ -95,6 +90,11 @@ def spark_session():
         .config("spark.driver.extraJavaOptions", java_options)
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
+        # Spark broadcasts a join side it estimates under 10 MB, from the file's size: a 10M-row assignment
+        # is a few MB of Parquet and far more once decoded, and the 1 GB driver failed the 10M pilot with
+        # "Not enough memory to build and broadcast the table". Sort-merge joins spill to disk instead; at
+        # 1M they cost nothing measurable (benchmarks/README.md, 2026-12-07).
+        .config("spark.sql.autoBroadcastJoinThreshold", "-1")
         .config("spark.sql.shuffle.partitions", "4")
         .config("spark.default.parallelism", "2")
         .config("spark.sql.session.timeZone", "UTC")
@@ -140,11 +140,33 @@ def connect_spark() -> ibis.BaseBackend:
 
 
 def spark_error(exc: BaseException, source: str) -> DataError:
-    """A Spark failure in one line: its class and first line, with every quoted or bracketed part masked —
-    a cast or parse error quotes the offending value (``The value 'n/a' …``, a malformed record in
-    brackets), and a value may be a customer's."""
-    shown = mask_values(first_line(exc, 300))
+    """A Spark failure in one line: the first line of its innermost Java cause (else its class and first
+    line), with every quoted or bracketed part masked before it is cut to 300 characters — a cast or parse
+    error quotes the offending value (``The value 'n/a' …``, a malformed record in brackets), and a value may
+    be a customer's."""
+    cause = _java_cause(exc)
+    if cause is not None:  # py4j's own line only names the call ("An error occurred while calling o89.x")
+        return DataError(source, f"Spark: the query failed: {mask_values(cause)[:300]}")
+    shown = mask_values(first_line(exc))[:300]
     return DataError(source, f"Spark: the query failed: {type(exc).__name__}: {shown}")
+
+
+def _java_cause(exc: BaseException) -> str | None:
+    """The first line of the innermost cause of a JVM exception behind ``exc`` (a ``Py4JJavaError``), e.g.
+    ``org.apache.spark.SparkException: Not enough memory to build and broadcast the table …``; else None."""
+    java = getattr(exc, "java_exception", None)
+    if java is None:
+        return None
+    try:
+        for _ in range(32):  # a cycle of causes is not followed for ever
+            cause = java.getCause()
+            if cause is None or cause.equals(java):
+                break
+            java = cause
+        text = str(java.toString()).strip()
+    except Exception:  # noqa: BLE001 - the gateway is gone: py4j's own line will do
+        return None
+    return text.splitlines()[0] if text else None
 
 
 def mask_values(text: str) -> str:

@@ -53,21 +53,44 @@ def spark():
         pytest.fail(
             "pyspark is missing: pip install -e '.[test]' (the test extra pulls labkit[spark])", pytrace=False
         )
+    # Test-only tuning for a cold JVM on two cores and tiny tables (results do not depend on it): the
+    # client compiler alone, and no whole-stage code generation (compiling it costs more than it saves).
+    # Not labkit's default: at 10M customers the client compiler alone made the pilot 1.7x slower
+    # (benchmarks/README.md, 2026-12-07).
     from labkit.data.spark import spark_session
 
-    session = spark_session()
-    # Test-only tuning for tiny tables (results do not depend on it): no whole-stage code generation
-    # (compiling it costs more than it saves on a few thousand rows).
+    before = os.environ.get("JAVA_TOOL_OPTIONS")
+    os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1")
+    try:
+        session = spark_session()
+    finally:
+        if before is None:
+            os.environ.pop("JAVA_TOOL_OPTIONS", None)
     session.conf.set("spark.sql.codegen.wholeStage", "false")
     return session
 
 
-def test_labkits_own_session_runs_a_jvm_tuned_for_one_command(spark):
-    """The session labkit makes (not a user's) starts its JVM with the client compiler alone and the serial
-    collector (labkit.data.spark.SPARK_JVM_OPTIONS), in UTC."""
+def test_labkits_own_session_never_broadcasts_a_join_and_a_jvm_failure_names_its_cause(spark):
+    """The session labkit makes joins without broadcasting (a 10M-row assignment overflowed the 1 GB driver
+    when broadcast); a JVM failure is its innermost cause in one line, quoted values masked, not py4j's
+    "An error occurred while calling …"."""
+    from py4j.protocol import Py4JJavaError
+
+    from labkit.data.spark import spark_error
+
+    assert spark.conf.get("spark.sql.autoBroadcastJoinThreshold") in ("-1", "-1b")
     jvm = spark.sparkContext._jvm
-    arguments = list(jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
-    assert {"-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Duser.timezone=UTC"} <= set(arguments), arguments
+    root = jvm.org.apache.spark.SparkException(
+        "Not enough memory to build and broadcast the table to all worker nodes (customer 'C-0001234')"
+    )
+    outer = jvm.org.apache.spark.SparkException("Exception thrown in awaitResult: ", root)
+    shown = str(
+        spark_error(Py4JJavaError("An error occurred while calling o89.getResult.\n", outer), "customers")
+    )
+    assert shown == (
+        "source 'customers': Spark: the query failed: org.apache.spark.SparkException: Not enough memory to "
+        "build and broadcast the table to all worker nodes (customer …)"
+    ), shown
 
 
 def test_one_pilot_on_duckdb_postgres_and_spark(tmp_path, postgres_server, spark, monkeypatch):  # noqa: F811

@@ -186,6 +186,15 @@ def test_spark_messages_never_quote_a_value(v):
         assert shown.startswith("source 'outcomes': Spark: the query failed: Exception: [")
 
 
+@settings(max_examples=60, deadline=None)
+@given(v=value, before=st.integers(236, 263))  # the quote then spans the 300th character
+def test_a_spark_message_is_masked_before_it_is_cut(v, before):
+    """A quoted value across the 300-character cut of the line leaves no part of itself behind."""
+    text = f"[CAST_INVALID_INPUT] {'w' * before} The value '{v}' cannot be cast"
+    shown = str(spark_error(Exception(text), "outcomes")).removeprefix("source 'outcomes': ")
+    assert v.strip()[:4] not in shown, shown
+
+
 ID = st.builds(
     lambda p, n, w: f"{p}-{n:0{w}d}", st.sampled_from(["CUST", "C", "Kd"]), st.integers(0, 10**6), st.just(7)
 )
