@@ -15,10 +15,12 @@ line whose quoted values are masked (``spark_error``).
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import shutil
 import sys
 import tempfile
+import warnings
 from typing import TYPE_CHECKING
 
 from labkit.data.backends import engine_error, first_line
@@ -109,18 +111,28 @@ def spark_session():
         shutil.rmtree(scratch, ignore_errors=True)
         raise engine_error(f"Spark did not start: {first_line(exc, 300)}") from None
     session.sparkContext.setLogLevel("ERROR")
+    # When a query fails while its rows come back through Arrow, pyspark warns with the JVM's error text
+    # as it is (a cast error quotes the value); labkit reports the failure itself, masked (spark_error).
+    # Only in a process whose session labkit made: a user's own session keeps pyspark's warnings.
+    warnings.filterwarnings("ignore", message=r"toPandas attempted Arrow optimization", category=UserWarning)
     _SPARK.update(session=session, scratch=scratch)
     atexit.register(_stop_spark)
     return session
 
 
 def _stop_spark() -> None:
+    """At exit: stop the session labkit made and remove its scratch folder. A JVM that died (out of memory,
+    killed) cannot be stopped: py4j then logs a traceback through the root logger, so logging is off
+    while it is tried."""
     session = _SPARK.pop("session", None)
     if session is not None:
+        logging.disable(logging.CRITICAL)
         try:
             session.stop()
         except Exception:  # noqa: BLE001 - stopping at exit is best effort
             pass
+        finally:
+            logging.disable(logging.NOTSET)
     scratch = _SPARK.pop("scratch", None)
     if scratch:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -91,6 +93,38 @@ def test_labkits_own_session_never_broadcasts_a_join_and_a_jvm_failure_names_its
         "source 'customers': Spark: the query failed: org.apache.spark.SparkException: Not enough memory to "
         "build and broadcast the table to all worker nodes (customer …)"
     ), shown
+
+
+# A process whose Spark JVM died (out of memory at 10M customers, or killed): at exit labkit stops the
+# session it made; py4j logged that attempt as a traceback. pyspark's warning of a failed Arrow fetch
+# quotes the JVM's error as it is; in a process whose session labkit made, it is not shown.
+DEAD_JVM = """
+import os, signal, sys, time, warnings
+from labkit.data.spark import spark_session
+session = spark_session()
+pid = session._jvm.java.lang.ProcessHandle.current().pid()
+warnings.warn("toPandas attempted Arrow optimization because ... The value 'C-0001234' cannot be cast",
+              UserWarning)
+os.kill(pid, signal.SIGKILL)
+for _ in range(200):  # until the JVM is gone (or a zombie of this process)
+    try:
+        if open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
+            break
+    except OSError:
+        break
+    time.sleep(0.05)
+print("killed", flush=True)
+"""
+
+
+def test_a_dead_jvm_ends_the_process_quietly_and_pysparks_raw_error_warning_is_not_shown(spark):
+    done = subprocess.run(
+        [sys.executable, "-c", DEAD_JVM], capture_output=True, text=True, timeout=180,
+        env={**os.environ, "JAVA_TOOL_OPTIONS": "-XX:TieredStopAtLevel=1"},
+    )  # fmt: skip
+    assert done.returncode == 0 and done.stdout == "killed\n", done.stdout + done.stderr
+    for noise in ("Traceback", "ERROR:root", "Py4J", "C-0001234", "toPandas"):
+        assert noise not in done.stderr, done.stderr
 
 
 def test_one_pilot_on_duckdb_postgres_and_spark(tmp_path, postgres_server, spark, monkeypatch):  # noqa: F811
