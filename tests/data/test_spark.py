@@ -41,6 +41,10 @@ from conftest import pilot_yaml
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 
+# Test-only: the client compiler alone, for a cold JVM on tiny tables (not labkit's default, the fixture says why)
+TEST_JVM_OPTIONS = "-XX:TieredStopAtLevel=1"
+
+
 @pytest.fixture(scope="module")
 def spark():
     """The process's Spark session, made by labkit itself (labkit.data.spark.spark_session)."""
@@ -62,7 +66,7 @@ def spark():
     from labkit.data.spark import spark_session
 
     before = os.environ.get("JAVA_TOOL_OPTIONS")
-    os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1")
+    os.environ.setdefault("JAVA_TOOL_OPTIONS", TEST_JVM_OPTIONS)
     try:
         session = spark_session()
     finally:
@@ -120,7 +124,7 @@ print("killed", flush=True)
 def test_a_dead_jvm_ends_the_process_quietly_and_pysparks_raw_error_warning_is_not_shown(spark):
     done = subprocess.run(
         [sys.executable, "-c", DEAD_JVM], capture_output=True, text=True, timeout=180,
-        env={**os.environ, "JAVA_TOOL_OPTIONS": "-XX:TieredStopAtLevel=1"},
+        env={**os.environ, "JAVA_TOOL_OPTIONS": TEST_JVM_OPTIONS},
     )  # fmt: skip
     assert done.returncode == 0 and done.stdout == "killed\n", done.stdout + done.stderr
     for noise in ("Traceback", "ERROR:root", "Py4J", "C-0001234", "toPandas"):
