@@ -1,4 +1,4 @@
-"""The analysis pilot through Spark local mode: time, and the rows that reach the driver.
+"""The analysis pilot, and the draw, through Spark local mode: time, and the rows that reach the driver.
 
 The lab ``results/bench/labs/spark-n<N>/`` reads the same Parquet files as the N-customer DuckDB lab
 (``format: spark`` sources under its ``data_root``) with the same pilot and assignment. In a fresh
@@ -6,7 +6,10 @@ process the Spark session is started first (``session_s``, not part of the time)
 ``labkit.analyze`` is timed. Every query result that comes back to Python is counted through labkit's
 engine guard (the same spy as tests/backend_lab.py ``Fetched``): for non-quantile metrics only per-arm
 rows may come back, so ``driver_rows_max`` must stay far below the number of customers. The baseline is
-the same `labkit analyze` on DuckDB, in its own fresh process.
+the same `labkit analyze` on DuckDB, in its own fresh process. The draw: ``labkit assign`` of the uncapped
+``bench-assign`` on Spark (its JVM's start included) against the same on DuckDB (benchmarks/assign.py's
+script), each in a fresh process; ``same_bytes`` says the two assignment files are byte-identical. At 10M the draw brings 10M rows
+back to the driver: it ran out of Spark's default 1 GB (and of 2 GB), hence labkit's driver memory.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import shutil
 
 from benchmarks import data
 from benchmarks.analysis import LABKIT as DUCKDB
+from benchmarks.assign import LABKIT as ASSIGN
 from benchmarks.common import PEAK_RSS, Ctx, best_of, ratio, reset
 
 LAB = """\
@@ -98,4 +102,28 @@ def run(ctx: Ctx) -> list[dict]:
                 "labkit_all_s": spark["all"],
             }
         )
+        rows.append(_draw(ctx, n, src, root))
     return rows
+
+
+def _draw(ctx: Ctx, n: int, src, root) -> dict:
+    """`labkit assign bench-assign` on Spark and on DuckDB, each in a fresh process, and their files compared."""
+    ctx.say(f"spark: assign {n:,} customers")
+    spark = best_of(ASSIGN, root, 1 if n >= 10_000_000 else ctx.repeat)  # ~80 s a run at 10M
+    duck = best_of(ASSIGN, src, 1 if n >= 10_000_000 else ctx.repeat)
+    drawn = [lab / "results" / "bench-assign" / "assignment.parquet" for lab in (root, src)]
+    same = drawn[0].read_bytes() == drawn[1].read_bytes()
+    for lab in (root, src):
+        shutil.rmtree(lab / "results" / "bench-assign", ignore_errors=True)
+    return {
+        "benchmark": "assign on Spark local",
+        "customers": n,
+        "labkit_s": round(spark["seconds"], 2),
+        "baseline_s": round(duck["seconds"], 2),
+        "baseline": "the same labkit assign on DuckDB",
+        "ratio": ratio(spark["seconds"], duck["seconds"]),
+        "labkit_rss_mb": round(spark["rss_mb"]),
+        "same_bytes": same,
+        "met": same,
+        "labkit_all_s": spark["all"],
+    }

@@ -139,11 +139,18 @@ class Guarded:
     _RUN = ("execute", "to_pyarrow", "to_pandas", "raw_sql", "table", "read_parquet", "read_csv")
 
     def __init__(
-        self, backend, on_error: Callable[[BaseException], BaseException], *, run=None, oserror: bool = False
+        self,
+        backend,
+        on_error: Callable[[BaseException], BaseException],
+        *,
+        run=None,
+        oserror: bool = False,
+        lost: tuple[type[BaseException], ...] = (),
     ):
         self.backend = backend
         self._on_error = on_error
         self._oserror = oserror  # a streaming reader's OSError is the engine's too (DuckDB's arrow readers)
+        self._lost = lost  # the engine's too: a lost connection to it (Spark's gateway when its JVM died)
         self._run = self._RUN if run is None else tuple(run)
 
     def error(self, exc: BaseException) -> BaseException:
@@ -157,7 +164,7 @@ class Guarded:
         except LabkitError:
             raise
         except Exception as exc:
-            if is_backend_error(exc):
+            if is_backend_error(exc) or isinstance(exc, self._lost):
                 raise self.error(exc) from None
             raise
 

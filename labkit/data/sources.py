@@ -261,7 +261,9 @@ class Engine:
                 )
             else:
                 source = self._first_source(place)
-                self._cons[place] = Guarded(spark.connect_spark(), lambda exc: spark.spark_error(exc, source))
+                self._cons[place] = Guarded(
+                    spark.connect_spark(), lambda exc: spark.spark_error(exc, source), lost=(ConnectionError,)
+                )
         return self._cons[place]
 
     def _connect_duckdb(self) -> Guarded:

@@ -1,7 +1,8 @@
 """Spark for the engine: the process's session, its errors, and opening a source.
 
 ``pip install 'labkit[spark]'``: the Ibis pyspark backend; needs Java 17+. One local session per process
-(``local[2]``, 1 GB driver, no UI, bound to 127.0.0.1, UTC, no broadcast joins), made on first use and
+(``local[2]``, no UI, bound to 127.0.0.1, UTC, no broadcast joins; its driver, which in local mode also runs
+every task, gets ``$LABKIT_SPARK_DRIVER_MEMORY`` or a quarter of the machine's memory, 1 to 8 GB), made on first use and
 reused by every engine of the process (a JVM takes seconds to start); an already active session (e.g. a
 cluster session in a notebook) is used as it is. An engine registers its sources as temporary views under
 names of its own and drops them on ``close()``. Aggregates run in Spark; only the per-arm rows (and, for
@@ -32,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from labkit.lab import Lab
 
 SPARK_MASTER = "local[2]"
-SPARK_DRIVER_MEMORY = "1g"
+DRIVER_MEMORY_ENV = "LABKIT_SPARK_DRIVER_MEMORY"
 
 _SPARK: dict = {}  # the process's session and its scratch folder
 
@@ -63,6 +64,30 @@ appender.console.layout.pattern = spark: %p %c{1}: %m%n
 """
 
 
+def driver_memory() -> str:
+    """The local session's driver memory, in Spark's notation: ``$LABKIT_SPARK_DRIVER_MEMORY`` (``4g``,
+    ``6144m``; at least 1g), else a quarter of the machine's memory in whole GB, at least 1g and at most 8g.
+    Spark's default, 1g, was too little for ``labkit assign`` of 10M customers: the draw brings the
+    assignment back to the driver, and the JVM ran out of heap (4g took it; benchmarks/README.md)."""
+    import re
+
+    raw = os.environ.get(DRIVER_MEMORY_ENV, "").strip()
+    if raw:
+        match = re.fullmatch(r"([0-9]{1,7})([mMgGtT])", raw)
+        mib = int(match[1]) * {"m": 1, "g": 1024, "t": 1024 * 1024}[match[2].lower()] if match else 0
+        if mib < 1024:
+            raise engine_error(
+                f"{DRIVER_MEMORY_ENV}: '{raw}' is not a memory size of at least 1g; "
+                "write a whole number and a unit, e.g. 4g or 6144m"
+            )
+        return raw.lower()
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - no sysconf (Windows)
+        return "1g"
+    return f"{min(8, max(1, total // 4 // 2**30))}g"
+
+
 def spark_session():
     """The process's Spark session: the active one, else a local one made here once."""
     _need_pyspark()
@@ -76,6 +101,7 @@ def spark_session():
             "Spark needs a Java runtime (17 or newer) on PATH or in JAVA_HOME; "
             "on Debian/Ubuntu: apt-get install -y default-jre-headless"
         )
+    memory = driver_memory()  # before the scratch folder: a bad setting leaves nothing behind
     scratch = tempfile.mkdtemp(prefix="labkit-spark-")
     log4j = os.path.join(scratch, "log4j2.properties")
     with open(log4j, "w", encoding="utf-8") as fh:
@@ -86,7 +112,7 @@ def spark_session():
     builder = (
         SparkSession.builder.master(SPARK_MASTER)
         .appName("labkit")
-        .config("spark.driver.memory", SPARK_DRIVER_MEMORY)
+        .config("spark.driver.memory", memory)
         .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.driver.host", "127.0.0.1")
         .config("spark.driver.extraJavaOptions", java_options)
@@ -115,9 +141,17 @@ def spark_session():
     # as it is (a cast error quotes the value); labkit reports the failure itself, masked (spark_error).
     # Only in a process whose session labkit made: a user's own session keeps pyspark's warnings.
     warnings.filterwarnings("ignore", message=r"toPandas attempted Arrow optimization", category=UserWarning)
-    _SPARK.update(session=session, scratch=scratch)
+    # When the JVM has died, py4j logs each failed call as a traceback through the root logger (which that
+    # first call configures); labkit reports the failure itself, in one line.
+    logging.getLogger().addFilter(_not_py4j)
+    _SPARK.update(session=session, scratch=scratch, memory=memory)
     atexit.register(_stop_spark)
     return session
+
+
+def _not_py4j(record: logging.LogRecord) -> bool:
+    """A root-logger filter: False for py4j's own records (``logging.exception`` called from its modules)."""
+    return f"{os.sep}py4j{os.sep}" not in record.pathname
 
 
 def _stop_spark() -> None:
@@ -158,9 +192,40 @@ def spark_error(exc: BaseException, source: str) -> DataError:
     be a customer's."""
     cause = _java_cause(exc)
     if cause is not None:  # py4j's own line only names the call ("An error occurred while calling o89.x")
-        return DataError(source, f"Spark: the query failed: {mask_values(cause)[:300]}")
-    shown = mask_values(first_line(exc))[:300]
-    return DataError(source, f"Spark: the query failed: {type(exc).__name__}: {shown}")
+        shown = mask_values(cause)[:300]
+    else:
+        shown = f"{type(exc).__name__}: {mask_values(first_line(exc))[:300]}"
+    if _driver_stopped(exc, shown):
+        return DataError(source, f"Spark: the driver stopped during the query ({shown}); {_driver_advice()}")
+    return DataError(source, f"Spark: the query failed: {shown}")
+
+
+def _driver_stopped(exc: BaseException, shown: str) -> bool:
+    """True when the query failed because the driver's JVM ran out of memory or is gone: its jobs are
+    cancelled with "SparkContext was shut down", py4j can no longer reach it (a refused connection, or
+    "PythonUtils does not exist in the JVM"), or the JVM labkit started has exited."""
+    from py4j.protocol import Py4JNetworkError
+
+    signs = ("OutOfMemoryError", "SparkContext was shut down", "stopped SparkContext")
+    return isinstance(exc, (Py4JNetworkError, ConnectionError)) or any(s in shown for s in signs) or _jvm_exited()
+
+
+def _jvm_exited() -> bool:
+    """True when the JVM of the session labkit made has exited (pyspark keeps its process)."""
+    context = getattr(_SPARK.get("session"), "sparkContext", None)
+    proc = getattr(getattr(context, "_gateway", None), "proc", None)
+    return proc is not None and proc.poll() is not None
+
+
+def _driver_advice() -> str:
+    """What to do when the driver stopped: more memory for a session labkit made, else the cluster's."""
+    if _SPARK.get("session") is None:
+        return "look at the Spark session's own log (an out-of-memory driver is the most common cause)"
+    memory = _SPARK.get("memory", "?")
+    return (
+        f"the local driver most likely ran out of memory (it had {memory}): set {DRIVER_MEMORY_ENV} to more, "
+        "e.g. 8g, or cap the cohort (cohort.max_size)"
+    )
 
 
 def _java_cause(exc: BaseException) -> str | None:

@@ -35,6 +35,8 @@ from pg_server import postgres_server  # noqa: F401 -- the session fixture
 import labkit
 from labkit.assignment import assign
 from labkit.cli import main
+from labkit.data.spark import driver_memory
+from labkit.errors import DataError
 
 from conftest import pilot_yaml
 
@@ -97,6 +99,49 @@ def test_labkits_own_session_never_broadcasts_a_join_and_a_jvm_failure_names_its
         "source 'customers': Spark: the query failed: org.apache.spark.SparkException: Not enough memory to "
         "build and broadcast the table to all worker nodes (customer …)"
     ), shown
+    # A driver that ran out of heap cancels its jobs; the line says so and what to do about it.
+    stopped = jvm.org.apache.spark.SparkException("Job 7 cancelled because SparkContext was shut down")
+    shown = str(spark_error(Py4JJavaError("An error occurred while calling o91.x.\n", stopped), "customers"))
+    assert shown == (
+        "source 'customers': Spark: the driver stopped during the query (org.apache.spark.SparkException: Job 7 "
+        f"cancelled because SparkContext was shut down); the local driver most likely ran out of memory (it had "
+        f"{driver_memory()}): set LABKIT_SPARK_DRIVER_MEMORY to more, e.g. 8g, or cap the cohort (cohort.max_size)"
+    ), shown
+
+
+def _mem_total_gib() -> int:
+    with open("/proc/meminfo") as fh:
+        kib = next(int(line.split()[1]) for line in fh if line.startswith("MemTotal:"))
+    return kib // 4 // 2**20  # a quarter, in whole GiB
+
+
+def test_the_local_driver_gets_a_quarter_of_the_machines_memory_and_the_jvm_has_it(spark, monkeypatch):
+    """1 GB (Spark's default) ran out of heap on `labkit assign` of 10M customers; the JVM's heap is the
+    setting, not just the session's conf."""
+    monkeypatch.delenv("LABKIT_SPARK_DRIVER_MEMORY", raising=False)
+    want = f"{min(8, max(1, _mem_total_gib()))}g"
+    assert driver_memory() == want
+    assert spark.conf.get("spark.driver.memory") == want
+    heap = spark.sparkContext._jvm.java.lang.Runtime.getRuntime().maxMemory()
+    assert 0.85 * int(want[:-1]) * 2**30 <= heap <= int(want[:-1]) * 2**30
+
+
+@pytest.mark.parametrize("raw, want", [("4g", "4g"), ("6144M", "6144m"), (" 1G ", "1g"), ("1024m", "1024m"),
+                                       ("2t", "2t")])  # fmt: skip
+def test_the_driver_memory_setting_is_sparks_notation(monkeypatch, raw, want):
+    monkeypatch.setenv("LABKIT_SPARK_DRIVER_MEMORY", raw)
+    assert driver_memory() == want
+
+
+@pytest.mark.parametrize("raw", ["1023m", "512m", "4", "4gb", "1.5g", "-1g", "0g", "g", "four", "4 g", "4k"])
+def test_a_bad_driver_memory_setting_is_one_line_saying_what_is_allowed(monkeypatch, raw):
+    monkeypatch.setenv("LABKIT_SPARK_DRIVER_MEMORY", raw)
+    with pytest.raises(DataError) as caught:
+        driver_memory()
+    assert str(caught.value) == (
+        f"LABKIT_SPARK_DRIVER_MEMORY: '{raw.strip()}' is not a memory size of at least 1g; "
+        "write a whole number and a unit, e.g. 4g or 6144m"
+    )
 
 
 # A process whose Spark JVM died (out of memory at 10M customers, or killed): at exit labkit stops the
@@ -104,7 +149,16 @@ def test_labkits_own_session_never_broadcasts_a_join_and_a_jvm_failure_names_its
 # quotes the JVM's error as it is; in a process whose session labkit made, it is not shown.
 DEAD_JVM = """
 import os, signal, sys, time, warnings
+import pyarrow as pa, pyarrow.parquet as pq
+import labkit
+from labkit.data.sources import Engine
 from labkit.data.spark import spark_session
+os.makedirs("configs"); os.makedirs("data")
+pq.write_table(pa.table({"customer_id": ["C-0001234", "C-0001235"]}), "data/customers.parquet")
+open("configs/lab.yaml", "w").write("lab: dead\\nsources:\\n  customers: {format: spark, path: data/customers.parquet}\\n"
+                                    "functions: [sales]\\nchannels: [email]\\n")
+engine = Engine.for_lab(labkit.load_lab("configs/lab.yaml"))
+customers = engine.table("customers")
 session = spark_session()
 pid = session._jvm.java.lang.ProcessHandle.current().pid()
 warnings.warn("toPandas attempted Arrow optimization because ... The value 'C-0001234' cannot be cast",
@@ -118,15 +172,30 @@ for _ in range(200):  # until the JVM is gone (or a zombie of this process)
         break
     time.sleep(0.05)
 print("killed", flush=True)
+try:
+    engine.con.to_pyarrow(customers.count())
+except labkit.LabkitError as exc:
+    print(exc, flush=True)
 """
 
 
-def test_a_dead_jvm_ends_the_process_quietly_and_pysparks_raw_error_warning_is_not_shown(spark):
+def test_a_dead_jvm_is_one_line_saying_what_to_do_and_the_process_ends_quietly(spark, tmp_path):
+    """A query on a session whose JVM died (out of memory at 10M customers, or killed) is labkit's one line
+    (py4j's gateway refuses the connection); at exit nothing more is printed, and pyspark's raw warning of a
+    failed Arrow fetch is not shown."""
     done = subprocess.run(
-        [sys.executable, "-c", DEAD_JVM], capture_output=True, text=True, timeout=180,
-        env={**os.environ, "JAVA_TOOL_OPTIONS": TEST_JVM_OPTIONS},
+        [sys.executable, "-c", DEAD_JVM], capture_output=True, text=True, timeout=180, cwd=tmp_path,
+        env={**os.environ, "JAVA_TOOL_OPTIONS": TEST_JVM_OPTIONS, "LABKIT_SPARK_DRIVER_MEMORY": "3g"},
     )  # fmt: skip
-    assert done.returncode == 0 and done.stdout == "killed\n", done.stdout + done.stderr
+    assert done.returncode == 0, done.stdout + done.stderr
+    killed, line, end = done.stdout.split("\n")
+    assert (killed, end) == ("killed", ""), done.stdout + done.stderr
+    # what py4j says between the brackets is its own (today "Py4JError: PythonUtils does not exist in the JVM")
+    assert line.startswith("source 'customers': Spark: the driver stopped during the query ("), line
+    assert line.endswith(
+        "); the local driver most likely ran out of memory (it had 3g): set LABKIT_SPARK_DRIVER_MEMORY to more, "
+        "e.g. 8g, or cap the cohort (cohort.max_size)"
+    ), line
     for noise in ("Traceback", "ERROR:root", "Py4J", "C-0001234", "toPandas"):
         assert noise not in done.stderr, done.stderr
 
