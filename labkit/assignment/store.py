@@ -330,7 +330,10 @@ def _write_parquet(engine: Engine, expr, tmp: Path) -> dict[tuple[str, str], int
     pending: list[pa.Table] = []
     buffered = 0
     with open(tmp, "wb") as fh:
-        # Fixed-size row groups make the bytes independent of how the engine happened to batch the rows.
+        # Fixed-size row groups, each written as one contiguous chunk, make the bytes independent of how
+        # the engine happened to batch the rows: the writer gives up dictionary-encoding a column (1M
+        # distinct ids overflow its 1 MB dictionary page) at a chunk's boundary, so chunks shaped by the
+        # engine's batches gave Spark's 1M draw other bytes than DuckDB's, the same rows.
         writer = pq.ParquetWriter(fh, schema, compression="zstd")
         try:
             for batch in _guarded_batches(engine, reader):
@@ -342,11 +345,11 @@ def _write_parquet(engine: Engine, expr, tmp: Path) -> dict[tuple[str, str], int
                 buffered += part.num_rows
                 while buffered >= ROW_GROUP:
                     whole = pa.concat_tables(pending)
-                    writer.write_table(whole.slice(0, ROW_GROUP), row_group_size=ROW_GROUP)
+                    writer.write_table(whole.slice(0, ROW_GROUP).combine_chunks(), row_group_size=ROW_GROUP)
                     rest = whole.slice(ROW_GROUP)
                     pending, buffered = [rest], rest.num_rows
             if buffered:
-                writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP)
+                writer.write_table(pa.concat_tables(pending).combine_chunks(), row_group_size=ROW_GROUP)
         finally:
             writer.close()
         fh.flush()

@@ -207,7 +207,11 @@ def _driver_stopped(exc: BaseException, shown: str) -> bool:
     from py4j.protocol import Py4JNetworkError
 
     signs = ("OutOfMemoryError", "SparkContext was shut down", "stopped SparkContext")
-    return isinstance(exc, (Py4JNetworkError, ConnectionError)) or any(s in shown for s in signs) or _jvm_exited()
+    return (
+        isinstance(exc, (Py4JNetworkError, ConnectionError))
+        or any(s in shown for s in signs)
+        or _jvm_exited()
+    )
 
 
 def _jvm_exited() -> bool:

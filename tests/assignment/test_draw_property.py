@@ -245,3 +245,51 @@ def test_ratio_weights_draw_thirds(tmp_path):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, *sys.argv[1:]]))
+
+
+# --------------------------------------------------------------------------------------------------
+# the file's bytes do not depend on how the engine batched the rows
+
+# 300,000 distinct ids: past the 1 MB dictionary page of an int64 column (131,072 values) and of a string one
+IDS = 300_000
+
+
+@pytest.fixture(scope="module")
+def drawn_rows() -> dict:
+    """The rows a draw streams to the writer (sorted by id), once with int64 ids and once with text ids."""
+    import pyarrow as pa
+
+    ids = np.arange(IDS, dtype=np.int64) * 7 + 1_000
+    arms = np.where(np.random.default_rng(5).random(IDS) < 0.5, "control", "treatment")
+    at = pa.array(np.full(IDS, np.datetime64("2026-01-01T00:00:00", "us")), pa.timestamp("us", tz="UTC"))
+    rest = {"arm": pa.array(arms), "stratum": pa.array(np.full(IDS, "all")), "assigned_at": at}
+    return {
+        "int": pa.table({"customer_id": pa.array(ids), **rest}),
+        "text": pa.table({"customer_id": pa.array([f"C-{i:08d}" for i in ids]), **rest}),
+    }
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(["int", "text"]), cuts=st.lists(st.integers(1, IDS - 1), max_size=12))
+def test_the_assignment_files_bytes_do_not_depend_on_the_engines_batches(drawn_rows, monkeypatch, kind, cuts):
+    """DuckDB and Spark hand the writer the same sorted rows in batches of their own sizes; the file must be
+    the same bytes (Spark's 1M draw was not: the writer stopped dictionary-encoding the ids at another
+    chunk's boundary). Any split of the rows gives the bytes of the rows written as one batch."""
+    import pyarrow as pa
+
+    from labkit.assignment import store
+
+    table = drawn_rows[kind]
+
+    def written(bounds: list[int]) -> bytes:
+        batches = [b for a, z in zip(bounds, bounds[1:]) for b in table.slice(a, z - a).to_batches()]
+        reader = pa.RecordBatchReader.from_batches(table.schema, batches)
+        monkeypatch.setattr(store, "_arrow_batches", lambda engine, expr, rows: reader)
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "assignment.parquet"
+            counts = store._write_parquet(None, None, path)
+            assert counts == {("all", "control"): int(pa.compute.sum(pa.compute.equal(table["arm"], "control")).as_py()),
+                              ("all", "treatment"): IDS - counts[("all", "control")]}  # fmt: skip
+            return path.read_bytes()
+
+    assert written([0, *sorted(set(cuts)), IDS]) == written([0, IDS])
