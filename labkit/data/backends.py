@@ -164,9 +164,18 @@ class Guarded:
         except LabkitError:
             raise
         except Exception as exc:
-            if is_backend_error(exc) or isinstance(exc, self._lost):
+            if self._engines(exc):
                 raise self.error(exc) from None
             raise
+
+    def _engines(self, exc: BaseException, *, reading: bool = False) -> bool:
+        """True when ``exc`` is the engine's failure: its driver's, a lost connection to it, or (while rows
+        are read) a reader's OSError where the backend's readers fail that way."""
+        return (
+            is_backend_error(exc)
+            or isinstance(exc, self._lost)
+            or (reading and self._oserror and isinstance(exc, OSError))
+        )
 
     def __getattr__(self, name: str):
         value = getattr(self.backend, name)
@@ -188,7 +197,7 @@ class Guarded:
             else:
                 reader = self.backend.to_pyarrow_batches(expr, **kwargs)
         except Exception as exc:
-            if is_backend_error(exc):
+            if self._engines(exc):
                 raise self.error(exc) from None
             raise
 
@@ -196,8 +205,8 @@ class Guarded:
             try:
                 yield from reader
             except Exception as exc:
-                if is_backend_error(exc) or (self._oserror and isinstance(exc, OSError)):
-                    raise self.error(exc) from None  # (a reader's failure is pyarrow's OSError)
+                if self._engines(exc, reading=True):  # (DuckDB's reader fails as pyarrow's OSError)
+                    raise self.error(exc) from None
                 raise
 
         return pa.RecordBatchReader.from_batches(reader.schema, batches())

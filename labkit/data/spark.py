@@ -108,7 +108,14 @@ def spark_session():
         fh.write(LOG4J)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    java_options = f"-Duser.timezone=UTC -Dlog4j2.configurationFile=file:{log4j}"
+    # A JVM out of heap ends at once: an OutOfMemoryError in Spark's result-fetching thread otherwise left
+    # the job waiting for ever (`labkit assign` of 10M customers on a 2g driver hung); dead, the driver's
+    # query fails and labkit says what to do (spark_error). The JVM's own lines ("Terminating due to
+    # java.lang.OutOfMemoryError") go to stderr: stdout may carry a command's JSON.
+    java_options = (
+        f"-Duser.timezone=UTC -Dlog4j2.configurationFile=file:{log4j} "
+        "-XX:+ExitOnOutOfMemoryError -XX:+DisplayVMOutputToStderr"
+    )
     builder = (
         SparkSession.builder.master(SPARK_MASTER)
         .appName("labkit")
@@ -203,7 +210,7 @@ def spark_error(exc: BaseException, source: str) -> DataError:
 def _driver_stopped(exc: BaseException, shown: str) -> bool:
     """True when the query failed because the driver's JVM ran out of memory or is gone: its jobs are
     cancelled with "SparkContext was shut down", py4j can no longer reach it (a refused connection, or
-    "PythonUtils does not exist in the JVM"), or the JVM labkit started has exited."""
+    "PythonUtils does not exist in the JVM"), or the JVM labkit started no longer answers."""
     from py4j.protocol import Py4JNetworkError
 
     signs = ("OutOfMemoryError", "SparkContext was shut down", "stopped SparkContext")
@@ -215,10 +222,16 @@ def _driver_stopped(exc: BaseException, shown: str) -> bool:
 
 
 def _jvm_exited() -> bool:
-    """True when the JVM of the session labkit made has exited (pyspark keeps its process)."""
-    context = getattr(_SPARK.get("session"), "sparkContext", None)
-    proc = getattr(getattr(context, "_gateway", None), "proc", None)
-    return proc is not None and proc.poll() is not None
+    """True when the session labkit made can no longer reach its JVM: a call to it fails. (Its process may
+    not be reaped yet when py4j first sees the connection closed, so the process is not what is asked.)"""
+    session = _SPARK.get("session")
+    if session is None:
+        return False
+    try:
+        session._jvm.java.lang.System.nanoTime()
+    except Exception:  # noqa: BLE001 - any failure to reach it: gone
+        return True
+    return False
 
 
 def _driver_advice() -> str:

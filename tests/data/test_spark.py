@@ -144,11 +144,13 @@ def test_a_bad_driver_memory_setting_is_one_line_saying_what_is_allowed(monkeypa
     )
 
 
-# A process whose Spark JVM died (out of memory at 10M customers, or killed): at exit labkit stops the
-# session it made; py4j logged that attempt as a traceback. pyspark's warning of a failed Arrow fetch
-# quotes the JVM's error as it is; in a process whose session labkit made, it is not shown.
+# A process whose Spark JVM ran out of memory (10M customers on a small driver): the JVM ends at once (an
+# OutOfMemoryError in Spark's result-fetching thread otherwise left the job waiting for ever), the next
+# query is labkit's one line, and at exit labkit stops the dead session quietly (py4j logged that attempt
+# as a traceback). pyspark's warning of a failed Arrow fetch quotes the JVM's error as it is; in a
+# process whose session labkit made, it is not shown.
 DEAD_JVM = """
-import os, signal, sys, time, warnings
+import os, sys, time, warnings
 import pyarrow as pa, pyarrow.parquet as pq
 import labkit
 from labkit.data.sources import Engine
@@ -160,42 +162,45 @@ open("configs/lab.yaml", "w").write("lab: dead\\nsources:\\n  customers: {format
 engine = Engine.for_lab(labkit.load_lab("configs/lab.yaml"))
 customers = engine.table("customers")
 session = spark_session()
-pid = session._jvm.java.lang.ProcessHandle.current().pid()
+jvm = session._jvm
 warnings.warn("toPandas attempted Arrow optimization because ... The value 'C-0001234' cannot be cast",
               UserWarning)
-os.kill(pid, signal.SIGKILL)
-for _ in range(200):  # until the JVM is gone (or a zombie of this process)
-    try:
-        if open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
-            break
-    except OSError:
-        break
-    time.sleep(0.05)
-print("killed", flush=True)
+try:  # 1.6 GB of longs in a 1g heap
+    jvm.java.lang.reflect.Array.newInstance(jvm.java.lang.Long.TYPE, 200_000_000)
+except Exception:
+    pass
+print("out of memory", flush=True)
 try:
     engine.con.to_pyarrow(customers.count())
 except labkit.LabkitError as exc:
     print(exc, flush=True)
+# what a query in flight got when the JVM died under it (`labkit assign` of 10M on a 2g driver)
+from py4j.protocol import Py4JError
+from labkit.data.spark import spark_error
+print(spark_error(Py4JError("An error occurred while calling o88.getResult"), "customers"), flush=True)
 """
 
 
-def test_a_dead_jvm_is_one_line_saying_what_to_do_and_the_process_ends_quietly(spark, tmp_path):
-    """A query on a session whose JVM died (out of memory at 10M customers, or killed) is labkit's one line
-    (py4j's gateway refuses the connection); at exit nothing more is printed, and pyspark's raw warning of a
-    failed Arrow fetch is not shown."""
+def test_a_jvm_out_of_memory_ends_and_the_query_is_one_line_saying_what_to_do(spark, tmp_path):
     done = subprocess.run(
         [sys.executable, "-c", DEAD_JVM], capture_output=True, text=True, timeout=180, cwd=tmp_path,
-        env={**os.environ, "JAVA_TOOL_OPTIONS": TEST_JVM_OPTIONS, "LABKIT_SPARK_DRIVER_MEMORY": "3g"},
+        env={**os.environ, "JAVA_TOOL_OPTIONS": TEST_JVM_OPTIONS, "LABKIT_SPARK_DRIVER_MEMORY": "1g"},
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    killed, line, end = done.stdout.split("\n")
-    assert (killed, end) == ("killed", ""), done.stdout + done.stderr
-    # what py4j says between the brackets is its own (today "Py4JError: PythonUtils does not exist in the JVM")
-    assert line.startswith("source 'customers': Spark: the driver stopped during the query ("), line
-    assert line.endswith(
-        "); the local driver most likely ran out of memory (it had 3g): set LABKIT_SPARK_DRIVER_MEMORY to more, "
+    killed, line, in_flight, end = done.stdout.split("\n")
+    assert (killed, end) == ("out of memory", ""), done.stdout + done.stderr
+    advice = (
+        "the local driver most likely ran out of memory (it had 1g): set LABKIT_SPARK_DRIVER_MEMORY to more, "
         "e.g. 8g, or cap the cohort (cohort.max_size)"
-    ), line
+    )
+    # what py4j says between the brackets is its own (today a refused connection)
+    assert line.startswith("source 'customers': Spark: the driver stopped during the query ("), line
+    assert line.endswith(f"); {advice}"), line
+    assert in_flight == (
+        "source 'customers': Spark: the driver stopped during the query (Py4JError: An error occurred while "
+        f"calling o88.getResult); {advice}"
+    )
+    assert "Terminating due to java.lang.OutOfMemoryError: Java heap space" in done.stderr, done.stderr
     for noise in ("Traceback", "ERROR:root", "Py4J", "C-0001234", "toPandas"):
         assert noise not in done.stderr, done.stderr
 
