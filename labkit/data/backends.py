@@ -103,18 +103,48 @@ def hex_prefix_int(hexdigest, start: int, digits: int = 8):
     return total.cast("int64")
 
 
-def digest_expr(kind: str, table) -> ibis.Table:
-    """One row summarising a table's content independently of row order: the row count and four sums of
-    32-bit slices of each row's SHA-256 (over its values as text, ``\\x1e``-separated, nulls marked).
-    Computed in the engine; no row leaves it."""
+def _row_text(table):
+    """Each row's values as text, ``\\x1e``-separated, nulls marked (the digest's input)."""
     import ibis
 
     parts = [table[c].cast("string").fill_null("\x1fnull") for c in table.columns]
     text = parts[0] if parts else ibis.literal("")
     for part in parts[1:]:
         text = text + "\x1e" + part
-    h = table.select(h=sha256_hex(kind, text))
+    return text
+
+
+def digest_expr(kind: str, table) -> ibis.Table:
+    """One row summarising a table's content independently of row order: the row count and four sums of
+    32-bit slices of each row's SHA-256 (over its values as text, ``\\x1e``-separated, nulls marked).
+    Computed in the engine; no row leaves it."""
+    h = table.select(h=sha256_hex(kind, _row_text(table)))
     return h.aggregate(rows=h.count(), **{f"s{i}": hex_prefix_int(h.h, 8 * i).sum() for i in range(4)})
+
+
+def table_digest(con, kind: str, table) -> dict[str, int]:
+    """``digest_expr``'s row (rows, s0..s3), run on ``con`` (a Guarded backend); on PostgreSQL through
+    ``pg_digest_sql``, the same numbers."""
+    if kind != POSTGRES:
+        return con.to_pyarrow(digest_expr(kind, table)).to_pylist()[0]
+    with con.raw_sql(pg_digest_sql(con, table)) as cur:
+        rows, *sums = cur.fetchone()
+    return {"rows": rows, **{f"s{i}": v for i, v in enumerate(sums)}}
+
+
+def pg_digest_sql(con, table) -> str:
+    """``digest_expr`` for PostgreSQL, its sums taken from the digest's bytes (``get_byte``) in a subquery
+    kept whole with ``OFFSET 0``. PostgreSQL inlines a subquery and computes its column once per
+    reference: the portable form, 32 hex digits parsed one by one, computed each row's SHA-256 32 times
+    (48 s for 1M customers; 10M events ran past the 300 s statement timeout); once, 1.5 s and 15 s."""
+    convert_to, sha256, _ = pg_functions()
+    inner = con.compile(table.select(d=sha256(convert_to(_row_text(table), "UTF8"))))
+
+    def slice_(i: int) -> str:  # bytes 4i..4i+3, big-endian: digest_expr's hex digits 8i..8i+7
+        b = [f"get_byte(d, {4 * i + k})" for k in range(4)]
+        return f"SUM(((({b[0]}::bigint * 256 + {b[1]}) * 256 + {b[2]}) * 256 + {b[3]})) AS s{i}"
+
+    return f"SELECT COUNT(*) AS rows, {', '.join(slice_(i) for i in range(4))} FROM ({inner} OFFSET 0) AS h"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -39,10 +39,10 @@ from labkit.data.backends import (
     POSTGRES,
     SPARK,
     Guarded,
-    digest_expr,
     engine_error,
     is_backend_error,
     kind_of,
+    table_digest,
 )
 from labkit.data.rawfiles import DigestCache, file_digest, files_digest, header_only
 from labkit.errors import DataError, LabkitError
@@ -197,7 +197,7 @@ class Engine:
     def digest(self, name: str, cache: DigestCache | None = None) -> str:
         """sha256 of a file source's bytes (the whole file, not a sample; a Spark path: its files); for a
         table in PostgreSQL or Spark's catalog, sha256 of an order-independent summary of its rows,
-        computed in the engine (``labkit.data.backends.digest_expr``)."""
+        computed in the engine (``labkit.data.backends.table_digest``)."""
         spec = self.lab.source(name)
         if spec.format in ("csv", "parquet"):
             path = self.lab.source_path(name)
@@ -205,7 +205,7 @@ class Engine:
         if spec.format == "spark" and spec.path:
             return files_digest(self.lab.source_path(name))
         table = self.table(name)
-        row = self.con.to_pyarrow(digest_expr(self.kind, table)).to_pylist()[0]
+        row = table_digest(self.con, self.kind, table)
         described = {
             "format": spec.format,
             "table": spec.table,
