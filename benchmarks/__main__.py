@@ -2,7 +2,7 @@
 
 Each section writes ``results/bench/<section>.json`` (the machine, the mode, the section's wall time and
 its rows) and the suite prints one table per section. Sections: analysis, assign, cli, runs, compare,
-spark (all by default). Generated labs are cached under ``results/bench/labs/`` by size and seed.
+spark, postgres (all by default). Generated labs are cached under ``results/bench/labs/`` by size and seed.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from pathlib import Path
 
 from benchmarks.common import REPO, Ctx, machine, write_json
 
-SECTIONS = ("analysis", "assign", "cli", "runs", "compare", "spark")
+SECTIONS = ("analysis", "assign", "cli", "runs", "compare", "spark", "postgres")
 # Columns shown in the printed tables (every key is in the JSON).
 SHOWN = (
     "benchmark", "customers", "runs", "pilots", "labkit_s", "baseline_s", "ratio", "target_ratio", "target_s",
     "met", "cpu_ratio", "labkit_rss_mb", "baseline_rss_mb", "quantile_rss_mb", "labkit_imports_s", "overhead_s",
-    "driver_rows_max", "same_arms", "labkit_cpu_s", "baseline_cpu_s", "cpu_overhead_s", "load", "heavy",
+    "driver_rows_max", "same_arms", "same_bytes", "same_numbers", "labkit_cpu_s", "baseline_cpu_s", "cpu_overhead_s", "load", "heavy",
 )  # fmt: skip
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 LABS = REPO / "results" / "bench" / "labs"
-SECTIONS = ("analysis", "assign", "cli", "runs", "compare", "spark")
+SECTIONS = ("analysis", "assign", "cli", "runs", "compare", "spark", "postgres")
 ROW_KEYS = {
     "analysis": {"customers", "labkit_s", "baseline_s", "ratio", "labkit_rss_mb", "baseline_rss_mb"},
     "assign": {"customers", "labkit_s", "baseline_s", "ratio", "labkit_rss_mb", "same_arms"},
