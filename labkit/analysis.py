@@ -80,17 +80,25 @@ def analyze(pilot: Pilot, *, engine=None, as_of=None, over_time: bool = False) -
         units = units_table(engine, pilot)
         assignment = load_assignment(pilot)
         # A lab of files is hashed while the engine aggregates (hashlib and DuckDB both release the GIL);
-        # a database table's digest is a query on the engine's one connection, so it waits its turn.
+        # PostgreSQL tables' digests are queries on a second connection of their own, which the server runs
+        # beside the metric queries (at 1M customers and 10M events: 19 s of a 31 s analysis, one after
+        # the other); on Spark's one session a digest waits its turn.
         files = all(pilot.lab.source(n).format in ("csv", "parquet") for n in sources_used(pilot))
         cache = DigestCache.load(pilot.lab)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="labkit-digest") as pool:
-            job = pool.submit(_data_digest, engine, pilot, assignment.path, cache) if files else None
-            data = (
-                aggregate_pilot(engine, pilot, units, as_of=look)
-                if pilot.spec.cohort.unit_column is None
-                else cluster_data(engine, pilot, units, as_of=look)  # cluster totals (labkit.clustered)
-            )
-            digest = job.result() if job else _data_digest(engine, pilot, assignment.path, cache)
+        side = Engine.for_lab(pilot.lab) if not files and engine.kind == "postgres" else None
+        try:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="labkit-digest") as pool:
+                by = engine if files else side
+                job = pool.submit(_data_digest, by, pilot, assignment.path, cache) if by is not None else None
+                data = (
+                    aggregate_pilot(engine, pilot, units, as_of=look)
+                    if pilot.spec.cohort.unit_column is None
+                    else cluster_data(engine, pilot, units, as_of=look)  # cluster totals (labkit.clustered)
+                )
+                digest = job.result() if job else _data_digest(engine, pilot, assignment.path, cache)
+        finally:
+            if side is not None:
+                side.close()
         baseline = data[pilot.primary.name].arms.get(pilot.control)
         design = plan_design(pilot, data[pilot.primary.name])  # None unless cluster-randomised
         plan = make_plan(pilot, baseline, "control arm", design=design) if baseline is not None else None
