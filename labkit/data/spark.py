@@ -53,8 +53,13 @@ def _java_present() -> bool:
     return shutil.which("java") is not None
 
 
+# The gateway's logger at the root's level: pyspark's JVM counts as a shell, and Spark printed "Setting default
+# log level to "WARN"" and how to change it (two lines) on every labkit command, its level differing from the
+# root's. (The JVM's own "Using incubator modules" line comes before any configuration and stays.)
 LOG4J = """\
 rootLogger.level = error
+logger.gateway.name = org.apache.spark.api.python.PythonGatewayServer
+logger.gateway.level = error
 rootLogger.appenderRef.stderr.ref = stderr
 appender.console.type = Console
 appender.console.name = stderr

@@ -201,7 +201,7 @@ def test_a_jvm_out_of_memory_ends_and_the_query_is_one_line_saying_what_to_do(sp
         f"calling o88.getResult); {advice}"
     )
     assert "Terminating due to java.lang.OutOfMemoryError: Java heap space" in done.stderr, done.stderr
-    for noise in ("Traceback", "ERROR:root", "Py4J", "C-0001234", "toPandas"):
+    for noise in ("Traceback", "ERROR:root", "Py4J", "C-0001234", "toPandas", "Setting default log level"):
         assert noise not in done.stderr, done.stderr
 
 
