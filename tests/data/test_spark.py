@@ -19,6 +19,7 @@ import sys
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from backend_lab import (
     PILOT_ID,
@@ -260,6 +261,24 @@ def test_the_command_line_prints_only_json_on_spark(tmp_path, spark, capsys):
     result = json.loads(out)
     assert result["pilot"] == PILOT_ID and len(result["metrics"]) == 5
     assert err == ""
+
+
+def test_a_catalog_tables_digest_with_sparks_conv_is_the_portable_formula(tmp_path, spark):
+    """A Spark catalog table's digest parses its hex slices with Spark's ``conv`` (the portable form, one
+    ``instr`` a digit, took 37 s for 10M events against 16 s): the same numbers."""
+    from labkit.data.backends import digest_expr
+    from labkit.data.spark import connect_spark
+
+    path = tmp_path / "events.parquet"
+    pq.write_table(crm_tables()["events"], path)
+    spark.read.parquet(str(path)).createOrReplaceTempView("digest_events")
+    con = connect_spark()
+    table = con.table("digest_events")
+    fast, portable = (
+        con.to_pyarrow(digest_expr("spark", table, portable=p)).to_pylist()[0] for p in (False, True)
+    )
+    assert fast == portable and fast["rows"] == crm_tables()["events"].num_rows and fast["s0"] > 0
+    assert "conv(" in str(con.compile(digest_expr("spark", table))).lower()
 
 
 def test_spark_analyses_in_utc_even_from_a_session_in_another_zone(tmp_path, spark):
