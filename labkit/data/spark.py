@@ -2,7 +2,8 @@
 
 ``pip install 'labkit[spark]'``: the Ibis pyspark backend; needs Java 17+. One local session per process
 (``local[2]``, no UI, bound to 127.0.0.1, UTC, no broadcast joins; its driver, which in local mode also runs
-every task, gets ``$LABKIT_SPARK_DRIVER_MEMORY`` or a quarter of the machine's memory, 1 to 8 GB), made on first use and
+every task, gets ``$LABKIT_SPARK_DRIVER_MEMORY`` or a quarter of the machine's memory, 1 to 8 GB, and its
+JVM ends at its first OutOfMemoryError), made on first use and
 reused by every engine of the process (a JVM takes seconds to start); an already active session (e.g. a
 cluster session in a notebook) is used as it is. An engine registers its sources as temporary views under
 names of its own and drops them on ``close()``. Aggregates run in Spark; only the per-arm rows (and, for
