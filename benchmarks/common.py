@@ -194,6 +194,26 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2) if a is not None and b else None
 
 
+def versus(benchmark: str, customers: int, labkit: dict, baseline: dict, described: str) -> dict:
+    """A row's common keys: one labkit run against its baseline (each a dict with ``seconds``)."""
+    return {
+        "benchmark": benchmark,
+        "customers": customers,
+        "labkit_s": round(labkit["seconds"], 2),
+        "baseline_s": round(baseline["seconds"], 2),
+        "baseline": described,
+        "ratio": ratio(labkit["seconds"], baseline["seconds"]),
+    }
+
+
+def same_drawn_files(*labs: Path, pilot: str = "bench-assign") -> bool:
+    """True when the labs' assignment files of ``pilot`` are the same bytes; the files are then removed."""
+    drawn = [(lab / "results" / pilot / "assignment.parquet").read_bytes() for lab in labs]
+    for lab in labs:
+        shutil.rmtree(lab / "results" / pilot, ignore_errors=True)
+    return all(d == drawn[0] for d in drawn)
+
+
 def reset(path: Path) -> None:
     """Remove a generated folder (always under results/bench)."""
     if path.exists():

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import data
-from benchmarks.common import PYTHON, REPO, Ctx, ratio, reset, time_command
+from benchmarks.common import PYTHON, REPO, Ctx, reset, same_drawn_files, time_command, versus
 
 URL_ENV = "BENCH_CRM_URL"
 LAB = f"""\
@@ -115,27 +115,15 @@ def run(ctx: Ctx) -> list[dict]:
             ctx.say(f"postgres: assign and analyze {n:,} customers")
             pg_draw, pg_analysis, pg_json = _commands(root, env)
             duck_draw, duck_analysis, duck_json = _commands(src, {})
-            drawn = [lab / "results" / "bench-assign" / "assignment.parquet" for lab in (root, src)]
-            same_bytes = drawn[0].read_bytes() == drawn[1].read_bytes()
+            same_bytes = same_drawn_files(root, src)
             same_numbers = _same_numbers(pg_json, duck_json)
-            for lab in (root, src):
-                shutil.rmtree(lab / "results" / "bench-assign", ignore_errors=True)
-            for what, pg, duck, same in (
-                ("assign on PostgreSQL", pg_draw, duck_draw, same_bytes),
-                ("analyze on PostgreSQL", pg_analysis, duck_analysis, same_numbers),
-            ):
-                rows.append(
-                    {
-                        "benchmark": what,
-                        "customers": n,
-                        "labkit_s": round(pg["seconds"], 2),
-                        "baseline_s": round(duck["seconds"], 2),
-                        "baseline": "the same labkit command on DuckDB (the same files), whole process",
-                        "ratio": ratio(pg["seconds"], duck["seconds"]),
-                        "same_bytes" if what.startswith("assign") else "same_numbers": same,
-                        "met": same,
-                    }
-                )
+            baseline = "the same labkit command on DuckDB (the same files), whole process"
+            rows += [
+                {**versus("assign on PostgreSQL", n, pg_draw, duck_draw, baseline), "same_bytes": same_bytes,
+                 "met": same_bytes},
+                {**versus("analyze on PostgreSQL", n, pg_analysis, duck_analysis, baseline),
+                 "same_numbers": same_numbers, "met": same_numbers},
+            ]  # fmt: skip
     finally:
         _stop(server.pid)
         shutil.rmtree(server.folder, ignore_errors=True)

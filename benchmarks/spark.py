@@ -19,7 +19,7 @@ import shutil
 from benchmarks import data
 from benchmarks.analysis import LABKIT as DUCKDB
 from benchmarks.assign import LABKIT as ASSIGN
-from benchmarks.common import PEAK_RSS, Ctx, best_of, ratio, reset
+from benchmarks.common import PEAK_RSS, Ctx, best_of, reset, same_drawn_files, versus
 
 LAB = """\
 lab: bench-spark
@@ -87,12 +87,7 @@ def run(ctx: Ctx) -> list[dict]:
         duck = best_of(DUCKDB.replace("PILOT", "bench"), src, ctx.repeat)
         rows.append(
             {
-                "benchmark": "analyze on Spark local",
-                "customers": n,
-                "labkit_s": round(spark["seconds"], 2),
-                "baseline_s": round(duck["seconds"], 2),
-                "baseline": "the same labkit analyze on DuckDB",
-                "ratio": ratio(spark["seconds"], duck["seconds"]),
+                **versus("analyze on Spark local", n, spark, duck, "the same labkit analyze on DuckDB"),
                 "session_s": round(spark["session_s"], 1),
                 "labkit_rss_mb": round(spark["rss_mb"]),
                 "driver_rows_max": max(spark["fetched"], default=0),
@@ -111,17 +106,9 @@ def _draw(ctx: Ctx, n: int, src, root) -> dict:
     ctx.say(f"spark: assign {n:,} customers")
     spark = best_of(ASSIGN, root, 1 if n >= 10_000_000 else ctx.repeat)  # ~80 s a run at 10M
     duck = best_of(ASSIGN, src, 1 if n >= 10_000_000 else ctx.repeat)
-    drawn = [lab / "results" / "bench-assign" / "assignment.parquet" for lab in (root, src)]
-    same = drawn[0].read_bytes() == drawn[1].read_bytes()
-    for lab in (root, src):
-        shutil.rmtree(lab / "results" / "bench-assign", ignore_errors=True)
+    same = same_drawn_files(root, src)
     return {
-        "benchmark": "assign on Spark local",
-        "customers": n,
-        "labkit_s": round(spark["seconds"], 2),
-        "baseline_s": round(duck["seconds"], 2),
-        "baseline": "the same labkit assign on DuckDB",
-        "ratio": ratio(spark["seconds"], duck["seconds"]),
+        **versus("assign on Spark local", n, spark, duck, "the same labkit assign on DuckDB"),
         "labkit_rss_mb": round(spark["rss_mb"]),
         "same_bytes": same,
         "met": same,
