@@ -15,6 +15,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def cache_folder() -> Path:
+    """labkit's cache folder, outside any lab: ``$LABKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/labkit``, else
+    ``~/.cache/labkit`` (the data digests, labkit.data.rawfiles; the empty MLflow store, labkit.tracking.schema).
+    Everything in it is rebuilt when missing or unusable."""
+    if os.environ.get("LABKIT_CACHE_DIR"):
+        return Path(os.environ["LABKIT_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "labkit"
+
+
 def usual_file_mode() -> int:
     """The mode any new file gets here: 0666 less the umask (0644 under the usual 022).
 

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from labkit._files import write_atomic
+from labkit._files import cache_folder, write_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     from labkit.lab import Lab
@@ -33,16 +33,9 @@ class DigestCache:
     def __init__(self, path: Path, entries: dict):
         self.path, self.entries, self.changed = path, entries, False
 
-    @staticmethod
-    def folder() -> Path:
-        if os.environ.get("LABKIT_CACHE_DIR"):
-            return Path(os.environ["LABKIT_CACHE_DIR"])
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        return Path(base) / "labkit"
-
     @classmethod
     def load(cls, lab: Lab | None = None) -> DigestCache:
-        path = cls.folder() / cls.NAME
+        path = cache_folder() / cls.NAME
         try:
             entries = json.loads(path.read_text())
             if not isinstance(entries, dict):

@@ -27,7 +27,11 @@ What it settles, and why (RELIABILITY.md, "Facts"):
   built aside (``results/.mlflow.db.<pid>.<random>.building``, migrated fully) and renamed into place, so
   a kill at any moment leaves no store or a complete one (RELIABILITY #38: built in place, a kill mid-way
   left "duplicate column" / "table already exists" for good); a half-built store (no schema version, made
-  by an older labkit or another tool) is rebuilt when it holds no run and refused in one line otherwise. It
+  by an older labkit or another tool) is rebuilt when it holds no run and refused in one line otherwise.
+  The new file starts as a copy of an empty store at this MLflow's schema kept in labkit's cache folder
+  (``~/.cache/labkit/mlflow-store-<mlflow>-sqlalchemy-<version>-<revision>.sqlite``; ``LABKIT_CACHE_DIR``
+  overrides), made from the first store a machine builds by the migrations: MLflow's ~100 migrations cost
+  ~1 CPU-s per new store, the copy ~0.03. A copy that fails the checks (``store_template``) is not used. It
   also creates the
   experiment, under the lock, with an explicit absolute ``file://`` artifact location under
   ``results/mlruns/``. An experiment made through a server (``mlflow-artifacts:/``) or with a relative

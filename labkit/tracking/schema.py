@@ -1,6 +1,6 @@
-"""Opening a store safely: the state of a sqlite store's schema, building one aside and renaming it into
-place, one quick connection attempt to a database server, and MLflow's log lines sent to a file
-(RELIABILITY #38; the ``labkit.tracking`` docstring says why each exists)."""
+"""Opening a store safely: the state of a sqlite store's schema, building one aside (from a cached empty
+store) and renaming it into place, one quick connection attempt to a database server, and MLflow's log
+lines sent to a file (RELIABILITY #38; the ``labkit.tracking`` docstring says why each exists)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import contextlib
 import functools
 import logging
 import os
+import shutil
 import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from labkit._files import cache_folder
 from labkit.errors import TrackingError
 from labkit.tracking.rules import one_line, redact
 
@@ -73,13 +75,29 @@ def build_sqlite_store(path: Path, artifact_root: str, quiet: Callable[[], None]
     any point leaves no store or a complete one), with an explicit, percent-encoded artifact root.
 
     Left to itself MLflow inserts its Default experiment with ``./mlruns`` of the working directory as a
-    raw path quoted with a backslash, which is invalid SQL in sqlite when the path holds a ``'``."""
+    raw path quoted with a backslash, which is invalid SQL in sqlite when the path holds a ``'``.
+
+    The new file starts as a copy of an empty store at this MLflow's schema, kept in labkit's cache folder
+    (:func:`store_template`), and MLflow opens it as it opens any store at its schema, adding its Default
+    experiment: running MLflow's migrations (~100 of them) costs ~1 CPU-s per new store. Without a usable
+    copy the migrations run here, and their result, emptied, becomes the copy."""
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     path.parent.mkdir(parents=True, exist_ok=True)
     aside = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{BUILDING}")
     try:
-        SqlAlchemyStore(f"sqlite:///{aside}", artifact_root).engine.dispose()
+        template = store_template()
+        if template is not None:
+            try:
+                shutil.copyfile(template, aside)
+                SqlAlchemyStore(f"sqlite:///{aside}", artifact_root).engine.dispose()
+            except Exception:  # noqa: BLE001 - whatever the copy lacks, the migrations build it instead
+                for leftover in (aside, *(Path(f"{aside}{suffix}") for suffix in SQLITE_SIDE_FILES)):
+                    leftover.unlink(missing_ok=True)
+                template = None
+        if template is None:
+            SqlAlchemyStore(f"sqlite:///{aside}", artifact_root).engine.dispose()
+            save_store_template(aside)
         quiet()
         with open(aside, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -90,6 +108,67 @@ def build_sqlite_store(path: Path, artifact_root: str, quiet: Callable[[], None]
     finally:
         for leftover in (aside, *(Path(f"{aside}{suffix}") for suffix in SQLITE_SIDE_FILES)):
             leftover.unlink(missing_ok=True)
+
+
+def template_path() -> Path:
+    """Where the empty store of this MLflow and SQLAlchemy at this schema revision is kept."""
+    import sqlalchemy
+    from mlflow.version import VERSION
+
+    return (
+        cache_folder() / f"mlflow-store-{VERSION}-sqlalchemy-{sqlalchemy.__version__}-{schema_head()}.sqlite"
+    )
+
+
+def store_template() -> Path | None:
+    """The cached empty store, if it is one: MLflow's tables at this schema revision, no experiment and
+    no run, and sqlite's quick check passes. Anything else (missing, unreadable, another revision, not a
+    database, edited) is not used: the store is built by the migrations and the copy made anew."""
+    import sqlite3
+
+    template = template_path()
+    if not template.is_file():
+        return None
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"{template.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+        ) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not {"alembic_version", "experiments", "runs"} <= tables:
+                return None
+            versions = [row[0] for row in db.execute("SELECT version_num FROM alembic_version")]
+            rows = db.execute(
+                "SELECT (SELECT count(*) FROM experiments) + (SELECT count(*) FROM runs)"
+            ).fetchone()
+            checked = db.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.Error:
+        return None
+    if versions != [schema_head()] or rows != (0,) or checked != [("ok",)]:
+        return None
+    return template
+
+
+def save_store_template(store: Path) -> None:
+    """Keep a copy of ``store``, just built by the migrations, without its Default experiment, as the
+    cached empty store (written aside and renamed: a reader copies the old one or the new one). Best
+    effort: an unwritable cache folder only costs the next new store its migrations."""
+    import sqlite3
+
+    template = template_path()
+    part = template.with_name(f".{template.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(store, part)
+        with contextlib.closing(sqlite3.connect(part)) as db:
+            db.execute("DELETE FROM experiments")
+            db.commit()
+            db.execute("VACUUM")  # the freed pages still held that lab's artifact path
+        os.replace(part, template)
+    except (OSError, sqlite3.Error):
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            part.unlink(missing_ok=True)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -35,8 +36,10 @@ CREATOR = textwrap.dedent(
 )
 # When each try is killed, one after the other on the same lab: ``(after, seconds)`` -- that many seconds
 # after the try first writes a store file ("file": MLflow is creating its tables) or a store file that
-# holds alembic's version table ("migrating": MLflow runs its ~60 schema migrations).
-KILLS = (("file", 0.0), ("migrating", 0.0), ("migrating", 0.25), ("migrating", 0.6))
+# holds alembic's version table ("migrating": MLflow runs its ~100 schema migrations). Each try has an empty
+# cache folder, so that it builds the store by the migrations; the last ("copied") copies the cached empty
+# store (labkit.tracking.schema.store_template) and is killed as soon as its file appears.
+KILLS = (("file", 0.0), ("migrating", 0.0), ("migrating", 0.25), ("migrating", 0.6), ("copied", 0.0))
 
 
 def _store_files(results: Path) -> list[Path]:
@@ -45,7 +48,12 @@ def _store_files(results: Path) -> list[Path]:
 
 
 def _state(results: Path) -> dict[Path, tuple[int, int]]:
-    return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in _store_files(results) if p.exists()}
+    state = {}
+    for p in _store_files(results):
+        with contextlib.suppress(FileNotFoundError):  # a file built aside is renamed at any moment
+            st = p.stat()
+            state[p] = (st.st_mtime_ns, st.st_size)
+    return state
 
 
 def _written(results: Path, before: dict, *, migrating: bool) -> bool:
@@ -81,13 +89,14 @@ def _complete(db: Path) -> bool:
     return versions == [_get_latest_schema_revision()]
 
 
-def _kill_while_creating(root: Path, after: str, delay: float) -> dict:
+def _kill_while_creating(root: Path, after: str, delay: float, cache: Path) -> dict:
     """Start a process that opens the lab's store (creating it if needed); SIGKILL it ``delay`` s after
     ``after`` (see KILLS) -- unless it has finished by then."""
     before = _state(root / "results")
     # a process of its own, forked with MLflow already imported (tests/cli_fork.py): the kill lands in the
     # store's creation all the same; a new interpreter would only add ~2.5 CPU-s of imports before it
     env = {k: v for k, v in os.environ.items() if k not in ("LABKIT_TRACKING_URI", "LABKIT_LAB")}
+    env["LABKIT_CACHE_DIR"] = str(cache)
     proc = cli_fork.python(CREATOR, [str(root)], root, env)
     results = root / "results"
     deadline = time.monotonic() + 60
@@ -110,15 +119,20 @@ def _kill_while_creating(root: Path, after: str, delay: float) -> dict:
     }
 
 
-def test_a_kill_during_the_first_store_creation_leaves_a_usable_store(tiny_lab):
+def test_a_kill_during_the_first_store_creation_leaves_a_usable_store(tiny_lab, tmp_path_factory, migrated):
     """Each try finds what the one before left (a half-built store, or files of one built aside) and is
     killed in turn; a try that is not killed must succeed, and the lab must record and compare after."""
+    from labkit.tracking.schema import template_path
+
     results = tiny_lab.root / "results"
     kills = []
     for after, delay in KILLS:
         if _complete(results / "mlflow.db"):  # a try that was not killed: the next one creates it again
             (results / "mlflow.db").unlink()
-        kills.append(_kill_while_creating(tiny_lab.root, after, delay))
+        cache = tmp_path_factory.mktemp("cache")
+        if after == "copied":  # the cache holds the empty store
+            shutil.copyfile(migrated["template"], cache / template_path().name)
+        kills.append(_kill_while_creating(tiny_lab.root, after, delay, cache))
         assert kills[-1]["killed"] or kills[-1]["code"] == 0, kills[-1]["stderr"][-2000:]
     assert sum(k["killed"] for k in kills) >= 2, kills  # the tries died mid-creation, not after it
     lab = load_lab(tiny_lab.root)
@@ -194,3 +208,131 @@ def test_a_read_only_store_is_one_line_on_stderr_and_mlflows_traceback_goes_to_i
         f"MLflow store sqlite:///{db}: creating a run failed: attempt to write a readonly database"
     ), proc.stderr
     assert "Traceback" in (root / "results" / "mlflow.log").read_text()  # the detail is kept
+
+
+# --------------------------------------------------------------- a new store from the cached empty store
+
+
+def _dump(db: Path) -> tuple[list[list[str]], list[tuple]]:
+    """A store's SQL dump without its experiments' rows, and those rows without their two timestamps.
+    The statements sorted, and each one's clauses: MLflow's own migrations create some indexes, and some
+    tables' constraints, in another order each time (two stores it builds itself differ so)."""
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        lines = sorted(
+            sorted(clause.strip() for clause in line.split(", \n"))
+            for line in con.iterdump()
+            if not line.startswith('INSERT INTO "experiments"')
+        )
+        rows = [r[:4] + r[6:] for r in con.execute("SELECT * FROM experiments ORDER BY experiment_id")]
+    return lines, rows
+
+
+def _migrations_counted(monkeypatch) -> list[str]:
+    """MLflow's own creation of a new database (its tables, then every migration), counted as it runs."""
+    import mlflow.store.db.utils as db_utils
+
+    calls, real = [], db_utils._initialize_tables
+    monkeypatch.setattr(
+        db_utils, "_initialize_tables", lambda engine: (calls.append(str(engine.url)), real(engine))
+    )
+    return calls
+
+
+@pytest.fixture(scope="module")
+def migrated(tmp_path_factory) -> dict[str, Path]:
+    """A store built by MLflow alone (its migrations), and the cached empty store labkit kept from its own
+    first build (with an empty cache folder: by the migrations too)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    from labkit.tracking.schema import build_sqlite_store, store_template
+
+    folder = tmp_path_factory.mktemp("migrated")
+    SqlAlchemyStore(f"sqlite:///{folder / 'mlflows.db'}", ART).engine.dispose()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LABKIT_CACHE_DIR", str(folder / "cache"))
+        build_sqlite_store(folder / "labkits.db", ART, lambda: None)
+        template = store_template()
+    assert template is not None
+    return {"mlflows": folder / "mlflows.db", "labkits": folder / "labkits.db", "template": template}
+
+
+ART = "file:///srv/artifacts"
+
+
+def _cache_with(tmp_path: Path, template: Path, monkeypatch) -> Path:
+    """A cache folder of this test's holding a copy of ``template``, named as labkit names it."""
+    from labkit.tracking.schema import template_path
+
+    monkeypatch.setenv("LABKIT_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir(parents=True)
+    shutil.copyfile(template, template_path())
+    return template_path()
+
+
+def test_a_new_store_is_a_copy_of_the_cached_empty_store_and_equals_mlflows_own(
+    tmp_path, monkeypatch, migrated
+):
+    """labkit's first store, built with an empty cache, ran MLflow's migrations and left an empty copy in
+    the cache; a later one copies it (no migration) and is, row for row, the store MLflow builds itself."""
+    from labkit.tracking.schema import build_sqlite_store
+
+    mlflows = _dump(migrated["mlflows"])
+    assert mlflows[1] == [(0, "Default", f"{ART}/0", "active", "default")]
+    assert _dump(migrated["labkits"]) == mlflows
+    # nothing of the first lab, in freed pages either (labkit VACUUMs the copy; sqlite builds with secure_delete
+    # on, as Debian's, would not have kept it anyway)
+    assert b"artifacts" not in migrated["template"].read_bytes()
+    template = _cache_with(tmp_path, migrated["template"], monkeypatch)
+    migrations = _migrations_counted(monkeypatch)
+    build_sqlite_store(tmp_path / "new" / "mlflow.db", ART, lambda: None)
+    assert migrations == []  # the copy: no migration ran
+    assert _dump(tmp_path / "new" / "mlflow.db") == mlflows
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["mlflow.db"]
+    assert [p.name for p in template.parent.iterdir()] == [template.name]  # nothing left beside it
+
+
+def _sql(db: Path, statement: str) -> None:
+    with contextlib.closing(sqlite3.connect(db)) as con, con:
+        con.execute(statement)
+
+
+UNUSABLE = {
+    "not a database": lambda db: db.write_bytes(b"SQLite format 3\x00" + b"\x07" * 5000),
+    "half of one": lambda db: db.write_bytes(db.read_bytes()[: db.stat().st_size // 2]),
+    "another revision": lambda db: _sql(db, "UPDATE alembic_version SET version_num = 'abc123'"),
+    "holds an experiment": lambda db: _sql(
+        db, "INSERT INTO experiments (experiment_id, name, lifecycle_stage) VALUES (7, 'x', 'active')"
+    ),
+    "no runs table": lambda db: _sql(db, "DROP TABLE runs"),
+    "a folder": lambda db: (db.unlink(), db.mkdir()),
+}
+
+
+def test_an_unusable_cached_store_is_not_copied_and_is_made_anew(tmp_path, monkeypatch, migrated):
+    """Each way the cached copy can be spoilt makes it unusable; a new store is then built by the
+    migrations, as MLflow builds it, and the copy made anew."""
+    from labkit.tracking.schema import build_sqlite_store, store_template
+
+    for spoil, how in UNUSABLE.items():
+        template = _cache_with(tmp_path / spoil, migrated["template"], monkeypatch)
+        how(template)
+        assert store_template() is None, spoil
+    template = _cache_with(tmp_path / "spoilt", migrated["template"], monkeypatch)
+    UNUSABLE["holds an experiment"](template)
+    migrations = _migrations_counted(monkeypatch)
+    build_sqlite_store(tmp_path / "new.db", ART, lambda: None)
+    assert len(migrations) == 1  # built by the migrations, not from the spoilt copy
+    assert _dump(tmp_path / "new.db") == _dump(migrated["mlflows"])
+    assert store_template() == template  # made anew
+
+
+def test_an_unwritable_cache_folder_costs_only_the_migrations(tmp_path, monkeypatch, migrated):
+    from labkit.tracking.schema import build_sqlite_store
+
+    (tmp_path / "cache").write_text("a file where the folder should be")
+    monkeypatch.setenv("LABKIT_CACHE_DIR", str(tmp_path / "cache"))
+    migrations = _migrations_counted(monkeypatch)
+    build_sqlite_store(tmp_path / "new.db", ART, lambda: None)
+    assert len(migrations) == 1
+    assert _dump(tmp_path / "new.db") == _dump(migrated["mlflows"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "new.db"]
