@@ -261,7 +261,7 @@ class _Finder:
 
     def __init__(self, identifiers: set[str]):
         self.by_bytes = {i.encode("utf-8"): i for i in identifiers if i}
-        alphabet = set().union(*(set(b) for b in self.by_bytes)) if self.by_bytes else set()
+        alphabet = set(b"".join(self.by_bytes))  # the bytes that occur in any identifier
         # Letters, digits and every non-ASCII byte glue a word; the other bytes identifiers contain are
         # punctuation, each its own element; any other byte ends a token.
         glue = set(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") | set(
