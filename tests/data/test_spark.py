@@ -44,8 +44,9 @@ from conftest import pilot_yaml
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 
-# Test-only: the client compiler alone, for a cold JVM on tiny tables (not labkit's default, the fixture says why)
-TEST_JVM_OPTIONS = "-XX:TieredStopAtLevel=1"
+# Test-only: the client compiler alone and the serial collector, for a cold JVM on tiny tables (not labkit's
+# default, the fixture says why)
+TEST_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,9 @@ def spark():
             "pyspark is missing: pip install -e '.[test]' (the test extra pulls labkit[spark])", pytrace=False
         )
     # Test-only tuning for a cold JVM on two cores and tiny tables (results do not depend on it): the
-    # client compiler alone, and no whole-stage code generation (compiling it costs more than it saves).
+    # client compiler alone, the serial collector (G1's concurrent threads cost more than they save on a
+    # heap this small: test_spark 59-67 -> 53-60 machine CPU-s), and no whole-stage code generation
+    # (compiling it costs more than it saves).
     # Not labkit's default: at 10M customers the client compiler alone made the pilot 1.7x slower
     # (benchmarks/README.md, 2026-12-07).
     from labkit.data.spark import spark_session
