@@ -78,6 +78,13 @@ def start_server(
     artifacts = root / "artifacts"
     artifacts.mkdir(exist_ok=True)
     log_path = root / "server.log"
+    if not db_path.exists():
+        # The store the server would make itself (its Default experiment in mlflow-artifacts:/), made here
+        # from labkit's cached empty store (labkit.tracking.schema): the server's own first start would run
+        # MLflow's ~100 migrations, ~1.5 of its ~9 CPU-s, before it answers.
+        from labkit.tracking.schema import build_sqlite_store
+
+        build_sqlite_store(db_path, "mlflow-artifacts:/", lambda: None)
     port = port or free_port()
     env = {**os.environ, **(env or {})}
     env.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true")
