@@ -154,10 +154,16 @@ def save_store_template(store: Path) -> None:
     effort: an unwritable cache folder only costs the next new store its migrations."""
     import sqlite3
 
+    from labkit._process import pid_alive
+
     template = template_path()
     part = template.with_name(f".{template.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
     try:
         template.parent.mkdir(parents=True, exist_ok=True)
+        for left in template.parent.glob(".mlflow-store-*"):  # copies whose writer was killed mid-way
+            writer = left.name.rsplit(".", 2)[-2]
+            if writer.isdigit() and not pid_alive(int(writer)):
+                left.unlink(missing_ok=True)
         shutil.copyfile(store, part)
         with contextlib.closing(sqlite3.connect(part)) as db:
             db.execute("DELETE FROM experiments")

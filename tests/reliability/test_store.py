@@ -319,11 +319,16 @@ def test_an_unusable_cached_store_is_not_copied_and_is_made_anew(tmp_path, monke
         assert store_template() is None, spoil
     template = _cache_with(tmp_path / "spoilt", migrated["template"], monkeypatch)
     UNUSABLE["holds an experiment"](template)
+    killed = template.with_name(
+        f".{template.name}.{2**22 + 1}.0123abcd"
+    )  # a writer killed mid-copy (no such pid)
+    killed.write_bytes(b"half a copy")
     migrations = _migrations_counted(monkeypatch)
     build_sqlite_store(tmp_path / "new.db", ART, lambda: None)
     assert len(migrations) == 1  # built by the migrations, not from the spoilt copy
     assert _dump(tmp_path / "new.db") == _dump(migrated["mlflows"])
     assert store_template() == template  # made anew
+    assert [p.name for p in template.parent.iterdir()] == [template.name]  # the killed writer's part removed
 
 
 def test_an_unwritable_cache_folder_costs_only_the_migrations(tmp_path, monkeypatch, migrated):
