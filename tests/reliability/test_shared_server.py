@@ -81,11 +81,11 @@ def server(tmp_path_factory):
     from mlflow.server import get_app_client
 
     saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
-    os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=ADMIN_PASSWORD)
-    get_app_client("basic-auth", tracking_uri=uri).create_user(username=LAB_USER, password=LAB_PASSWORD)
-    os.environ.update(MLFLOW_TRACKING_USERNAME=LAB_USER, MLFLOW_TRACKING_PASSWORD=LAB_PASSWORD)
     state = {"process": process, "uri": uri, "root": root, "env": env, "args": args}
-    try:
+    try:  # the server is stopped even when the set-up below fails
+        os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=ADMIN_PASSWORD)
+        get_app_client("basic-auth", tracking_uri=uri).create_user(username=LAB_USER, password=LAB_PASSWORD)
+        os.environ.update(MLFLOW_TRACKING_USERNAME=LAB_USER, MLFLOW_TRACKING_PASSWORD=LAB_PASSWORD)
         yield state
     finally:
         stop_server(state["process"])
