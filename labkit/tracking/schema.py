@@ -92,8 +92,7 @@ def build_sqlite_store(path: Path, artifact_root: str, quiet: Callable[[], None]
                 shutil.copyfile(template, aside)
                 SqlAlchemyStore(f"sqlite:///{aside}", artifact_root).engine.dispose()
             except Exception:  # noqa: BLE001 - whatever the copy lacks, the migrations build it instead
-                for leftover in (aside, *(Path(f"{aside}{suffix}") for suffix in SQLITE_SIDE_FILES)):
-                    leftover.unlink(missing_ok=True)
+                _remove_with_side_files(aside)
                 template = None
         if template is None:
             SqlAlchemyStore(f"sqlite:///{aside}", artifact_root).engine.dispose()
@@ -106,8 +105,12 @@ def build_sqlite_store(path: Path, artifact_root: str, quiet: Callable[[], None]
         os.replace(aside, path)
         _fsync_dir(path.parent)
     finally:
-        for leftover in (aside, *(Path(f"{aside}{suffix}") for suffix in SQLITE_SIDE_FILES)):
-            leftover.unlink(missing_ok=True)
+        _remove_with_side_files(aside)
+
+
+def _remove_with_side_files(db: Path) -> None:
+    for leftover in (db, *(Path(f"{db}{suffix}") for suffix in SQLITE_SIDE_FILES)):
+        leftover.unlink(missing_ok=True)
 
 
 def template_path() -> Path:
