@@ -42,6 +42,8 @@ Files in ``output_dir`` (an earlier run's copies of the first four are removed f
 ``<stem>.kernel.log``
     the kernel process's own stdout/stderr (startup errors, crashes), kept only when not empty; the
     traceback ipykernel sometimes logs as it shuts down (a race of its own, after the notebook) is dropped.
+    A kernel that died while starting and was started again (two kernels drew the same free port) leaves
+    its traceback here, even when the run then finished: it is why the run took a second start.
 ``results.json`` and figures
     written by the notebook itself; ``figures`` lists the ``*.png``/``*.svg`` in ``output_dir`` and
     its direct subfolders that the run created or changed.

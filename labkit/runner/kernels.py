@@ -254,10 +254,28 @@ def _register_atomic_io() -> None:
 
 def _build_engine():
     import nbformat
+    from jupyter_client import AsyncKernelManager
     from nbclient.exceptions import CellExecutionError
     from papermill.clientwrap import PapermillNotebookClient
     from papermill.engines import NBClientEngine
     from papermill.utils import merge_kwargs, remove_args
+
+    class LabkitKernelManager(AsyncKernelManager):
+        """jupyter_client's manager without the SIGINT it sends a kernel just before asking it to shut down.
+
+        That interrupt is there to stop a running cell. A labkit run never shuts down a busy kernel
+        gracefully: the last reply is in, or the cell raised and ended, or (timeout, dead kernel, signal)
+        the client shuts down "immediate" and labkit kills the kernel's group. The SIGINT could then only
+        land while ipykernel still finishes the last request's handler, which logs "KeyboardInterrupt
+        caught in kernel." into the kernel log of a run that went well (4 runs in 160, four at a time).
+        """
+
+        async def _async_interrupt_kernel(self) -> None:
+            if self.shutting_down:
+                return
+            await super()._async_interrupt_kernel()
+
+        interrupt_kernel = _async_interrupt_kernel
 
     class LabkitClient(PapermillNotebookClient):
         """papermill's client, plus: which cell runs, a per-cell output cap, cancellation, hard kill."""
@@ -372,6 +390,7 @@ def _build_engine():
                 stderr_file=stderr_file,
                 iopub_timeout=IOPUB_DRAIN_S,
                 config=_kernel_config(),
+                kernel_manager_class=LabkitKernelManager,
             )
             client = LabkitClient(nb_man, labkit_state=labkit_state, **final)
             # the kernel process's own stdout/stderr (its log lines, not the notebook's outputs) go to
@@ -379,6 +398,7 @@ def _build_engine():
             log_file = labkit_state.kernel_log
             return client.execute(stdout=log_file, stderr=subprocess.STDOUT if log_file else None)
 
+    LabkitEngine.kernel_manager_class = LabkitKernelManager  # for the tests
     return LabkitEngine
 
 
