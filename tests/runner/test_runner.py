@@ -180,7 +180,7 @@ def test_any_kernel_output_around_the_race_is_kept_byte_for_byte(tmp_path_factor
     assert log.read_bytes() == "".join(lines).encode()
 
 
-def test_a_kernel_is_not_interrupted_on_its_way_out():
+def test_a_kernel_is_not_interrupted_on_its_way_out(tmp_path):
     """jupyter_client sends a kernel SIGINT before its shutdown request; landing in ipykernel's handler of the
     last request, it logged "KeyboardInterrupt caught in kernel." into a FINISHED run's kernel log (4 runs in
     160, four at a time). labkit's manager sends no SIGINT at shutdown; an interrupt asked for still goes."""
@@ -191,7 +191,10 @@ def test_a_kernel_is_not_interrupted_on_its_way_out():
     from labkit.runner.kernels import register_engine
 
     register_engine()
-    manager = papermill_engines.get_engine("labkit").kernel_manager_class(kernel_name="python3")
+    # ZeroMQ over Unix sockets in tmp_path: no free TCP port to draw, so no clash with another test's kernel
+    manager = papermill_engines.get_engine("labkit").kernel_manager_class(
+        kernel_name="python3", transport="ipc", ip=str(tmp_path / "kernel")
+    )
     sent = []
     signal_kernel = manager._async_signal_kernel
 
@@ -215,6 +218,7 @@ def test_a_kernel_is_not_interrupted_on_its_way_out():
     asyncio.run(life())
     assert sent == [signal.SIGINT]
     assert not kernels()
+    assert not list(tmp_path.iterdir())  # the sockets went with the kernel
 
 
 def test_ok_finishes_with_results_figure_and_html(runs):
