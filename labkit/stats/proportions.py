@@ -208,7 +208,9 @@ class _Exact:
         def mass(p_c):
             p_c = np.atleast_1d(np.asarray(p_c, dtype=float))
             p_t = np.clip(to_t(p_c), 0.0, 1.0)
-            return np.einsum("gi,ij,gj->g", self._pmf(self.n_c, p_c), reject, self._pmf(self.n_t, p_t))
+            # (P_c @ reject) · P_t summed per row: BLAS's product, not einsum's three-operand loop (which
+            # took 5-30x as long at these sizes)
+            return ((self._pmf(self.n_c, p_c) @ reject) * self._pmf(self.n_t, p_t)).sum(axis=1)
 
         if hi <= lo:
             return float(min(1.0, mass(lo)[0]))
