@@ -196,9 +196,17 @@ def tiny_lab(tmp_path, monkeypatch) -> TinyLab:
 
 @pytest.fixture(scope="session", autouse=True)
 def _digest_cache(tmp_path_factory):
-    """labkit's file-digest cache (labkit.data.sources.DigestCache) of the whole session, and of every
-    labkit subprocess it starts, in a folder of the session instead of the user's ~/.cache."""
+    """labkit's cache folder (the file digests, labkit.data.sources.DigestCache; the empty MLflow store,
+    labkit.tracking.schema) of the whole session and of every labkit subprocess it starts, in a folder of
+    the session instead of the user's ~/.cache. Under xdist the workers share one, as a user's parallel
+    commands share ~/.cache/labkit (its writes are atomic renames): the empty store is built by MLflow's
+    migrations once a run, not once a worker (~1 CPU-s each)."""
     import os
 
-    os.environ["LABKIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("labkit-cache"))
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers' base folders share the run's parent
+        folder = tmp_path_factory.getbasetemp().parent / "labkit-cache"
+        folder.mkdir(exist_ok=True)
+    else:
+        folder = tmp_path_factory.mktemp("labkit-cache")
+    os.environ["LABKIT_CACHE_DIR"] = str(folder)
     yield
