@@ -194,6 +194,22 @@ def tiny_lab(tmp_path, monkeypatch) -> TinyLab:
     return lab
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory, _digest_cache) -> Path:
+    """An empty sqlite store at this MLflow's schema (its Default experiment only), made once a session as
+    labkit makes a lab's first store: a copy of the cached empty store (labkit.tracking.schema), which the
+    run's first store built by MLflow's migrations. Tests copy it into their labs.
+
+    The creation path itself runs, eight `labkit run` processes at once, in
+    tests/reliability/test_concurrency.py (the fresh round), and with and without the cached copy in
+    tests/reliability/test_store.py."""
+    from labkit.tracking.schema import build_sqlite_store
+
+    folder = tmp_path_factory.mktemp("template")
+    build_sqlite_store(folder / "mlflow.db", (folder / "mlruns").as_uri(), lambda: None)
+    return folder / "mlflow.db"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _digest_cache(tmp_path_factory):
     """labkit's cache folder (the file digests, labkit.data.sources.DigestCache; the empty MLflow store,

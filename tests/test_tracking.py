@@ -69,20 +69,6 @@ def _restore_mlflow_env():
     os.environ.update(before)
 
 
-@pytest.fixture(scope="session")
-def empty_store(tmp_path_factory) -> Path:
-    """An empty, migrated sqlite store made once by MLflow (creating one costs ~5 s); tests copy it.
-
-    The creation path itself runs, eight `labkit run` processes at once, in
-    tests/reliability/test_concurrency.py (the fresh round).
-    """
-    from mlflow import MlflowClient
-
-    path = tmp_path_factory.mktemp("template") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
 def use_store(lab_root: Path, template: Path) -> None:
     (lab_root / "results").mkdir(exist_ok=True)
     shutil.copyfile(template, lab_root / "results" / "mlflow.db")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import cli_fork
 import pytest
-from test_tracking import _restore_mlflow_env, empty_store, make_record, use_store  # noqa: F401 -- fixtures
+from test_tracking import _restore_mlflow_env, make_record, use_store  # noqa: F401 -- fixtures
 
 from labkit.compare import portfolio
 from labkit.errors import TrackingError
@@ -146,7 +146,7 @@ def test_a_kill_during_the_first_store_creation_leaves_a_usable_store(tiny_lab, 
 
 
 @pytest.fixture
-def stored_lab(tiny_lab, empty_store):  # noqa: F811 -- the fixture imported above
+def stored_lab(tiny_lab, empty_store):
     """The tiny lab on a complete, empty store."""
     use_store(tiny_lab.root, empty_store)
     tiny_lab.lab = load_lab(tiny_lab.root)

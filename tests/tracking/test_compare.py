@@ -122,16 +122,6 @@ def _restore_mlflow_env():
     os.environ.update(before)
 
 
-@pytest.fixture(scope="module")
-def store_template(tmp_path_factory) -> Path:
-    """An empty, migrated sqlite store (creating one costs seconds); each lab copies it."""
-    from mlflow import MlflowClient
-
-    path = tmp_path_factory.mktemp("template") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
 def new_lab(root: Path, template: Path | None, lab_yaml: str = LAB_YAML):
     (root / "configs").mkdir(parents=True, exist_ok=True)
     (root / "configs" / "lab.yaml").write_text(lab_yaml)
@@ -142,10 +132,10 @@ def new_lab(root: Path, template: Path | None, lab_yaml: str = LAB_YAML):
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory, store_template):
+def lab(tmp_path_factory, empty_store):
     """Six finished pilots over three functions, plus a re-run, a RUNNING re-run, failed and running-only pilots."""
     saved = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
-    lab = new_lab(tmp_path_factory.mktemp("lab"), store_template)
+    lab = new_lab(tmp_path_factory.mktemp("lab"), empty_store)
     tracker = Tracker(lab)
     started = time.perf_counter()
     for p in PILOTS:
@@ -239,9 +229,9 @@ def test_flags_spec_changed_data_changed_and_running(folio):
     )
 
 
-def test_primary_metric_direction_and_decision_fall_back_to_results_json(tmp_path, store_template):
+def test_primary_metric_direction_and_decision_fall_back_to_results_json(tmp_path, empty_store):
     """A run recorded without the hypothesis params or the decision tag: compare reads results.json."""
-    bare = new_lab(tmp_path / "bare", store_template)
+    bare = new_lab(tmp_path / "bare", empty_store)
     p = BY_ID["svc-fast-reply"]
     results = results_for(p) | {
         "meta": {"exposed": 2000, "primary_metric": "churned", "direction": "decrease"}
@@ -312,8 +302,8 @@ def test_the_sqlite_reader_returns_what_mlflow_search_returns(lab, tmp_path):
     assert len(fast.pilot_runs()) > len(fast.latest_runs()) > 0
 
 
-def test_the_sqlite_reader_joins_split_params_and_reads_artifacts_like_mlflow(tmp_path, store_template):
-    bare = new_lab(tmp_path / "bare", store_template)
+def test_the_sqlite_reader_joins_split_params_and_reads_artifacts_like_mlflow(tmp_path, empty_store):
+    bare = new_lab(tmp_path / "bare", empty_store)
     p = dict(BY_ID["svc-fast-reply"])
     record = record_for(p)
     long = "A hypothesis well over MLflow's 6,000-character parameter limit. " * 200
@@ -341,12 +331,12 @@ def test_compare_is_the_same_through_either_reader(lab, monkeypatch):
     assert fast == slow
 
 
-def test_an_unknown_schema_revision_is_read_through_mlflow(tmp_path, store_template):
+def test_an_unknown_schema_revision_is_read_through_mlflow(tmp_path, empty_store):
     import sqlite3
 
     from labkit.tracking.reader import SqliteRuns, TrackerRuns, open_runs
 
-    other = new_lab(tmp_path / "other", store_template)
+    other = new_lab(tmp_path / "other", empty_store)
     assert SqliteRuns.open(other) is not None
     with sqlite3.connect(other.results_dir / "mlflow.db") as con:
         con.execute("UPDATE alembic_version SET version_num = 'f00dbeef'")
@@ -752,7 +742,7 @@ def test_cli_csv_reads_back_with_pandas_equal_to_the_cli_json(lab):
 
 
 def test_compare_against_an_mlflow_server_equals_the_same_runs_in_sqlite(
-    mlflow_server, tmp_path, store_template
+    mlflow_server, tmp_path, empty_store
 ):
     """A real `mlflow server` on 127.0.0.1 (compare reads it through MLflow's REST client) and a sqlite store
     (read by labkit's direct SELECTs), each holding the same runs recorded by labkit's Tracker: finished
@@ -764,7 +754,7 @@ def test_compare_against_an_mlflow_server_equals_the_same_runs_in_sqlite(
         f"compare-server-{uuid.uuid4().hex[:8]}"  # the session's server is shared: a fresh experiment
     )
     text = LAB_YAML.replace("mlflow_experiment: tiny-pilots", f"mlflow_experiment: {experiment}")
-    local = new_lab(tmp_path / "sqlite", store_template, text)
+    local = new_lab(tmp_path / "sqlite", empty_store, text)
     served = new_lab(tmp_path / "server", None, text.replace("sqlite:///results/mlflow.db", mlflow_server))
     assert served.tracking_uri == mlflow_server and local.tracking_uri.startswith("sqlite:///")
     failed = dict(
@@ -816,10 +806,10 @@ def cli_errors(*cases: tuple[Path, str]) -> None:
         assert re.search(pattern, err), err
 
 
-def test_cli_empty_store_and_failed_runs_only_are_one_clear_line(tmp_path, store_template):
+def test_cli_empty_store_and_failed_runs_only_are_one_clear_line(tmp_path, empty_store):
     missing = new_lab(tmp_path / "nostore", None)
-    empty = new_lab(tmp_path / "empty", store_template)
-    failed = new_lab(tmp_path / "failed", store_template)
+    empty = new_lab(tmp_path / "empty", empty_store)
+    failed = new_lab(tmp_path / "failed", empty_store)
     tracker = Tracker(failed)
     for i, p in enumerate(PILOTS[:2]):
         tracker.record(record_for(p, status="FAILED", key=f"f{i}"))
@@ -875,9 +865,9 @@ def bulk_record(lab, experiment_id: str, runs: list[tuple[RunRecord, dict]]) -> 
             session.execute(insert(table.__table__), values)
 
 
-def test_five_hundred_runs_compare_correctly(tmp_path, store_template):
+def test_five_hundred_runs_compare_correctly(tmp_path, empty_store):
     """100 pilots × 5 finished runs: compare reads the newest of each, pools and sums them correctly."""
-    big = new_lab(tmp_path / "big", store_template)
+    big = new_lab(tmp_path / "big", empty_store)
     tracker = Tracker(big)
     tracker.prepare()  # the experiment, with labkit's artifact location
     functions = ["sales", "marketing", "service", "pr"]
