@@ -6,12 +6,14 @@ import math
 import numpy as np
 import pytest
 from fieller_ref import fieller_lift
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint
 from statsmodels.stats.proportion import test_proportions_2indep as sm_test_2indep
 
 from labkit.stats import ArmMoments, compare_proportions, wilson_interval
-from labkit.stats.proportions import newcombe_interval, proportions_method
+from labkit.stats.proportions import _Exact, newcombe_interval, proportions_method
 
 
 def _arm(k, n):
@@ -324,3 +326,20 @@ def test_exact_path_aa_false_positive_rate_by_simulation():
     # exact tests are conservative: only the upper bound matters
     _, high = _binomial_bounds(reps, alpha)
     assert hits <= high, f"A/A exact: {hits}/{reps} at alpha={alpha}; 99.99% upper bound {high}"
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    n=st.integers(1, 60),
+    p=st.lists(st.one_of(st.just(0.0), st.just(1.0), st.floats(1e-9, 1)), min_size=1, max_size=8),
+)
+def test_the_exact_tests_binomial_probabilities_are_scipys_for_any_size_and_rate(n, p):
+    """Barnard's rejection mass sums these over every table: each row is Binomial(n, p) at 0..n, the ends
+    (p = 0, p = 1) exact, against scipy's binom.pmf (rates from 1e-9: the search's grids never go nearer 0
+    than a step of ~0.01 but for 0 itself, and below ~1e-300 both underflow differently)."""
+    got = _Exact(0, n, 0, n)._pmf(n, np.asarray(p, dtype=float))
+    want = stats.binom.pmf(np.arange(n + 1)[None, :], n, np.asarray(p)[:, None])
+    assert got.shape == want.shape and np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-300)
+    ends = np.isin(np.asarray(p), (0.0, 1.0))
+    np.testing.assert_array_equal(got[ends] == 0, want[ends] == 0)
