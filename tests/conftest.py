@@ -195,7 +195,7 @@ def tiny_lab(tmp_path, monkeypatch) -> TinyLab:
 
 
 @pytest.fixture(scope="session")
-def empty_store(tmp_path_factory, _digest_cache) -> Path:
+def empty_store(tmp_path_factory, _labkit_cache) -> Path:
     """An empty sqlite store at this MLflow's schema (its Default experiment only), made once a session as
     labkit makes a lab's first store: a copy of the cached empty store (labkit.tracking.schema), which the
     run's first store built by MLflow's migrations. Tests copy it into their labs.
@@ -211,7 +211,7 @@ def empty_store(tmp_path_factory, _digest_cache) -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _digest_cache(tmp_path_factory):
+def _labkit_cache(tmp_path_factory):
     """labkit's cache folder (the file digests, labkit.data.sources.DigestCache; the empty MLflow store,
     labkit.tracking.schema) of the whole session and of every labkit subprocess it starts, in a folder of
     the session instead of the user's ~/.cache. Under xdist the workers share one, as a user's parallel
