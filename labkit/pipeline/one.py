@@ -4,6 +4,7 @@ the :class:`Outcome` that sums it up, built once from what each step returned.""
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import os
 import time
@@ -47,6 +48,33 @@ def _stamp() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
 
 
+CLAIM_ATTEMPTS = 1000
+
+
+def claim_run_folder(runs: Path) -> tuple[str, Path]:
+    """A new run folder under ``runs`` named by the UTC time to the microsecond, made by this process alone.
+
+    Two processes running one pilot can read the same microsecond (eight released at once by one lock did,
+    on an idle machine): ``mkdir`` decides which owns the name, and the other takes the next stamp, so both
+    run, each with its own folder and run key. Any other OSError (a read-only or full disk) is raised."""
+    taken = None
+    for _ in range(CLAIM_ATTEMPTS):
+        stamp = _stamp()
+        if stamp == taken:  # the clock has not moved on since the clash: read it again
+            time.sleep(1e-6)
+            continue
+        folder = runs / stamp
+        try:
+            folder.mkdir(parents=True)
+        except FileExistsError:
+            taken = stamp
+            continue
+        except OSError as exc:  # named by the folder it was making, not by the parent that refused
+            raise OSError(exc.errno, exc.strerror, str(folder)) from exc
+        return stamp, folder
+    raise FileExistsError(errno.EEXIST, "no new run folder name was free", str(runs))
+
+
 def snapshot_pilot(pilot: Pilot, folder: Path) -> Pilot:
     """Copy the pilot file into the run folder, once, at the start of the run, and load the copy.
 
@@ -87,17 +115,15 @@ def run_one(
     from labkit.tracking import build_record
 
     started = time.time()
-    stamp = _stamp()
-    out = pilot.results_dir / "runs" / stamp
+    try:
+        # before any MLflow run exists: a read-only or full results disk is one message, not a RUNNING run
+        stamp, out = claim_run_folder(pilot.results_dir / "runs")
+    except OSError as exc:
+        why = f"cannot create the run folder {pilot.lab.display(Path(exc.filename))}: {exc.strerror}; nothing was run"
+        return Outcome(pilot.id, pilot.spec.function, "NOT-RUN", message=why)
     run_key = f"{pilot.id}/{stamp}"
     run_name = f"{pilot.id} {stamp[:8]}-{stamp[9:13]}"
     not_run = Outcome(pilot.id, pilot.spec.function, "NOT-RUN", output_dir=out, folder=pilot.lab.display(out))
-    try:
-        # before any MLflow run exists: a read-only or full results disk is one message, not a RUNNING run
-        out.mkdir(parents=True)
-    except OSError as exc:
-        why = f"cannot create the run folder {pilot.lab.display(out)}: {exc.strerror}; nothing was run"
-        return replace(not_run, message=why)
     try:
         pilot = snapshot_pilot(pilot, out)  # from here the run knows only the copy taken at its start
     except (OSError, LabkitError) as exc:
