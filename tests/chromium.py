@@ -7,6 +7,11 @@ are one unit of work under xdist (tests/conftest.py), so Chromium starts once on
 a Playwright driver per start). Each test opens its own browser context: no cookies, storage or pages are
 shared between tests.
 
+Playwright's sync API keeps its asyncio loop marked running in the worker's main thread for as long as the
+browser is open, that is until the session ends: a later test on that worker that starts a loop of its own
+(``asyncio.run``) does so in a thread (tests/runner/test_runner.py). labkit's in-process runs were seen
+to pass on such a worker (one worker running the whole suite): nbclient runs them with a loop running.
+
 Import the fixture into ``tests/conftest.py`` (``from chromium import chromium``), as ``demo_lab`` is.
 """
 

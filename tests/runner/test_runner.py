@@ -185,6 +185,7 @@ def test_a_kernel_is_not_interrupted_on_its_way_out(tmp_path):
     last request, it logged "KeyboardInterrupt caught in kernel." into a FINISHED run's kernel log (4 runs in
     160, four at a time). labkit's manager sends no SIGINT at shutdown; an interrupt asked for still goes."""
     import asyncio
+    import concurrent.futures
 
     from papermill.engines import papermill_engines
 
@@ -215,7 +216,11 @@ def test_a_kernel_is_not_interrupted_on_its_way_out(tmp_path):
         finally:
             client.stop_channels()
 
-    asyncio.run(life())
+    # In a thread of its own: on the worker that ran the browser tests, the session's Playwright keeps its
+    # event loop running in the main thread until the session ends (tests/chromium.py), and asyncio.run()
+    # refuses to start inside a running loop (seen when one worker ran the whole suite).
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, life()).result(timeout=120)
     assert sent == [signal.SIGINT]
     assert not kernels()
     assert not list(tmp_path.iterdir())  # the sockets went with the kernel
