@@ -17,12 +17,14 @@ line whose quoted values are masked (``spark_error``).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import shutil
 import sys
 import tempfile
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from labkit.data.backends import engine_error, first_line
@@ -117,9 +119,11 @@ def spark_session():
     # A JVM out of heap ends at once: an OutOfMemoryError in Spark's result-fetching thread otherwise left
     # the job waiting for ever (`labkit assign` of 10M customers on a 2g driver hung); dead, the driver's
     # query fails and labkit says what to do (spark_error). The JVM's own lines ("Terminating due to
-    # java.lang.OutOfMemoryError") go to stderr: stdout may carry a command's JSON.
+    # java.lang.OutOfMemoryError") go to stderr: stdout may carry a command's JSON. log4j's file is given as
+    # a percent-encoded URI: a temporary folder with a space (TMPDIR) split the options Spark hands the JVM
+    # ("Could not find or load main class ü.tmp.labkit-spark-….log4j2.properties").
     java_options = (
-        f"-Duser.timezone=UTC -Dlog4j2.configurationFile=file:{log4j} "
+        f"-Duser.timezone=UTC -Dlog4j2.configurationFile={Path(log4j).as_uri()} "
         "-XX:+ExitOnOutOfMemoryError -XX:+DisplayVMOutputToStderr"
     )
     builder = (
@@ -145,7 +149,8 @@ def spark_session():
         .config("spark.local.dir", os.path.join(scratch, "local"))
     )
     try:
-        session = builder.getOrCreate()
+        with _utf8_for_the_jvm():
+            session = builder.getOrCreate()
     except Exception as exc:  # noqa: BLE001 - the JVM did not start
         shutil.rmtree(scratch, ignore_errors=True)
         raise engine_error(f"Spark did not start: {first_line(exc, 300)}") from None
@@ -160,6 +165,30 @@ def spark_session():
     _SPARK.update(session=session, scratch=scratch, memory=memory)
     atexit.register(_stop_spark)
     return session
+
+
+@contextlib.contextmanager
+def _utf8_for_the_jvm():
+    """The JVM decodes file names in the locale's encoding: under ``LC_ALL=C`` (which scripts, containers
+    and CI set) it could not load its own classes from a folder with a non-ASCII letter in its path (a venv
+    under /home/jürgen: "Could not find or load main class org.apache.spark.launcher.Main", then pyspark's
+    JAVA_GATEWAY_EXITED). When this process's locale is not UTF-8 the JVM is started with
+    ``LC_ALL=C.UTF-8``; the environment is put back once it runs. (Python itself moves a plain ``LANG=C`` to
+    C.UTF-8 for its children, PEP 538, but not ``LC_ALL=C``.)"""
+    import locale
+
+    if locale.nl_langinfo(locale.CODESET).replace("-", "").upper() == "UTF8":
+        yield
+        return
+    before = os.environ.get("LC_ALL")
+    os.environ["LC_ALL"] = "C.UTF-8"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("LC_ALL", None)
+        else:
+            os.environ["LC_ALL"] = before
 
 
 def _not_py4j(record: logging.LogRecord) -> bool:

@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -186,9 +187,19 @@ print(spark_error(Py4JError("An error occurred while calling o88.getResult"), "c
 
 
 def test_a_jvm_out_of_memory_ends_and_the_query_is_one_line_saying_what_to_do(spark, tmp_path):
+    """Its JVM also starts as a container's would under ``LC_ALL=C`` from folders with a non-ASCII letter:
+    Spark's jars (SPARK_HOME), the lab and the temporary folder (log4j's file, Spark's scratch). Under the C
+    locale the JVM read those paths as ASCII and did not start (labkit.data.spark._utf8_for_the_jvm)."""
+    import pyspark
+
+    odd = tmp_path / "dossier ü"
+    (odd / "tmp").mkdir(parents=True)
+    (odd / "spark").symlink_to(Path(pyspark.__file__).parent)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LC_") and k != "LANG"}
+    env.update(LC_ALL="C", SPARK_HOME=str(odd / "spark"), TMPDIR=str(odd / "tmp"))
     done = subprocess.run(
-        [sys.executable, "-c", DEAD_JVM], capture_output=True, text=True, timeout=180, cwd=tmp_path,
-        env={**os.environ, "JAVA_TOOL_OPTIONS": TEST_JVM_OPTIONS, "LABKIT_SPARK_DRIVER_MEMORY": "1g"},
+        [sys.executable, "-c", DEAD_JVM], capture_output=True, text=True, timeout=180, cwd=odd,
+        env={**env, "JAVA_TOOL_OPTIONS": TEST_JVM_OPTIONS, "LABKIT_SPARK_DRIVER_MEMORY": "1g"},
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     killed, line, in_flight, end = done.stdout.split("\n")
