@@ -121,6 +121,8 @@ def _pick(candidates: list[str]) -> str:
 def test_the_venv_is_made_from_the_first_candidate_that_is_a_311_able_to_make_venvs(tmp_path):
     """A missing file, a program that is not Python 3.11, and a 3.11 without ``ensurepip`` (Debian's
     python3.11 before python3.11-venv is installed) are passed over; the first usable 3.11 is taken."""
+    import os
+    import shlex
     import sys
 
     def fake(name: str, body: str) -> str:
@@ -130,8 +132,13 @@ def test_the_venv_is_made_from_the_first_candidate_that_is_a_311_able_to_make_ve
         return str(path)
 
     other_version = fake("python3.10", "exit 1")  # `-c ...` fails as a 3.10 would
-    no_ensurepip = fake("python3.11-bare", f"exec {sys.executable} -c 'import ensurepip_missing'")
-    real = sys.executable  # the suite's own interpreter: a 3.11 whose venv module works
+    no_ensurepip = fake(
+        "python3.11-bare", f"exec {shlex.quote(sys.executable)} -c 'import ensurepip_missing'"
+    )
+    # the suite's own interpreter (a 3.11 whose venv module works), by a link in tmp_path: the candidates are
+    # space-separated, and a clone's path may hold a space
+    real = str(tmp_path / "python3.11-real")
+    os.symlink(os.path.realpath(sys.executable), real)
     assert _pick([str(tmp_path / "missing"), other_version, no_ensurepip, real]) == real
     none_usable = [str(tmp_path / "missing"), other_version, no_ensurepip]
     assert _pick(none_usable) == "python3.11"  # then the python3.11 on PATH, as before
