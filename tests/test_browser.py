@@ -248,6 +248,9 @@ def _assert_png(path: Path, viewport: dict) -> None:
 
 
 def test_mlflow_ui_filters_runs_by_function_and_shows_each_decision(demo_lab, ui, chromium, shots):
+    # the module's `labkit ui` is ended by its last test, in file order (a reversed run failed here with
+    # ERR_CONNECTION_REFUSED): say so rather than fail in the browser
+    assert ui.proc.poll() is None, "`labkit ui` has ended: this module's tests run in file order (see `ui`)"
     pilots = _pilots(demo_lab)
     functions = {pid: p.spec.function for pid, p in pilots.items()}
     wanted = {pid for pid, f in functions.items() if f == FUNCTION}
