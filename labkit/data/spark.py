@@ -177,7 +177,8 @@ def _utf8_for_the_jvm():
     C.UTF-8 for its children, PEP 538, but not ``LC_ALL=C``.)"""
     import locale
 
-    if locale.nl_langinfo(locale.CODESET).replace("-", "").upper() == "UTF8":
+    codeset = getattr(locale, "nl_langinfo", None)  # not on Windows, where the JVM uses its own API
+    if codeset is None or codeset(locale.CODESET).replace("-", "").upper() == "UTF8":
         yield
         return
     before = os.environ.get("LC_ALL")
