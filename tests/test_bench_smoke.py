@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 LABS = REPO / "results" / "bench" / "labs"
+HARNESS_TIMEOUT_S = 600
 SECTIONS = ("analysis", "assign", "cli", "runs", "compare", "spark", "postgres")
 ROW_KEYS = {
     "analysis": {"customers", "labkit_s", "baseline_s", "ratio", "labkit_rss_mb", "baseline_rss_mb"},
@@ -18,11 +21,20 @@ ROW_KEYS = {
 
 
 def test_tiny_benchmarks_write_their_json(tmp_path):
-    out = subprocess.run(
-        # The tiny labs are cached in results/bench/labs (git-ignored) like the real ones: built once.
-        [sys.executable, "-m", "benchmarks", "--tiny", "--out", str(tmp_path), "--labs", str(LABS)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    # The tiny labs are cached in results/bench/labs (git-ignored) like the real ones: built once.
+    command = [sys.executable, "-m", "benchmarks", "--tiny", "--out", str(tmp_path), "--labs", str(LABS)]
+    # Its own process group, stopped whole on a timeout (the harness starts interpreters, PostgreSQL and a
+    # JVM). ~60 s under four workers on 2 cores; eight workers took it past the 120 s it had: a hang guard.
+    proc = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=HARNESS_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(f"the tiny harness ran past {HARNESS_TIMEOUT_S} s:\n{stdout}{stderr}") from None
+    out = subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
     assert out.returncode == 0, out.stdout + out.stderr
     for section in SECTIONS:
         result = json.loads((tmp_path / f"{section}.json").read_text())
