@@ -121,9 +121,15 @@ def spark_session():
     # query fails and labkit says what to do (spark_error). The JVM's own lines ("Terminating due to
     # java.lang.OutOfMemoryError") go to stderr: stdout may carry a command's JSON. log4j's file is given as
     # a percent-encoded URI: a temporary folder with a space (TMPDIR) split the options Spark hands the JVM
-    # ("Could not find or load main class ü.tmp.labkit-spark-….log4j2.properties").
+    # ("Could not find or load main class ü.tmp.labkit-spark-….log4j2.properties"). The JVM's own temporary
+    # folders (java.io.tmpdir: Spark's spark-<uuid>, artifacts-<uuid>) go in labkit's scratch folder, removed
+    # at exit: left in /tmp they stayed behind, one or two empty folders a command, and always when the JVM
+    # died (its shutdown hooks never ran).
+    jvm_tmp = os.path.join(scratch, "jvm")
+    os.mkdir(jvm_tmp)
     java_options = (
         f"-Duser.timezone=UTC -Dlog4j2.configurationFile={Path(log4j).as_uri()} "
+        f"-Djava.io.tmpdir={_one_jvm_word(jvm_tmp)} "
         "-XX:+ExitOnOutOfMemoryError -XX:+DisplayVMOutputToStderr"
     )
     builder = (
@@ -165,6 +171,12 @@ def spark_session():
     _SPARK.update(session=session, scratch=scratch, memory=memory)
     atexit.register(_stop_spark)
     return session
+
+
+def _one_jvm_word(text: str) -> str:
+    """``text`` as one word of Spark's Java options, which Spark's launcher splits at white space and reads
+    quotes and backslashes in: each such character is escaped with a backslash."""
+    return "".join("\\" + c if c.isspace() or c in "'\"\\" else c for c in text)
 
 
 @contextlib.contextmanager

@@ -168,6 +168,7 @@ engine = Engine.for_lab(labkit.load_lab("configs/lab.yaml"))
 customers = engine.table("customers")
 session = spark_session()
 jvm = session._jvm
+print(jvm.java.lang.System.getProperty("java.io.tmpdir"), flush=True)
 warnings.warn("toPandas attempted Arrow optimization because ... The value 'C-0001234' cannot be cast",
               UserWarning)
 try:  # 1.6 GB of longs in a 1g heap
@@ -189,10 +190,11 @@ print(spark_error(Py4JError("An error occurred while calling o88.getResult"), "c
 def test_a_jvm_out_of_memory_ends_and_the_query_is_one_line_saying_what_to_do(spark, tmp_path):
     """Its JVM also starts as a container's would under ``LC_ALL=C`` from folders with a non-ASCII letter:
     Spark's jars (SPARK_HOME), the lab and the temporary folder (log4j's file, Spark's scratch). Under the C
-    locale the JVM read those paths as ASCII and did not start (labkit.data.spark._utf8_for_the_jvm)."""
+    locale the JVM read those paths as ASCII and did not start (labkit.data.spark._utf8_for_the_jvm). The
+    folder's space and quote are characters Spark's launcher splits or reads in the JVM's options."""
     import pyspark
 
-    odd = tmp_path / "dossier ü"
+    odd = tmp_path / "l'autre dossier ü"
     (odd / "tmp").mkdir(parents=True)
     (odd / "spark").symlink_to(Path(pyspark.__file__).parent)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LC_") and k != "LANG"}
@@ -202,7 +204,7 @@ def test_a_jvm_out_of_memory_ends_and_the_query_is_one_line_saying_what_to_do(sp
         env={**env, "JAVA_TOOL_OPTIONS": TEST_JVM_OPTIONS, "LABKIT_SPARK_DRIVER_MEMORY": "1g"},
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    killed, line, in_flight, end = done.stdout.split("\n")
+    jvm_tmp, killed, line, in_flight, end = done.stdout.split("\n")
     assert (killed, end) == ("out of memory", ""), done.stdout + done.stderr
     advice = (
         "the local driver most likely ran out of memory (it had 1g): set LABKIT_SPARK_DRIVER_MEMORY to more, "
@@ -218,6 +220,9 @@ def test_a_jvm_out_of_memory_ends_and_the_query_is_one_line_saying_what_to_do(sp
     assert "Terminating due to java.lang.OutOfMemoryError: Java heap space" in done.stderr, done.stderr
     for noise in ("Traceback", "ERROR:root", "Py4J", "C-0001234", "toPandas", "Setting default log level"):
         assert noise not in done.stderr, done.stderr
+    # the JVM's temporary folders were in labkit's scratch folder, removed at exit though the JVM had died
+    assert Path(jvm_tmp).parent.parent == odd / "tmp", jvm_tmp
+    assert not list((odd / "tmp").iterdir())
 
 
 def test_one_pilot_on_duckdb_postgres_and_spark(tmp_path, postgres_server, spark, monkeypatch, capsys):  # noqa: F811
