@@ -124,13 +124,14 @@ def spark_session():
     # ("Could not find or load main class ü.tmp.labkit-spark-….log4j2.properties"). The JVM's own temporary
     # folders (java.io.tmpdir: Spark's spark-<uuid>, artifacts-<uuid>) go in labkit's scratch folder, removed
     # at exit: left in /tmp they stayed behind, one or two empty folders a command, and always when the JVM
-    # died (its shutdown hooks never ran).
+    # died (its shutdown hooks never ran). Without perf data (-XX:-UsePerfData, which only jstat reads) a JVM
+    # that died leaves no /tmp/hsperfdata_<user>/<pid> either: HotSpot writes it in /tmp whatever the tmpdir.
     jvm_tmp = os.path.join(scratch, "jvm")
     os.mkdir(jvm_tmp)
     java_options = (
         f"-Duser.timezone=UTC -Dlog4j2.configurationFile={Path(log4j).as_uri()} "
         f"-Djava.io.tmpdir={_one_jvm_word(jvm_tmp)} "
-        "-XX:+ExitOnOutOfMemoryError -XX:+DisplayVMOutputToStderr"
+        "-XX:+ExitOnOutOfMemoryError -XX:+DisplayVMOutputToStderr -XX:-UsePerfData"
     )
     builder = (
         SparkSession.builder.master(SPARK_MASTER)

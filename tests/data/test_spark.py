@@ -11,6 +11,7 @@ These tests run in CI and are never skipped: without Java or pyspark they fail s
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import shutil
@@ -168,7 +169,7 @@ engine = Engine.for_lab(labkit.load_lab("configs/lab.yaml"))
 customers = engine.table("customers")
 session = spark_session()
 jvm = session._jvm
-print(jvm.java.lang.System.getProperty("java.io.tmpdir"), flush=True)
+print(jvm.java.lang.System.getProperty("java.io.tmpdir"), jvm.java.lang.ProcessHandle.current().pid(), flush=True)
 warnings.warn("toPandas attempted Arrow optimization because ... The value 'C-0001234' cannot be cast",
               UserWarning)
 try:  # 1.6 GB of longs in a 1g heap
@@ -204,7 +205,8 @@ def test_a_jvm_out_of_memory_ends_and_the_query_is_one_line_saying_what_to_do(sp
         env={**env, "JAVA_TOOL_OPTIONS": TEST_JVM_OPTIONS, "LABKIT_SPARK_DRIVER_MEMORY": "1g"},
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    jvm_tmp, killed, line, in_flight, end = done.stdout.split("\n")
+    jvm, killed, line, in_flight, end = done.stdout.split("\n")
+    jvm_tmp, jvm_pid = jvm.rsplit(" ", 1)
     assert (killed, end) == ("out of memory", ""), done.stdout + done.stderr
     advice = (
         "the local driver most likely ran out of memory (it had 1g): set LABKIT_SPARK_DRIVER_MEMORY to more, "
@@ -223,6 +225,7 @@ def test_a_jvm_out_of_memory_ends_and_the_query_is_one_line_saying_what_to_do(sp
     # the JVM's temporary folders were in labkit's scratch folder, removed at exit though the JVM had died
     assert Path(jvm_tmp).parent.parent == odd / "tmp", jvm_tmp
     assert not list((odd / "tmp").iterdir())
+    assert not (Path("/tmp") / f"hsperfdata_{getpass.getuser()}" / jvm_pid).exists()  # HotSpot's own, in /tmp
 
 
 def test_one_pilot_on_duckdb_postgres_and_spark(tmp_path, postgres_server, spark, monkeypatch, capsys):  # noqa: F811
