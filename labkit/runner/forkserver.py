@@ -179,8 +179,9 @@ def _main(path: str, modules: list[str]) -> int:
 
 def _remove_connection_file(argv: list[str]) -> None:
     """The connection file (``-f PATH``: ports and the HMAC key) of a kernel this server killed as it ended.
-    jupyter_client writes it in the temp dir and removes it when it shuts the kernel down; a labkit killed
-    by SIGKILL never does, and each of its kernels left one behind."""
+    jupyter_client writes it in the temp dir and removes it when it shuts the kernel down; labkit removes it
+    as soon as the kernel is up (labkit.runner.kernels), so this is for a kernel still starting when a
+    labkit killed by SIGKILL left it."""
     if "-f" in argv[:-1]:
         with contextlib.suppress(OSError):
             os.remove(argv[argv.index("-f") + 1])

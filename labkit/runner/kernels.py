@@ -10,6 +10,7 @@ import) together with an atomic writer for papermill's saves after every cell.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -295,6 +296,7 @@ def _build_engine():
             nb_man.cell_start = cell_start
 
         def papermill_execute_cells(self):
+            _forget_connection_file(self.km)
             if getattr(self.km, "ipykernel", False):
                 limit = self.labkit.max_output_bytes
                 note = f"\n[labkit] this cell's output passed the {_mb(limit)} cap (max_output_bytes); the rest is not kept\n"
@@ -400,6 +402,16 @@ def _build_engine():
 
     LabkitEngine.kernel_manager_class = LabkitKernelManager  # for the tests
     return LabkitEngine
+
+
+def _forget_connection_file(km) -> None:
+    """Remove the kernel's connection file once the kernel has read it and the client is connected: its
+    ports, HMAC key and CurveZMQ keys are not read again (a restart writes the file anew). jupyter_client
+    removes it at an orderly shutdown only, and a labkit killed by SIGKILL left one in the temporary folder
+    per fresh kernel (warm kernels' files are also removed by their server, labkit.runner.forkserver)."""
+    if getattr(km, "_connection_file_written", False) and km.connection_file:
+        with contextlib.suppress(OSError):
+            os.remove(km.connection_file)
 
 
 def _kernel_config():

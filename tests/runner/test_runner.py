@@ -492,23 +492,26 @@ def test_signal_mid_cell_returns_killed_and_kills_the_kernel(tmp_path, signum, t
 
 
 def test_sigkill_of_labkit_leaves_no_kernel_behind(tmp_path):
-    """Nothing can run after SIGKILL: ipykernel's parent poller (JPY_PARENT_PID) ends the orphan."""
+    """Nothing can run after SIGKILL: ipykernel's parent poller (JPY_PARENT_PID) ends the orphan. Nor is its
+    connection file (ports, keys) left in the temporary folder: labkit removed it once the kernel was up."""
     out = tmp_path / "out"
     child = cli_fork.python(CHILD, [str(NOTEBOOKS / "sleeps.ipynb"), str(out)], tmp_path, dict(os.environ))
     try:
         wait_for_sleep_cell(out / "sleeps.ipynb")
-        pids = [
-            p.pid
+        kernels = [
+            p
             for p in psutil.Process(child.pid).children(recursive=True)
-            if "ipykernel_launcher" in " ".join(p.cmdline())
+            if "ipykernel_launcher" in p.cmdline()
         ]
+        argv = kernels[0].cmdline() if kernels else []
         child.kill()
         child.wait(10)
     finally:
         if child.poll() is None:
             child.kill()
-    assert len(pids) == 1 and gone(pids, within_s=5)
+    assert len(kernels) == 1 and gone([k.pid for k in kernels], within_s=5)
     assert (out / "sleeps.ipynb").is_file()  # the partial notebook of the cells before the kill
+    assert not Path(argv[argv.index("-f") + 1]).exists()  # it was there when the kernel started
 
 
 def test_a_kernel_that_dies_while_starting_is_started_again(tmp_path, monkeypatch):
