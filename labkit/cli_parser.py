@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     p = add("validate", "check pilot and lab files; every problem as file:line: field: message")
-    p.add_argument("paths", nargs="*", metavar="PATH", help="files or folders (default: the lab's)")
+    p.add_argument(
+        "paths", nargs="*", metavar="PATH", help="files, folders or pilot ids (default: the lab's files)"
+    )
     p.add_argument(
         "--data",
         action="store_true",

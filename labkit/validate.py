@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from labkit._validation import display_path
+from labkit._validation import SLUG, display_path
 from labkit.errors import LabkitError, SpecError
 from labkit.lab import LAB_FILE, find_root, parse_lab
 from labkit.spec import list_pilots, parse_pilot
@@ -13,6 +13,22 @@ from labkit.spec.rules import closest
 
 def _is_lab_file(path: Path) -> bool:
     return path.name == "lab.yaml" and path.resolve().parent.name == "configs"
+
+
+def _pilot_of_id(path: Path, lab) -> Path | str:
+    """A PATH that does not exist may be a pilot id, as ``labkit run``, ``analyze`` and ``plan`` take one:
+    its file in the lab's experiments folder, else what is wrong (with the closest id, if any)."""
+    ref = str(path)
+    if lab is None or not SLUG.match(ref):
+        return "no such file or folder"
+    candidate = lab.experiments_dir / f"{ref}.yaml"
+    if candidate.is_file():
+        return candidate
+    known = sorted(q.stem for q in list_pilots(lab))
+    return (
+        f"no such file or folder, nor a pilot id in {lab.display(lab.experiments_dir)}; "
+        f"{closest(ref, known)}pilots: {', '.join(known) or 'none'}"
+    )
 
 
 def validate_paths(
@@ -32,7 +48,11 @@ def validate_paths(
     check_lab = not paths
     for path in paths or [root / "experiments"]:
         if not path.exists():
-            problems.append(SpecError(display_path(path), None, "", "no such file or folder"))
+            by_id = _pilot_of_id(path, lab)
+            if isinstance(by_id, Path):
+                pilots.append(by_id)
+            else:
+                problems.append(SpecError(display_path(path), None, "", by_id))
         elif path.is_dir():
             if (path / LAB_FILE).is_file():
                 check_lab = True

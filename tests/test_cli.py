@@ -64,6 +64,26 @@ def test_validate_missing_file(tiny_lab):
     assert out.stderr.splitlines()[0] == "experiments/nope.yaml: no such file or folder"
 
 
+def test_validate_takes_a_pilot_id_as_run_and_analyze_do(tiny_lab):
+    # an id finds experiments/<id>.yaml from anywhere in the lab, as `labkit run <id>` does
+    pilot = PILOT_YAML.replace("id: p\n", "id: svc-fast-reply\n", 1)
+    tiny_lab.pilot(pilot, name="svc-fast-reply")
+    out = run("validate", "svc-fast-reply", cwd=tiny_lab.root / "configs")
+    assert (out.returncode, out.stdout.strip()) == (0, "ok: 1 file(s) valid"), out.stderr
+    tiny_lab.pilot(pilot.replace("function: service", "function: legal"), name="svc-fast-reply")
+    out = run("validate", "svc-fast-reply", cwd=tiny_lab.root)
+    assert out.returncode == 1
+    assert out.stderr.splitlines()[0].startswith(
+        "experiments/svc-fast-reply.yaml:3: function: unknown function"
+    )
+    out = run("validate", "svc-fast-rply", cwd=tiny_lab.root)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.splitlines()[0] == (
+        "svc-fast-rply: no such file or folder, nor a pilot id in experiments; did you mean 'svc-fast-reply'? "
+        "pilots: svc-fast-reply"
+    )
+
+
 def test_outside_a_lab_is_one_message(tmp_path):
     out = run("list", cwd=tmp_path)
     assert out.returncode == 1 and "Traceback" not in out.stderr
