@@ -59,6 +59,22 @@ def _as_of(value) -> dt.datetime | None:
     return dt.datetime(value.year, value.month, value.day)
 
 
+def as_of_problem(pilot: Pilot, as_of) -> str | None:
+    """What is wrong with a look date for this pilot, or None. A look on or before the pilot's start
+    (``cohort.start``, midnight UTC; an imported assignment's earliest ``assigned_at``) sees no event of the
+    pilot, while its per-customer tables are read as they are today: a mistyped year gave a run whose event
+    metrics were all 0 beside today's snapshot metrics, a verdict, and the pilot's latest run."""
+    look = _as_of(as_of)
+    start = pilot.start if look is not None else None
+    if start is None or look > dt.datetime.combine(start, dt.time()):
+        return None
+    shown = look.date().isoformat() if look.time() == dt.time() else look.isoformat(sep=" ")
+    return (
+        f"as_of {shown} is not after the pilot's start ({start.isoformat()}, UTC): nothing of the pilot "
+        f"had happened yet; give a date after {start.isoformat()}"
+    )
+
+
 def analyze(pilot: Pilot, *, engine=None, as_of=None, over_time: bool = False) -> Analysis:
     """Analyse a pilot from its assignment and the lab's data (DESIGN.md, Statistics).
 
@@ -79,6 +95,10 @@ def analyze(pilot: Pilot, *, engine=None, as_of=None, over_time: bool = False) -
     try:
         units = units_table(engine, pilot)
         assignment = load_assignment(pilot)
+        if problem := as_of_problem(pilot, look):  # after the load: an imported pilot's start is its file's
+            from labkit._validation import unlocated
+
+            raise unlocated(f"{pilot.id}: {problem}", field="as_of")
         # A lab of files is hashed while the engine aggregates (hashlib and DuckDB both release the GIL);
         # PostgreSQL tables' digests are queries on a second connection of their own, which the server runs
         # beside the metric queries (at 1M customers and 10M events: 19 s of a 31 s analysis, one after

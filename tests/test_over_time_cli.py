@@ -25,13 +25,17 @@ import json
 import math
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import labkit
 from labkit import cli
+from labkit.errors import LabkitError
 
 from conftest import LAB_YAML, pilot_yaml
 
@@ -171,12 +175,47 @@ def test_a_table_metric_says_no_over_time_in_one_line(lab_root):
     assert err.strip() == notes[0]
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    start=st.dates(dt.date(2000, 1, 1), dt.date(2090, 12, 31)),
+    offset_s=st.integers(-3 * 86400, 3 * 86400),
+    zone_min=st.none() | st.integers(-14 * 60, 14 * 60),
+    as_text=st.booleans(),
+)
+def test_a_look_is_refused_exactly_when_it_is_not_after_the_start_in_any_zone(
+    start, offset_s, zone_min, as_text
+):
+    """Any start, any look near it, naive (UTC) or in any UTC offset, as text (the CLI's) or a datetime: refused
+    iff the look's UTC instant is at or before the start's midnight UTC (computed here from the instant)."""
+    from labkit.analysis import as_of_problem
+
+    instant = dt.datetime.combine(start, dt.time(), dt.UTC) + dt.timedelta(seconds=offset_s)
+    look = (
+        instant.replace(tzinfo=None)
+        if zone_min is None
+        else instant.astimezone(dt.timezone(dt.timedelta(minutes=zone_min)))
+    )
+    problem = as_of_problem(SimpleNamespace(start=start), look.isoformat() if as_text else look)
+    assert (problem is not None) == (offset_s <= 0), (look, problem)
+    if problem:
+        assert problem.endswith(f"give a date after {start.isoformat()}")
+    if offset_s % 86400 == 0 and zone_min is None:  # a date alone is its midnight UTC
+        assert (as_of_problem(SimpleNamespace(start=start), instant.date()) is None) == (offset_s > 0)
+
+
 def test_a_look_stops_at_its_day_and_sequential_mode_gives_confidence_sequences(lab_root):
     ev = load(lab_root, "ev")
     look = labkit.analyze(ev, as_of="2026-11-08", over_time=True).to_dict()
     assert [r["day"] for r in look["over_time"]] == list(range(1, 8))  # the look at 11-08 is day 7
     assert look["over_time"][-1]["effect"] == pytest.approx(primary_row(look)["effect"], rel=1e-12, abs=1e-12)
-    assert labkit.analyze(ev, as_of="2026-11-01", over_time=True).over_time.note.endswith("before day 1")
+    # half of the start day seen: no day's look yet; a look at the start itself sees nothing and is refused
+    assert labkit.analyze(ev, as_of="2026-11-01T12:00", over_time=True).over_time.note.endswith(
+        "before day 1"
+    )
+    with pytest.raises(
+        LabkitError, match=r"^ev: as_of 2026-11-01 is not after the pilot's start \(2026-11-01"
+    ):
+        labkit.analyze(ev, as_of="2026-11-01")
 
     seq = labkit.analyze(load(lab_root, "seq"), over_time=True).to_dict()
     assert seq["over_time_interval"] == "confidence sequence"

@@ -96,12 +96,16 @@ class SharedEngines:
         return False
 
 
-def preflight_all(pilots: list[Pilot]) -> None:
-    """:func:`preflight` of every pilot, in order, on shared engines: the first refusal stops the batch
-    before any run exists."""
+def preflight_all(pilots: list[Pilot], as_of: str | None = None) -> None:
+    """:func:`preflight` of every pilot, in order, on shared engines, and the look date against each pilot's
+    start (``labkit.analysis.as_of_problem``): the first refusal stops the batch before any run exists."""
+    from labkit.analysis import as_of_problem
+
     with SharedEngines() as engines:
         for pilot in pilots:
             preflight(pilot, engines)
+            if problem := as_of_problem(pilot, as_of):
+                raise RunError(pilot.id, f"--as-of: {problem.removeprefix('as_of ')}")
 
 
 def _git_commit(root: Path) -> str | None:
@@ -228,7 +232,7 @@ def _run_batch(lab: Lab, pilots: list[Pilot], *, workers, as_of, track, console)
     from labkit.runner import exporter
 
     console = console or Console(stderr=True)
-    preflight_all(pilots)
+    preflight_all(pilots, as_of)
     workers = min(workers or lab.spec.runner.workers or default_workers(), len(pilots))
     tracking = BackgroundTracking(lab, console, workers) if track else None
     if exporter.current() is None:  # no export process: nbconvert's set-up is done here while kernels run

@@ -119,6 +119,11 @@ BAD_ARGUMENTS = {
         ("run", "--as-of", "2026-13-45", "p"),
         "--as-of: '2026-13-45' is not an ISO date (YYYY-MM-DD, e.g. 2026-11-15)",
     ),
+    "run-as-of-before-the-start": (  # a mistyped year: the run saw no event and still gave a verdict
+        ("run", "--as-of", "2025-11-15", "p"),
+        "p: --as-of: 2025-11-15 is not after the pilot's start (2026-11-01, UTC): nothing of the pilot had "
+        "happened yet; give a date after 2026-11-01",
+    ),
     "compare-output-folder": (
         ("compare", "--output", "results"),
         "--output: results is a folder; give a file name, e.g. results/report.html",
