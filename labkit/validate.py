@@ -7,7 +7,7 @@ from pathlib import Path
 from labkit._validation import SLUG, display_path
 from labkit.errors import LabkitError, SpecError
 from labkit.lab import LAB_FILE, find_root, parse_lab
-from labkit.spec import list_pilots, parse_pilot
+from labkit.spec import find_pilot_file, list_pilots, parse_pilot
 from labkit.spec.rules import closest
 
 
@@ -15,20 +15,12 @@ def _is_lab_file(path: Path) -> bool:
     return path.name == "lab.yaml" and path.resolve().parent.name == "configs"
 
 
-def _pilot_of_id(path: Path, lab) -> Path | str:
+def _pilot_of_id(path: Path, lab) -> Path:
     """A PATH that does not exist may be a pilot id, as ``labkit run``, ``analyze`` and ``plan`` take one:
-    its file in the lab's experiments folder, else what is wrong (with the closest id, if any)."""
-    ref = str(path)
-    if lab is None or not SLUG.match(ref):
-        return "no such file or folder"
-    candidate = lab.experiments_dir / f"{ref}.yaml"
-    if candidate.is_file():
-        return candidate
-    known = sorted(q.stem for q in list_pilots(lab))
-    return (
-        f"no such file or folder, nor a pilot id in {lab.display(lab.experiments_dir)}; "
-        f"{closest(ref, known)}pilots: {', '.join(known) or 'none'}"
-    )
+    its file in the lab's experiments folder; else the one line ``run`` gives (the closest id, the pilots)."""
+    if lab is None or not SLUG.match(str(path)):
+        raise SpecError(display_path(path), None, "", "no such file or folder")
+    return find_pilot_file(str(path), lab)
 
 
 def validate_paths(
@@ -48,11 +40,10 @@ def validate_paths(
     check_lab = not paths
     for path in paths or [root / "experiments"]:
         if not path.exists():
-            by_id = _pilot_of_id(path, lab)
-            if isinstance(by_id, Path):
-                pilots.append(by_id)
-            else:
-                problems.append(SpecError(display_path(path), None, "", by_id))
+            try:
+                pilots.append(_pilot_of_id(path, lab))
+            except SpecError as exc:
+                problems.append(exc)
         elif path.is_dir():
             if (path / LAB_FILE).is_file():
                 check_lab = True

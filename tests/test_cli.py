@@ -79,8 +79,7 @@ def test_validate_takes_a_pilot_id_as_run_and_analyze_do(tiny_lab):
     out = run("validate", "svc-fast-rply", cwd=tiny_lab.root)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.splitlines()[0] == (
-        "svc-fast-rply: no such file or folder, nor a pilot id in experiments; did you mean 'svc-fast-reply'? "
-        "pilots: svc-fast-reply"
+        "no pilot 'svc-fast-rply' in experiments; did you mean 'svc-fast-reply'? pilots: svc-fast-reply"
     )
 
 
