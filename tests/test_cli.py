@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import subprocess
 import sys
+
+import cli_fork
 
 from labkit.cli import COMMANDS, main
 from labkit.cli_parser import build_parser
@@ -81,6 +84,54 @@ def test_validate_takes_a_pilot_id_as_run_and_analyze_do(tiny_lab):
     assert out.stderr.splitlines()[0] == (
         "no pilot 'svc-fast-rply' in experiments; did you mean 'svc-fast-reply'? pilots: svc-fast-reply"
     )
+
+
+# A command whose work is one long DuckDB query, interrupted by a real SIGINT 0.3 s in; the query's exception
+# is printed on stdout before it propagates (DuckDB's, or Python's KeyboardInterrupt had the signal come
+# between two bytecodes). A process of its own: signals reach a test's code only in its main thread.
+INTERRUPTED_QUERY = """\
+import os, signal, sys, threading
+import duckdb
+import labkit.cli
+
+def busy(args):
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+    try:  # ~10^10 products: many seconds unless interrupted
+        duckdb.connect().sql("select sum(a.range * b.range) from range(100000) a, range(100000) b").fetchall()
+    except BaseException as exc:
+        print(repr(exc), flush=True)
+        raise
+
+labkit.cli.COMMANDS["list"] = busy
+sys.exit(labkit.cli.main(["list"]))
+"""
+
+
+def test_ctrl_c_while_duckdb_runs_a_query_ends_the_command_as_ctrl_c_does(tiny_lab):
+    """A SIGINT that lands while DuckDB executes becomes RuntimeError('Query interrupted') and the
+    KeyboardInterrupt is gone: `labkit demo` stopped in its draw printed that traceback."""
+    out = cli_fork.run([], tiny_lab.root, dict(os.environ), timeout=120, code=INTERRUPTED_QUERY)
+    assert out.stdout == "RuntimeError('Query interrupted')\n"  # DuckDB's, not Python's
+    assert (out.returncode, out.stderr) == (130, "interrupted\n")
+
+
+def test_an_engines_interrupt_is_an_interrupt_not_a_data_error(tiny_lab):
+    import duckdb
+
+    import labkit
+    from labkit.data.sources import Engine
+
+    engine = Engine.for_lab(labkit.load_lab(tiny_lab.root / "configs" / "lab.yaml"))
+    try:
+        for exc in (
+            RuntimeError("Query interrupted"),
+            duckdb.InterruptException("INTERRUPT Error: Interrupted!"),
+        ):
+            assert isinstance(engine.error(exc), KeyboardInterrupt), exc
+        other = RuntimeError("something else")
+        assert engine.error(other) is other
+    finally:
+        engine.close()
 
 
 def test_outside_a_lab_is_one_message(tmp_path):

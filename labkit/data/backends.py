@@ -170,6 +170,15 @@ def pg_digest_sql(con, table) -> str:
 # errors while running a query
 
 
+def is_interrupt(exc: BaseException) -> bool:
+    """True for a query stopped by Ctrl-C. A SIGINT that arrives while DuckDB executes is turned into
+    ``RuntimeError('Query interrupted')`` (duckdb 2.0; ``duckdb.InterruptException`` in other versions) and
+    the KeyboardInterrupt is gone: `labkit demo` stopped in its draw printed that traceback."""
+    if type(exc).__name__ == "InterruptException":
+        return True
+    return isinstance(exc, RuntimeError) and str(exc).strip() == "Query interrupted"
+
+
 def is_backend_error(exc: BaseException) -> bool:
     """True for driver and engine failures (psycopg, py4j, Spark's captured exceptions, DuckDB's)."""
     module = type(exc).__module__ or ""

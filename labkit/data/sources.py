@@ -41,6 +41,7 @@ from labkit.data.backends import (
     Guarded,
     engine_error,
     is_backend_error,
+    is_interrupt,
     kind_of,
     table_digest,
 )
@@ -283,6 +284,8 @@ class Engine:
         An exception that is not the engine's is returned as it is."""
         if isinstance(exc, LabkitError):
             return exc
+        if is_interrupt(exc):  # Ctrl-C during the query: an interrupt again, not a data error
+            return KeyboardInterrupt()
         # DuckDB's arrow readers fail as pyarrow's OSError (e.g. "Invalid Error: ..."), quoting the same text
         if not (is_backend_error(exc) or (self.kind == DUCKDB and isinstance(exc, OSError))):
             return exc
