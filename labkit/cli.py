@@ -84,13 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except RuntimeError as exc:  # a query engine's Ctrl-C (labkit.data.backends.is_interrupt)
-        from labkit.data.backends import is_interrupt
-
-        if debug or not is_interrupt(exc):
-            raise
-        print("interrupted", file=sys.stderr)
-        return 130
     except OSError as exc:
         # A full or read-only disk is the machine's state, not a bug: one line, whichever command met it.
         if debug or exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
@@ -101,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(_capped(f"labkit {args.command}: {where}{exc.strerror}"), file=sys.stderr)
         return 1
+    except Exception as exc:  # a query engine's Ctrl-C (labkit.data.backends.is_interrupt), else a bug
+        from labkit.data.backends import is_interrupt
+
+        if debug or not is_interrupt(exc):
+            raise
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 MAX_ERROR_LINE = 1_000  # characters; past it a line of an error is cut (see _capped)

@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 
-import cli_fork
+import pytest
 
 from labkit.cli import COMMANDS, main
 from labkit.cli_parser import build_parser
@@ -86,33 +86,32 @@ def test_validate_takes_a_pilot_id_as_run_and_analyze_do(tiny_lab):
     )
 
 
-# A command whose work is one long DuckDB query, interrupted by a real SIGINT 0.3 s in; the query's exception
-# is printed on stdout before it propagates (DuckDB's, or Python's KeyboardInterrupt had the signal come
-# between two bytecodes). A process of its own: signals reach a test's code only in its main thread.
-INTERRUPTED_QUERY = """\
-import os, signal, sys, threading
-import duckdb
-import labkit.cli
+@pytest.mark.parametrize("how", ["interrupt", "sigint"])
+def test_a_query_interrupted_inside_a_command_ends_it_as_ctrl_c_does(tiny_lab, monkeypatch, how):
+    """DuckDB ends an interrupted query with its own exception and the KeyboardInterrupt is gone: a SIGINT
+    that lands while it executes becomes RuntimeError('Query interrupted') (duckdb 2.0; `labkit demo`
+    stopped in its draw printed that traceback), an interrupt of the connection InterruptException. Both
+    end the command as Ctrl-C does. The interrupt here is DuckDB's own ``interrupt()`` of a running query,
+    or, for the SIGINT form, the exception DuckDB raises then: a real SIGINT reaches DuckDB only between its
+    tasks, and now and then not before the query ends (duckdb#10216, #15925), too uncertain for a test."""
+    import threading
 
-def busy(args):
-    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
-    try:  # ~10^10 products: many seconds unless interrupted
-        duckdb.connect().sql("select sum(a.range * b.range) from range(100000) a, range(100000) b").fetchall()
-    except BaseException as exc:
-        print(repr(exc), flush=True)
-        raise
+    import duckdb
 
-labkit.cli.COMMANDS["list"] = busy
-sys.exit(labkit.cli.main(["list"]))
-"""
+    def busy(args):
+        con = duckdb.connect()
+        if how == "sigint":
+            raise RuntimeError("Query interrupted")
+        threading.Timer(0.2, con.interrupt).start()
+        con.sql("select sum(range % 7) from range(100000000000)").fetchall()  # minutes unless interrupted
 
-
-def test_ctrl_c_while_duckdb_runs_a_query_ends_the_command_as_ctrl_c_does(tiny_lab):
-    """A SIGINT that lands while DuckDB executes becomes RuntimeError('Query interrupted') and the
-    KeyboardInterrupt is gone: `labkit demo` stopped in its draw printed that traceback."""
-    out = cli_fork.run([], tiny_lab.root, dict(os.environ), timeout=120, code=INTERRUPTED_QUERY)
-    assert out.stdout == "RuntimeError('Query interrupted')\n"  # DuckDB's, not Python's
-    assert (out.returncode, out.stderr) == (130, "interrupted\n")
+    monkeypatch.setitem(COMMANDS, "list", busy)
+    out = run("list", cwd=tiny_lab.root)
+    assert (out.returncode, out.stdout, out.stderr) == (130, "", "interrupted\n")
+    other = RuntimeError("something else")
+    monkeypatch.setitem(COMMANDS, "list", lambda args: (_ for _ in ()).throw(other))
+    with pytest.raises(RuntimeError, match="something else"):  # any other error stays a bug's traceback
+        run("list", cwd=tiny_lab.root)
 
 
 def test_an_engines_interrupt_is_an_interrupt_not_a_data_error(tiny_lab):
@@ -300,7 +299,6 @@ def test_validate_data_says_when_a_source_cannot_be_read(tiny_lab):
 def test_a_command_forked_by_the_test_fork_server_ends_as_a_new_interpreter_does(tiny_lab, tmp_path_factory):
     """tests/cli_fork.py stands in for ``python -m labkit.cli`` in the modules that start many commands:
     the same exit codes, stdout and stderr (a traceback ends the same way; its frames above labkit differ)."""
-    import os
 
     import cli_fork
 
