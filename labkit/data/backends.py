@@ -171,9 +171,9 @@ def pg_digest_sql(con, table) -> str:
 
 
 def is_interrupt(exc: BaseException) -> bool:
-    """True for a query stopped by Ctrl-C. A SIGINT that arrives while DuckDB executes is turned into
-    ``RuntimeError('Query interrupted')`` (duckdb 2.0; ``duckdb.InterruptException`` in other versions) and
-    the KeyboardInterrupt is gone: `labkit demo` stopped in its draw printed that traceback."""
+    """True for a query stopped by Ctrl-C. DuckDB (2.0) turns a SIGINT that arrives while it executes into
+    ``RuntimeError('Query interrupted')`` and the KeyboardInterrupt is gone (`labkit demo` stopped in its
+    draw printed that traceback); an interrupt of the connection (``interrupt()``) is its InterruptException."""
     if type(exc).__name__ == "InterruptException":
         return True
     return isinstance(exc, RuntimeError) and str(exc).strip() == "Query interrupted"
