@@ -37,7 +37,9 @@ from labkit.tracking.rules import display_uri, run_entry
 from labkit.tracking.store import Tracker
 
 # MLflow schema revisions (alembic_version.version_num) whose tables this reader was checked against.
-KNOWN_REVISIONS = frozenset({"dc11669786a5"})  # mlflow 3.17
+# mlflow 3.17; 3.18 (its three migrations add skill-registry and issue tables and change MCP server versions:
+# none of the tables read here)
+KNOWN_REVISIONS = frozenset({"dc11669786a5", "f4a9b2c7d1e6"})
 
 _TRACKERS: dict[tuple[str, str], Tracker] = {}
 
