@@ -99,13 +99,14 @@ class SharedEngines:
 def preflight_all(pilots: list[Pilot], as_of: str | None = None) -> None:
     """:func:`preflight` of every pilot, in order, on shared engines, and the look date against each pilot's
     start (``labkit.analysis.as_of_problem``): the first refusal stops the batch before any run exists."""
-    from labkit.analysis import as_of_problem
-
     with SharedEngines() as engines:
         for pilot in pilots:
             preflight(pilot, engines)
-            if problem := as_of_problem(pilot, as_of):
-                raise RunError(pilot.id, f"--as-of: {problem.removeprefix('as_of ')}")
+            if as_of:  # labkit.analysis is not imported by a plain `labkit run` (its kernels import it)
+                from labkit.analysis import as_of_problem
+
+                if problem := as_of_problem(pilot, as_of):
+                    raise RunError(pilot.id, f"--as-of: {problem.removeprefix('as_of ')}")
 
 
 def _git_commit(root: Path) -> str | None:
