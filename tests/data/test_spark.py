@@ -33,6 +33,8 @@ from backend_lab import (
     load_postgres,
     write_lab,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pg_server import postgres_server  # noqa: F401 -- the session fixture
 
 import labkit
@@ -226,6 +228,30 @@ def test_a_jvm_out_of_memory_ends_and_the_query_is_one_line_saying_what_to_do(sp
     assert Path(jvm_tmp).parent.parent == odd / "tmp", jvm_tmp
     assert not list((odd / "tmp").iterdir())
     assert not (Path("/tmp") / f"hsperfdata_{getpass.getuser()}" / jvm_pid).exists()  # HotSpot's own, in /tmp
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(st.characters(exclude_categories=("Cs",)), max_size=40))
+def test_any_folder_is_one_word_of_sparks_java_options_as_its_launcher_reads_them(spark, text):
+    """The JVM's tmpdir is a scratch folder under TMPDIR, whatever its characters: the option labkit builds is
+    read back by Spark's own launcher (CommandBuilderUtils.parseOptionString, in the running JVM) as exactly
+    the options meant, the folder intact (a space split it; a quote would pair up). A character beyond the
+    Basic Multilingual Plane the launcher mangles (it reads UTF-16 units): then no option, the JVM's /tmp."""
+    from labkit.data.spark import _tmpdir_option
+
+    jvm, gateway = spark._jvm, spark.sparkContext._gateway
+    utils = jvm.java.lang.Class.forName("org.apache.spark.launcher.CommandBuilderUtils")
+    types = gateway.new_array(jvm.java.lang.Class, 1)
+    types[0] = jvm.java.lang.Class.forName("java.lang.String")
+    parse = utils.getDeclaredMethod("parseOptionString", types)
+    parse.setAccessible(True)
+    args = gateway.new_array(jvm.java.lang.Object, 1)
+    args[0] = f"-Da=1 {_tmpdir_option(text)}-XX:-UsePerfData"
+    parsed = list(parse.invoke(None, args))
+    if any(ord(c) > 0xFFFF for c in text):
+        assert parsed == ["-Da=1", "-XX:-UsePerfData"]
+    else:
+        assert parsed == ["-Da=1", f"-Djava.io.tmpdir={text}", "-XX:-UsePerfData"]
 
 
 def test_one_pilot_on_duckdb_postgres_and_spark(tmp_path, postgres_server, spark, monkeypatch, capsys):  # noqa: F811
