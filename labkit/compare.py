@@ -270,9 +270,6 @@ def portfolio(
     )
 
 
-_TRACKERS: dict[tuple[str, str], object] = {}
-
-
 def _nothing_finished(store, where: str) -> str:
     """Why there is nothing to compare: no pilot run at all, or none that finished."""
     runs = store.pilot_runs()

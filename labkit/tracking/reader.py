@@ -41,7 +41,7 @@ from labkit.tracking.store import Tracker
 # none of the tables read here)
 KNOWN_REVISIONS = frozenset({"dc11669786a5", "f4a9b2c7d1e6"})
 
-_TRACKERS: dict[tuple[str, str], Tracker] = {}
+_TRACKERS: dict[tuple[str, str, bool], Tracker] = {}
 
 
 def open_runs(lab):
@@ -165,7 +165,7 @@ class TrackerRuns:
     """The same three calls through MLflow (``labkit.tracking.Tracker``), for servers and unknown schemas."""
 
     def __init__(self, lab):
-        self._tracker = open_tracker(lab)
+        self._tracker = open_tracker(lab, read_only=True)
 
     def latest_runs(self, *, function: str | None = None) -> list[dict]:
         return self._tracker.latest_runs(function=function)
@@ -195,12 +195,12 @@ def _local_path(uri: str) -> Path | None:
     return None
 
 
-def open_tracker(lab) -> Tracker:
-    """The lab's ``Tracker``, opened once per process: opening a store costs seconds of schema checks, and
-    `labkit compare --log` reads and then writes the same store."""
-    key = (lab.tracking_uri, lab.spec.mlflow_experiment)
+def open_tracker(lab, *, read_only: bool = False) -> Tracker:
+    """The lab's ``Tracker``, opened once per process (opening a store costs seconds of schema checks); the
+    readers' one writes nothing (``Tracker(read_only=True)``), `labkit compare --log` writes with the other."""
+    key = (lab.tracking_uri, lab.spec.mlflow_experiment, read_only)
     if key not in _TRACKERS:
-        _TRACKERS[key] = Tracker(lab)
+        _TRACKERS[key] = Tracker(lab, read_only=read_only)
     return _TRACKERS[key]
 
 

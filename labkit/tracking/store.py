@@ -1,6 +1,11 @@
 """The lab's MLflow store: ``Tracker`` opens it (creating a local one once, aside and under the lock),
 creates the experiment, turns MLflow's failures into one line, searches and reads runs. Recording runs
-(``RunWriter``: statuses, limits, the latest flag, the sweep, portfolio runs) is in ``writer``."""
+(``RunWriter``: statuses, limits, the latest flag, the sweep, portfolio runs) is in ``writer``.
+
+``Tracker(lab, read_only=True)`` is the reading side of `labkit compare` and `labkit segments` where MLflow
+reads the store (a tracking server, a database server, a sqlite schema ``reader.SqliteRuns`` does not
+know): it writes nothing — no store created or rebuilt, no experiment created, no leadership view saved;
+a missing (or deleted) experiment reads as one without runs, as ``SqliteRuns`` reads it."""
 
 from __future__ import annotations
 
@@ -37,8 +42,9 @@ _env_set_by_us: set[str] = set()
 class Tracker(RunWriter):
     """Records pilot runs in the lab's MLflow store and reads them back for ``labkit compare``."""
 
-    def __init__(self, lab, *, fail_fast: bool = True):
+    def __init__(self, lab, *, fail_fast: bool = True, read_only: bool = False):
         self.lab = lab
+        self.read_only = read_only
         self.uri: str = lab.tracking_uri
         self.experiment_name: str = lab.spec.mlflow_experiment
         self.fail_fast = fail_fast
@@ -81,7 +87,10 @@ class Tracker(RunWriter):
 
     def prepare(self) -> None:
         """Open the store (creating a local one once, aside and under the lock) and the experiment."""
-        if self.experiment_id is not None:
+        if self.experiment_id is not None or (self.read_only and self._client is not None):
+            return
+        if self.read_only:
+            self._open_for_reading()
             return
         if self.is_http:
             self._client = self._call("connecting", self._new_client)
@@ -105,6 +114,29 @@ class Tracker(RunWriter):
             self._client = self._call("opening the store", self._new_client)
         with self._locked():
             self.experiment_id = self._experiment(artifact_location=self.artifact_root.resolve().as_uri())
+
+    def _open_for_reading(self) -> None:
+        """Open the store and find the experiment, writing nothing (the module docstring): a sqlite store
+        that is missing or half-built is reported, not made (MLflow would create its tables)."""
+        path = self.sqlite_path
+        if path is not None:
+            state, _ = sqlite_state(path)
+            if state == "missing":
+                raise TrackingError(
+                    f"no MLflow store at {self.display_uri} yet: no pilot has been run; record runs with `labkit run`"
+                )
+            if state == "half":
+                raise TrackingError(
+                    f"the MLflow store {self.display_uri} is half-built (it has no schema version: its creation or "
+                    "an upgrade was interrupted), so there is nothing to read; `labkit run` rebuilds it when it "
+                    "holds no run, else says what to do"
+                )
+        elif self.fail_fast and self.sql_dialect is not None:
+            probe_database(self.uri, self.sql_dialect, self.display_uri)
+        self._client = self._call("opening the store", self._new_client)
+        exp = self._call("reading the experiment", self._client.get_experiment_by_name, self.experiment_name)
+        if exp is not None and exp.lifecycle_stage == "active":
+            self.experiment_id = exp.experiment_id
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -257,6 +289,8 @@ class Tracker(RunWriter):
     ):
         """Runs of the lab's experiment matching ``filter_string`` (AND only), all pages unless ``max_results``."""
         self.prepare()
+        if self.experiment_id is None:  # read-only, and the experiment is not in the store
+            return []
         runs, token = [], None
         page = min(max_results or 1000, 1000)
         while True:

@@ -7,6 +7,7 @@ statsmodels' ``combine_effects`` (DerSimonian–Laird), the sums by hand.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import json
@@ -342,6 +343,50 @@ def test_an_unknown_schema_revision_is_read_through_mlflow(tmp_path, empty_store
         con.execute("UPDATE alembic_version SET version_num = 'f00dbeef'")
     assert SqliteRuns.open(other) is None
     assert isinstance(open_runs(load_lab(other.root)), TrackerRuns)
+
+
+def test_compare_through_mlflow_writes_nothing_to_the_store(tmp_path, empty_store, monkeypatch):
+    """`labkit compare` only reads, also where MLflow reads the store (here: a schema revision the sqlite
+    reader does not know, as after an MLflow upgrade). It created the experiment of a name not in the store
+    and saved the leadership view where it was missing; now every byte under results/ stays as it was, and a
+    half-built store is reported in one line, not given MLflow's tables."""
+    import hashlib
+    import sqlite3
+
+    import labkit.tracking.reader
+    from labkit.tracking.view import leadership_view
+
+    monkeypatch.setattr(labkit.tracking.reader, "KNOWN_REVISIONS", frozenset())
+    lab = new_lab(tmp_path / "ro", empty_store)
+    tracker = Tracker(lab)
+    for p in PILOTS[:2]:
+        tracker.record(record_for(p))
+    key, _ = leadership_view(created_ms=0)
+    with contextlib.closing(sqlite3.connect(lab.results_dir / "mlflow.db")) as con, con:
+        assert con.execute("DELETE FROM experiment_tags WHERE key = ?", (key,)).rowcount == 1
+
+    def results() -> dict[str, str]:
+        return {
+            str(path.relative_to(lab.results_dir)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(lab.results_dir.rglob("*")) if path.is_file()
+        }  # fmt: skip
+
+    before = results()
+    [out] = cli_outputs(["compare", "--lab", str(lab.root), "--format", "json"])
+    assert {p["pilot"] for p in json.loads(out)["pilots"]} == {p["id"] for p in PILOTS[:2]}
+    missing = LAB_YAML.replace("mlflow_experiment: tiny-pilots", "mlflow_experiment: not-in-the-store")
+    (lab.root / "configs" / "lab.yaml").write_text(missing)
+    cli_errors((lab.root, r"^no pilot runs in MLflow experiment 'not-in-the-store' at sqlite:///"))
+    assert results() == before
+
+    half = new_lab(tmp_path / "half", None)
+    half.results_dir.mkdir()
+    store = half.results_dir / "mlflow.db"
+    with contextlib.closing(sqlite3.connect(store)) as con:
+        con.execute("CREATE TABLE runs (run_uuid TEXT)")  # MLflow's creation, killed after one table
+    built = store.read_bytes()
+    cli_errors((half.root, r"^the MLflow store sqlite:///\S+ is half-built .* so there is nothing to read;"))
+    assert store.read_bytes() == built and [p.name for p in half.results_dir.iterdir()] == ["mlflow.db"]
 
 
 # ------------------------------------------------------------------------- groups
@@ -798,6 +843,21 @@ def test_compare_against_an_mlflow_server_equals_the_same_runs_in_sqlite(
         assert {p["pilot"] for p in server_view["pilots"]} == set(BY_ID)  # not the FAILED-only pilot
         assert next(p for p in server_view["pilots"] if p["pilot"] == "svc-fast-reply")["decision"] == "ship"
         assert server_view == sqlite_view
+    # an experiment the server does not have is read as one without runs, not created on it
+    ghost = new_lab(tmp_path / "ghost", None, served_text := text.replace(experiment, f"{experiment}-ghost"))
+    assert served_text != text
+    (ghost.root / "configs" / "lab.yaml").write_text(
+        served_text.replace("sqlite:///results/mlflow.db", mlflow_server)
+    )
+    cli_errors(
+        (
+            ghost.root,
+            rf"^no pilot runs in MLflow experiment '{experiment}-ghost' at {re.escape(mlflow_server)}",
+        )
+    )
+    from mlflow import MlflowClient
+
+    assert MlflowClient(mlflow_server).get_experiment_by_name(f"{experiment}-ghost") is None
 
 
 def cli_errors(*cases: tuple[Path, str]) -> None:
