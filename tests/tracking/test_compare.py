@@ -293,8 +293,8 @@ def test_the_sqlite_reader_returns_what_mlflow_search_returns(lab, tmp_path):
     what MLflow's own search returns."""
     from labkit.tracking.reader import SqliteRuns, TrackerRuns
 
-    fast, slow = SqliteRuns.open(lab), TrackerRuns(lab)
-    assert fast is not None, "the installed MLflow's schema must be one the reader knows (else no fast path)"
+    # on the installed MLflow's schema, known to the reader or not (this is the check before adding it)
+    fast, slow = SqliteRuns.open(lab, any_revision=True), TrackerRuns(lab)
     for function in (None, "service", "sales", "pr", "nobody"):
         assert fast.latest_runs(function=function) == slow.latest_runs(function=function)
         for status in (None, "FINISHED", "FAILED", "RUNNING"):
@@ -316,7 +316,7 @@ def test_the_sqlite_reader_joins_split_params_and_reads_artifacts_like_mlflow(tm
     )  # fmt: skip
     from labkit.tracking.reader import SqliteRuns, TrackerRuns
 
-    fast, slow = SqliteRuns.open(bare), TrackerRuns(bare)
+    fast, slow = SqliteRuns.open(bare, any_revision=True), TrackerRuns(bare)
     [run] = fast.latest_runs()
     assert run == slow.latest_runs()[0] and run["params"]["hypothesis.statement"] == long
     assert fast.results_json(run) == slow.results_json(run) == results_for(p)
@@ -338,11 +338,32 @@ def test_an_unknown_schema_revision_is_read_through_mlflow(tmp_path, empty_store
     from labkit.tracking.reader import SqliteRuns, TrackerRuns, open_runs
 
     other = new_lab(tmp_path / "other", empty_store)
-    assert SqliteRuns.open(other) is not None
+    assert SqliteRuns.open(other, any_revision=True) is not None
     with sqlite3.connect(other.results_dir / "mlflow.db") as con:
         con.execute("UPDATE alembic_version SET version_num = 'f00dbeef'")
     assert SqliteRuns.open(other) is None
     assert isinstance(open_runs(load_lab(other.root)), TrackerRuns)
+
+
+def test_the_installed_mlflows_schema_revision_is_one_the_reader_knows():
+    """The fast path of compare needs the store's schema revision in ``KNOWN_REVISIONS``. A newer MLflow's
+    is not, until someone checks it: compare then reads through MLflow — exact, read-only
+    (::test_compare_through_mlflow_writes_nothing_to_the_store), seconds slower — so a fresh machine that
+    installs an MLflow released after this list was written gets an expected failure naming what to do,
+    not a red suite. The reader's equality tests above run on the installed revision either way."""
+    import mlflow
+
+    from labkit.tracking.reader import KNOWN_REVISIONS
+    from labkit.tracking.schema import schema_head
+
+    head = schema_head()
+    if head not in KNOWN_REVISIONS:
+        pytest.xfail(
+            f"MLflow {mlflow.__version__}'s schema revision {head} is not in labkit.tracking.reader."
+            "KNOWN_REVISIONS: compare reads through MLflow (exact, slower). If the sqlite reader tests of this "
+            "module pass on it and its migrations touch none of experiments, runs, tags, params and "
+            "latest_metrics, add it"
+        )
 
 
 def test_compare_through_mlflow_writes_nothing_to_the_store(tmp_path, empty_store, monkeypatch):
@@ -819,9 +840,11 @@ def test_compare_against_an_mlflow_server_equals_the_same_runs_in_sqlite(
         tracker = Tracker(target)
         for record in records:
             tracker.record(record)
-    from labkit.tracking.reader import SqliteRuns, TrackerRuns, open_runs
+    from labkit.tracking.reader import KNOWN_REVISIONS, SqliteRuns, TrackerRuns, open_runs
+    from labkit.tracking.schema import schema_head
 
-    assert isinstance(open_runs(served), TrackerRuns) and isinstance(open_runs(local), SqliteRuns)
+    assert isinstance(open_runs(served), TrackerRuns)  # the local one: ::test_the_installed_mlflows_schema_…
+    assert isinstance(open_runs(local), SqliteRuns if schema_head() in KNOWN_REVISIONS else TrackerRuns)
 
     by_function = [["compare", "--lab", str(t.root), "--format", "json"] for t in (local, served)]
     by_stage = [
