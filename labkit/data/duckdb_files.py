@@ -33,15 +33,26 @@ def ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def literal_path(path: Path | str) -> str:
+    """A file's path as DuckDB's readers take it literally. They read ``*``, ``?`` and ``[`` as wildcards: a
+    lab in a folder named ``pilots?2`` read its customers and those of ``pilots#2`` beside it as one table
+    (or, sandboxed, was refused a file it does own). Each such character becomes a class of itself
+    (``[?]``), which matches that character only (DuckDB has no other escape)."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in str(path))
+
+
 def connect_duckdb(lab: Lab):
     """An Ibis DuckDB backend sandboxed to the lab's folders, in UTC, with the lab's memory limit."""
     import ibis
 
     con = ibis.duckdb.connect()
-    readable = [lab.root]
+    readable = [str(lab.root)]
     if lab.spec.data_root:
-        readable.append(Path(lab.spec.data_root).resolve())
-    dirs = ", ".join(quote(str(d)) for d in readable)
+        readable.append(str(Path(lab.spec.data_root).resolve()))
+    # A reader is given literal_path(file): the sandbox compares that text with these folders before it
+    # expands the one-character classes, and the files they expand to after — so both forms are allowed.
+    readable += [literal for d in readable if (literal := literal_path(d)) != d]
+    dirs = ", ".join(quote(d) for d in readable)
     # A progress bar on long queries would be printed to stdout and corrupt --json output. Inside
     # Jupyter DuckDB refuses to change the setting without ipywidgets (and prints no bar there).
     try:
@@ -179,7 +190,7 @@ def _bad_csv_values(raw, path: Path, column: str, dtype) -> int | None:
 
     col = ident(column)
     sql = (
-        f"SELECT count(*) FROM read_csv({quote(str(path))}, header=true, auto_detect=true, "
+        f"SELECT count(*) FROM read_csv({quote(literal_path(path))}, header=true, auto_detect=true, "
         f"all_varchar=true) WHERE {col} IS NOT NULL "
         f"AND TRY_CAST({col} AS {DuckDBType.to_string(dtype)}) IS NULL"
     )
@@ -195,7 +206,7 @@ def _damaged_parquet(raw, paths: dict[str, Path]) -> tuple[str, Path, str | None
     for name, path in paths.items():
         if path.suffix.lower() != ".parquet":
             continue
-        scan = f"read_parquet({quote(str(path))})"
+        scan = f"read_parquet({quote(literal_path(path))})"
         columns = [r[0] for r in raw.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()]
         every = ", ".join(f"bit_xor(hash({ident(c)}))" for c in columns)  # every value decoded
         try:

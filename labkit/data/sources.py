@@ -128,9 +128,9 @@ class Engine:
                 )
             try:
                 if spec.format == "csv":
-                    table = self.con.read_csv(str(path), table_name=f"src_{name}")
+                    table = self.con.read_csv(duckdb_files.literal_path(path), table_name=f"src_{name}")
                 else:
-                    table = self.con.read_parquet(str(path), table_name=f"src_{name}")
+                    table = self.con.read_parquet(duckdb_files.literal_path(path), table_name=f"src_{name}")
             except Exception as exc:  # DuckDB's own errors: the sandbox, parse
                 raise DataError(name, duckdb_files.unreadable(self.lab, path, exc)) from None
         elif spec.format == "postgres":
@@ -156,7 +156,7 @@ class Engine:
             table = ibis.memtable(pq.read_table(path))
         elif self.kind == DUCKDB:
             try:
-                table = self.con.read_parquet(str(path), table_name=name)
+                table = self.con.read_parquet(duckdb_files.literal_path(path), table_name=name)
             except Exception as exc:  # the sandbox (results/ leads out of the lab), a damaged file
                 raise engine_error(duckdb_files.unreadable(self.lab, path, exc)) from None
         elif self.kind == POSTGRES:

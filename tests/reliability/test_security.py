@@ -4,7 +4,9 @@ Case 34 (a source that resolves out of the lab): the engine's DuckDB refuses suc
 (``test_the_duckdb_sandbox_refuses_files_outside_the_lab``), and through the CLI the user sees one line,
 never DuckDB's exception: a lab source outside the lab is refused at its lab-file line by every command,
 and a ``results/`` that leads out of the lab (where DuckDB's sandbox refuses the assignment labkit wrote)
-is one error naming the file, where it leads and the folders DuckDB may read.
+is one error naming the file, where it leads and the folders DuckDB may read. A lab in a folder whose name
+holds DuckDB's wildcards (``*``, ``?``, ``[``) reads its own files and only those, for any folder name
+(``test_a_lab_folder_of_any_name_reads_its_own_files_only``, hypothesis).
 
 Small cells (RELIABILITY Facts: a median or maximum over a handful of customers is a person's value): a
 quantile pilot over ~8 customers per arm, analysed through ``labkit analyze --json`` with
@@ -34,10 +36,13 @@ import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import cli_fork
 import pytest
 from backend_lab import PILOT, PILOT_ID, URL_ENV, crm_tables, load_postgres, write_lab
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pg_server import postgres_server  # noqa: F401 -- the session fixture
 
 import labkit
@@ -73,6 +78,56 @@ def test_the_duckdb_sandbox_refuses_files_outside_the_lab(tiny_lab):
                 engine.con.raw_sql(query)
     finally:
         engine.close()
+
+
+# Folder names: DuckDB's wildcards and class brackets among letters, spaces, quotes and other punctuation.
+FOLDER_CHARS = st.sampled_from("ab1 *?[]{}!^#%'\"-_.ü")
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=st.text(FOLDER_CHARS, min_size=1, max_size=10).filter(lambda n: n.strip(".") != ""))
+def test_a_lab_folder_of_any_name_reads_its_own_files_only(tmp_path_factory, name):
+    """DuckDB's readers take ``*``, ``?`` and ``[`` in a path as wildcards: a lab in ``pilots?2`` read its
+    customers and those of ``pilots#2`` beside it as one table. Whatever the lab's folder is called, each
+    source and the assignment labkit wrote are read from the lab's own files: their row counts, with a
+    sibling folder beside it that the name, read as a pattern, also matches and that holds other rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parent = tmp_path_factory.mktemp("names")
+    rows = {"customers.parquet": 5, "outcomes.csv": 4, "events.parquet": 3, "assignment.parquet": 2}
+
+    def write(root: Path, extra: int) -> None:
+        (root / "configs").mkdir(parents=True)
+        (root / "configs" / "lab.yaml").write_text(LAB_YAML)
+        (root / "data").mkdir()
+        (root / "results" / "p").mkdir(parents=True)
+        for file, n in rows.items():
+            ids = [f"C{i}" for i in range(n + extra)]
+            folder = root / ("results/p" if file.startswith("assignment") else "data")
+            if file.endswith(".csv"):
+                (folder / file).write_text("customer_id,churned\n" + "".join(f"{i},0\n" for i in ids))
+            else:
+                pq.write_table(pa.table({"customer_id": ids, "ts": [0] * len(ids)}), folder / file)
+
+    root = parent / name
+    write(root, 0)
+    decoy = parent / name.replace("?", "Q").replace("*", "many")  # what the name matches as a pattern
+    if decoy != root:
+        write(decoy, 10)
+    engine = Engine.for_lab(labkit.load_lab(root))
+    try:
+        counts = {
+            "customers.parquet": engine.table("customers").count().execute(),
+            "outcomes.csv": engine.table("outcomes").count().execute(),
+            "events.parquet": engine.table("events").count().execute(),
+            "assignment.parquet": engine.read_file(root / "results/p/assignment.parquet", "a")
+            .count()
+            .execute(),
+        }
+    finally:
+        engine.close()
+    assert counts == rows
 
 
 SMALL_PILOT = PILOT_YAML.split("  - name: replies")[0]  # the churn metric alone: customers and outcomes
