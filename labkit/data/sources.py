@@ -163,7 +163,7 @@ class Engine:
             table = postgres.upload_file(self.con, path, name)
         else:
             view = f"_labkit_{name}_{self._token}"
-            table = self.con.read_parquet(str(path), table_name=view)
+            table = self.con.read_parquet(spark.literal_path(path), table_name=view)
             self._views.append(view)
         self._tables[key] = table
         return table

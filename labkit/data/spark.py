@@ -327,6 +327,15 @@ def mask_values(text: str) -> str:
     return re.sub(r"(:\s*)\[[^\]]*\]", r"\1[…]", text)
 
 
+def literal_path(path: Path | str) -> str:
+    """A file's path as Spark's readers take it literally: they read it as a Hadoop glob, where ``*``, ``?``,
+    ``[``, ``{`` and ``\\`` are pattern characters (a lab in ``pilots?2`` could not be read: a URI error), so
+    each is escaped with a backslash."""
+    import re
+
+    return re.sub(r"([{}\[\]*?\\])", r"\\\1", str(path))
+
+
 def open_table(con, lab: Lab, name: str, spec, view: str) -> tuple[ibis.Table, str | None]:
     """Source ``name`` on the session ``con`` (a Guarded backend): a table of the session's catalog, or its
     ``path`` read as the temporary view ``view``. Returns the table and the view to drop on close (None for
@@ -343,9 +352,9 @@ def open_table(con, lab: Lab, name: str, spec, view: str) -> tuple[ibis.Table, s
         raise DataError(name, f"{lab.display(path)} does not exist")
     try:
         if path.suffix.lower() == ".csv":
-            table = con.read_csv(str(path), table_name=view)
+            table = con.read_csv(literal_path(path), table_name=view)
         else:
-            table = con.read_parquet(str(path), table_name=view)
+            table = con.read_parquet(literal_path(path), table_name=view)
     except LabkitError:
         raise
     except Exception as exc:
