@@ -24,7 +24,15 @@ from labkit.listing import pilot_status
 from conftest import PILOT_YAML
 
 LABKIT = [sys.executable, "-m", "labkit.cli"]
-TODAY = dt.datetime.now(dt.UTC).date()
+
+
+@pytest.fixture
+def today(monkeypatch) -> dt.date:
+    """The UTC date at the test's start, and labkit's clock held on it for the test: a date read once at
+    import made these tests fail when the suite crossed midnight UTC ("day 4 of 60" against "day 3")."""
+    date = dt.datetime.now(dt.UTC).date()
+    monkeypatch.setattr("labkit.listing.today_utc", lambda: date)
+    return date
 
 
 def run(lab, *args) -> subprocess.CompletedProcess:
@@ -123,9 +131,9 @@ def test_a_pilot_without_event_metrics_is_ready_from_its_start(tiny_lab):
 # ----------------------------------------------------------------------------- through the command line
 
 
-def test_analyze_before_the_start_says_so_in_one_line(tiny_lab):
+def test_analyze_before_the_start_says_so_in_one_line(tiny_lab, today):
     customers(tiny_lab)
-    start = TODAY + dt.timedelta(days=7)
+    start = today + dt.timedelta(days=7)
     tiny_lab.pilot(pilot_text(start))
     assert run(tiny_lab, "assign", "p").returncode == 0
     out = run(tiny_lab, "analyze", "p")
@@ -137,11 +145,11 @@ def test_analyze_before_the_start_says_so_in_one_line(tiny_lab):
     assert data["start"] == start.isoformat()
 
 
-def test_a_new_pilot_runs_day_three_of_sixty_after_plan_and_assign(tiny_lab):
+def test_a_new_pilot_runs_day_three_of_sixty_after_plan_and_assign(tiny_lab, today):
     """The issue's day one: plan from an assumed baseline (no outcome table yet), assign, and see the
     status, without touching a data file by hand after the customers."""
     customers(tiny_lab)
-    start = TODAY - dt.timedelta(days=2)
+    start = today - dt.timedelta(days=2)
     last = start + dt.timedelta(days=59)
     text = pilot_text(start).replace(
         "  mde: {relative: 0.15}\n", "  mde: {relative: 0.15}\n  baseline: {rate: 0.12}\n"
