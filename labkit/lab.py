@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote, unquote
 
 from pydantic import Field
 
@@ -123,11 +124,13 @@ class Lab:
 
     @property
     def tracking_uri(self) -> str:
-        """The MLflow store, with a sqlite path made absolute against the lab root."""
+        """The MLflow store, with a sqlite path made absolute against the lab root (percent-encoded: see
+        :func:`sqlite_uri`)."""
         uri = os.environ.get("LABKIT_TRACKING_URI") or self.spec.tracking_uri
-        prefix = "sqlite:///"
-        if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-            return prefix + str((self.root / uri[len(prefix) :]).resolve())
+        if uri.startswith(SQLITE) and not uri.startswith(SQLITE + "/"):
+            relative, query = (uri[len(SQLITE) :].split("?", 1) + [""])[:2]
+            store = sqlite_uri((self.root / unquote(relative)).resolve())
+            return f"{store}?{query}" if query else store
         return uri
 
     def source(self, name: str) -> SourceSpec:
@@ -158,6 +161,24 @@ class Lab:
             return str(Path(path).resolve().relative_to(self.root))
         except ValueError:
             return str(path)
+
+
+SQLITE = "sqlite:///"
+
+
+def sqlite_uri(path: Path) -> str:
+    """The ``sqlite:///`` URI of a store file. SQLAlchemy (and MLflow through it) ends the file's path at
+    the first ``?`` and percent-decodes the rest, so the path is percent-encoded: a lab in ``lab?1`` kept its
+    runs in a file ``lab`` beside it (shared with ``lab?2``), one in ``team%20a`` in ``team a``."""
+    return SQLITE + quote(str(path), safe="/")
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The store file of a ``sqlite:///`` URI as SQLAlchemy reads it (the path before ``?``,
+    percent-decoded), else None."""
+    if not uri.startswith(SQLITE):
+        return None
+    return Path(unquote(uri[len(SQLITE) :].split("?", 1)[0]))
 
 
 def resolve_inside(lab: Lab, relative: str, *, what: str) -> Path:

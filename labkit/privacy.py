@@ -236,7 +236,8 @@ def _sqlite_text(file: Path) -> bytes:
     """Every text and blob value of every table of a SQLite file, newline-separated (read-only)."""
     chunks: list[bytes] = []
     try:
-        con = sqlite3.connect(f"file:{file}?mode=ro", uri=True)
+        # as a URI with the path percent-encoded: in ``file:{path}`` SQLite ends the path at ? or #
+        con = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True)
     except sqlite3.Error:
         return b""
     try:

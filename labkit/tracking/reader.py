@@ -31,6 +31,7 @@ import urllib.request
 from pathlib import Path
 
 from labkit.errors import TrackingError
+from labkit.lab import sqlite_file
 from labkit.tracking.owners import stale_reason
 from labkit.tracking.record import TAG_FUNCTION, TAG_LATEST, TAG_PILOT
 from labkit.tracking.rules import display_uri, run_entry
@@ -64,10 +65,8 @@ class SqliteRuns:
         one revision with ``any_revision``: the tests check the reader against the installed MLflow's own
         search before a revision is added), else None."""
         tracking_uri, experiment = lab.tracking_uri, lab.spec.mlflow_experiment
-        if not tracking_uri.startswith("sqlite:///"):
-            return None
-        path = Path(urllib.parse.unquote(tracking_uri[len("sqlite:///") :].split("?", 1)[0]))
-        if not path.is_file():
+        path = sqlite_file(tracking_uri)
+        if path is None or not path.is_file():
             return None
         try:
             con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
@@ -210,13 +209,11 @@ def open_tracker(lab, *, read_only: bool = False) -> Tracker:
 def check_store_exists(lab) -> None:
     """A sqlite store that does not exist yet is reported, not created (compare only reads)."""
     uri = lab.tracking_uri
-    if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///") :].split("?", 1)[0])
-        if not path.is_file():
-            raise TrackingError(
-                f"no MLflow store at {display_uri(uri)} yet: no pilot has been run; "
-                "record runs with `labkit run`"
-            )
+    path = sqlite_file(uri)
+    if path is not None and not path.is_file():
+        raise TrackingError(
+            f"no MLflow store at {display_uri(uri)} yet: no pilot has been run; record runs with `labkit run`"
+        )
 
 
 def running_since(store, function: str | None) -> dict[str, float]:

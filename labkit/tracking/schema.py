@@ -16,6 +16,7 @@ from pathlib import Path
 
 from labkit._files import cache_folder
 from labkit.errors import TrackingError
+from labkit.lab import sqlite_uri
 from labkit.tracking.rules import one_line, redact
 
 BUILDING = ".building"  # suffix of a sqlite store being built beside its final name
@@ -90,12 +91,12 @@ def build_sqlite_store(path: Path, artifact_root: str, quiet: Callable[[], None]
         if template is not None:
             try:
                 shutil.copyfile(template, aside)
-                SqlAlchemyStore(f"sqlite:///{aside}", artifact_root).engine.dispose()
+                SqlAlchemyStore(sqlite_uri(aside), artifact_root).engine.dispose()
             except Exception:  # noqa: BLE001 - whatever the copy lacks, the migrations build it instead
                 _remove_with_side_files(aside)
                 template = None
         if template is None:
-            SqlAlchemyStore(f"sqlite:///{aside}", artifact_root).engine.dispose()
+            SqlAlchemyStore(sqlite_uri(aside), artifact_root).engine.dispose()
             save_store_template(aside)
         quiet()
         with open(aside, "rb+") as fh:

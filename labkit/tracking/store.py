@@ -13,9 +13,10 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from labkit.errors import TrackingError
+from labkit.lab import sqlite_file
 from labkit.tracking.locks import store_lock
 from labkit.tracking.record import TAG_FUNCTION, TAG_LATEST, TAG_PILOT, TAG_PREREG
 from labkit.tracking.rules import display_uri, one_line, quote, run_entry
@@ -141,10 +142,7 @@ class Tracker(RunWriter):
     @property
     def sqlite_path(self) -> Path | None:
         """The file of a ``sqlite:///`` store, else None."""
-        prefix = "sqlite:///"
-        if not self.uri.startswith(prefix):
-            return None
-        return Path(unquote(self.uri[len(prefix) :].split("?", 1)[0]))
+        return sqlite_file(self.uri)
 
     @property
     def sql_dialect(self) -> str | None:

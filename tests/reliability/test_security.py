@@ -54,7 +54,7 @@ from conftest import CHURNED, LAB_YAML, PILOT_YAML, REPO, pilot_yaml
 KEY = "security-test-key-fedcba9876543210"
 CANARY = "/tmp/labkit-security-canary"
 FOLDER = 'lab "q ;$(touch {c}) `touch {c}` \u202eevil'
-QUOTED_FOLDER = "lab 'q\" x"  # a single quote: see test_a_lab_folder_with_a_quote_can_create_its_store
+QUOTED_FOLDER = "lab 'q\" x"  # a single quote: see the store tests of lab folders with URI characters
 STATEMENT = ('Fast replies lower churn; \'"$(touch {c})" `id` \\ {{x}} \u00e9 ' * 170)[:10_000]
 
 
@@ -417,19 +417,60 @@ def pg_run(tmp_path_factory, postgres_server):  # noqa: F811
     }  # fmt: skip
 
 
-def test_a_lab_folder_with_a_quote_can_create_its_store(tmp_path, monkeypatch):
-    """MLflow alone would insert its Default experiment's location (./mlruns of the working directory, a raw
-    path with the quote) into SQL and fail; labkit creates the store with a percent-encoded artifact root."""
-    from labkit.tracking import Tracker
+# Folder names with what a URI reads specially — ``?`` (a query), ``#`` (a fragment), ``%`` before hex digits
+# (an escape), ``& = ; + : @`` — among letters, spaces, quotes and a non-ASCII letter.
+URI_FOLDER_CHARS = st.sampled_from("aA1 ?#%&=;+:@'\"-_.ü")
 
-    root = tmp_path / QUOTED_FOLDER
+
+@settings(max_examples=150, deadline=None)
+@given(name=st.text(URI_FOLDER_CHARS, min_size=1, max_size=10).filter(lambda n: n.strip(".") != ""))
+def test_a_lab_folder_of_any_name_names_its_own_store_file(tmp_path_factory, name):
+    """SQLAlchemy, and MLflow through it, ends a sqlite URI's path at its first ``?`` and percent-decodes the
+    rest: a lab in ``lab?1`` kept its runs in a file ``lab`` beside it (shared with ``lab?2``, and with
+    ``labkit compare`` of either), one in ``team%41`` in ``teamA``. Whatever the lab's folder is called, the
+    file MLflow opens (SQLAlchemy's own reading of the URI) and the file labkit's readers open are the
+    lab's ``results/mlflow.db``."""
+    from unittest import mock
+
+    from sqlalchemy.engine import make_url
+
+    from labkit.lab import sqlite_file
+
+    root = tmp_path_factory.mktemp("uri") / name
     (root / "configs").mkdir(parents=True)
-    (root / "configs" / "lab.yaml").write_text("lab: quoted\n")
+    (root / "configs" / "lab.yaml").write_text("lab: named\n")
+    store = root.resolve() / "results" / "mlflow.db"
+    with mock.patch.dict(os.environ):
+        os.environ.pop("LABKIT_TRACKING_URI", None)
+        uri = labkit.load_lab(root).tracking_uri
+    assert make_url(uri).database == str(store)
+    assert sqlite_file(uri) == store
+
+
+@pytest.mark.parametrize("name", [QUOTED_FOLDER, "lab?1", "team%41b#c ü"])
+def test_a_lab_folder_with_uri_characters_creates_and_reads_its_own_store(tmp_path, monkeypatch, name):
+    """The store is created in the lab, and nowhere else, and read back by labkit's readers: the sqlite
+    tables (compare's reader), the check that a store exists, and the privacy scan of a store's values.
+    A single quote: MLflow alone would insert its Default experiment's location (./mlruns of the working
+    directory, a raw path with the quote) into SQL and fail; labkit creates the store with a percent-encoded
+    artifact root."""
+    from labkit.privacy import _sqlite_text
+    from labkit.tracking import SqliteRuns, Tracker, check_store_exists
+
+    root = tmp_path / name
+    (root / "configs").mkdir(parents=True)
+    (root / "configs" / "lab.yaml").write_text("lab: named\n")
     monkeypatch.delenv("LABKIT_TRACKING_URI", raising=False)
     monkeypatch.chdir(root)  # MLflow's default artifact root is ./mlruns of the working directory
-    tracker = Tracker(labkit.load_lab(root))
+    lab = labkit.load_lab(root)
+    tracker = Tracker(lab)
     tracker.prepare()
-    assert tracker.experiment_id is not None and (root / "results" / "mlflow.db").is_file()
+    store = root / "results" / "mlflow.db"
+    assert tracker.experiment_id is not None and store.is_file()
+    assert os.listdir(tmp_path) == [name]  # nothing beside the lab (before: a store file named "lab")
+    check_store_exists(lab)
+    assert SqliteRuns.open(lab, any_revision=True) is not None
+    assert lab.spec.mlflow_experiment.encode() in _sqlite_text(store)
 
 
 def test_hostile_strings_reach_the_notebook_as_literals(pg_run):
