@@ -138,29 +138,50 @@ def timed(cmd: list[str], cwd: Path, repeat: int, *, env: dict | None = None) ->
 BYTECODE = {"PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": str(REPO / "results" / "bench" / "pycache")}
 
 
+# run_whole's launcher: on Linux a child's ru_maxrss starts at its parent's peak (exec keeps the larger of the
+# two), so a harness that had built a 10M lab in its own process reported ~1,022 MB for every whole process,
+# labkit's and the baseline's alike. A small interpreter starts the command and reports its rusage: the
+# command's own peak, and its wall time without the launcher's start.
+_LAUNCH = """\
+import json, os, subprocess, sys, time
+result, cmd = sys.argv[1], json.loads(sys.argv[2])
+began = time.perf_counter()
+proc = subprocess.Popen(cmd)
+_, status, usage = os.wait4(proc.pid, 0)
+seconds = time.perf_counter() - began
+with open(result, "w") as fh:
+    json.dump({"seconds": seconds, "cpu_s": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024,
+               "returncode": os.waitstatus_to_exitcode(status)}, fh)
+"""
+
+
 def run_whole(cmd: list[str], cwd: Path, *, env: dict | None = None) -> dict:
-    """One whole process as a user waits for it: wall time from the parent, and the child's own peak RSS
-    and CPU time (user + system) from ``os.wait4`` — per child, unlike ``RUSAGE_CHILDREN``, which keeps the
-    largest RSS ever. CPU time hardly moves with the machine's load, wall time does."""
+    """One whole process as a user waits for it: its wall time, and its own peak RSS and CPU time (user +
+    system) from ``os.wait4``, read by a small launcher process (``_LAUNCH``) so that neither the
+    harness's size nor ``RUSAGE_CHILDREN``'s largest-ever RSS leaks in. CPU time hardly moves with the
+    machine's load, wall time does."""
     import tempfile
 
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        began = time.perf_counter()
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        result = Path(tmp) / "usage.json"
         env = {**os.environ, **BYTECODE, **(env or {})}
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=err, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - began
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
+        launch = [sys.executable, "-c", _LAUNCH, str(result), json.dumps([str(c) for c in cmd])]
+        subprocess.run(launch, cwd=cwd, stdout=out, stderr=err, env=env, check=False)
+        usage = json.loads(result.read_text()) if result.is_file() else {"returncode": "no result"}
+        if usage["returncode"] != 0:
             err.seek(0)
             raise RuntimeError(
-                f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{err.read().decode()[-3000:]}"
+                f"{' '.join(map(str, cmd))} failed ({usage['returncode']}):\n{err.read().decode()[-3000:]}"
             )
         out.seek(0)
         return {
-            "seconds": seconds,
-            "cpu_s": usage.ru_utime + usage.ru_stime,
-            "rss_mb": usage.ru_maxrss / 1024,
+            "seconds": usage["seconds"],
+            "cpu_s": usage["cpu_s"],
+            "rss_mb": usage["rss_mb"],
             "stdout": out.read().decode(),
         }
 

@@ -46,3 +46,18 @@ def test_tiny_benchmarks_write_their_json(tmp_path):
             assert result["rows"], section
     assert json.loads((tmp_path / "assign.json").read_text())["rows"][0]["same_arms"] is True
     assert "analysis" in out.stdout and "labkit validate" in out.stdout
+
+
+def test_a_whole_process_peak_is_its_own_whatever_the_harness_holds():
+    """On Linux a child's ``ru_maxrss`` starts at its parent's peak: a harness that had built a 10M lab in its
+    own process reported ~1,022 MB for every whole process, labkit's and the baseline's alike. With 300 MB
+    held (and touched) here, a bare interpreter still measures its own ~10 MB, and a command that takes
+    200 MB measures that."""
+    from benchmarks.common import run_whole
+
+    held = bytearray(300 * 1024 * 1024)
+    held[::4096] = b"\x01" * len(range(0, len(held), 4096))
+    bare = run_whole([sys.executable, "-c", "pass"], REPO)
+    big = run_whole([sys.executable, "-c", "b = bytearray(200 << 20); b[::4096] = b'1' * (50 << 10)"], REPO)
+    assert bare["rss_mb"] < 100 and 200 <= big["rss_mb"] < 300, (bare, big)
+    assert bare["seconds"] > 0 and bare["cpu_s"] > 0 and len(held) == 300 << 20
