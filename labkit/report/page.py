@@ -106,7 +106,10 @@ def _links(r: PilotRow, root: str | None, here: Path) -> str:
         links.append(f'<a href="{_href(r.run_url)}">MLflow run</a>')
     if r.notebook_report and root:
         relative = os.path.relpath(Path(root) / r.notebook_report, here)
-        links.append(f'<a href="{_href(Path(relative).as_posix())}">notebook report</a>')
+        # a file path, every character literal: ``#``, ``?`` and ``%`` in a folder's name are escaped
+        links.append(
+            f'<a href="{_e(urllib.parse.quote(Path(relative).as_posix(), safe="/"))}">notebook report</a>'
+        )
     return " · ".join(links)
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scipy.stats import norm
 
 from labkit.compare import GroupSummary, PilotRow, portfolio, summarize
@@ -641,6 +643,35 @@ def test_html_renders_markdown_links_runs_and_reports_and_shows_no_local_path(fo
         assert section.get_text().count(BY_ID[pid]["id"] + " moves") <= 1
     assert markdown_html("a **b** `c`\n\n- d") == "<p>a <b>b</b> <code>c</code></p><ul><li>d</li></ul>"
     assert markdown_html("stray ** star") == "<p>stray  star</p>"
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    lab_name=st.text(st.sampled_from("ab1 #?%&;'\"ü"), min_size=1, max_size=8).filter(lambda n: n.strip("."))
+)
+def test_a_notebook_report_link_opens_that_file_whatever_the_folders_are_called(folio, tmp_path, lab_name):
+    """The report's link to a pilot's notebook report is a relative file URL: resolved against the report's
+    own file as a browser resolves it, it names the notebook report, also when the report is written outside
+    a lab whose folder holds ``#`` (a browser's fragment), ``?`` (a query) or ``%`` (an escape): unescaped,
+    ``lab#1`` linked to ``lab``."""
+    import urllib.parse
+    import urllib.request
+    from dataclasses import replace
+
+    from bs4 import BeautifulSoup
+
+    from labkit.report.page import _links
+
+    root = tmp_path / "labs" / lab_name
+    report = "results/p/runs/20260301T000000Z/report.html"
+    row = replace(folio.pilots[0], run_url=None, notebook_report=report)
+    page = tmp_path / "site" / "portfolio.html"
+    (href,) = [
+        a["href"] for a in BeautifulSoup(_links(row, str(root), page.parent), "html.parser").find_all("a")
+    ]
+    opened = urllib.parse.urlsplit(urllib.parse.urljoin(page.as_uri(), href))
+    assert (opened.query, opened.fragment) == ("", "")
+    assert Path(urllib.request.url2pathname(opened.path)) == root / report
 
 
 def test_forest_plot_rows_are_every_pilot_under_its_function_then_the_pooled_diamond(folio):
