@@ -125,7 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=None, help="pilots in parallel (default: the number of cores + 2)"
     )
     p.add_argument(
-        "--as-of", default=None, metavar="DATE", help="analyse as of this ISO date (a sequential look)"
+        "--as-of",
+        default=None,
+        metavar="DATE",
+        help="analyse as of this ISO date (a sequential look; a look back does not become the latest run)",
     )
     p.add_argument(
         "--record-only",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import sys
@@ -79,14 +80,38 @@ def outcome_window(pilot: Pilot) -> int:
     return max((m.window_days or 0 for m in pilot.spec.metrics), default=0)
 
 
+def _folder_start(name: str) -> dt.datetime | None:
+    """The UTC start that names a run folder (``20261208T013022792458Z``), or None for a name labkit did not
+    give (its look is unknown: older than any)."""
+    for form in ("%Y%m%dT%H%M%S%fZ", "%Y%m%dT%H%M%SZ"):
+        with contextlib.suppress(ValueError):
+            return dt.datetime.strptime(name, form).replace(tzinfo=dt.UTC)
+    return None
+
+
 def _latest_decision(results: Path) -> str | None:
-    runs = sorted((results / "runs").glob("*/results.json")) if results.is_dir() else []
-    if not runs:
-        return None
-    try:
-        return str(json.loads(runs[-1].read_text()).get("decision", "?"))
-    except (OSError, ValueError, AttributeError):
-        return "?"
+    """The decision of the pilot's newest look among its kept runs, as ``labkit.latest`` is chosen
+    (labkit.tracking.record.look_moment): the latest look — the ``meta.as_of`` of a run that looked back,
+    else its start, the UTC stamp that names its folder — then the latest start. A look is never after its
+    run's start, so folders are read newest first until one started before the best look found."""
+    from labkit.tracking.record import look_moment
+
+    oldest = dt.datetime.min.replace(tzinfo=dt.UTC)
+    runs = sorted((results / "runs").glob("*/results.json"), reverse=True) if results.is_dir() else []
+    best: tuple[dt.datetime, str] | None = None
+    for path in runs:
+        started = _folder_start(path.parent.name)
+        if best is not None and (started or oldest) < best[0]:
+            break
+        look, decision = started or oldest, "?"
+        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+            data = json.loads(path.read_text())
+            decision = str(data.get("decision", "?"))
+            if started is not None:  # else, or when as_of is unreadable, the look is the start
+                look = look_moment((data.get("meta") or {}).get("as_of"), started.timestamp())
+        if best is None or look > best[0]:
+            best = (look, decision)
+    return best[1] if best else None
 
 
 def _assigned(pilot: Pilot) -> int | None:

@@ -258,6 +258,19 @@ def test_labkit_run_records_the_curve_as_metric_history(lab_root, tmp_path, monk
     assert [m.timestamp for m in history] == midnight
     assert history[-1].value == pytest.approx(primary_row(results)["effect"], rel=1e-12, abs=1e-12)
 
+    # A look back (`--as-of` a week in): a newer run whose look is older keeps labkit.latest off, so the
+    # leadership view stays on the run that looked later.
+    code, out, err = run_cli(root, "run", "ev", "--as-of", "2026-11-08")
+    assert code == 0, (out + err)[-3000:]
+    runs = {r.info.run_id: r for r in client.search_runs([run.info.experiment_id])}
+    (back,) = set(runs) - {run.info.run_id}
+    assert runs[back].data.tags["labkit.look"] == "2026-11-08T00:00:00.000Z"
+    assert runs[back].info.start_time > run.info.start_time
+    assert {i: r.data.tags["labkit.latest"] for i, r in runs.items()} == {
+        run.info.run_id: "true",
+        back: "false",
+    }
+
 
 def test_which_primary_metrics_have_no_over_time_and_the_days_the_terminal_shows(lab_root, tmp_path):
     from labkit.over_time import shown_days, unavailable

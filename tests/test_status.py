@@ -96,6 +96,35 @@ def test_a_recorded_run_makes_the_pilot_decided(tiny_lab):
     assert "decided" in row and "ship" in row
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    runs=st.lists(
+        st.tuples(st.integers(0, 10**6), st.none() | st.integers(-(10**6), 2 * 10**6), st.sampled_from("abcd")),
+        min_size=1, max_size=6, unique_by=lambda r: r[0],
+    )
+)  # fmt: skip
+def test_list_shows_the_decision_of_the_newest_look_as_latest_does(tmp_path_factory, runs):
+    """`labkit list` reads the decision from the run folders as labkit.latest is chosen: the latest look (a
+    run's as_of when it looked back, else its start; an as_of after the start is the start), then the latest
+    start — a run `--as-of` an earlier date does not replace the decision of a run that looked later."""
+    from labkit.listing import _latest_decision
+
+    results = tmp_path_factory.mktemp("results")
+    base = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    for seconds, as_of, decision in runs:
+        folder = results / "runs" / (base + dt.timedelta(seconds=seconds)).strftime("%Y%m%dT%H%M%S%fZ")
+        folder.mkdir(parents=True)
+        meta = (
+            {}
+            if as_of is None
+            else {"as_of": (base + dt.timedelta(seconds=as_of)).replace(tzinfo=None).isoformat()}
+        )
+        (folder / "results.json").write_text(json.dumps({"decision": decision, "meta": meta}))
+    look = lambda r: min(r[0], r[1]) if r[1] is not None else r[0]  # noqa: E731
+    want = max(runs, key=lambda r: (look(r), r[0]))[2]
+    assert _latest_decision(results) == want
+
+
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(days=st.integers(-400, 400), window=st.integers(1, 366))
 def test_the_status_follows_the_outcome_window_for_every_date(tmp_path_factory, days, window):

@@ -6,6 +6,7 @@ No mocks: every test records through ``Tracker`` and reads back with MLflow's ow
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import math
 import os
@@ -28,10 +29,13 @@ from labkit.lab import load_lab
 from labkit.tracking import (
     FLOAT_MAX,
     MAX_PARAM_VALUE,
+    TAG_LOOK,
     RunRecord,
     Tracker,
     display_uri,
     flatten_params,
+    look_moment,
+    look_stamp,
     metrics_from_results,
     redact,
 )
@@ -345,6 +349,68 @@ def test_latest_is_the_newest_finished_run_of_each_pilot(backend):
     assert latest[1]["status"] == "FINISHED" and latest[1]["tags"]["labkit.function"] == "service"
     assert [r["run_id"] for r in tracker.latest_runs(function="service")] == [second]
     assert tracker.latest_runs(function="pr") == []
+
+
+def test_a_look_back_never_takes_latest_from_a_later_look(backend):
+    """`labkit run --as-of` an earlier date is a newer run that looked back: labkit.latest stays on the run
+    that looked later, and the leadership view on the newest evidence. A look is its as_of, else its start;
+    an as_of after the start (a date still to come) is the start; a run without the tag (an older labkit's)
+    comes after every run with one; a FAILED run never holds the flag. Each step against the rule."""
+    tracker = Tracker(backend.lab)
+    now = time.time()
+
+    def record(started: float, as_of: str | None = None, *, status: str = "FINISHED", look: bool = True):
+        made = make_record(backend.root, started_at=started, status=status)
+        tags = made.tags | ({TAG_LOOK: look_stamp(as_of, started)} if look else {})
+        return tracker.record(dataclasses.replace(made, tags=tags))
+
+    def latest() -> set[str]:
+        return {r.info.run_id for r in runs_of(tracker) if r.data.tags.get("labkit.latest") == "true"}
+
+    def iso(seconds: float) -> str:  # meta.as_of's form: naive UTC
+        return dt.datetime.fromtimestamp(seconds, dt.UTC).replace(tzinfo=None).isoformat()
+
+    older = record(now - 600, look=False)
+    today = record(now - 500)
+    assert latest() == {today}
+    back = record(now - 400, iso(now - 10 * 86400))  # newer run, looking ten days back
+    assert latest() == {today}
+    ahead = record(now - 300, "2099-01-01T00:00:00")  # a year mistyped: looks at its start, not in 2099
+    assert latest() == {ahead}
+    record(now - 200, status="FAILED")
+    between = record(now - 100, iso(now - 250))  # looked back to a moment after `ahead` started
+    assert latest() == {between}
+    record(now - 50, look=False)  # an older labkit's run: after every tagged one
+    assert latest() == {between}
+    assert older not in latest() and back not in latest()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    a=st.tuples(
+        st.floats(1e9, 4e9), st.none() | st.datetimes(dt.datetime(2001, 1, 1), dt.datetime(2096, 1, 1))
+    ),
+    b=st.tuples(
+        st.floats(1e9, 4e9), st.none() | st.datetimes(dt.datetime(2001, 1, 1), dt.datetime(2096, 1, 1))
+    ),
+    zone=st.timezones() | st.none(),
+)
+def test_the_look_tags_text_order_is_the_order_of_the_looks(a, b, zone):
+    """MLflow sorts labkit.look as text: for any two runs (any start, an as_of or none, naive UTC or in any
+    zone), the tags' order is the order of the looks (to the millisecond), and a look is never after its
+    run's start as the store keeps it."""
+    stamps, moments = [], []
+    for started, as_of in (a, b):
+        text = None if as_of is None else (as_of if zone is None else as_of.replace(tzinfo=zone)).isoformat()
+        moment = look_moment(text, started)
+        assert moment <= dt.datetime.fromtimestamp(round(started * 1000) / 1000, dt.UTC) + dt.timedelta(
+            microseconds=1
+        )
+        stamps.append(look_stamp(text, started))
+        moments.append(moment.replace(microsecond=moment.microsecond // 1000 * 1000))
+    assert (stamps[0] < stamps[1]) == (moments[0] < moments[1])
+    assert (stamps[0] == stamps[1]) == (moments[0] == moments[1])
+    assert dt.datetime.strptime(stamps[0], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC) == moments[0]
 
 
 def test_latest_among_runs_started_the_same_millisecond(backend):

@@ -158,6 +158,7 @@ def run_one(
             spec_changed=run.spec_changed,
             code_version=code_version,
             previous_digest=run.previous_digest,
+            started_at=started,  # the RUNNING run's start: the look of a run without --as-of
         )
     except BaseException as exc:
         # The run exists RUNNING in MLflow: whatever stopped us (a disk error, a bug), end it FAILED (KILLED on

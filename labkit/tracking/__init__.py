@@ -101,10 +101,10 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "TAG_ERROR", "TAG_SWEPT", "TAG_KIND", "TAG_BY", "TAG_DIGEST", "TAG_CHANNEL", "TAG_STAGE", "TAG_OWNER",
         "TAG_TITLE", "TAG_PRIMARY", "TAG_DIRECTION", "TAG_DECISION", "TAG_SPEC_SHA", "TAG_PREREG",
         "TAG_SPEC_CHANGED", "TAG_CODE_VERSION", "TAG_NOTEBOOK", "TAG_DATA_DIGEST", "TAG_DATA_CHANGED",
-        "TAG_RECOMMENDATION", "TAG_RECOMMENDATION_ARM", "NOTE", "RESERVED_TAGS", "PARAM_METRIC",
+        "TAG_RECOMMENDATION", "TAG_RECOMMENDATION_ARM", "TAG_LOOK", "NOTE", "RESERVED_TAGS", "PARAM_METRIC",
         "PARAM_DIRECTION", "PARAM_STATEMENT", "PARAM_ALPHA", "EFFECTS", "owner_tag", "RunRecord",
         "flatten_params", "HEADLINE_METRICS", "PCT_DIGITS", "PRIMARY_FIELDS", "metrics_from_results",
-        "effects_csv", "metric_value", "build_record", "headline",
+        "effects_csv", "metric_value", "build_record", "headline", "look_moment", "look_stamp",
     ),
     "rules": (
         "MAX_PARAM_VALUE", "MAX_TAG_VALUE", "MAX_KEY", "MAX_PARAMS_TAGS_PER_BATCH", "MAX_METRICS_PER_BATCH",

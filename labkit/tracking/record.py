@@ -7,6 +7,7 @@ readers (``reader``, `labkit compare`) and the pipeline's ``build_record`` must 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import re
@@ -62,6 +63,9 @@ TAG_DATA_DIGEST = "labkit.data_digest"
 TAG_DATA_CHANGED = "labkit.data_changed"
 TAG_RECOMMENDATION = "labkit.recommendation"
 TAG_RECOMMENDATION_ARM = "labkit.recommendation_arm"
+# When the run's analysis looked at the data (look_stamp): labkit.latest goes to the newest look, then the
+# newest start (writer._newest_finished; `labkit list`, labkit.listing._latest_decision)
+TAG_LOOK = "labkit.look"
 NOTE = "mlflow.note.content"
 RESERVED_TAGS = (TAG_LATEST, TAG_RECORDED)  # labkit manages these; a record cannot set them
 
@@ -328,6 +332,27 @@ def metric_value(value) -> float | None:
 # --------------------------------------------------------------------------- a pilot's run
 
 
+def look_moment(as_of: str | None, started_at: float) -> dt.datetime:
+    """When a run looked at the data, in UTC: its analysis's ``as_of`` (``meta.as_of``, naive UTC or with a
+    zone) when it looked back, else its start. A look cannot see past its start: an ``as_of`` after it (a
+    date still to come) is the start, so a mistyped year never holds ``labkit.latest`` against later runs."""
+    start_ms = int(round(started_at * 1000))  # the run's start_time in the store (rules.ms): the same order
+    start = dt.datetime.fromtimestamp(start_ms // 1000, dt.UTC) + dt.timedelta(milliseconds=start_ms % 1000)
+    if not as_of:
+        return start
+    moment = dt.datetime.fromisoformat(as_of)
+    moment = moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+    return min(moment, start)
+
+
+def look_stamp(as_of: str | None, started_at: float) -> str:
+    """``look_moment`` as the text of the ``labkit.look`` tag, whose order is the moments' order (the store
+    sorts tags as text): ``2026-11-15T00:00:00.000Z``, to the millisecond as the store keeps a start time
+    (two runs that tie go to the store's next key, the start time)."""
+    moment = look_moment(as_of, started_at)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
 def build_record(
     pilot: Pilot,
     nb,
@@ -338,8 +363,13 @@ def build_record(
     spec_changed: bool,
     code_version: str,
     previous_digest: str | None = None,
+    started_at: float | None = None,
 ) -> RunRecord:
     """The RunRecord of one notebook run: tags, params, metrics, description, artifacts, datasets.
+
+    ``started_at`` is the run's start as the store holds it (`labkit run` opens the RUNNING run before the
+    notebook starts); by default the notebook's. ``labkit.look`` is taken from it and the results' ``as_of``,
+    so that among runs without one the newest look is the newest start.
 
     ``labkit.data_changed`` is "true" when the data digest differs from the pilot's previous latest run
     (rows changed, reordered or appended since), so `labkit compare` can flag it."""
@@ -367,6 +397,9 @@ def build_record(
         tags[TAG_DATA_DIGEST] = meta["data_digest"]
         changed = previous_digest is not None and previous_digest != meta["data_digest"]
         tags[TAG_DATA_CHANGED] = "true" if changed else "false"
+    start = nb.started_at if started_at is None else started_at
+    if results and start:
+        tags[TAG_LOOK] = look_stamp(meta.get("as_of"), start)
     if nb.message:
         tags[TAG_ERROR] = nb.message[:5000]
     advice = (results or {}).get("recommendation")
@@ -419,7 +452,7 @@ def build_record(
     return RunRecord(
         pilot=pilot.id, run_name=run_name, status=nb.status, run_key=run_key, tags=tags,
         params=flatten_params(s.model_dump(mode="json")), metrics=metrics_from_results(results) if results else {},
-        description="\n".join(lines), artifacts=artifacts, datasets=datasets, started_at=nb.started_at,
+        description="\n".join(lines), artifacts=artifacts, datasets=datasets, started_at=start,
         ended_at=nb.ended_at, history=over_time_history(results) if results else [],
     )  # fmt: skip
 

@@ -30,6 +30,7 @@ from labkit.tracking.record import (
     TAG_ERROR,
     TAG_KIND,
     TAG_LATEST,
+    TAG_LOOK,
     TAG_PARAMS_SPLIT,
     TAG_PILOT,
     TAG_RECORDED,
@@ -266,14 +267,20 @@ class RunWriter:
     # ---------------------------------------------------------------- latest flag
 
     def _newest_finished(self, pilot: str):
-        """The pilot's FINISHED run with the latest start; ties go to the later end, then the larger run id.
+        """The pilot's FINISHED run with the latest look (``labkit.look``: a run ``--as-of`` an earlier date
+        looked back, and does not take the flag from a run that looked later), then the latest start; ties
+        go to the later end, then the larger run id. A run without the tag (recorded by a labkit before it)
+        comes after every run with one (MLflow orders a missing tag last).
 
         The store orders and returns that one run: MLflow loads every tag, param and metric of each run a
         search returns (~100 rows a run), so reading a page of candidates to pick one in Python cost ~0.2 s
         of the recording thread per pilot with a few dozen runs of history (twice per settle)."""
         runs = self._search(
             f"{self._pilot_filter(pilot)} and attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time DESC", "attributes.end_time DESC", "attributes.run_id DESC"],
+            order_by=[
+                f"tags.`{TAG_LOOK}` DESC", "attributes.start_time DESC", "attributes.end_time DESC",
+                "attributes.run_id DESC",
+            ],
             max_results=1,
         )  # fmt: skip
         return runs[0] if runs else None
