@@ -131,7 +131,8 @@ def new_pilot(
             else ("a per-customer 0/1 column" if kind == "proportion" else "a per-customer number")
         ),
         offered=_offered(columns),
-        start=(dt.date.today() + dt.timedelta(days=7)).isoformat(),
+        # in UTC, as labkit dates everything (the host's local date was a day off in far zones)
+        start=(dt.datetime.now(dt.UTC).date() + dt.timedelta(days=7)).isoformat(),
         currency=spec.currency,
     )
     target = lab.experiments_dir / f"{pilot_id}.yaml"

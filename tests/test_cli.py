@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import io
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -151,6 +154,25 @@ def test_new_writes_a_pilot_that_validates(tiny_lab):
         "new", "sales-linkedin-intro", "--function", "sales", "--channel", "linkedin", cwd=tiny_lab.root
     )
     assert again.returncode == 1 and "exists already" in again.stderr
+
+
+@pytest.mark.parametrize("zone", ["Etc/GMT-14", "Etc/GMT+12"])  # UTC+14 and UTC-12
+def test_new_suggests_a_start_a_week_after_the_utc_date_in_any_zone(tiny_lab, monkeypatch, zone):
+    """`labkit new` dates the suggested start as labkit dates everything, in UTC: it used the host's local
+    date, a day off in one of these two zones at any hour (UTC+14 is a day ahead from 10:00 UTC, UTC-12 a day
+    behind until 12:00 UTC)."""
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        before = dt.datetime.now(dt.UTC).date()
+        out = run("new", "x", "--function", "sales", "--channel", "linkedin", cwd=tiny_lab.root)
+        after = dt.datetime.now(dt.UTC).date()
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert out.returncode == 0, out.stderr
+    (start,) = re.findall(r"^ +start: (\S+)", (tiny_lab.root / "experiments" / "x.yaml").read_text(), re.M)
+    assert start in {(day + dt.timedelta(days=7)).isoformat() for day in (before, after)}
 
 
 def test_new_refuses_unknown_channel(tiny_lab):
