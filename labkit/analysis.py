@@ -87,6 +87,7 @@ def analyze(pilot: Pilot, *, engine=None, as_of=None, over_time: bool = False) -
     from labkit.clustered import cluster_data, plan_design
     from labkit.data.aggregate import aggregate_pilot, units_table
     from labkit.data.sources import DigestCache, Engine
+    from labkit.listing import not_started
     from labkit.planning import make_plan
 
     look = _as_of(as_of)
@@ -99,6 +100,10 @@ def analyze(pilot: Pilot, *, engine=None, as_of=None, over_time: bool = False) -
             from labkit._validation import unlocated
 
             raise unlocated(f"{pilot.id}: {problem}", field="as_of")
+        if look is None and (problem := not_started(pilot)):  # a look now, before the start: nothing yet
+            from labkit.errors import DataError
+
+            raise DataError(None, f"{pilot.id}: {problem}")
         # A lab of files is hashed while the engine aggregates (hashlib and DuckDB both release the GIL);
         # PostgreSQL tables' digests are queries on a second connection of their own, which the server runs
         # beside the metric queries (at 1M customers and 10M events: 19 s of a 31 s analysis, one after

@@ -222,9 +222,35 @@ def cmd_run(args) -> int:
             return 0
         render_outcomes(outcomes)
         return 0
+    if not args.as_of:
+        pilots = _started_of_folders(lab, args.pilots, pilots)
+        if not pilots:
+            return 0
     outcomes, code = run_batch(lab, pilots, workers=args.workers, as_of=args.as_of, track=not args.no_track)
     render_outcomes(outcomes)
     return code
+
+
+def _started_of_folders(lab, refs: list[str], pilots: list) -> list:
+    """The pilots to run: run over a folder (`labkit run`, `labkit run experiments/`), a pilot that has not
+    started yet is left out with one line saying when it starts — a lab's weekly run goes on while next month's
+    pilot waits; named, it is refused (the batch's preflight, ``labkit.listing.not_started``)."""
+    from pathlib import Path
+
+    from labkit.listing import not_started
+
+    if refs and not all(Path(ref).is_dir() for ref in refs):
+        return pilots
+    waiting = [p for p in pilots if not_started(p)]
+    for pilot in waiting:
+        print(
+            f"{pilot.id}: not run: it starts {pilot.start.isoformat()} (UTC); nothing of it has happened yet"
+        )
+    if waiting and len(waiting) == len(pilots):
+        where = ", ".join(refs) or lab.display(lab.experiments_dir)
+        print(f"no pilot in {where} has started yet: nothing to run")
+    left = {p.id for p in waiting}
+    return [p for p in pilots if p.id not in left]
 
 
 def cmd_ui(args) -> int:

@@ -75,6 +75,26 @@ def today_utc() -> dt.date:
     return dt.datetime.now(dt.UTC).date()
 
 
+def now_utc() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def not_started(pilot: Pilot, now: dt.datetime | None = None) -> str | None:
+    """Why the pilot has nothing to analyse yet — ``now`` is not after its start (``cohort.start``, midnight
+    UTC; an imported assignment's earliest ``assigned_at``) — or None. Its per-customer tables can be read
+    before then, as they are today, and gave a verdict (`labkit run` recorded it as the pilot's latest run,
+    and leadership read "no-effect → stop" for a pilot that had not begun): `labkit run` and
+    ``labkit.analyze`` refuse, as they refuse an ``--as-of`` on or before the start."""
+    start = pilot.start
+    now = now or now_utc()
+    if start is None or now > dt.datetime.combine(start, dt.time(), dt.UTC):
+        return None
+    return (
+        f"the pilot starts {start.isoformat()} (UTC) and nothing of it has happened yet: no outcome to analyse; "
+        f"analyse it after its start (`labkit list` shows its status)"
+    )
+
+
 def outcome_window(pilot: Pilot) -> int:
     """The longest ``window_days`` of the pilot's metrics (0 when none reads events)."""
     return max((m.window_days or 0 for m in pilot.spec.metrics), default=0)
@@ -91,10 +111,10 @@ def _folder_start(name: str) -> dt.datetime | None:
 
 def _latest_decision(results: Path) -> str | None:
     """The decision of the pilot's newest look among its kept runs, as ``labkit.latest`` is chosen
-    (labkit.tracking.record.look_moment): the latest look — the ``meta.as_of`` of a run that looked back,
+    (labkit.tracking.history.look_moment): the latest look — the ``meta.as_of`` of a run that looked back,
     else its start, the UTC stamp that names its folder — then the latest start. A look is never after its
     run's start, so folders are read newest first until one started before the best look found."""
-    from labkit.tracking.record import look_moment
+    from labkit.tracking.history import look_moment
 
     oldest = dt.datetime.min.replace(tzinfo=dt.UTC)
     runs = sorted((results / "runs").glob("*/results.json"), reverse=True) if results.is_dir() else []

@@ -8,6 +8,7 @@ import contextlib
 import datetime as dt
 import io
 import json
+import re
 import subprocess
 import sys
 
@@ -172,6 +173,65 @@ def test_analyze_before_the_start_says_so_in_one_line(tiny_lab, today):
     data = json.loads(run(tiny_lab, "analyze", "p", "--json").stdout)
     assert data["pilot"] == "p" and data["status"] == "assigned" and data["decision"] is None
     assert data["start"] == start.isoformat()
+
+
+def test_run_and_analyze_refuse_a_pilot_that_has_not_started(tiny_lab):
+    """Before its start a pilot has no outcome, but its per-customer tables can be read as they are today:
+    `labkit run` gave a verdict ("no-effect → stop"), recorded it as the latest run, and `labkit compare`
+    showed it. Now `labkit run` refuses in one line before any run or folder exists, ``labkit.analyze``
+    (the notebook's) raises that line, and `labkit analyze` and `list` keep saying when it starts."""
+    from labkit.errors import DataError
+
+    customers(tiny_lab)
+    start = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=5)
+    pilot = load(tiny_lab, start)
+    labkit.assign(pilot)
+    line = f"p: the pilot starts {start} (UTC) and nothing of it has happened yet: no outcome to analyse"
+    out = run(tiny_lab, "run", "p")
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and out.stderr.startswith(line), out.stderr
+    assert not (tiny_lab.root / "results" / "p" / "runs").exists()
+    assert not (tiny_lab.root / "results" / "mlflow.db").exists()
+    with pytest.raises(DataError, match=f"^{re.escape(line)}"):
+        labkit.analyze(pilot)
+    assert run(tiny_lab, "analyze", "p").stdout == f"p: starts {start}; no outcome data yet\n"
+
+
+def test_a_folder_run_leaves_out_the_pilots_that_have_not_started_and_names_them(tiny_lab):
+    """`labkit run` over the lab's folder: a pilot that starts next week is left out with one line saying when,
+    and the others go on (here to their preflight: this lab has no notebook); all waiting is exit 0."""
+    customers(tiny_lab)
+    later = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=7)
+    labkit.assign(load(tiny_lab, later))
+    tiny_lab.pilot(pilot_text(dt.date(2026, 1, 5)).replace("id: p\n", "id: q\n"), name="q")
+    out = run(tiny_lab, "run")
+    assert f"p: not run: it starts {later} (UTC); nothing of it has happened yet" in out.stdout.splitlines()
+    assert out.returncode == 1 and out.stderr.startswith("q: ") and "notebook" in out.stderr, out.stderr
+    (tiny_lab.root / "experiments" / "q.yaml").unlink()
+    out = run(tiny_lab, "run", "experiments")
+    assert (
+        out.returncode == 0
+        and out.stdout.splitlines()[-1] == "no pilot in experiments has started yet: nothing to run"
+    )
+    assert not (tiny_lab.root / "results" / "p" / "runs").exists()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    start=st.dates(dt.date(2020, 1, 1), dt.date(2030, 12, 31)),
+    now=st.datetimes(dt.datetime(2020, 1, 1), dt.datetime(2030, 12, 31), timezones=st.timezones()),
+)
+def test_a_pilot_has_started_exactly_when_a_look_as_of_now_would_be_allowed(start, now):
+    """`labkit run` without --as-of looks now: it is refused exactly when `--as-of` that moment would be (on
+    or before the start's midnight UTC), in any zone the moment is given in."""
+    from types import SimpleNamespace
+
+    from labkit.analysis import as_of_problem
+    from labkit.listing import not_started
+
+    pilot = SimpleNamespace(start=start, id="p")
+    assert (not_started(pilot, now) is None) == (as_of_problem(pilot, now) is None)
+    assert (not_started(pilot, now) is None) == (now > dt.datetime.combine(start, dt.time(), dt.UTC))
 
 
 def test_a_new_pilot_runs_day_three_of_sixty_after_plan_and_assign(tiny_lab, today):

@@ -98,9 +98,14 @@ class SharedEngines:
 
 def preflight_all(pilots: list[Pilot], as_of: str | None = None) -> None:
     """:func:`preflight` of every pilot, in order, on shared engines, and the look date against each pilot's
-    start (``labkit.analysis.as_of_problem``): the first refusal stops the batch before any run exists."""
+    start (``labkit.analysis.as_of_problem``; without ``--as-of`` the look is now,
+    ``labkit.listing.not_started``): the first refusal stops the batch before any run exists."""
+    from labkit.listing import not_started
+
     with SharedEngines() as engines:
         for pilot in pilots:
+            if not as_of and (problem := not_started(pilot)):  # first: its sources may not exist yet either
+                raise RunError(pilot.id, problem)
             preflight(pilot, engines)
             if as_of:  # labkit.analysis is not imported by a plain `labkit run` (its kernels import it)
                 from labkit.analysis import as_of_problem

@@ -104,7 +104,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "TAG_RECOMMENDATION", "TAG_RECOMMENDATION_ARM", "TAG_LOOK", "NOTE", "RESERVED_TAGS", "PARAM_METRIC",
         "PARAM_DIRECTION", "PARAM_STATEMENT", "PARAM_ALPHA", "EFFECTS", "owner_tag", "RunRecord",
         "flatten_params", "HEADLINE_METRICS", "PCT_DIGITS", "PRIMARY_FIELDS", "metrics_from_results",
-        "effects_csv", "metric_value", "build_record", "headline", "look_moment", "look_stamp",
+        "effects_csv", "metric_value", "build_record", "headline",
     ),
     "rules": (
         "MAX_PARAM_VALUE", "MAX_TAG_VALUE", "MAX_KEY", "MAX_PARAMS_TAGS_PER_BATCH", "MAX_METRICS_PER_BATCH",
@@ -114,7 +114,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "artifact_dir", "run_entry",
     ),
     "history": (
-        "OVER_TIME_PREFIX", "OVER_TIME_FIELDS", "over_time_rows", "day_ms", "over_time_history",
+        "OVER_TIME_PREFIX", "OVER_TIME_FIELDS", "over_time_rows", "day_ms", "over_time_history", "look_moment",
+        "look_stamp",
     ),
     "view": (
         "LEADERSHIP_VIEW", "SHARED_VIEW_PREFIX", "RUN_NAME_COLUMN", "LEADERSHIP_COLUMNS", "leadership_view",

@@ -6,7 +6,9 @@ Pure: no MLflow here; the writer logs the points in its batches. The names follo
 run (``<metric>.<arm>.<field>``, :func:`labkit.tracking.record.metrics_from_results`) under the
 ``over_time.`` prefix, so an over-time curve never shares a name with the analysis' own number. The step is
 the day since the start; the timestamp is the day's look (``as_of``: midnight UTC of a date, or the moment
-given), so a chart drawn against time shows the days and not when the run was recorded.
+given), so a chart drawn against time shows the days and not when the run was recorded. A whole run's look
+(``look_moment``, its ``labkit.look`` tag) is when its analysis looked at the data: labkit.latest goes to
+the newest.
 """
 
 from __future__ import annotations
@@ -39,6 +41,27 @@ def day_ms(as_of: str | dt.date | dt.datetime) -> int:
     if as_of.tzinfo is None:
         as_of = as_of.replace(tzinfo=dt.UTC)
     return int(round(as_of.timestamp() * 1000))
+
+
+def look_moment(as_of: str | None, started_at: float) -> dt.datetime:
+    """When a run looked at the data, in UTC: its analysis's ``as_of`` (``meta.as_of``, naive UTC or with a
+    zone) when it looked back, else its start. A look cannot see past its start: an ``as_of`` after it (a
+    date still to come) is the start, so a mistyped year never holds ``labkit.latest`` against later runs."""
+    start_ms = int(round(started_at * 1000))  # the run's start_time in the store (rules.ms): the same order
+    start = dt.datetime.fromtimestamp(start_ms // 1000, dt.UTC) + dt.timedelta(milliseconds=start_ms % 1000)
+    if not as_of:
+        return start
+    moment = dt.datetime.fromisoformat(as_of)
+    moment = moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+    return min(moment, start)
+
+
+def look_stamp(as_of: str | None, started_at: float) -> str:
+    """``look_moment`` as the text of the ``labkit.look`` tag, whose order is the moments' order (the store
+    sorts tags as text): ``2026-11-15T00:00:00.000Z``, to the millisecond as the store keeps a start time
+    (two runs that tie go to the store's next key, the start time)."""
+    moment = look_moment(as_of, started_at)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def over_time_history(results: dict) -> list[dict]:

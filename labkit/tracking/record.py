@@ -7,7 +7,6 @@ readers (``reader``, `labkit compare`) and the pipeline's ``build_record`` must 
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
 import re
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from labkit.errors import TrackingError
-from labkit.tracking.history import over_time_history
+from labkit.tracking.history import look_stamp, over_time_history
 
 if TYPE_CHECKING:  # pragma: no cover
     from labkit.spec import Pilot
@@ -330,27 +329,6 @@ def metric_value(value) -> float | None:
 
 
 # --------------------------------------------------------------------------- a pilot's run
-
-
-def look_moment(as_of: str | None, started_at: float) -> dt.datetime:
-    """When a run looked at the data, in UTC: its analysis's ``as_of`` (``meta.as_of``, naive UTC or with a
-    zone) when it looked back, else its start. A look cannot see past its start: an ``as_of`` after it (a
-    date still to come) is the start, so a mistyped year never holds ``labkit.latest`` against later runs."""
-    start_ms = int(round(started_at * 1000))  # the run's start_time in the store (rules.ms): the same order
-    start = dt.datetime.fromtimestamp(start_ms // 1000, dt.UTC) + dt.timedelta(milliseconds=start_ms % 1000)
-    if not as_of:
-        return start
-    moment = dt.datetime.fromisoformat(as_of)
-    moment = moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
-    return min(moment, start)
-
-
-def look_stamp(as_of: str | None, started_at: float) -> str:
-    """``look_moment`` as the text of the ``labkit.look`` tag, whose order is the moments' order (the store
-    sorts tags as text): ``2026-11-15T00:00:00.000Z``, to the millisecond as the store keeps a start time
-    (two runs that tie go to the store's next key, the start time)."""
-    moment = look_moment(as_of, started_at)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def build_record(

@@ -25,7 +25,7 @@ class _Engine:
 
 
 def _pilot(pid: str, lab) -> SimpleNamespace:
-    return SimpleNamespace(id=pid, lab=lab, notebook_path=f"{pid}.ipynb")
+    return SimpleNamespace(id=pid, lab=lab, notebook_path=f"{pid}.ipynb", start=None)  # started: no date
 
 
 @pytest.fixture
