@@ -44,8 +44,8 @@
 - **Flags.** ``spec_changed``: the run's tag ``labkit.spec_changed`` is ``"true"`` (the hypothesis, metrics
   or cohort changed after the first run). ``data_changed``: its tag ``labkit.data_changed`` is ``"true"``
   (set by whoever records the run; compare does not diff ``labkit.data_digest`` across runs itself).
-  ``running``: the pilot has a live RUNNING run newer than the latest finished one (its numbers are about
-  to change; a run whose process is gone, or another host's run older than 24 h, is abandoned, not live).
+  ``running``: the pilot has a live RUNNING run that looks later than the latest finished one (its numbers are
+  about to change; a look back in flight does not; a run whose process is gone, or another host's run older than 24 h, is abandoned, not live).
   A pilot with a RUNNING run and no finished run has no row; it is listed in ``running_only``.
 - **Filters.** ``function`` (in the search), ``since`` (an ISO date or date-time; a date is midnight UTC,
   a date-time without zone is UTC; keeps pilots whose latest run started then or later) and ``decision``.
@@ -182,7 +182,7 @@ def portfolio(
     """The latest finished run of every pilot, grouped ``by`` function, channel or stage (see the module)."""
     from dataclasses import replace
 
-    from labkit.tracking.reader import check_store_exists, open_runs, results_meta, running_since
+    from labkit.tracking.reader import check_store_exists, look_key, open_runs, results_meta, running_since
 
     if by not in BY:
         raise SpecError("--by", None, "", f"unknown grouping '{by}'; allowed: {', '.join(BY)}")
@@ -228,8 +228,8 @@ def portfolio(
         report = _notebook_report(lab, row.run_folder, run["tags"].get(TAG_NOTEBOOK))
         if report is not None:
             row = replace(row, notebook_report=report)
-        started = running.get(row.pilot)
-        if started is not None and started > (run.get("start_time") or 0):
+        looking = running.get(row.pilot)  # a live run looking later than this one: the numbers will change
+        if looking is not None and looking > look_key(run):
             row = replace(row, running=True)
         rows.append(row)
     finished = {r["pilot"] for r in runs}

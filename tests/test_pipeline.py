@@ -59,7 +59,7 @@ import labkit
 from labkit import cli
 from labkit.data.sources import file_digest
 from labkit.privacy import scan_for_identifiers
-from labkit.tracking import flatten_params, metrics_from_results
+from labkit.tracking import flatten_params, look_stamp, metrics_from_results
 
 from conftest import LAB_YAML
 from conftest import pilot_yaml as default_pilot_yaml
@@ -764,6 +764,8 @@ def test_sigkill_leaves_a_running_run_that_the_next_labkit_run_sweeps(signals):
     assert len(got["kernels"]) == 1 and got["kernels_gone"]
     (left,) = signals["left"]
     assert left.info.status == "RUNNING"  # MLflow has no heartbeat: only a later sweep can end it
+    # tagged with its look from its start (`labkit compare` tells a look back in flight from a re-run)
+    assert left.data.tags["labkit.look"] == look_stamp(None, left.info.start_time / 1000)
     rerun = signals["rerun"]
     assert rerun.returncode == 0, output(rerun)
     assert "swept 1 stale RUNNING run(s) to KILLED" in rerun.stderr

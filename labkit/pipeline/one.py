@@ -132,7 +132,7 @@ def run_one(
             not_run, message=f"cannot take the pilot's snapshot for this run: {why}; nothing was run"
         )
 
-    opening = tracking.start_run(pilot, run_name, run_key, started) if tracking is not None else None
+    opening = tracking.start_run(pilot, run_name, run_key, started, as_of) if tracking is not None else None
     if on_state:
         on_state(pilot.id, "running notebook")
     params = {"pilot_path": str(pilot.path), "lab_path": str(pilot.lab.path), "as_of": as_of or ""}

@@ -20,6 +20,8 @@ from labkit._files import write_atomic
 from labkit.errors import LabkitError, TrackingError
 from labkit.lab import Lab
 from labkit.spec import Pilot
+from labkit.tracking.history import look_stamp
+from labkit.tracking.record import TAG_LOOK
 
 if TYPE_CHECKING:  # pragma: no cover
     from labkit.tracking import RunRecord, Tracker
@@ -76,20 +78,22 @@ class BackgroundTracking:
             console.print(f"swept {len(swept)} stale RUNNING run(s) to KILLED")
         return tracker, None
 
-    def start_run(self, pilot: Pilot, run_name: str, run_key: str, started: float) -> Future[Started]:
-        """A future of the pilot's :class:`Started` run."""
-        return self._pool.submit(self._start, pilot, run_name, run_key, started)
+    def start_run(
+        self, pilot: Pilot, run_name: str, run_key: str, started: float, as_of: str | None = None
+    ) -> Future[Started]:
+        """A future of the pilot's :class:`Started` run; tagged with its look (``labkit.look``) from the start,
+        so that `labkit compare` knows a look back in flight from a run about to replace the numbers."""
+        return self._pool.submit(self._start, pilot, run_name, run_key, started, as_of)
 
-    def _start(self, pilot: Pilot, run_name: str, run_key: str, started: float) -> Started:
+    def _start(self, pilot: Pilot, run_name: str, run_key: str, started: float, as_of: str | None) -> Started:
         tracker, error = self._opened.result()
         if tracker is None:
             return Started(error=error)
         try:
             first = tracker.first_prereg(pilot.id)
             previous_digest = tracker.latest_tag(pilot.id, "labkit.data_digest")
-            run_id = tracker.start(
-                pilot.id, run_name, run_key, {"labkit.function": pilot.spec.function}, started_at=started
-            )
+            tags = {"labkit.function": pilot.spec.function, TAG_LOOK: look_stamp(as_of, started)}
+            run_id = tracker.start(pilot.id, run_name, run_key, tags, started_at=started)
         except TrackingError as exc:
             return Started(error=str(exc))
         changed = first is not None and first != pilot.prereg_sha256

@@ -138,7 +138,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "reader": (
         "KNOWN_REVISIONS", "open_runs", "SqliteRuns", "TrackerRuns", "open_tracker", "check_store_exists",
-        "running_since", "results_meta",
+        "running_since", "look_key", "results_meta",
     ),
 }  # fmt: skip
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

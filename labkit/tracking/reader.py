@@ -32,8 +32,9 @@ from pathlib import Path
 
 from labkit.errors import TrackingError
 from labkit.lab import sqlite_file
+from labkit.tracking.history import look_stamp
 from labkit.tracking.owners import stale_reason
-from labkit.tracking.record import TAG_FUNCTION, TAG_LATEST, TAG_PILOT
+from labkit.tracking.record import TAG_FUNCTION, TAG_LATEST, TAG_LOOK, TAG_PILOT
 from labkit.tracking.rules import display_uri, run_entry
 from labkit.tracking.store import Tracker
 
@@ -216,20 +217,25 @@ def check_store_exists(lab) -> None:
         )
 
 
-def running_since(store, function: str | None) -> dict[str, float]:
-    """Pilot -> start time (epoch s) of its newest live RUNNING run, filtered in the search itself.
+def look_key(run: dict) -> str:
+    """A run's look as ``labkit.latest`` orders them (``labkit.look``; a run without the tag: its start)."""
+    return run["tags"].get(TAG_LOOK) or look_stamp(None, run["start_time"] or 0.0)
+
+
+def running_since(store, function: str | None) -> dict[str, str]:
+    """Pilot -> the look (:func:`look_key`) of its newest live RUNNING run, filtered in the search itself.
 
     A RUNNING run that ``Tracker.sweep_stale`` would kill (its process on this host is gone, or another
-    host's run is older than ``STALE_AFTER_HOURS``) is abandoned, not running: it raises no flag.
+    host's run is older than ``STALE_AFTER_HOURS``) is abandoned, not running: it raises no flag. `labkit run`
+    tags a RUNNING run with its look when it opens it, so a look back in flight compares as the look it is.
     """
     host, now = socket.gethostname(), time.time()
-    newest: dict[str, float] = {}
+    newest: dict[str, str] = {}
     for run in store.pilot_runs(status="RUNNING", function=function):
-        started = run["start_time"] or 0.0
-        if stale_reason(run["tags"], started, now=now, host=host) is not None:
+        if stale_reason(run["tags"], run["start_time"] or 0.0, now=now, host=host) is not None:
             continue
-        if run["pilot"] and started >= newest.get(run["pilot"], -1.0):
-            newest[run["pilot"]] = started
+        if run["pilot"] and look_key(run) >= newest.get(run["pilot"], ""):
+            newest[run["pilot"]] = look_key(run)
     return newest
 
 

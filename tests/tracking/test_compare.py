@@ -150,6 +150,12 @@ def lab(tmp_path_factory, empty_store):
     )
     # a pilot re-running right now: its newest run is RUNNING
     tracker.start("svc-community", "svc-community now", "svc-community/now", {"labkit.function": "service"})
+    # a look back in flight (`labkit run --as-of` an early date): RUNNING now, but it will not replace the
+    # numbers of the latest run, which looked later: no flag
+    tracker.start(
+        "sales-warm-intro", "sales-warm-intro look back", "sales-warm-intro/back",
+        {"labkit.function": "sales", "labkit.look": "2025-01-01T00:00:00.000Z"},
+    )  # fmt: skip
     # a PR pilot that only ever failed, and one whose first run is still RUNNING
     failed = dict(
         BY_ID["sales-warm-intro"], id="pr-press", function="pr", channel="email", started="2026-03-02"
