@@ -75,10 +75,6 @@ def today_utc() -> dt.date:
     return dt.datetime.now(dt.UTC).date()
 
 
-def now_utc() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 def not_started(pilot: Pilot, now: dt.datetime | None = None) -> str | None:
     """Why the pilot has nothing to analyse yet — ``now`` is not after its start (``cohort.start``, midnight
     UTC; an imported assignment's earliest ``assigned_at``) — or None. Its per-customer tables can be read
@@ -86,7 +82,7 @@ def not_started(pilot: Pilot, now: dt.datetime | None = None) -> str | None:
     and leadership read "no-effect → stop" for a pilot that had not begun): `labkit run` and
     ``labkit.analyze`` refuse, as they refuse an ``--as-of`` on or before the start."""
     start = pilot.start
-    now = now or now_utc()
+    now = now or dt.datetime.now(dt.UTC)
     if start is None or now > dt.datetime.combine(start, dt.time(), dt.UTC):
         return None
     return (
